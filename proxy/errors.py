@@ -1,0 +1,96 @@
+"""Failures named by the request phase that produced them.
+
+This module is the one place where a failure becomes an HTTP status and a
+reason code. Reason codes are a small fixed vocabulary: they appear in error
+bodies, audit records and metric labels, so they must never carry request data.
+"""
+
+from __future__ import annotations
+
+
+class GatehouseError(Exception):
+    """Base for every failure that ends a request with an error response."""
+
+    status: int = 500
+    reason: str = "internal_error"
+
+    def __init__(self, reason: str | None = None, *, detail: str = "") -> None:
+        # ``detail`` is for the operator's log only; it never reaches the client.
+        super().__init__(detail or reason or self.reason)
+        if reason is not None:
+            self.reason = reason
+        self.detail = detail
+
+
+# -- canonicalise ---------------------------------------------------------
+class RequestRejected(GatehouseError):
+    """The request cannot be handled safely as sent (bad path, framing, ...)."""
+
+    status, reason = 400, "bad_request"
+
+
+class HeadersTooLarge(RequestRejected):
+    status, reason = 431, "headers_too_large"
+
+
+class BodyTooLarge(RequestRejected):
+    status, reason = 413, "body_too_large"
+
+
+# -- route ----------------------------------------------------------------
+class RouteNotFound(GatehouseError):
+    status, reason = 404, "route_not_found"
+
+
+# -- authenticate ---------------------------------------------------------
+class AuthenticationError(GatehouseError):
+    status, reason = 401, "unauthenticated"
+
+
+class IdentityProviderUnavailable(GatehouseError):
+    status, reason = 503, "idp_unavailable"
+
+
+class StateUnavailable(GatehouseError):
+    status, reason = 503, "state_unavailable"
+
+
+# -- authorise ------------------------------------------------------------
+class AccessDenied(GatehouseError):
+    status, reason = 403, "no_rule_matched"
+
+
+class RateLimited(GatehouseError):
+    status, reason = 429, "rate_limited"
+
+
+# -- upstream credentials -------------------------------------------------
+class UpstreamCredentialsUnavailable(GatehouseError):
+    status, reason = 503, "upstream_credentials_unavailable"
+
+
+# -- forward --------------------------------------------------------------
+class UpstreamError(GatehouseError):
+    """The upstream could not be reached or did not answer properly."""
+
+    status, reason = 502, "upstream_unavailable"
+
+
+class UpstreamConnectError(UpstreamError):
+    status, reason = 502, "upstream_unavailable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    status, reason = 502, "upstream_protocol_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, reason = 504, "upstream_timeout"
+
+
+class ServiceUnavailable(GatehouseError):
+    status, reason = 503, "unavailable"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"

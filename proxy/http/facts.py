@@ -1,0 +1,28 @@
+"""The request as the pure decision stages see it: plain data, no I/O types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.identity.model import ClientCertificate
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What routing and policy may look at.
+
+    ``path`` is the canonical path (see :mod:`proxy.http.canonical`): the one
+    used for matching and the one the upstream receives. ``client_ip`` is the
+    trusted client address (the peer, or the X-Forwarded-For entry appended by
+    the last trusted proxy). ``headers`` maps lower-case names to values.
+    """
+
+    method: str
+    scheme: str
+    host: str
+    path: str
+    query: str
+    client_ip: str
+    headers: Mapping[str, str]
+    client_cert: ClientCertificate | None = None

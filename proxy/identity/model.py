@@ -1,0 +1,41 @@
+"""Who is calling: the verified identity every later stage works from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AuthMethod = Literal["jwt", "opaque", "session", "apikey", "mtls"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A client certificate the TLS layer verified against the configured client CA."""
+
+    subject_cn: str | None
+    san_uris: tuple[str, ...]
+    san_dns: tuple[str, ...]
+    fingerprint_sha256: str  # lower-case hex, no separators
+    der: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A caller established by one authentication method.
+
+    ``claims`` is the verified claim set (JWT/introspection/session) or a small
+    synthesised one (API key, mTLS); policy matches on it. ``token`` is the
+    caller's own credential, kept only for token exchange and never logged.
+    """
+
+    subject: str
+    issuer: str
+    method: AuthMethod
+    email: str | None = None
+    groups: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: float | None = None
+    client_cert: ClientCertificate | None = None
+    token: str | None = field(default=None, repr=False, compare=False)

@@ -1,0 +1,105 @@
+"""Prometheus metrics: the names here are a public contract (dashboards, alerts).
+
+Label values are bounded: route and backend names come from configuration,
+reasons from the fixed vocabulary in :mod:`proxy.errors` and the policy
+engine, never from raw request data.
+
+With ``--workers N`` > 1 the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before this
+module is imported, so every worker writes to shared files and the admin
+listener aggregates them (see :func:`render`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# -- core request path ------------------------------------------------------
+REQUESTS = Counter("gatehouse_requests", "Requests handled.", ["route", "status_class"])
+REQUEST_DURATION = Histogram(
+    "gatehouse_request_duration_seconds",
+    "Time from request headers received to response finished.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "gatehouse_upstream_duration_seconds",
+    "Time from sending the request upstream to receiving response headers.",
+    ["backend"],
+    buckets=_LATENCY_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "gatehouse_upstream_errors", "Upstream failures by kind.", ["backend", "kind"]
+)
+INFLIGHT = Gauge(
+    "gatehouse_inflight_requests", "Requests being handled.", multiprocess_mode="livesum"
+)
+BUILD_INFO = Gauge(
+    "gatehouse_build_info",
+    "Build and configuration in use (value is always 1).",
+    ["version", "config_hash"],
+    multiprocess_mode="liveall",
+)
+CONFIG_RELOADS = Counter("gatehouse_config_reload", "Configuration/policy reloads.", ["result"])
+CONFIG_LAST_RELOAD_SUCCESS = Gauge(
+    "gatehouse_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last successful configuration or policy load.",
+    multiprocess_mode="max",
+)
+
+# -- policy -----------------------------------------------------------------
+DECISIONS = Counter(
+    "gatehouse_decisions", "Policy decisions.", ["route", "decision", "reason"]
+)
+
+# -- identity ---------------------------------------------------------------
+AUTH = Counter("gatehouse_auth", "Authentication attempts.", ["issuer", "method", "result"])
+JWKS_REFRESH = Counter("gatehouse_jwks_refresh", "JWKS fetches.", ["issuer", "result"])
+TOKEN_CACHE = Counter("gatehouse_token_cache", "Verified-token cache lookups.", ["result"])
+
+# -- upstream credentials ---------------------------------------------------
+CREDENTIAL_FETCH = Counter(
+    "gatehouse_credential_fetch", "Upstream credential fetches.", ["backend", "provider", "result"]
+)
+CREDENTIAL_CACHE = Counter(
+    "gatehouse_credential_cache", "Upstream credential cache lookups.", ["backend", "result"]
+)
+CREDENTIAL_EXPIRY = Gauge(
+    "gatehouse_credential_expiry_seconds",
+    "Seconds until the cached upstream credential expires.",
+    ["backend"],
+    multiprocess_mode="min",
+)
+UPSTREAM_HEALTHY = Gauge(
+    "gatehouse_upstream_healthy",
+    "1 when the endpoint passes its health check.",
+    ["backend", "endpoint"],
+    multiprocess_mode="min",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for /metrics, aggregated across workers when forked."""
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    if MULTIPROCESS:
+        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,58 @@
+"""Routes and decisions as plain data: what the request path consumes from policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Token bucket per identity: ``requests`` per ``per`` seconds, ``burst`` tokens."""
+
+    requests: int
+    per: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One route from a policy file, with the options the forwarding stage needs.
+
+    Matching fields (``host``, ``path_prefix``, ``path_exact``, ``path_regex``,
+    ``methods``) are compiled into the policy index; the rest travels with the
+    request. ``source`` is ``file:line`` so explanations can cite it.
+    """
+
+    name: str
+    backend: str
+    source: str
+    host: str | None = None
+    path_prefix: str | None = None
+    path_exact: str | None = None
+    path_regex: str | None = None
+    methods: frozenset[str] | None = None
+    timeout: float | None = None
+    max_body: int | None = None
+    websocket: bool = False
+    preserve_host: bool = False
+    pass_authorization: bool = False
+    set_request_headers: tuple[tuple[str, str], ...] = ()
+    remove_request_headers: frozenset[str] = frozenset()
+    pass_claims: tuple[str, ...] = ()
+    pass_claims_max_bytes: int = 4096
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of authorising one request, cited by audit, metrics and 403 bodies.
+
+    ``reason`` comes from a fixed vocabulary: ``allowed:<rule>``,
+    ``denied:<rule>``, ``no_rule_matched``, ``unauthenticated``,
+    ``route_not_found``, ``rate_limited``, ``idp_unavailable``, ...
+    """
+
+    allowed: bool
+    reason: str
+    route: str | None
+    policy_version: str
