@@ -1,0 +1,195 @@
+"""Load and validate the main configuration file completely, or refuse it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from proxy.config.reader import ConfigError, Mapping, Problems, load_document
+from proxy.config.schema import (
+    Address,
+    AdminConfig,
+    AuditConfig,
+    BackendConfig,
+    Config,
+    ListenConfig,
+    TLSConfig,
+    Timeouts,
+)
+from proxy.http.canonical import PathOptions
+from proxy.http.forwarding import TrustedProxies
+
+__all__ = ["ConfigError", "load_config", "parse_address"]
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,62})$")
+
+
+def parse_address(text: str) -> Address | None:
+    """``host:port`` or ``[v6]:port``; None when malformed."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]]*):(\d{1,5})", text.strip())
+    if not m:
+        return None
+    host = m.group(1) or m.group(3) or "0.0.0.0"
+    port = int(m.group(2) or m.group(4))
+    return Address(host, port) if 0 <= port <= 65535 else None
+
+
+def _address(m: Mapping, key: str, default: str | None) -> Address | None:
+    text = m.str(key, default, required=default is None)
+    if text is None:
+        return None
+    address = parse_address(text)
+    if address is None:
+        m.error(key, f"{m.where}.{key}: expected host:port, got {text!r}")
+    return address
+
+
+def _tls(m: Mapping | None) -> TLSConfig | None:
+    if m is None:
+        return None
+    cert = m.path("cert_file", required=True)
+    key = m.path("key_file", required=True)
+    ca = m.path("client_ca_file")
+    client_auth = m.choice("client_auth", ("optional", "require"), "optional")
+    if client_auth == "require" and ca is None and m.has("client_auth"):
+        m.error("client_auth", f"{m.where}.client_auth: 'require' needs client_ca_file")
+    min_version = m.choice("min_version", ("1.2", "1.3"), "1.2")
+    m.close()
+    if cert is None or key is None:
+        return None
+    return TLSConfig(cert, key, ca, client_auth, min_version)
+
+
+def _listen(m: Mapping | None) -> ListenConfig:
+    if m is None:
+        return ListenConfig(Address("0.0.0.0", 8443))
+    address = _address(m, "address", "0.0.0.0:8443") or Address("0.0.0.0", 8443)
+    tls = _tls(m.mapping("tls"))
+    listen = ListenConfig(
+        address=address,
+        tls=tls,
+        trusted_proxies=TrustedProxies(m.cidr_list("trusted_proxies")),
+        max_header_size=m.size("max_header_size", 8190),
+        max_headers=m.int("max_headers", 100, minimum=1),
+        keepalive_timeout=m.duration("keepalive_timeout", 75.0),
+        max_body=m.size("max_body", 10 * 2**20),
+        path=PathOptions(
+            allow_encoded_slash=m.bool("allow_encoded_slash", False),
+            allow_semicolon=m.bool("allow_semicolon", False),
+        ),
+        backlog=m.int("backlog", 1024, minimum=1),
+    )
+    m.close()
+    return listen
+
+
+def _backend(name: str, m: Mapping) -> BackendConfig | None:
+    urls = m.str_list("urls")
+    if not urls and m.has("url"):
+        urls = m.str_list("url")
+    elif m.has("url"):
+        m.error("url", f"{m.where}: give either 'url' or 'urls', not both")
+    if not urls:
+        m.error(None, f"{m.where}: needs at least one URL in 'urls'")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            m.error("urls", f"{m.where}.urls: expected an http(s) URL, got {url!r}")
+        elif parts.query or parts.fragment or parts.username:
+            m.error("urls", f"{m.where}.urls: URL must not carry query, fragment or userinfo")
+    t = m.mapping("timeouts")
+    timeouts = Timeouts()
+    if t is not None:
+        timeouts = Timeouts(
+            connect=t.duration("connect", 5.0),
+            read=t.duration("read", 30.0),
+            total=t.duration("total", 60.0),
+        )
+        t.close()
+    max_connections = m.int("max_connections", 0, minimum=0)
+    m.close()
+    return BackendConfig(name, tuple(u.rstrip("/") for u in urls), timeouts, max_connections)
+
+
+def _backends(m: Mapping | None) -> dict[str, BackendConfig]:
+    out: dict[str, BackendConfig] = {}
+    if m is None:
+        return out
+    for name, node in m.items():
+        sub = Mapping.of(m.doc, node, f"backends.{name}")
+        if not _NAME.match(name):
+            m.error(name, f"backends: invalid backend name {name!r} (use a-z, 0-9, _ . -)")
+        if sub is None:
+            continue
+        backend = _backend(name, sub)
+        if backend is not None:
+            out[name] = backend
+    return out
+
+
+def load_config(path: Path) -> Config:
+    """Parse and validate ``path`` (and the policy files it names) or raise ConfigError."""
+    problems = Problems()
+    doc, node = load_document(path, problems)
+    if node is None:
+        problems.raise_if_any()
+        problems.add(path, 1, "configuration is empty")
+        problems.raise_if_any()
+    root = Mapping.of(doc, node, "config")
+    if root is None:
+        problems.raise_if_any()
+        raise AssertionError("unreachable: non-mapping root is reported")
+    listen = _listen(root.mapping("listen"))
+    admin_m = root.mapping("admin")
+    admin = None
+    if admin_m is not None:
+        admin_addr = _address(admin_m, "address", "127.0.0.1:9901")
+        admin_m.close()
+        admin = AdminConfig(admin_addr) if admin_addr else None
+    audit_m = root.mapping("audit")
+    audit = AuditConfig()
+    if audit_m is not None:
+        output = audit_m.str("output", "stdout")
+        if output not in ("stdout", "-"):
+            out_path = doc.resolve_path(output)
+            if not out_path.parent.is_dir():
+                audit_m.error("output", f"audit.output: directory does not exist: {out_path.parent}")
+            output = str(out_path)
+        audit = AuditConfig("stdout" if output == "-" else output)
+        audit_m.close()
+    policies_m = root.mapping("policies")
+    policy_dir = doc.resolve_path("policies")
+    if policies_m is not None:
+        policy_dir = policies_m.path("dir", must_exist=False) or policy_dir
+        policies_m.close()
+    if not policy_dir.is_dir():
+        root.error("policies", f"policies.dir: directory not found: {policy_dir}")
+    backends = _backends(root.mapping("backends"))
+    default_url = f"{'https' if listen.tls else 'http'}://{listen.address}"
+    public_url = root.str("public_url", default_url) or default_url
+    if urlsplit(public_url).scheme not in ("http", "https"):
+        root.error("public_url", f"public_url: expected an http(s) URL, got {public_url!r}")
+    shutdown_m = root.mapping("shutdown")
+    drain = 30.0
+    if shutdown_m is not None:
+        drain = shutdown_m.duration("drain_timeout", 30.0)
+        shutdown_m.close()
+    root.close()
+
+    # Policies are part of the configuration: validate them now so a bad
+    # route or an undefined backend stops start-up with every problem listed.
+    config_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else ""
+    problems.raise_if_any()
+    return Config(
+        source=path,
+        listen=listen,
+        admin=admin,
+        audit=audit,
+        policy_dir=policy_dir,
+        backends=backends,
+        public_url=public_url.rstrip("/"),
+        drain_timeout=drain,
+        config_hash=config_hash,
+    )

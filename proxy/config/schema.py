@@ -1,0 +1,80 @@
+"""The validated configuration: frozen dataclasses built once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.http.canonical import PathOptions
+from proxy.http.forwarding import TrustedProxies
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth: str = "optional"  # optional | require (only with client_ca_file)
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    address: Address
+    tls: TLSConfig | None = None
+    trusted_proxies: TrustedProxies = TrustedProxies()
+    max_header_size: int = 8190  # per header line / field
+    max_headers: int = 100
+    keepalive_timeout: float = 75.0
+    max_body: int = 10 * 2**20  # default per-route request body limit
+    path: PathOptions = PathOptions()
+    backlog: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    output: str = "stdout"  # "stdout" or a file path
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 30.0  # idle time between reads from the upstream
+    total: float = 60.0  # deadline for the upstream's response headers
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    urls: tuple[str, ...]
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = 0  # 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    listen: ListenConfig
+    admin: AdminConfig | None
+    audit: AuditConfig
+    policy_dir: Path
+    backends: Mapping[str, BackendConfig]
+    public_url: str
+    drain_timeout: float = 30.0
+    config_hash: str = ""
+    extra: Mapping[str, object] = field(default_factory=dict)

@@ -1,0 +1,353 @@
+"""The request path: canonicalise → route → authenticate → authorise →
+upstream credentials → forward → audit.
+
+Each stage is a pure function or a component with a narrow interface; this
+module only sequences them, turns phase errors into responses (the mapping
+itself lives in :mod:`proxy.errors`), and guarantees exactly one audit record
+and one metrics observation per request, whatever happens.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config.schema import Config
+from proxy.errors import (
+    AccessDenied,
+    AuthenticationError,
+    GatehouseError,
+    RateLimited,
+    RouteNotFound,
+    UpstreamError,
+    status_class,
+)
+from proxy.http.canonical import canonicalise_target
+from proxy.http.facts import RequestFacts
+from proxy.http.forwarding import (
+    TraceContext,
+    client_address,
+    forwarding_headers,
+    request_id,
+    trace_context,
+)
+from proxy.http.headers import (
+    RequestHeaderPolicy,
+    filter_request_headers,
+    identity_headers,
+)
+from proxy.http.responses import error_response
+from proxy.identity.model import ClientCertificate, Identity
+from proxy.observability import metrics
+from proxy.observability.audit import AuditRecord, AuditWriter
+from proxy.policy.model import Decision, Route
+from proxy.upstream.forward import forward
+from proxy.upstream.pool import EndpointPool
+from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
+
+log = logging.getLogger("gatehouse.gateway")
+
+
+class PolicyView(Protocol):
+    """The compiled policy set the request is decided by (one version per request)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def match(self, host: str, path: str, method: str) -> Route | None: ...
+
+    def decide(
+        self, route: Route, facts: RequestFacts, identity: Identity | None, now: float
+    ) -> Decision: ...
+
+
+class PolicySource(Protocol):
+    @property
+    def current(self) -> PolicyView: ...
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, facts: RequestFacts) -> Identity | None: ...
+
+    def ready(self) -> bool: ...
+
+
+class RateLimiter(Protocol):
+    def allow(self, route: Route, key: str, now: float) -> bool: ...
+
+
+class CredentialSource(Protocol):
+    async def headers(
+        self, backend: str, route: Route, identity: Identity | None
+    ) -> list[tuple[str, str]]: ...
+
+    def invalidate(self, backend: str, identity: Identity | None) -> None: ...
+
+
+# A hook for endpoints the proxy serves itself (login callback, JWKS): returns
+# a response, or None to carry on down the normal request path.
+LocalEndpoint = Callable[[web.BaseRequest, RequestFacts], Awaitable[web.StreamResponse | None]]
+CertificateReader = Callable[[bytes], ClientCertificate]
+
+
+@dataclass
+class Gateway:
+    config: Config
+    policies: PolicySource
+    audit: AuditWriter
+    session: aiohttp.ClientSession
+    pools: dict[str, EndpointPool]
+    authenticator: Authenticator | None = None
+    rate_limiter: RateLimiter | None = None
+    credentials: CredentialSource | None = None
+    local_endpoints: tuple[LocalEndpoint, ...] = ()
+    certificate_reader: CertificateReader | None = None
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        record = AuditRecord(ts=time.time(), request_id="")
+        request["gatehouse.audited"] = True
+        metrics.INFLIGHT.inc()
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._handle(request, record)
+        except GatehouseError as exc:
+            response = self._fail(exc, record)
+        except Exception:
+            log.exception("unexpected failure handling request %s", record.request_id)
+            response = self._fail(GatehouseError(), record)
+        finally:
+            metrics.INFLIGHT.dec()
+            elapsed = time.perf_counter() - started
+            record.duration_ms = elapsed * 1000.0
+            if response is not None:
+                record.status = response.status
+                if isinstance(response, web.Response) and response.body is not None:
+                    record.bytes_out = len(response.body)  # type: ignore[arg-type]
+            else:
+                # Cancelled (client gone during shutdown): still exactly one record.
+                record.status = record.status or 499
+                if record.reason == "internal_error":
+                    record.reason = "cancelled"
+            route = record.route or "none"
+            metrics.REQUESTS.labels(route, status_class(record.status)).inc()
+            metrics.REQUEST_DURATION.labels(route).observe(elapsed)
+            self.audit.write(record)
+        return response
+
+    def _fail(self, exc: GatehouseError, record: AuditRecord) -> web.Response:
+        # ``decision`` stays as authorisation left it: an upstream failure after
+        # an allow is still an allowed request that failed.
+        record.reason = exc.reason
+        if exc.detail:
+            log.info("request %s: %s (%s)", record.request_id, exc.reason, exc.detail)
+        if isinstance(exc, UpstreamError) and record.backend:
+            metrics.UPSTREAM_ERRORS.labels(record.backend, exc.reason).inc()
+        headers = {}
+        if isinstance(exc, AuthenticationError):
+            headers["WWW-Authenticate"] = f'Bearer realm="gatehouse", error="{exc.reason}"'
+        return error_response(exc.status, exc.reason, record.request_id, headers)
+
+    async def _handle(self, request: web.BaseRequest, record: AuditRecord) -> web.StreamResponse:
+        cfg = self.config.listen
+        peer_ip = _peer_ip(request)
+        trusted = cfg.trusted_proxies.contains(peer_ip)
+        headers = request.headers
+        rid = request_id(headers.get("X-Request-Id"), trusted)
+        trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
+        client_ip, chain = client_address(peer_ip, headers.get("X-Forwarded-For"), cfg.trusted_proxies)
+        host_header = headers.get("Host", "")
+        record.request_id = rid
+        record.trace_id = trace.trace_id
+        record.client_ip = client_ip
+        record.method = request.method
+        record.host = host_header
+
+        # -- canonicalise --------------------------------------------------
+        path, query = canonicalise_target(request.raw_path, cfg.path)
+        record.path = path
+        host = _host_only(host_header)
+        scheme = "https" if cfg.tls is not None else "http"
+        facts = RequestFacts(
+            method=request.method,
+            scheme=scheme,
+            host=host,
+            path=path,
+            query=query,
+            client_ip=client_ip,
+            headers=_lower_headers(request),
+            client_cert=self._client_certificate(request),
+        )
+        for endpoint in self.local_endpoints:
+            local = await endpoint(request, facts)
+            if local is not None:
+                record.decision = "allow"
+                record.reason = "gatehouse_endpoint"
+                local.headers["X-Request-Id"] = rid
+                return local
+
+        # -- route -----------------------------------------------------------
+        policy = self.policies.current
+        record.policy_version = policy.version
+        route = policy.match(host, path, request.method)
+        if route is None:
+            raise RouteNotFound()
+        record.route = route.name
+        record.backend = route.backend
+
+        # -- authenticate ------------------------------------------------------
+        identity: Identity | None = None
+        if self.authenticator is not None:
+            try:
+                identity = await self.authenticator.authenticate(facts)
+            except AuthenticationError:
+                metrics.DECISIONS.labels(route.name, "deny", "unauthenticated").inc()
+                raise
+        if identity is not None:
+            record.subject = identity.subject
+            record.issuer = identity.issuer
+            record.auth = identity.method
+
+        # -- authorise -------------------------------------------------------
+        now = time.time()
+        decision = policy.decide(route, facts, identity, now)
+        record.reason = decision.reason
+        if not decision.allowed:
+            metrics.DECISIONS.labels(route.name, "deny", decision.reason).inc()
+            if decision.reason == "unauthenticated":
+                raise AuthenticationError("unauthenticated")
+            raise AccessDenied(decision.reason)
+        if route.rate_limit is not None and self.rate_limiter is not None:
+            key = identity.subject if identity is not None else f"ip:{client_ip}"
+            if not self.rate_limiter.allow(route, key, now):
+                metrics.DECISIONS.labels(route.name, "deny", "rate_limited").inc()
+                raise RateLimited()
+        metrics.DECISIONS.labels(route.name, "allow", decision.reason).inc()
+        record.decision = "allow"
+
+        # -- upstream credentials ----------------------------------------------
+        extra: list[tuple[str, str]] = []
+        if self.credentials is not None:
+            extra = await self.credentials.headers(route.backend, route, identity)
+
+        # -- forward -----------------------------------------------------------
+        upstream_headers = self._upstream_headers(
+            request, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
+        )
+        pool = self.pools[route.backend]
+        endpoint = pool.pick()
+        if route.websocket and is_websocket_upgrade(request):
+            return await proxy_websocket(
+                self.session,
+                request,
+                url=endpoint + facts.path + (f"?{query}" if query else ""),
+                headers=upstream_headers,
+                record=record,
+            )
+        backend = self.config.backends[route.backend]
+        started = time.perf_counter()
+        try:
+            response = await forward(
+                self.session,
+                request,
+                backend=backend,
+                base_url=endpoint,
+                method=request.method,
+                path_qs=path + (f"?{query}" if query else ""),
+                headers=upstream_headers,
+                max_body=route.max_body if route.max_body is not None else cfg.max_body,
+                timeout=route.timeout,
+                record=record,
+            )
+        finally:
+            metrics.UPSTREAM_DURATION.labels(route.backend).observe(time.perf_counter() - started)
+        return response
+
+    def _upstream_headers(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        facts: RequestFacts,
+        identity: Identity | None,
+        trace: TraceContext,
+        rid: str,
+        peer_ip: str,
+        trusted: bool,
+        chain: list[str],
+        extra: list[tuple[str, str]],
+    ) -> list[tuple[str, str]]:
+        policy = header_policy_for(route)
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        out = filter_request_headers(raw, policy)
+        out += forwarding_headers(
+            peer_ip=peer_ip,
+            peer_trusted=trusted,
+            chain=chain,
+            client_headers=facts.headers,
+            scheme=facts.scheme,
+            host=request.headers.get("Host", ""),
+        )
+        out.append(("X-Request-Id", rid))
+        out.append(("traceparent", trace.traceparent))
+        if trace.tracestate:
+            out.append(("tracestate", trace.tracestate))
+        if route.preserve_host and "Host" in request.headers:
+            out.append(("Host", request.headers["Host"]))
+        if identity is not None:
+            out += identity_headers(identity.subject, identity.email, identity.groups)
+        out += extra
+        return out
+
+    def _client_certificate(self, request: web.BaseRequest) -> ClientCertificate | None:
+        if self.config.listen.tls is None or self.certificate_reader is None:
+            return None
+        transport = request.transport
+        if transport is None:
+            return None
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        der = ssl_object.getpeercert(binary_form=True)
+        return self.certificate_reader(der) if der else None
+
+
+@functools.lru_cache(maxsize=4096)
+def header_policy_for(route: Route) -> RequestHeaderPolicy:
+    """Per-route header policy, built once per route object rather than per request."""
+    return RequestHeaderPolicy(
+        pass_authorization=route.pass_authorization,
+        remove=frozenset(h.lower().replace("_", "-") for h in route.remove_request_headers),
+        set=route.set_request_headers,
+    )
+
+
+def _peer_ip(request: web.BaseRequest) -> str:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unknown"
+
+
+def _host_only(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def _lower_headers(request: web.BaseRequest) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in request.raw_headers:
+        name = k.decode("latin-1").lower()
+        if name not in out:
+            out[name] = v.decode("latin-1")
+    return out

@@ -1,0 +1,123 @@
+"""Who the client is, and the forwarding headers that say so upstream.
+
+Client-supplied ``X-Forwarded-*``/``Forwarded``/``X-Request-Id`` are honoured
+only when the TCP peer is in ``trusted_proxies``; otherwise they are discarded
+and the proxy writes its own (Oathkeeper 26.2.0, oauth2-proxy default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    networks: tuple[Network, ...] = ()
+
+    def contains(self, ip: str) -> bool:
+        if not self.networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+
+def client_address(peer_ip: str, xff: str | None, trusted: TrustedProxies) -> tuple[str, list[str]]:
+    """The trusted client address and the X-Forwarded-For chain to send on.
+
+    Walk the chain right to left from the peer, skipping trusted proxies; the
+    first untrusted hop is the client. An untrusted peer's chain is dropped.
+    """
+    if not xff or not trusted.contains(peer_ip):
+        return peer_ip, [peer_ip]
+    chain = [h.strip() for h in xff.split(",") if h.strip()]
+    client = peer_ip
+    for hop in reversed(chain):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage ends the trustworthy part of the chain
+        client = hop
+        if not trusted.contains(hop):
+            break
+    return client, [*chain, peer_ip]
+
+
+def _forwarded_node(ip: str) -> str:
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
+def _forwarded_host(host: str) -> str:
+    return host if all(c.isalnum() or c in ".-:[]" for c in host) else f'"{host}"'
+
+
+def forwarding_headers(
+    *,
+    peer_ip: str,
+    peer_trusted: bool,
+    chain: Sequence[str],
+    client_headers: Mapping[str, str],
+    scheme: str,
+    host: str,
+) -> list[tuple[str, str]]:
+    """``X-Forwarded-For/Proto/Host`` and ``Forwarded`` as this hop writes them."""
+    proto = scheme
+    fwd_host = host
+    prior_forwarded = None
+    if peer_trusted:
+        proto = client_headers.get("x-forwarded-proto", scheme) or scheme
+        fwd_host = client_headers.get("x-forwarded-host", host) or host
+        prior_forwarded = client_headers.get("forwarded")
+    element = f"for={_forwarded_node(peer_ip)};proto={scheme};host={_forwarded_host(host)}"
+    forwarded = f"{prior_forwarded}, {element}" if prior_forwarded else element
+    return [
+        ("X-Forwarded-For", ", ".join(chain)),
+        ("X-Forwarded-Proto", proto),
+        ("X-Forwarded-Host", fwd_host),
+        ("Forwarded", forwarded),
+    ]
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def request_id(client_value: str | None, peer_trusted: bool) -> str:
+    """Keep a trusted proxy's well-formed request id, otherwise start a new one."""
+    if peer_trusted and client_value and _REQUEST_ID.match(client_value):
+        return client_value
+    return new_request_id()
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    trace_id: str
+    parent_id: str  # this hop's span id, sent upstream as the parent
+    flags: str
+    tracestate: str | None
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.parent_id}-{self.flags}"
+
+
+def trace_context(traceparent: str | None, tracestate: str | None) -> TraceContext:
+    """Continue the caller's W3C trace, or start one; every hop gets a new span id."""
+    span = os.urandom(8).hex()
+    if traceparent:
+        m = _TRACEPARENT.match(traceparent.strip())
+        if m and m.group(1) != "0" * 32 and m.group(2) != "0" * 16:
+            state = tracestate if tracestate and len(tracestate) <= 512 else None
+            return TraceContext(m.group(1), span, m.group(3), state)
+    return TraceContext(os.urandom(16).hex(), span, "01", None)

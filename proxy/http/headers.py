@@ -1,0 +1,189 @@
+"""Header filtering between client, proxy and upstream (RFC 9110 §7.6.1).
+
+Pure functions over ``(name, value)`` lists. Order matters and is fixed:
+1. apply the client's ``Connection`` tokens and drop hop-by-hop headers
+   (before anything of ours is added, so a client cannot name our headers
+   in ``Connection`` to make us drop them: Traefik CVE-2024-45410);
+2. drop every header in Gatehouse's namespaces, comparing names
+   case-insensitively with ``_`` ≡ ``-`` (oauth2-proxy CVE-2025-64484);
+3. add the proxy's own headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Headers = list[tuple[str, str]]
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+# Headers the proxy computes itself; a client's copy is never passed on as is.
+# Forwarding headers from trusted proxies are merged explicitly by the caller.
+PROXY_COMPUTED = frozenset(
+    {
+        "host",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+        "expect",
+        "content-length",
+        # Path hints some upstreams trust for routing (Envoy CVE-2023-27487,
+        # oauth2-proxy CVE-2026-40575): the canonical path is the only path.
+        "x-forwarded-uri",
+        "x-original-uri",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-envoy-original-path",
+    }
+)
+
+# Identity headers other proxies use; an upstream migrating from them might
+# still read them, so a client must never be able to set them.
+DEFAULT_IDENTITY_HEADERS = frozenset(
+    {
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-preferred-username",
+        "x-forwarded-access-token",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-access-token",
+        "x-serverless-authorization",
+    }
+)
+
+NAMESPACE_PREFIX = "x-gatehouse-"
+COOKIE_PREFIXES = ("__Host-gatehouse", "gatehouse")
+
+
+def normalise_name(name: str) -> str:
+    """Lower-case with ``_`` folded to ``-``: how some servers read header names."""
+    return name.lower().replace("_", "-")
+
+
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return frozenset(tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHeaderPolicy:
+    """What one route lets through; built once per route, reused per request."""
+
+    pass_authorization: bool = False
+    pass_cookies: bool = False
+    remove: frozenset[str] = frozenset()  # normalised names
+    set: tuple[tuple[str, str], ...] = ()
+    identity_headers: frozenset[str] = DEFAULT_IDENTITY_HEADERS
+
+
+DEFAULT_REQUEST_POLICY = RequestHeaderPolicy()
+
+
+def _strip_gatehouse_cookies(value: str) -> str:
+    kept = [
+        part
+        for part in (p.strip() for p in value.split(";"))
+        if part and not part.split("=", 1)[0].strip().startswith(COOKIE_PREFIXES)
+    ]
+    return "; ".join(kept)
+
+
+def filter_request_headers(
+    headers: Sequence[tuple[str, str]], policy: RequestHeaderPolicy = DEFAULT_REQUEST_POLICY
+) -> Headers:
+    """The client's end-to-end headers that may travel upstream, in their order."""
+    drop_tokens = connection_tokens(headers)
+    out: Headers = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in drop_tokens:
+            continue
+        norm = lower.replace("_", "-") if "_" in lower else lower
+        if (
+            norm in PROXY_COMPUTED
+            or norm in HOP_BY_HOP
+            or norm.startswith(NAMESPACE_PREFIX)
+            or norm in policy.identity_headers
+            or norm in policy.remove
+        ):
+            continue
+        if norm == "authorization" and not policy.pass_authorization:
+            continue
+        if norm == "cookie" and not policy.pass_cookies:
+            value = _strip_gatehouse_cookies(value)
+            if not value:
+                continue
+        out.append((name, value))
+    out.extend(policy.set)
+    return out
+
+
+def filter_response_headers(headers: Sequence[tuple[str, str]]) -> Headers:
+    """The upstream's end-to-end response headers that may travel to the client."""
+    drop_tokens = connection_tokens(headers)
+    return [
+        (name, value)
+        for name, value in headers
+        if (lower := name.lower()) not in HOP_BY_HOP
+        and lower not in drop_tokens
+        and lower != "content-length"
+    ]
+
+
+def safe_header_value(value: str, limit: int = 4096) -> str:
+    """Make an identity value (from a token) safe to put in a header.
+
+    Claims are attacker-influenced strings (a user may pick their display
+    name); control characters would split headers, and unbounded sizes
+    overflow upstream limits.
+    """
+    cleaned = "".join(c for c in value if " " <= c <= "~")
+    return cleaned[:limit]
+
+
+def identity_headers(
+    subject: str, email: str | None, groups: Iterable[str], groups_budget: int = 4096
+) -> Headers:
+    """``X-Gatehouse-Subject/Email/Groups`` telling the upstream who called."""
+    out: Headers = [("X-Gatehouse-Subject", safe_header_value(subject))]
+    if email:
+        out.append(("X-Gatehouse-Email", safe_header_value(email)))
+    joined: list[str] = []
+    size = 0
+    for group in sorted(groups):
+        g = safe_header_value(group).replace(",", "")
+        if not g:
+            continue
+        if size + len(g) + 1 > groups_budget:
+            break  # a bounded header beats a 431 from the upstream; the assertion carries all
+        joined.append(g)
+        size += len(g) + 1
+    if joined:
+        out.append(("X-Gatehouse-Groups", ",".join(joined)))
+    return out

@@ -1,0 +1,175 @@
+"""The audit log: exactly one JSON line per request that reached the proxy.
+
+Records are handed to a writer thread through a lock-free queue, so the event
+loop never blocks on disk; the thread serialises and writes in batches.
+``reopen()`` (SIGHUP) reopens the file for logrotate; ``close()`` drains
+everything before returning (SIGTERM), so nothing is lost on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+
+log = logging.getLogger("gatehouse.audit")
+
+FIELDS = (
+    "ts",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "method",
+    "host",
+    "path",
+    "route",
+    "backend",
+    "subject",
+    "issuer",
+    "auth",
+    "decision",
+    "reason",
+    "status",
+    "upstream_status",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+)
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """Filled in by the stages as the request progresses; written once at the end."""
+
+    ts: float
+    request_id: str
+    trace_id: str | None = None
+    client_ip: str | None = None
+    method: str | None = None
+    host: str | None = None
+    path: str | None = None
+    route: str | None = None
+    backend: str | None = None
+    subject: str | None = None
+    issuer: str | None = None
+    auth: str | None = None
+    decision: str = "deny"
+    reason: str = "internal_error"
+    status: int = 0
+    upstream_status: int | None = None
+    duration_ms: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    policy_version: str | None = None
+
+
+_STOP = object()
+_REOPEN = object()
+_FLUSH_BATCH = 512
+
+
+class AuditWriter:
+    """Writes records as JSON lines to stdout or a file from a daemon thread."""
+
+    def __init__(self, output: str) -> None:
+        self._output = output
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._stream: IO[bytes] | None = None
+        self._open()
+        self._thread = threading.Thread(target=self._run, name="gatehouse-audit", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _open(self) -> None:
+        if self._output == "stdout":
+            self._stream = sys.stdout.buffer
+        else:
+            fd = os.open(self._output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._stream = os.fdopen(fd, "ab", buffering=0)
+
+    def write(self, record: AuditRecord) -> None:
+        """Never blocks: the record is queued for the writer thread."""
+        self._queue.put(record)
+
+    def reopen(self) -> None:
+        self._queue.put(_REOPEN)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            batch: list[bytes] = []
+            control: list[object] = []
+            while True:
+                if isinstance(item, AuditRecord):
+                    batch.append(_encode(item))
+                else:
+                    control.append(item)
+                    break
+                if len(batch) >= _FLUSH_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._emit(b"".join(batch))
+            for c in control:
+                if c is _STOP:
+                    self._close_stream()
+                    return
+                if c is _REOPEN:
+                    self._close_stream()
+                    try:
+                        self._open()
+                    except OSError as exc:
+                        log.error("audit: cannot reopen %s: %s", self._output, exc.strerror)
+                elif isinstance(c, threading.Event):
+                    c.set()
+
+    def _emit(self, data: bytes) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            stream.write(data)
+            stream.flush()
+        except OSError as exc:
+            log.error("audit: write failed: %s", exc.strerror)
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None and stream is not sys.stdout.buffer:
+            with contextlib.suppress(OSError):
+                stream.close()
+        elif stream is not None:
+            with contextlib.suppress(OSError):
+                stream.flush()
+
+
+def _encode(record: AuditRecord) -> bytes:
+    data: dict[str, Any] = {name: getattr(record, name) for name in FIELDS}
+    if record.policy_version is not None:
+        data["policy_version"] = record.policy_version
+    data["duration_ms"] = round(record.duration_ms, 3)
+    return orjson.dumps(data) + b"\n"

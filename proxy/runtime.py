@@ -1,0 +1,254 @@
+"""Process lifecycle: one worker serving, or a supervisor forking N of them.
+
+One worker is one asyncio loop owning its own listening socket (SO_REUSEPORT
+when there are several), its own upstream connection pool and its own view of
+the policy directory. The supervisor holds no event loop, so forking and
+re-forking workers is always safe.
+
+Signals: SIGTERM/SIGINT drain (stop accepting, finish in-flight requests up to
+``shutdown.drain_timeout``, flush audit, exit 0); SIGHUP reloads certificates
+and policies and reopens the audit file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.config.schema import Config
+from proxy.gateway import Gateway
+from proxy.http.server import bind_socket, make_server, start_listener
+from proxy.http.tls import reload_certificates, server_context
+from proxy.observability import metrics
+from proxy.observability.admin import ReadinessBoard, admin_app
+from proxy.observability.audit import AuditWriter
+from proxy.policy.store import PolicyStore
+from proxy.upstream.forward import new_client_session
+from proxy.upstream.pool import EndpointPool
+from proxy.upstream.reachability import Reachability
+
+log = logging.getLogger("gatehouse")
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(
+    config: Config,
+    *,
+    sock: socket.socket | None = None,
+    admin_in_process: bool = True,
+    board: ReadinessBoard | None = None,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Run one worker until SIGTERM/SIGINT, then drain and return."""
+    loop = asyncio.get_running_loop()
+    audit = AuditWriter(config.audit.output)
+    policies = PolicyStore(config.policy_dir, backends=set(config.backends))
+    session = new_client_session()
+    gateway = Gateway(
+        config=config,
+        policies=policies,
+        audit=audit,
+        session=session,
+        pools={name: EndpointPool(b.urls) for name, b in config.backends.items()},
+    )
+    closers: list[Callable[[], Awaitable[None]]] = []
+    reach = Reachability(config.backends)
+    await reach.probe_once(timeout=1.0)
+
+    def checks() -> dict[str, bool]:
+        out = {"config": True, "upstreams": reach.ok()}
+        if gateway.authenticator is not None:
+            out["identity"] = gateway.authenticator.ready()
+        return out
+
+    ssl_context = server_context(config.listen.tls) if config.listen.tls else None
+    server = make_server(gateway.handle, config.listen, audit)
+    if sock is None:
+        sock = bind_socket(config.listen.address, reuse_port=False, backlog=config.listen.backlog)
+    listener = await start_listener(server, sock, ssl_context)
+
+    admin_runner: web.AppRunner | None = None
+    if admin_in_process and config.admin is not None:
+        admin_runner = web.AppRunner(admin_app(checks), access_log=None)
+        await admin_runner.setup()
+        site = web.TCPSite(admin_runner, config.admin.address.host, config.admin.address.port)
+        await site.start()
+
+    metrics.BUILD_INFO.labels(__version__, config.config_hash).set(1)
+    metrics.CONFIG_LAST_RELOAD_SUCCESS.set(time.time())
+
+    stop = asyncio.Event()
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reloading certificates and policies, reopening audit log")
+        if ssl_context is not None and config.listen.tls is not None:
+            reload_certificates(ssl_context, config.listen.tls)
+        audit.reopen()
+        policies.reload()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+
+    async def publish_readiness() -> None:
+        while True:
+            if board is not None:
+                board.publish(checks())
+            await asyncio.sleep(1.0)
+
+    background = [
+        asyncio.ensure_future(policies.watch()),
+        asyncio.ensure_future(reach.run()),
+        asyncio.ensure_future(publish_readiness()),
+    ]
+    if started is not None:
+        started()
+    log.info(
+        "gatehouse %s serving on %s (pid %d)", __version__, config.listen.address, os.getpid()
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("draining: no new connections, waiting up to %.0fs", config.drain_timeout)
+        listener.close()
+        await server.shutdown(config.drain_timeout)
+        with contextlib.suppress(Exception):
+            await listener.wait_closed()
+        for task in background:
+            task.cancel()
+        for closer in closers:
+            with contextlib.suppress(Exception):
+                await closer()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        await session.close()
+        if board is not None:
+            board.forget(os.getpid())
+        audit.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+
+def run_single(config: Config) -> int:
+    _install_uvloop()
+    asyncio.run(serve(config))
+    return 0
+
+
+def _admin_process(config: Config, board: ReadinessBoard, workers: int) -> None:
+    async def main() -> None:
+        assert config.admin is not None
+        runner = web.AppRunner(admin_app(lambda: board.collect(workers)), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, config.admin.address.host, config.admin.address.port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def run_workers(config: Config, workers: int) -> int:
+    """Supervise ``workers`` forked workers plus an admin process; re-fork any that die.
+
+    The caller must have set ``PROMETHEUS_MULTIPROC_DIR`` before metrics were
+    imported, so every process writes to shared metric files.
+    """
+    run_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp("-gatehouse"))
+    board = ReadinessBoard(run_dir / "ready")
+    # Bind once here so a taken port fails start-up loudly, before any fork.
+    probe = bind_socket(config.listen.address, reuse_port=True, backlog=config.listen.backlog)
+    probe.close()
+
+    def spawn(role: str) -> int:
+        pid = os.fork()
+        if pid != 0:
+            return pid
+        code = 0
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            _install_uvloop()
+            if role == "admin":
+                _admin_process(config, board, workers)
+            else:
+                sock = bind_socket(
+                    config.listen.address, reuse_port=True, backlog=config.listen.backlog
+                )
+                asyncio.run(
+                    serve(
+                        config,
+                        sock=sock,
+                        admin_in_process=False,
+                        board=board,
+                    )
+                )
+        except BaseException:
+            log.exception("%s process failed", role)
+            code = 1
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+
+    roles: dict[int, str] = {}
+    for _ in range(workers):
+        roles[spawn("worker")] = "worker"
+    if config.admin is not None:
+        roles[spawn("admin")] = "admin"
+
+    stopping = False
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(roles):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+    exit_code = 0
+    while roles:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        role = roles.pop(pid, None)
+        if role is None:
+            continue
+        metrics.mark_process_dead(pid)
+        board.forget(pid)
+        if stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        log.error("%s %d exited with %d; starting a new one", role, pid, code)
+        time.sleep(0.5)
+        roles[spawn(role)] = role
+        exit_code = 1 if code not in (0,) else exit_code
+    return 0 if stopping else exit_code

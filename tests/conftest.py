@@ -1,0 +1,51 @@
+"""Shared fixtures: a real FastAPI upstream, real certificates, a gatehouse launcher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.http.devcert import dev_certificates
+from tests.support.gatehouse import Gatehouse, start_gatehouse
+from tests.support.upstream_app import app as upstream_app
+from tests.support.uvicorn_server import serve_asgi
+
+
+@pytest.fixture(scope="session")
+def upstream_port() -> Iterator[int]:
+    """The FastAPI echo/stream/slow upstream under uvicorn, on a port picked at run time."""
+    with serve_asgi(upstream_app) as port:
+        yield port
+
+
+@pytest.fixture(scope="session")
+def upstream_url(upstream_port: int) -> str:
+    return f"http://127.0.0.1:{upstream_port}"
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return dev_certificates(tmp_path_factory.mktemp("certs"), ("localhost",))
+
+
+GatehouseFactory = Callable[..., Gatehouse]
+
+
+@pytest.fixture
+def gatehouse(tmp_path: Path) -> Iterator[GatehouseFactory]:
+    """Start ``gatehouse run`` processes for a test; all are stopped afterwards."""
+    started: list[Gatehouse] = []
+
+    def factory(**kwargs: Any) -> Gatehouse:
+        workdir = tmp_path / f"gh{len(started)}"
+        workdir.mkdir()
+        gh = start_gatehouse(workdir, **kwargs)
+        started.append(gh)
+        return gh
+
+    yield factory
+    for gh in started:
+        gh.stop()

@@ -1,0 +1,95 @@
+"""Client address, forwarding headers, request ids and trace context."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from proxy.http.forwarding import (
+    TrustedProxies,
+    client_address,
+    forwarding_headers,
+    request_id,
+    trace_context,
+)
+
+TRUSTED = TrustedProxies((ipaddress.ip_network("10.0.0.0/8"),))
+
+
+def test_untrusted_peer_cannot_claim_another_client_address() -> None:
+    assert client_address("203.0.113.5", "1.2.3.4", TRUSTED) == ("203.0.113.5", ["203.0.113.5"])
+
+
+def test_trusted_peer_chain_yields_first_untrusted_hop_from_the_right() -> None:
+    ip, chain = client_address("10.0.0.2", "6.6.6.6, 198.51.100.7, 10.0.0.9", TRUSTED)
+    assert ip == "198.51.100.7"
+    assert chain == ["6.6.6.6", "198.51.100.7", "10.0.0.9", "10.0.0.2"]
+
+
+def test_garbage_in_the_chain_stops_the_walk() -> None:
+    ip, _ = client_address("10.0.0.2", "1.1.1.1, not-an-ip", TRUSTED)
+    assert ip == "10.0.0.2"
+
+
+def test_forwarded_headers_from_untrusted_peer_are_rewritten() -> None:
+    out = dict(
+        forwarding_headers(
+            peer_ip="203.0.113.5",
+            peer_trusted=False,
+            chain=["203.0.113.5"],
+            client_headers={"x-forwarded-proto": "http", "forwarded": "for=1.1.1.1"},
+            scheme="https",
+            host="app.example.com",
+        )
+    )
+    assert out == {
+        "X-Forwarded-For": "203.0.113.5",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "app.example.com",
+        "Forwarded": "for=203.0.113.5;proto=https;host=app.example.com",
+    }
+
+
+def test_forwarded_headers_from_trusted_peer_are_extended() -> None:
+    out = dict(
+        forwarding_headers(
+            peer_ip="10.0.0.2",
+            peer_trusted=True,
+            chain=["198.51.100.7", "10.0.0.2"],
+            client_headers={"x-forwarded-proto": "https", "forwarded": "for=198.51.100.7"},
+            scheme="http",
+            host="app",
+        )
+    )
+    assert out["X-Forwarded-Proto"] == "https"
+    assert out["Forwarded"] == "for=198.51.100.7, for=10.0.0.2;proto=http;host=app"
+
+
+def test_ipv6_forwarded_node_is_quoted_and_bracketed() -> None:
+    out = dict(
+        forwarding_headers(
+            peer_ip="::1", peer_trusted=False, chain=["::1"], client_headers={}, scheme="http", host="h"
+        )
+    )
+    assert out["Forwarded"].startswith('for="[::1]"')
+
+
+def test_request_id_is_kept_only_from_trusted_peers_and_only_when_well_formed() -> None:
+    assert request_id("abc-123", True) == "abc-123"
+    assert request_id("abc-123", False) != "abc-123"
+    assert request_id("bad\nid", True) != "bad\nid"
+    assert len(request_id(None, False)) == 32
+
+
+def test_traceparent_is_continued_with_a_new_span() -> None:
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    ctx = trace_context(incoming, "vendor=1")
+    assert ctx.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert ctx.parent_id != "b7ad6b7169203331"
+    assert ctx.traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert ctx.tracestate == "vendor=1"
+
+
+def test_invalid_traceparent_starts_a_new_trace() -> None:
+    for bad in ("garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01", None):
+        ctx = trace_context(bad, "vendor=1")
+        assert len(ctx.trace_id) == 32 and ctx.tracestate is None

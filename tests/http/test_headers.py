@@ -1,0 +1,97 @@
+"""Hop-by-hop, Connection tokens and namespace stripping before the proxy adds its own."""
+
+from __future__ import annotations
+
+from proxy.http.headers import (
+    RequestHeaderPolicy,
+    filter_request_headers,
+    filter_response_headers,
+    identity_headers,
+)
+
+
+def names(headers: list[tuple[str, str]]) -> list[str]:
+    return [n.lower() for n, _ in headers]
+
+
+def test_hop_by_hop_headers_are_removed() -> None:
+    out = filter_request_headers(
+        [
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Trailer", "X"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authorization", "Basic x"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Accept", "*/*"),
+        ]
+    )
+    assert names(out) == ["accept"]
+
+
+def test_every_header_named_in_connection_is_removed() -> None:
+    out = filter_request_headers(
+        [("Connection", "close, X-Secret ,x-other"), ("X-Secret", "1"), ("X-Other", "2"), ("X-Kept", "3")]
+    )
+    assert names(out) == ["x-kept"]
+
+
+def test_connection_tokens_cannot_remove_headers_the_proxy_adds_afterwards() -> None:
+    # Traefik CVE-2024-45410: the client names our header in Connection; since
+    # tokens apply to the client's headers only, what we add later survives.
+    policy = RequestHeaderPolicy(set=(("X-Env", "prod"),))
+    out = filter_request_headers([("Connection", "X-Env, X-Forwarded-For")], policy)
+    assert out == [("X-Env", "prod")]
+
+
+def test_namespace_headers_are_removed_whatever_their_case_or_underscores() -> None:
+    # oauth2-proxy CVE-2025-64484: X_Forwarded-Email and friends.
+    out = filter_request_headers(
+        [
+            ("X-Gatehouse-Subject", "admin"),
+            ("x_gatehouse_groups", "admins"),
+            ("X_Forwarded-Email", "a@b"),
+            ("X-FORWARDED-USER", "root"),
+            ("x-auth-request-email", "a@b"),
+            ("X_Forwarded_For", "1.2.3.4"),
+            ("X-Forwarded-Uri", "/public"),
+            ("X-Envoy-Original-Path", "/public"),
+            ("X-Ok", "1"),
+        ]
+    )
+    assert names(out) == ["x-ok"]
+
+
+def test_authorization_and_gatehouse_cookies_are_dropped_unless_the_route_passes_them() -> None:
+    headers = [("Authorization", "Bearer t"), ("Cookie", "__Host-gatehouse=s; app=1; gatehouse_csrf=2")]
+    assert filter_request_headers(headers) == [("Cookie", "app=1")]
+    passed = filter_request_headers(headers, RequestHeaderPolicy(pass_authorization=True, pass_cookies=True))
+    assert passed == headers
+
+
+def test_route_removals_and_additions_apply() -> None:
+    policy = RequestHeaderPolicy(remove=frozenset({"x-debug"}), set=(("X-Env", "prod"),))
+    assert filter_request_headers([("X_Debug", "1"), ("A", "b")], policy) == [("A", "b"), ("X-Env", "prod")]
+
+
+def test_client_forwarding_and_request_id_headers_are_never_passed_through() -> None:
+    out = filter_request_headers(
+        [("Host", "a"), ("Forwarded", "for=1.1.1.1"), ("X-Real-IP", "1.1.1.1"), ("X-Request-Id", "r"), ("traceparent", "t"), ("Expect", "100-continue"), ("Content-Length", "5")]
+    )
+    assert out == []
+
+
+def test_response_hop_by_hop_and_connection_tokens_are_removed() -> None:
+    out = filter_response_headers(
+        [("Connection", "X-Upstream-Private"), ("X-Upstream-Private", "s"), ("Transfer-Encoding", "chunked"), ("Content-Length", "3"), ("Set-Cookie", "a=b"), ("Content-Encoding", "gzip")]
+    )
+    assert out == [("Set-Cookie", "a=b"), ("Content-Encoding", "gzip")]
+
+
+def test_identity_headers_are_sanitised_and_bounded() -> None:
+    out = dict(identity_headers("alice\r\nX-Evil: 1", "a@example.com", ["eng", "ops,x"], groups_budget=8))
+    assert out["X-Gatehouse-Subject"] == "aliceX-Evil: 1"
+    assert out["X-Gatehouse-Email"] == "a@example.com"
+    assert out["X-Gatehouse-Groups"] == "eng"

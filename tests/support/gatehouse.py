@@ -1,0 +1,144 @@
+"""Run ``gatehouse`` as a real process with a generated config, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.net import free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Gatehouse:
+    """A running ``gatehouse run`` process and where to find its outputs."""
+
+    workdir: Path
+    port: int
+    admin_port: int
+    process: subprocess.Popen[bytes]
+    audit_path: Path
+    scheme: str = "http"
+    stderr_path: Path = field(default_factory=Path)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    def wait_audit(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.audit_records()
+            if len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return int(self.process.returncode)
+
+
+def write_config(
+    workdir: Path,
+    *,
+    backends: dict[str, Any],
+    routes: list[dict[str, Any]],
+    listen: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, int, int, Path]:
+    port, admin_port = free_port(), free_port()
+    policy_dir = workdir / "policies"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (policy_dir / "routes.yaml").write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
+    audit_path = workdir / "audit.jsonl"
+    config: dict[str, Any] = {
+        "listen": {"address": f"127.0.0.1:{port}", **(listen or {})},
+        "admin": {"address": f"127.0.0.1:{admin_port}"},
+        "audit": {"output": str(audit_path)},
+        "policies": {"dir": str(policy_dir)},
+        "backends": backends,
+        **(extra or {}),
+    }
+    path = workdir / "gatehouse.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, port, admin_port, audit_path
+
+
+def start_gatehouse(
+    workdir: Path,
+    *,
+    backends: dict[str, Any],
+    routes: list[dict[str, Any]],
+    listen: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+) -> Gatehouse:
+    config, port, admin_port, audit_path = write_config(
+        workdir, backends=backends, routes=routes, listen=listen, extra=extra
+    )
+    stderr_path = workdir / "stderr.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "run", "--config", str(config), "--workers", str(workers)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr_path.open("wb"),
+        env={**os.environ, **(env or {})},
+    )
+    gh = Gatehouse(
+        workdir,
+        port,
+        admin_port,
+        proc,
+        audit_path,
+        scheme="https" if listen and "tls" in listen else "http",
+        stderr_path=stderr_path,
+    )
+    try:
+        wait_for_port(admin_port, timeout=30)
+        wait_for_port(port, timeout=30)
+    except TimeoutError:
+        gh.stop()
+        raise RuntimeError(f"gatehouse did not start:\n{gh.stderr()}") from None
+    return gh
+
+
+def public_route(name: str, path: str, backend: str, **options: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "path": path,
+        "backend": backend,
+        "allow": [{"name": "anyone", "public": True}],
+        **options,
+    }
