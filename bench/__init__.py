@@ -1,0 +1,1 @@
+"""`python -m bench`: the reproducible benchmark harness (see bench/__main__.py)."""

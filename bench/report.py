@@ -1,0 +1,102 @@
+"""The benchmark report: a table, ratios, sections, and machine-readable lines."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.memory import Section
+from bench.scenarios import Outcome
+
+REFERENCES = ("aiohttp_passthrough", "direct")
+COMPARED = ("gatehouse_public", "full_identity", "full_identity_assertion", "full_identity_tls")
+EXTRA_RATIOS = (("full_identity_tls", "full_identity"), ("nginx_proxy", "direct"))
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    command: str
+    loadgen: str
+    upstream: str
+    connections: int
+    duration: float
+    runs: int
+    pinned: str
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def ratios(outcomes: list[Outcome]) -> list[tuple[str, str, float]]:
+    by = {o.name: o.result for o in outcomes if o.result is not None}
+    pairs = [(a, b) for a in COMPARED for b in REFERENCES] + list(EXTRA_RATIOS)
+    return [(a, b, by[a].rps / by[b].rps) for a, b in pairs if a in by and b in by and by[b].rps]
+
+
+def _cell_ratio(outcomes: list[Outcome], name: str, ref: str) -> str:
+    for a, b, r in ratios(outcomes):
+        if a == name and b == ref:
+            return f"{r:.2f}x"
+    return ""
+
+
+def table(outcomes: list[Outcome]) -> list[str]:
+    rows = [
+        "| # | scenario | req/s | p50 ms | p99 ms | vs aiohttp | vs direct |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for i, o in enumerate(outcomes, 1):
+        if o.result is None:
+            rows.append(f"| {i} | {o.label} | skipped: {o.skipped} | | | | |")
+            continue
+        r = o.result
+        rows.append(
+            f"| {i} | {o.label} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{_cell_ratio(outcomes, o.name, 'aiohttp_passthrough')} | "
+            f"{_cell_ratio(outcomes, o.name, 'direct')} |"
+        )
+    return rows
+
+
+def machine_lines(outcomes: list[Outcome], sections: list[Section]) -> list[str]:
+    out = [f"ratio {a}/{b}={r:.2f}" for a, b, r in ratios(outcomes)]
+    for o in outcomes:
+        if o.result is None:
+            out.append(f"skipped {o.name}")
+            continue
+        out.append(f"rps {o.name}={o.result.rps:.0f}")
+        out.append(f"p50_ms {o.name}={o.result.p50_ms:.3f}")
+        out.append(f"p99_ms {o.name}={o.result.p99_ms:.3f}")
+    for sec in sections:
+        out.extend(sec.machine)
+    return out
+
+
+def render(info: RunInfo, outcomes: list[Outcome], sections: list[Section]) -> str:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "## Benchmark",
+        "",
+        f"`{info.command}` on {now}: {cpu_model()}, {info.pinned}; load generator {info.loadgen}, "
+        f"upstream {info.upstream} (~50-byte JSON), HTTP/1.1 keep-alive, "
+        f"{info.connections} connections, median of {info.runs} runs of {info.duration:g} s "
+        "after a warm-up.",
+        "",
+        *table(outcomes),
+        "",
+    ]
+    for sec in sections:
+        lines += [f"### {sec.title}", ""]
+        lines += [f"- {line}" for line in sec.lines] or ["- (no output)"]
+        lines.append("")
+    lines += ["```", *machine_lines(outcomes, sections), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,282 @@
+"""The req/s scenarios: how each target is started, probed and measured."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import gatehouse, nginx
+from bench.aux_server import write_documents
+from bench.measure import Load, LoadError, RunResult, median, run_once
+from bench.procs import ProcessGroup, free_port, python, wait_http_ok, wait_tcp
+from bench.tls import self_signed
+from bench.tokens import AUDIENCE, Issuer, new_issuer
+from bench.tools import Tools
+
+# Share of failed requests above which a run is reported as invalid, not as a figure.
+MAX_ERROR_SHARE = 0.01
+
+
+@dataclass
+class Context:
+    pg: ProcessGroup
+    workdir: Path
+    tools: Tools
+    proxy_cpus: set[int] | None
+    load_cpus: set[int] | None
+    upstream_url: str = ""
+    upstream_kind: str = ""
+    _aux_url: str | None = None
+    _issuer: Issuer | None = None
+
+    def say(self, msg: str) -> None:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    def aux_url(self) -> str:
+        """The helper server (JWKS, bulk bytes), started on first use."""
+        if self._aux_url is None:
+            port = free_port()
+            docs = self.workdir / "aux"
+            docs.mkdir(exist_ok=True)
+            issuer = self.issuer_for(f"http://127.0.0.1:{port}")
+            write_documents(docs, issuer.url, issuer.jwks())
+            argv = [python(), "-m", "bench.aux_server", str(port), str(docs)]
+            proc = self.pg.start("aux", argv, cpus=self.load_cpus)
+            if not wait_http_ok("127.0.0.1", port, "/jwks.json", timeout=20, proc=proc):
+                raise RuntimeError(f"aux server did not start: {self.pg.log_tail('aux')}")
+            self._aux_url = f"http://127.0.0.1:{port}"
+        return self._aux_url
+
+    def issuer_for(self, url: str) -> Issuer:
+        if self._issuer is None:
+            self._issuer = new_issuer(url)
+        return self._issuer
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+
+class Skip(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    name: str
+    label: str
+    result: RunResult | None = None
+    skipped: str | None = None
+    runs: tuple[RunResult, ...] = ()
+
+
+# -- upstream -----------------------------------------------------------------
+def start_upstream(ctx: Context, prefer_nginx: bool) -> None:
+    port = free_port()
+    if prefer_nginx and ctx.tools.nginx:
+        conf = nginx.upstream_conf(ctx.workdir, port)
+        proc = ctx.pg.start("nginx-upstream", nginx.argv(ctx.tools.nginx, conf), cpus=ctx.load_cpus)
+        if wait_http_ok("127.0.0.1", port, "/", timeout=10, proc=proc):
+            ctx.upstream_url, ctx.upstream_kind = f"http://127.0.0.1:{port}", "nginx"
+            return
+        ctx.say(f"nginx upstream failed ({ctx.pg.log_tail('nginx-upstream', 3)}); using Python")
+        ctx.pg.stop(proc)
+        port = free_port()
+    argv = [python(), "-m", "bench.upstream", str(port)]
+    proc = ctx.pg.start("py-upstream", argv, cpus=ctx.load_cpus)
+    if not wait_http_ok("127.0.0.1", port, "/", timeout=20, proc=proc):
+        raise RuntimeError(f"Python upstream did not start: {ctx.pg.log_tail('py-upstream')}")
+    ctx.upstream_url, ctx.upstream_kind = f"http://127.0.0.1:{port}", "python"
+
+
+# -- scenario set-ups -----------------------------------------------------------
+def _direct(ctx: Context) -> Target:
+    return Target(ctx.upstream_url + "/")
+
+
+def _nginx_proxy(ctx: Context) -> Target:
+    if not ctx.tools.nginx:
+        raise Skip("nginx is not installed")
+    port = free_port()
+    upstream_port = int(ctx.upstream_url.rsplit(":", 1)[1])
+    conf = nginx.proxy_conf(ctx.workdir, port, upstream_port)
+    proc = ctx.pg.start("nginx-proxy", nginx.argv(ctx.tools.nginx, conf), cpus=ctx.proxy_cpus)
+    if not wait_http_ok("127.0.0.1", port, "/", timeout=10, proc=proc):
+        tail = ctx.pg.log_tail("nginx-proxy", 3)
+        ctx.pg.stop(proc)
+        raise Skip(f"nginx reverse proxy did not start: {tail}")
+    return Target(f"http://127.0.0.1:{port}/", proc=proc)
+
+
+def _aiohttp(ctx: Context) -> Target:
+    port = free_port()
+    argv = [python(), "-m", "bench.aiohttp_passthrough", str(port), ctx.upstream_url]
+    proc = ctx.pg.start("aiohttp-passthrough", argv, cpus=ctx.proxy_cpus)
+    if not wait_tcp("127.0.0.1", port, timeout=20, proc=proc):
+        tail = ctx.pg.log_tail("aiohttp-passthrough", 3)
+        ctx.pg.stop(proc)
+        raise Skip(f"aiohttp pass-through did not start: {tail}")
+    return Target(f"http://127.0.0.1:{port}/", proc=proc)
+
+
+def _need_gatehouse(ctx: Context) -> str:
+    if not ctx.tools.gatehouse:
+        raise Skip("`gatehouse` is not installed in this environment (pip install -e .)")
+    return ctx.tools.gatehouse
+
+
+def _run_gatehouse(ctx: Context, setup: gatehouse.Setup) -> Target:
+    try:
+        proc = gatehouse.start(ctx.pg, _need_gatehouse(ctx), setup, ctx.proxy_cpus)
+    except gatehouse.Unavailable as e:
+        raise Skip(str(e)) from e
+    return Target(setup.url, setup.headers, proc)
+
+
+def _gatehouse_public(ctx: Context) -> Target:
+    _need_gatehouse(ctx)
+    return _run_gatehouse(ctx, gatehouse.public_route(ctx.workdir, "public", ctx.upstream_url))
+
+
+def _identity(ctx: Context) -> gatehouse.IdentityParams:
+    issuer = ctx.issuer_for(ctx.aux_url())
+    return gatehouse.IdentityParams(issuer.url, AUDIENCE, issuer.token())
+
+
+def _full_identity(ctx: Context) -> Target:
+    _need_gatehouse(ctx)
+    setup = gatehouse.full_identity(ctx.workdir, "identity", ctx.upstream_url, _identity(ctx))
+    return _run_gatehouse(ctx, setup)
+
+
+def _full_identity_assertion(ctx: Context) -> Target:
+    _need_gatehouse(ctx)
+    key = ctx.workdir / "assertion-key.pem"
+    if not key.exists():
+        self_signed(ctx.workdir, "assertion")  # reuse its EC key as the signing key
+        (ctx.workdir / "assertion.key").rename(key)
+    setup = gatehouse.full_identity(
+        ctx.workdir, "assertion", ctx.upstream_url, _identity(ctx), assertion_key=key
+    )
+    return _run_gatehouse(ctx, setup)
+
+
+def _full_identity_tls(ctx: Context) -> Target:
+    _need_gatehouse(ctx)
+    cert, key = self_signed(ctx.workdir, "server")
+    setup = gatehouse.full_identity(
+        ctx.workdir, "tls", ctx.upstream_url, _identity(ctx), tls=(cert, key)
+    )
+    return _run_gatehouse(ctx, setup)
+
+
+Setup = Callable[[Context], Target]
+
+SCENARIOS: tuple[tuple[str, str, Setup], ...] = (
+    ("direct", "direct to upstream", _direct),
+    ("nginx_proxy", "nginx reverse proxy (C reference)", _nginx_proxy),
+    ("aiohttp_passthrough", "aiohttp pass-through (Python reference)", _aiohttp),
+    ("gatehouse_public", "Gatehouse, public route", _gatehouse_public),
+    ("full_identity", "Gatehouse, JWT RS256 + 100 routes + audit + metrics", _full_identity),
+    (
+        "full_identity_assertion",
+        "as full_identity + assertion credential",
+        _full_identity_assertion,
+    ),
+    ("full_identity_tls", "as full_identity over TLS", _full_identity_tls),
+)
+NAMES = tuple(name for name, _, _ in SCENARIOS)
+
+
+# -- measuring -----------------------------------------------------------------
+def probe(url: str, headers: tuple[tuple[str, str], ...]) -> tuple[int, str]:
+    """One request before any load: a target answering errors is skipped, not measured."""
+    req = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 - our own URL
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:  # noqa: S310
+            return int(resp.status), resp.read(200).decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read(200).decode(errors="replace")
+    except OSError as e:
+        return 0, f"{type(e).__name__}: {e}"
+
+
+def _error_share(r: RunResult) -> float:
+    return r.errors / max(1, r.requests + r.errors)
+
+
+def measure_scenario(
+    ctx: Context,
+    name: str,
+    label: str,
+    setup: Setup,
+    load: Load,
+    *,
+    warmup: float,
+    duration: float,
+    runs: int,
+) -> Outcome:
+    ctx.say(f"scenario {name}: starting")
+    try:
+        target = setup(ctx)
+    except Skip as e:
+        ctx.say(f"scenario {name}: skipped: {e}")
+        return Outcome(name, label, skipped=str(e))
+    try:
+        status, body = probe(target.url, target.headers)
+        if status != 200:
+            snippet = " ".join(body.split())[:160]
+            return Outcome(name, label, skipped=f"probe answered {status}: {snippet}")
+        results: list[RunResult] = []
+        try:
+            if warmup > 0:
+                run_once(ctx.pg, load, target.url, duration=warmup, headers=target.headers)
+            for i in range(runs):
+                r = run_once(ctx.pg, load, target.url, duration=duration, headers=target.headers)
+                ctx.say(
+                    f"scenario {name}: run {i + 1}/{runs}: {r.rps:,.0f} req/s "
+                    f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
+                )
+                results.append(r)
+        except LoadError as e:
+            return Outcome(name, label, skipped=f"load generator failed: {e}")
+        bad = [r for r in results if _error_share(r) > MAX_ERROR_SHARE]
+        if bad:
+            worst = max(bad, key=_error_share)
+            return Outcome(
+                name,
+                label,
+                skipped=f"invalid: {worst.errors} of {worst.requests + worst.errors} requests "
+                "failed in a run",
+                runs=tuple(results),
+            )
+        return Outcome(name, label, result=median(results), runs=tuple(results))
+    finally:
+        if target.proc is not None:
+            ctx.pg.stop(target.proc)
+
+
+def describe_outcomes(outcomes: list[Outcome]) -> str:
+    return json.dumps(
+        {
+            o.name: (
+                {"rps": o.result.rps, "p50_ms": o.result.p50_ms, "p99_ms": o.result.p99_ms}
+                if o.result
+                else {"skipped": o.skipped}
+            )
+            for o in outcomes
+        }
+    )
