@@ -1,0 +1,150 @@
+"""Gatehouse-signed assertions telling a backend who the original caller is."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import jwt
+
+from proxy.credentials.config import AssertionSigningConfig, AssertionSpec
+from proxy.credentials.providers.base import HeaderProvider
+from proxy.credentials.signing import (
+    SigningKey,
+    SigningKeyError,
+    jwks_document,
+    load_signing_keys,
+)
+from proxy.errors import UpstreamCredentialsUnavailable
+from proxy.identity.model import Identity
+from proxy.policy.model import Route
+
+log = logging.getLogger(__name__)
+
+RESERVED = frozenset({"iss", "aud", "sub", "exp", "iat", "nbf", "jti", "email", "groups"})
+RECHECK_SECONDS = 1.0
+
+
+def claims_within_budget(
+    identity: Identity, names: tuple[str, ...], budget: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The route's ``pass_claims`` that fit ``budget`` bytes of JSON, in the route's order.
+
+    Returns (claims, names dropped for size). A claim that does not fit is
+    dropped whole, never truncated: half a group list would mislead the backend.
+    """
+    out: dict[str, Any] = {}
+    dropped: list[str] = []
+    used = 0
+    for name in names:
+        if name in RESERVED or name in out or name not in identity.claims:
+            continue
+        value = identity.claims[name]
+        size = len(json.dumps({name: value}, separators=(",", ":"), default=str)) - 1
+        if used + size > budget:
+            dropped.append(name)
+            continue
+        out[name] = value
+        used += size
+    return out, dropped
+
+
+class AssertionSigner:
+    """Signs assertions with the first key of the key file, re-reading it when it changes."""
+
+    def __init__(self, config: AssertionSigningConfig, issuer: str) -> None:
+        self.config = config
+        self.issuer = issuer
+        self._keys: tuple[SigningKey, ...] = ()
+        self._jwks = b'{"keys":[]}'
+        self._mtime: int | None = None
+        self._checked = 0.0
+
+    def load(self) -> None:
+        """Read the key file now; raises SigningKeyError when there is no usable key at all."""
+        self._checked = time.monotonic()
+        path = self.config.signing_keys_file
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError as exc:
+            if self._keys:
+                log.warning("assertion key file unreadable, keeping loaded keys")
+                return
+            raise SigningKeyError(f"cannot read: {exc.strerror}") from None
+        if mtime == self._mtime:
+            return
+        try:
+            keys = load_signing_keys(path)
+        except SigningKeyError as exc:
+            if not self._keys:
+                raise
+            log.warning(
+                "assertion key file invalid, keeping loaded keys", extra={"error": str(exc)}
+            )
+            return
+        self._keys, self._mtime = keys, mtime
+        self._jwks = jwks_document(keys)
+        log.info("assertion signing keys loaded", extra={"kids": [k.kid for k in keys]})
+
+    def _maybe_reload(self) -> None:
+        if time.monotonic() - self._checked >= RECHECK_SECONDS:
+            self.load()
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._keys)
+
+    def jwks(self) -> bytes:
+        self._maybe_reload()
+        return self._jwks
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        self._maybe_reload()
+        if not self._keys:
+            raise UpstreamCredentialsUnavailable(detail="no assertion signing key loaded")
+        key = self._keys[0]
+        return jwt.encode(
+            claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
+        )
+
+
+class AssertionProvider(HeaderProvider):
+    type = "assertion"
+
+    def __init__(self, spec: AssertionSpec, signer: AssertionSigner | None) -> None:
+        self.spec = spec
+        self.signer = signer
+
+    def headers(self, route: Route, identity: Identity | None) -> list[tuple[str, str]]:
+        if self.signer is None:
+            raise UpstreamCredentialsUnavailable(detail="assertions are not configured")
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.signer.issuer,
+            "aud": self.spec.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(self.signer.config.lifetime),
+            "jti": uuid.uuid4().hex,
+        }
+        if identity is not None:
+            claims["sub"] = identity.subject
+            claims["idp"] = identity.issuer
+            if identity.email:
+                claims["email"] = identity.email
+            claims["groups"] = sorted(identity.groups)
+            extra, dropped = claims_within_budget(
+                identity, route.pass_claims, route.pass_claims_max_bytes
+            )
+            if dropped:
+                log.info(
+                    "pass_claims over budget, dropped",
+                    extra={"route": route.name, "claims": dropped},
+                )
+            for name, value in extra.items():
+                claims.setdefault(name, value)
+        return [(self.spec.header, self.signer.sign(claims))]

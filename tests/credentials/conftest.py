@@ -1,0 +1,186 @@
+"""Shared fixtures: config parsing from YAML text, peers, brokers, sample-app launchers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from proxy.config.reader import Mapping as ConfigMapping
+from proxy.config.reader import Problems, load_document
+from proxy.credentials.broker import CredentialBroker
+from proxy.credentials.cache import CredentialCache
+from proxy.credentials.config import (
+    AssertionSigningConfig,
+    CredentialSpec,
+    parse_assertion_signing,
+    parse_credentials,
+)
+from proxy.identity.model import Identity
+from proxy.policy.model import Route
+from tests.peers.cloud.oauth import OAuthServer
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "deploy" / "examples"
+
+
+def parse_backends(
+    tmp_path: Path, text: str
+) -> tuple[dict[str, tuple[CredentialSpec, ...]], AssertionSigningConfig | None]:
+    """Parse ``backends:`` (and ``assertions:``) from YAML the way the config loader does."""
+    path = tmp_path / "gatehouse.yaml"
+    path.write_text(text, encoding="utf-8")
+    problems = Problems()
+    doc, node = load_document(path, problems)
+    root = ConfigMapping.of(doc, node, "config")
+    assert root is not None, problems.items
+    specs: dict[str, tuple[CredentialSpec, ...]] = {}
+    backends = root.mapping("backends")
+    if backends is not None:
+        for name, value in backends.items():
+            m = ConfigMapping.of(doc, value, f"backends.{name}")
+            if m is not None:
+                specs[name] = parse_credentials(m, name)
+                m.close()
+    signing = parse_assertion_signing(root.mapping("assertions"))
+    root.close()
+    problems.raise_if_any()
+    return specs, signing
+
+
+def route(backend: str = "app", **kw: object) -> Route:
+    return Route(name="r1", backend=backend, source="policy.yaml:1", **kw)  # type: ignore[arg-type]
+
+
+def caller(sub: str = "alice", token: str | None = None, **kw: object) -> Identity:
+    return Identity(
+        subject=sub,
+        issuer="https://idp.test",
+        method="jwt",
+        email=f"{sub}@example.com",
+        groups=frozenset({"eng"}),
+        token=token,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def oauth() -> AsyncIterator[OAuthServer]:
+    server = await OAuthServer().start()
+    server.add_client("gh-client", "s3cr3t:with%odd chars")
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "client_secret"
+    path.write_text("s3cr3t:with%odd chars\n", encoding="utf-8")
+    return path
+
+
+async def make_broker(
+    specs: Mapping[str, tuple[CredentialSpec, ...]],
+    signing: AssertionSigningConfig | None = None,
+    public_url: str = "https://gatehouse.test",
+    cache: CredentialCache | None = None,
+) -> CredentialBroker:
+    broker = CredentialBroker(specs, signing, public_url, cache=cache)
+    await broker.start()
+    return broker
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer")
+
+
+@contextmanager
+def run_uvicorn(app: str, env: Mapping[str, str]) -> Iterator[str]:
+    """Start ``app`` under real uvicorn in a child process on a socket bound to port 0."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    child_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(REPO)]),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--fd",
+            str(sock.fileno()),
+            "--log-level",
+            "warning",
+        ],
+        env=child_env,
+        pass_fds=[sock.fileno()],
+        cwd=REPO,
+    )
+    sock.close()  # the child holds its own copy
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/", proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def run_function(source: Path, target: str, env: Mapping[str, str]) -> Iterator[str]:
+    """Start a Cloud Function with the real ``functions-framework`` CLI."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "functions-framework"),
+            f"--target={target}",
+            f"--source={source}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/", proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

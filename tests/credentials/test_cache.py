@@ -1,0 +1,240 @@
+"""The one credential cache: single flight, refresh ahead, stale on error, fail closed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from proxy.credentials.cache import CacheKey, Credential, CredentialCache, CredentialFetchError
+from proxy.errors import UpstreamCredentialsUnavailable
+from tests.credentials.conftest import make_broker, parse_backends, route
+from tests.peers.cloud.oauth import OAuthServer
+
+
+def _yaml(oauth: OAuthServer, secret_file: Path) -> str:
+    return f"""
+backends:
+  app:
+    credentials:
+      type: client_credentials
+      token_url: {oauth.token_url}
+      client_id: gh-client
+      client_secret_file: {secret_file}
+      scope: [api.read, api.write]
+      audience: https://app.test
+"""
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_thousand_concurrent_requests_on_cold_cache_cause_exactly_one_fetch(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    oauth.delay = 0.05  # keep the fetch in flight while the herd arrives
+    broker = await make_broker(specs)
+    try:
+        results = await asyncio.gather(*(broker.headers("app", route(), None) for _ in range(1000)))
+    finally:
+        await broker.close()
+    assert oauth.calls["token"] == 1
+    assert len({tuple(r) for r in results}) == 1
+    ((name, value),) = results[0]
+    assert name == "Authorization"
+    claims = oauth.issuer.verify(value.removeprefix("Bearer "), "https://app.test")
+    assert claims["scope"] == "api.read api.write"
+    assert claims["sub"] == "gh-client"
+
+
+async def test_cached_token_keeps_being_served_while_the_token_endpoint_is_down(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    broker = await make_broker(specs)
+    try:
+        first = await broker.headers("app", route(), None)
+        oauth.down = True
+        for _ in range(50):
+            assert await broker.headers("app", route(), None) == first
+    finally:
+        await broker.close()
+    assert oauth.calls["token"] == 1
+
+
+async def test_after_expiry_with_endpoint_down_requests_fail_closed(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    oauth.expires_in = 2
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    cache = CredentialCache(expiry_margin=0.5, backoff_base=0.1, backoff_max=0.2)
+    broker = await make_broker(specs, cache=cache)
+    try:
+        await broker.headers("app", route(), None)
+        oauth.down = True
+        await asyncio.sleep(1.6)  # past exp - margin
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("app", route(), None)
+        assert err.value.status == 503
+        assert err.value.reason == "upstream_credentials_unavailable"
+        assert "503" in err.value.detail  # why, for the operator's log
+        # The endpoint recovering brings requests back without a restart.
+        oauth.down = False
+        await asyncio.sleep(0.25)  # past the backoff window
+        assert await broker.headers("app", route(), None)
+    finally:
+        await broker.close()
+
+
+async def test_refresh_ahead_replaces_the_token_before_it_expires(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    oauth.expires_in = 3
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    broker = await make_broker(specs, cache=CredentialCache(expiry_margin=0.2))
+    try:
+        first = await broker.headers("app", route(), None)
+        refreshes = _metric("gatehouse_credential_cache_total", backend="app", result="refresh")
+        await asyncio.sleep(2.6)  # past 80% of 3 s, before expiry
+        assert oauth.calls["token"] == 2  # the background refresh happened on its own
+        second = await broker.headers("app", route(), None)
+        assert second != first
+        assert (
+            _metric("gatehouse_credential_cache_total", backend="app", result="refresh")
+            == refreshes + 1
+        )
+    finally:
+        await broker.close()
+
+
+async def test_failed_refresh_serves_stale_token_and_retries_with_backoff(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    oauth.expires_in = 4
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    cache = CredentialCache(expiry_margin=0.2, backoff_base=0.2, backoff_max=0.4)
+    broker = await make_broker(specs, cache=cache)
+    try:
+        first = await broker.headers("app", route(), None)
+        oauth.down = True
+        await asyncio.sleep(3.3)  # refresh at 3.2 s fails, retried every 0.1-0.4 s
+        assert await broker.headers("app", route(), None) == first
+        assert _metric("gatehouse_credential_cache_total", backend="app", result="stale") >= 1
+        attempts = oauth.attempts["/token"]
+        assert attempts >= 2  # the first fetch and at least one failed refresh
+        oauth.down = False
+        await asyncio.sleep(0.5)
+        assert oauth.attempts["/token"] > attempts
+        assert await broker.headers("app", route(), None) != first
+    finally:
+        await broker.close()
+
+
+async def test_invalidate_makes_the_next_request_fetch_a_new_token(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    broker = await make_broker(specs)
+    try:
+        first = await broker.headers("app", route(), None)
+        assert await broker.headers("app", route(), None) == first
+        broker.invalidate("app", None)
+        second = await broker.headers("app", route(), None)
+    finally:
+        await broker.close()
+    assert oauth.calls["token"] == 2
+    assert second != first
+
+
+async def test_repeat_failures_inside_the_backoff_window_do_not_hit_the_endpoint() -> None:
+    calls = 0
+
+    async def fetch() -> Credential:
+        nonlocal calls
+        calls += 1
+        raise CredentialFetchError("token endpoint answered 503")
+
+    cache = CredentialCache(backoff_base=5.0)
+    key = CacheKey("client_credentials", "app")
+    try:
+        for _ in range(20):
+            with pytest.raises(UpstreamCredentialsUnavailable):
+                await cache.get(key, fetch)
+    finally:
+        await cache.close()
+    assert calls == 1
+
+
+async def test_keys_differing_in_shape_or_caller_never_share_a_token() -> None:
+    issued: list[str] = []
+
+    def fetcher(value: str) -> object:
+        async def fetch() -> Credential:
+            issued.append(value)
+            return Credential("Authorization", value, time.time() + 600)
+
+        return fetch
+
+    cache = CredentialCache()
+    keys = [
+        CacheKey("client_credentials", "app", ("aud-a",)),
+        CacheKey("client_credentials", "app", ("aud-b",)),
+        CacheKey("client_credentials", "other", ("aud-a",)),
+        CacheKey("token_exchange", "app", ("aud-a",), caller="alice"),
+        CacheKey("token_exchange", "app", ("aud-a",), caller="bob"),
+    ]
+    try:
+        got = [await cache.get(k, fetcher(f"tok-{i}")) for i, k in enumerate(keys)]  # type: ignore[arg-type]
+        again = [await cache.get(k, fetcher("unused")) for k in keys]  # type: ignore[arg-type]
+    finally:
+        await cache.close()
+    assert [c.value for c in got] == [f"tok-{i}" for i in range(5)]
+    assert again == got
+    assert "unused" not in issued
+
+
+async def test_invalidate_for_one_caller_keeps_other_callers_tokens() -> None:
+    async def fetch() -> Credential:
+        return Credential("Authorization", "t", time.time() + 600)
+
+    cache = CredentialCache()
+    try:
+        for who in ("alice", "bob"):
+            await cache.get(CacheKey("token_exchange", "app", caller=who), fetch)
+        await cache.get(CacheKey("client_credentials", "app"), fetch)
+        assert cache.invalidate("app", "alice") == 2  # alice's and the shared one
+        assert len(cache) == 1
+    finally:
+        await cache.close()
+
+
+async def test_fetch_failures_are_logged_without_secrets_or_tokens(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    oauth.expires_in = 2
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    broker = await make_broker(specs, cache=CredentialCache(expiry_margin=0.5, backoff_base=0.1))
+    try:
+        ((_, value),) = await broker.headers("app", route(), None)
+        broker.invalidate("app", None)
+        oauth.clients["gh-client"].secret = "rotated"  # our secret is now wrong: 401
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("app", route(), None)
+    finally:
+        await broker.close()
+    token = value.removeprefix("Bearer ")
+    text = (
+        "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+        + str(err.value)
+        + err.value.detail
+    )
+    assert "invalid_client" in text  # the reason is there...
+    assert token not in text  # ...the token and the secret are not
+    assert "s3cr3t" not in text

@@ -1,0 +1,1 @@
+"""Local servers speaking the cloud token wire protocols (Azure, Google, OAuth 2.0)."""
