@@ -1,0 +1,269 @@
+"""Establish who is calling, from the first credential the request carries.
+
+Order: verified client certificate (when mTLS identity is enabled), API key,
+Bearer token (a JWT by shape, otherwise introspection), browser session
+cookie. No credential at all yields ``None`` (policy decides whether anonymous
+access is allowed); a credential that fails raises AuthenticationError (401),
+and an IdP that cannot be consulted raises IdentityProviderUnavailable (503).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from cachetools import TLRUCache
+
+from proxy.errors import GatehouseError, IdentityProviderUnavailable
+from proxy.http.facts import RequestFacts
+from proxy.identity.apikeys import KEY_PREFIX, ApiKeyStore
+from proxy.identity.browser import BrowserLogin
+from proxy.identity.config import HMAC_ALGORITHMS, IdentityConfig, IssuerConfig
+from proxy.identity.introspection import Introspector
+from proxy.identity.jwks import JwksClient
+from proxy.identity.jwt_verify import (
+    TokenHeader,
+    UnknownKey,
+    VerificationKey,
+    check_claims,
+    hmac_key,
+    identity_from_claims,
+    invalid,
+    looks_like_jwt,
+    parse_header,
+    select_key,
+    unverified_issuer,
+    verify_signature,
+)
+from proxy.identity.model import AuthMethod, Identity
+from proxy.identity.mtls import MTLS_ISSUER, identity_from_certificate
+from proxy.observability.metrics import AUTH, TOKEN_CACHE
+
+log = logging.getLogger(__name__)
+
+_UNKNOWN_ISSUER = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    identity: Identity
+    kid: str | None
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """An identity plus cookies the response must set (a refreshed browser session)."""
+
+    identity: Identity | None
+    set_cookies: tuple[str, ...] = ()
+
+
+class _Issuer:
+    """One configured issuer with its key source and optional introspection."""
+
+    def __init__(self, cfg: IssuerConfig, session: aiohttp.ClientSession, cache_size: int) -> None:
+        self.cfg = cfg
+        self.jwks = JwksClient(cfg, session)
+        self.secret: VerificationKey | None = None
+        if cfg.hs256_secret is not None:
+            self.secret = hmac_key(cfg.hs256_secret.read().encode(), cfg.algorithms)
+        self.introspector = (
+            Introspector(cfg, session, cache_size=cache_size) if cfg.introspection else None
+        )
+
+
+class Authenticator:
+    def __init__(self, config: IdentityConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._issuers: dict[str, _Issuer] = {}
+        self._cache: TLRUCache[tuple[str, bytes], _Cached] | None = None
+        if config.token_cache_size > 0:
+            self._cache = TLRUCache(
+                config.token_cache_size, ttu=lambda _k, v, _now: v.expires_at, timer=clock
+            )
+        self.api_keys = ApiKeyStore(config.api_keys.file) if config.api_keys else None
+        self.browser: BrowserLogin | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(raise_for_status=False)
+        cache_size = max(self.config.token_cache_size, 1)
+        for cfg in self.config.issuers:
+            self._issuers[cfg.issuer] = _Issuer(cfg, self._session, cache_size)
+        for issuer in self._issuers.values():
+            await issuer.jwks.refresh()
+        if self.config.browser is not None:
+            shared = self._issuers.get(self.config.browser.issuer)
+            self.browser = BrowserLogin(
+                self.config.browser,
+                self._session,
+                issuer_config=shared.cfg if shared else None,
+                jwks=shared.jwks if shared else None,
+                max_token_bytes=self.config.max_token_bytes,
+            )
+            await self.browser.start()
+
+    async def close(self) -> None:
+        for issuer in self._issuers.values():
+            await issuer.jwks.close()
+        if self.browser is not None:
+            await self.browser.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def ready(self) -> bool:
+        """True when every issuer has usable keys (and browser login its metadata)."""
+        if not all(i.jwks.ready() for i in self._issuers.values()):
+            return False
+        return self.browser is None or self.browser.ready()
+
+    def jwks_client(self, issuer: str) -> JwksClient | None:
+        found = self._issuers.get(issuer)
+        return found.jwks if found else None
+
+    def introspector(self, issuer: str) -> Introspector | None:
+        found = self._issuers.get(issuer)
+        return found.introspector if found else None
+
+    # -- entry points ----------------------------------------------------------
+    async def authenticate(self, facts: RequestFacts) -> Identity | None:
+        return (await self.authenticate_full(facts)).identity
+
+    async def authenticate_full(self, facts: RequestFacts) -> Authentication:
+        """Like :meth:`authenticate`, plus Set-Cookie values for a refreshed session."""
+        cert = facts.client_cert
+        if self.config.mtls.enabled and cert is not None:
+            return Authentication(
+                self._counted(MTLS_ISSUER, "mtls", lambda: identity_from_certificate(cert))
+            )
+        headers = facts.headers
+        if self.api_keys is not None and self.config.api_keys is not None:
+            key = headers.get(self.config.api_keys.header)
+            if key is not None:
+                return Authentication(await self._api_key(key.strip()))
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            scheme, _, credential = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                return Authentication(await self._bearer(credential.strip()))
+        if self.browser is not None:
+            session = await self.browser.authenticate(facts)
+            if session is not None:
+                return Authentication(session.identity, session.set_cookies)
+        return Authentication(None)
+
+    def _counted(self, issuer: str, method: AuthMethod, fn: Callable[[], Identity]) -> Identity:
+        try:
+            identity = fn()
+        except GatehouseError as exc:
+            AUTH.labels(issuer=issuer, method=method, result=exc.reason).inc()
+            raise
+        AUTH.labels(issuer=issuer, method=method, result="ok").inc()
+        return identity
+
+    async def _api_key(self, key: str) -> Identity:
+        assert self.api_keys is not None
+        try:
+            identity = await self.api_keys.authenticate(key)
+        except GatehouseError as exc:
+            AUTH.labels(issuer="apikey", method="apikey", result=exc.reason).inc()
+            raise
+        AUTH.labels(issuer="apikey", method="apikey", result="ok").inc()
+        return identity
+
+    async def _bearer(self, token: str) -> Identity:
+        if not token:
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result="invalid_token").inc()
+            raise invalid("empty bearer token")
+        if len(token) > self.config.max_token_bytes:
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result="invalid_token").inc()
+            raise invalid("token exceeds max_token_bytes")
+        if token.startswith(KEY_PREFIX) and self.api_keys is not None:
+            return await self._api_key(token)
+        if looks_like_jwt(token):
+            return await self._jwt(token)
+        return await self._opaque(token)
+
+    async def _jwt(self, token: str) -> Identity:
+        label = _UNKNOWN_ISSUER
+        try:
+            header = parse_header(token, self.config.max_token_bytes)
+            iss = unverified_issuer(token, self.config.max_token_bytes)
+            issuer = self._issuers.get(iss)
+            if issuer is None:
+                raise invalid("token issuer is not configured")
+            label = issuer.cfg.issuer
+            identity = await self._verify_jwt(token, header, issuer)
+        except GatehouseError as exc:
+            AUTH.labels(issuer=label, method="jwt", result=exc.reason).inc()
+            raise
+        AUTH.labels(issuer=label, method="jwt", result="ok").inc()
+        return identity
+
+    async def _verify_jwt(self, token: str, header: TokenHeader, issuer: _Issuer) -> Identity:
+        cfg = issuer.cfg
+        now = self._clock()
+        cache_key = (cfg.cache_identity, hashlib.sha256(token.encode()).digest())
+        if self._cache is not None:
+            hit = self._cache.get(cache_key)
+            if hit is not None and self._still_keyed(hit, issuer):
+                TOKEN_CACHE.labels(result="hit").inc()
+                check_claims(hit.identity.claims, cfg, now)
+                return hit.identity
+            TOKEN_CACHE.labels(result="miss").inc()
+        key = await self._key_for(header, issuer)
+        claims = verify_signature(token, header, key, cfg, now)
+        identity = identity_from_claims(claims, cfg, "jwt", token)
+        if self._cache is not None and identity.expires_at is not None:
+            self._cache[cache_key] = _Cached(identity, key.kid, identity.expires_at)
+        return identity
+
+    def _still_keyed(self, hit: _Cached, issuer: _Issuer) -> bool:
+        """A cached verification only counts while its key is still published."""
+        if hit.kid is None:
+            return True
+        return hit.kid in issuer.jwks.current().by_kid
+
+    async def _key_for(self, header: TokenHeader, issuer: _Issuer) -> VerificationKey:
+        if header.alg in HMAC_ALGORITHMS:
+            return select_key(header, issuer.cfg, issuer.jwks.current(), issuer.secret)
+        try:
+            return select_key(header, issuer.cfg, issuer.jwks.current(), issuer.secret)
+        except UnknownKey:
+            pass
+        await issuer.jwks.refresh_for_unknown_kid()
+        keys = issuer.jwks.current(refresh=False)
+        try:
+            return select_key(header, issuer.cfg, keys, issuer.secret)
+        except UnknownKey:
+            if not len(keys) or not issuer.jwks.healthy:
+                # We cannot tell a forged kid from a rotated one while the IdP is away.
+                raise IdentityProviderUnavailable(detail="no usable key for token") from None
+            raise invalid("token kid is not in the issuer's JWKS") from None
+
+    async def _opaque(self, token: str) -> Identity:
+        introspectors = [i for i in self._issuers.values() if i.introspector is not None]
+        if not introspectors:
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="opaque", result="invalid_token").inc()
+            raise invalid("opaque token and no introspection configured")
+        failure: GatehouseError | None = None
+        for issuer in introspectors:
+            assert issuer.introspector is not None
+            try:
+                identity = await issuer.introspector.introspect(token)
+            except GatehouseError as exc:
+                failure = exc
+                AUTH.labels(issuer=issuer.cfg.issuer, method="opaque", result=exc.reason).inc()
+                continue
+            AUTH.labels(issuer=issuer.cfg.issuer, method="opaque", result="ok").inc()
+            return identity
+        assert failure is not None
+        raise failure

@@ -1,0 +1,349 @@
+"""The ``identity:`` configuration section, validated in one pass.
+
+Example::
+
+    identity:
+      max_token_bytes: 8KiB
+      token_cache_size: 10000
+      issuers:
+        - issuer: https://login.example.com
+          audiences: [gatehouse]
+          algorithms: [RS256, ES256]      # default: asymmetric algorithms only
+          clock_skew: 60s
+          required_claims: [sub]
+          claims: {subject: sub, email: email, groups: realm_access.roles}
+          hs256_secret_file: /run/secrets/hs  # enables HS* for this issuer only
+          introspection:
+            endpoint: https://login.example.com/introspect
+            client_id: gatehouse
+            client_secret: env:INTROSPECTION_SECRET
+            cache_ttl: 60s
+          jwks_cache: {min_ttl: 1m, max_ttl: 24h, default_ttl: 10m, stale_max_age: 24h}
+      api_keys: {file: keys.yaml, header: x-api-key}
+      mtls: {enabled: true}
+      browser:
+        issuer: https://login.example.com
+        client_id: gatehouse
+        client_secret: env:OIDC_CLIENT_SECRET
+        cookie_keys_file: /run/secrets/cookie-keys
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.config.reader import Mapping, SecretRef, each_mapping
+
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+KNOWN_ALGORITHMS = ASYMMETRIC_ALGORITHMS + HMAC_ALGORITHMS
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMapping:
+    """Dotted paths into the claim set (``realm_access.roles``)."""
+
+    subject: str = "sub"
+    email: str = "email"
+    groups: tuple[str, ...] = ("groups",)
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionConfig:
+    endpoint: str
+    client_id: str
+    client_secret: SecretRef | None
+    cache_ttl: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class JwksCacheConfig:
+    min_ttl: float = 60.0
+    max_ttl: float = 86400.0
+    default_ttl: float = 600.0
+    # How long keys from the last good fetch stay usable while the IdP is down.
+    stale_max_age: float = 86400.0
+    # Unknown kids trigger at most one refetch per this interval (per issuer).
+    refetch_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+    clock_skew: float = 60.0
+    required_claims: tuple[str, ...] = ()
+    claims: ClaimMapping = ClaimMapping()
+    hs256_secret: SecretRef | None = None
+    introspection: IntrospectionConfig | None = None
+    jwks_cache: JwksCacheConfig = JwksCacheConfig()
+
+    @property
+    def cache_identity(self) -> str:
+        """Everything that shapes a verification result, so caches never mix configs."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeysConfig:
+    file: Path
+    header: str = "x-api-key"
+
+
+@dataclass(frozen=True, slots=True)
+class MtlsConfig:
+    enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserConfig:
+    issuer: str
+    client_id: str
+    client_secret: SecretRef | None
+    cookie_keys_file: Path
+    redirect_path: str = "/.gatehouse/callback"
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    allowed_redirect_hosts: tuple[str, ...] = ()
+    session_lifetime: float = 8 * 3600.0
+    # Refresh the upstream tokens when they expire within this margin.
+    refresh_margin: float = 60.0
+    cookie_name: str = "__Host-gatehouse"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    issuers: tuple[IssuerConfig, ...] = ()
+    max_token_bytes: int = 8192
+    token_cache_size: int = 10000
+    api_keys: ApiKeysConfig | None = None
+    mtls: MtlsConfig = MtlsConfig()
+    browser: BrowserConfig | None = field(default=None)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuers or self.api_keys or self.mtls.enabled or self.browser)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not an acceptable IdP URL (HTTPS, or HTTP on loopback only)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "is not a valid URL"
+    if not parts.hostname or parts.scheme not in ("https", "http"):
+        return "must be an absolute https:// URL"
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return "must use https:// (plain http is only allowed for loopback addresses)"
+    if parts.fragment or parts.username or parts.password:
+        return "must not carry credentials or a fragment"
+    return None
+
+
+def _str_list(m: Mapping, key: str, *, required: bool = False) -> list[str]:
+    values: Any = m.str_list(key, required=required)
+    return [str(v) for v in values]
+
+
+def _url(m: Mapping, key: str, *, required: bool = False) -> str | None:
+    value = m.str(key, required=required)
+    if value is None:
+        return None
+    problem = url_problem(value)
+    if problem:
+        m.error(key, f"{m.where}.{key} {problem}")
+        return None
+    return value
+
+
+def _claims(m: Mapping | None) -> ClaimMapping:
+    if m is None:
+        return ClaimMapping()
+    subject = m.str("subject", "sub")
+    email = m.str("email", "email")
+    groups = tuple(_str_list(m, "groups")) or ("groups",)
+    m.close()
+    return ClaimMapping(subject=subject, email=email, groups=groups)
+
+
+def _jwks_cache(m: Mapping | None) -> JwksCacheConfig:
+    if m is None:
+        return JwksCacheConfig()
+    d = JwksCacheConfig()
+    cfg = JwksCacheConfig(
+        min_ttl=m.duration("min_ttl", d.min_ttl),
+        max_ttl=m.duration("max_ttl", d.max_ttl),
+        default_ttl=m.duration("default_ttl", d.default_ttl),
+        stale_max_age=m.duration("stale_max_age", d.stale_max_age),
+        refetch_interval=m.duration("refetch_interval", d.refetch_interval),
+    )
+    if cfg.min_ttl > cfg.max_ttl:
+        m.error("min_ttl", f"{m.where}.min_ttl must not exceed max_ttl")
+    m.close()
+    return cfg
+
+
+def _introspection(m: Mapping | None) -> IntrospectionConfig | None:
+    if m is None:
+        return None
+    endpoint = _url(m, "endpoint", required=True)
+    client_id = m.str("client_id", required=True)
+    secret = m.secret("client_secret", required=True)
+    ttl = m.duration("cache_ttl", 60.0)
+    m.close()
+    if endpoint is None or client_id is None:
+        return None
+    return IntrospectionConfig(endpoint, client_id, secret, ttl)
+
+
+def _issuer(m: Mapping, _index: int) -> IssuerConfig | None:
+    issuer = _url(m, "issuer", required=True)
+    audiences = tuple(_str_list(m, "audiences", required=True))
+    if m.has("audiences") and not audiences:
+        m.error("audiences", f"{m.where}.audiences must name at least one audience")
+    jwks_uri = _url(m, "jwks_uri")
+    hs_secret = m.secret("hs256_secret")
+    algorithms = tuple(_str_list(m, "algorithms")) or ASYMMETRIC_ALGORITHMS
+    for alg in algorithms:
+        if alg not in KNOWN_ALGORITHMS:
+            m.error("algorithms", f"{m.where}.algorithms: unsupported algorithm {alg!r}")
+        elif alg in HMAC_ALGORITHMS and hs_secret is None:
+            m.error(
+                "algorithms",
+                f"{m.where}.algorithms: {alg} needs 'hs256_secret_file' (HMAC keys never "
+                "come from a JWKS)",
+            )
+    if hs_secret is not None and not any(a in HMAC_ALGORITHMS for a in algorithms):
+        m.error("hs256_secret", f"{m.where}: a secret is configured but no HS* algorithm allowed")
+    clock_skew = m.duration("clock_skew", 60.0)
+    if clock_skew > 600:
+        m.error("clock_skew", f"{m.where}.clock_skew must be at most 10m")
+    required_claims = tuple(_str_list(m, "required_claims"))
+    claims = _claims(m.mapping("claims"))
+    introspection = _introspection(m.mapping("introspection"))
+    jwks_cache = _jwks_cache(m.mapping("jwks_cache"))
+    m.close()
+    if issuer is None or not audiences:
+        return None
+    return IssuerConfig(
+        issuer=issuer,
+        audiences=audiences,
+        jwks_uri=jwks_uri,
+        algorithms=algorithms,
+        clock_skew=clock_skew,
+        required_claims=required_claims,
+        claims=claims,
+        hs256_secret=hs_secret,
+        introspection=introspection,
+        jwks_cache=jwks_cache,
+    )
+
+
+def _browser(m: Mapping | None) -> BrowserConfig | None:
+    if m is None:
+        return None
+    d_scopes = ("openid", "email", "profile")
+    issuer = _url(m, "issuer", required=True)
+    client_id = m.str("client_id", required=True)
+    secret = m.secret("client_secret")
+    redirect_path = m.str("redirect_path", "/.gatehouse/callback")
+    if not redirect_path.startswith("/.gatehouse/"):
+        m.error("redirect_path", f"{m.where}.redirect_path must start with /.gatehouse/")
+    scopes = tuple(_str_list(m, "scopes")) or d_scopes
+    if "openid" not in scopes:
+        m.error("scopes", f"{m.where}.scopes must include openid")
+    keys_file = m.path("cookie_keys_file", required=True)
+    hosts = tuple(h.lower() for h in _str_list(m, "allowed_redirect_hosts"))
+    for host in hosts:
+        if not host or "/" in host or host.startswith("."):
+            m.error(
+                "allowed_redirect_hosts",
+                f"{m.where}.allowed_redirect_hosts: {host!r} must be an exact host name",
+            )
+    lifetime = m.duration("session_lifetime", 8 * 3600.0)
+    margin = m.duration("refresh_margin", 60.0)
+    m.close()
+    if issuer is None or client_id is None or keys_file is None:
+        return None
+    return BrowserConfig(
+        issuer=issuer,
+        client_id=client_id,
+        client_secret=secret,
+        cookie_keys_file=keys_file,
+        redirect_path=redirect_path,
+        scopes=scopes,
+        allowed_redirect_hosts=hosts,
+        session_lifetime=lifetime,
+        refresh_margin=margin,
+    )
+
+
+def parse_identity(m: Mapping | None) -> IdentityConfig:
+    """Build the identity configuration, recording every problem on ``m``'s document."""
+    if m is None:
+        return IdentityConfig()
+    issuers = tuple(each_mapping(m.doc, m.list("issuers"), f"{m.where}.issuers", _issuer))
+    seen: set[str] = set()
+    for cfg in issuers:
+        if cfg.issuer in seen:
+            m.error("issuers", f"{m.where}.issuers: issuer {cfg.issuer!r} is listed twice")
+        seen.add(cfg.issuer)
+    max_token_bytes = m.size("max_token_bytes", 8192)
+    if not 512 <= max_token_bytes <= 1 << 20:
+        m.error("max_token_bytes", f"{m.where}.max_token_bytes must be between 512B and 1MiB")
+    token_cache_size = m.int("token_cache_size", 10000, minimum=0)
+
+    api_keys: ApiKeysConfig | None = None
+    ak = m.mapping("api_keys")
+    if ak is not None:
+        path = ak.path("file", required=True, must_exist=False)
+        header = ak.str("header", "x-api-key").lower()
+        if header in ("authorization", "cookie", "host"):
+            ak.error("header", f"{ak.where}.header must not be {header!r}")
+        ak.close()
+        if path is not None:
+            api_keys = ApiKeysConfig(file=path, header=header)
+
+    mtls = MtlsConfig()
+    mm = m.mapping("mtls")
+    if mm is not None:
+        mtls = MtlsConfig(enabled=mm.bool("enabled", False))
+        mm.close()
+
+    browser = _browser(m.mapping("browser"))
+    m.close()
+    return IdentityConfig(
+        issuers=issuers,
+        max_token_bytes=max_token_bytes,
+        token_cache_size=token_cache_size,
+        api_keys=api_keys,
+        mtls=mtls,
+        browser=browser,
+    )

@@ -1,0 +1,164 @@
+"""Encrypted, authenticated cookies for browser sessions (pure: no I/O).
+
+A cookie value is ``v1.<key id>.<base64url(nonce || AES-GCM ciphertext)>``.
+The cookie's base name is the associated data, so a login-transaction cookie
+can never be replayed as a session cookie. The first key in the key file
+encrypts; every key decrypts, so keys rotate by prepending a new one. Values
+above ~4 KB are split into numbered chunks (``<name>-0``, ``<name>-1``, ...)
+because browsers drop larger cookies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+CHUNK_SIZE = 3800  # value bytes per cookie; leaves room for name and attributes
+MAX_CHUNKS = 8
+_VERSION = "v1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_cookie_keys(path: Path) -> list[bytes]:
+    """One base64 key (16, 24 or 32 bytes) per line; ``#`` comments; first line encrypts."""
+    keys: list[bytes] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            key = base64.b64decode(text + "=" * (-len(text) % 4))
+        if len(key) not in (16, 24, 32):
+            raise ValueError("cookie keys must be 16, 24 or 32 bytes (base64 encoded)")
+        keys.append(key)
+    if not keys:
+        raise ValueError("cookie key file holds no key")
+    return keys
+
+
+def new_cookie_key() -> str:
+    return _b64(os.urandom(32))
+
+
+class CookieCodec:
+    def __init__(self, keys: list[bytes]) -> None:
+        if not keys:
+            raise ValueError("at least one cookie key is required")
+        self._keys = [(hashlib.sha256(k).hexdigest()[:8], AESGCM(k)) for k in keys]
+        self._by_id = dict(self._keys)
+
+    def seal(self, name: str, payload: Mapping[str, Any]) -> str:
+        key_id, aead = self._keys[0]
+        nonce = os.urandom(12)
+        sealed = aead.encrypt(nonce, orjson.dumps(dict(payload)), name.encode())
+        return f"{_VERSION}.{key_id}.{_b64(nonce + sealed)}"
+
+    def open(self, name: str, value: str, *, now: float | None = None) -> dict[str, Any] | None:
+        """The payload, or None if the value is forged, from an unknown key, or expired."""
+        parts = value.split(".")
+        if len(parts) != 3 or parts[0] != _VERSION:
+            return None
+        aead = self._by_id.get(parts[1])
+        if aead is None:
+            return None
+        try:
+            raw = _unb64(parts[2])
+            plain = aead.decrypt(raw[:12], raw[12:], name.encode())
+            payload = orjson.loads(plain)
+        except (binascii.Error, ValueError, InvalidTag, orjson.JSONDecodeError):
+            return None
+        if not isinstance(payload, dict):
+            return None
+        exp = payload.get("exp")
+        moment = time.time() if now is None else now
+        if not isinstance(exp, int | float) or moment >= exp:
+            return None
+        return payload
+
+
+def parse_cookie_header(header: str | None) -> dict[str, str]:
+    """Cookie name -> value; the first occurrence of a name wins."""
+    cookies: dict[str, str] = {}
+    if not header:
+        return cookies
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = value.strip().strip('"')
+    return cookies
+
+
+@dataclass(frozen=True, slots=True)
+class CookieAttrs:
+    max_age: int | None = None
+    same_site: str = "Lax"
+
+
+def render_set_cookie(name: str, value: str, attrs: CookieAttrs = CookieAttrs()) -> str:
+    """A ``__Host-``-compatible Set-Cookie value: Secure, HttpOnly, Path=/, no Domain."""
+    parts = [f"{name}={value}", "Path=/", "Secure", "HttpOnly", f"SameSite={attrs.same_site}"]
+    if attrs.max_age is not None:
+        parts.append(f"Max-Age={max(attrs.max_age, 0)}")
+    return "; ".join(parts)
+
+
+def clear_cookie(name: str) -> str:
+    return render_set_cookie(name, "", CookieAttrs(max_age=0))
+
+
+def chunk_names(name: str) -> list[str]:
+    return [f"{name}-{i}" for i in range(MAX_CHUNKS)]
+
+
+def write_chunked(
+    name: str, value: str, present: Mapping[str, str], attrs: CookieAttrs
+) -> list[str]:
+    """Set-Cookie values storing ``value`` under ``name`` (or its chunks), clearing leftovers."""
+    if len(value) <= CHUNK_SIZE:
+        out = [render_set_cookie(name, value, attrs)]
+        out += [clear_cookie(n) for n in chunk_names(name) if n in present]
+        return out
+    pieces = [value[i : i + CHUNK_SIZE] for i in range(0, len(value), CHUNK_SIZE)]
+    if len(pieces) > MAX_CHUNKS:
+        raise ValueError("session too large for cookies")
+    out = [render_set_cookie(f"{name}-{i}", piece, attrs) for i, piece in enumerate(pieces)]
+    out += [clear_cookie(n) for n in chunk_names(name)[len(pieces) :] if n in present]
+    if name in present:
+        out.append(clear_cookie(name))
+    return out
+
+
+def read_chunked(name: str, cookies: Mapping[str, str]) -> str | None:
+    if name in cookies:
+        return cookies[name]
+    pieces: list[str] = []
+    for chunk in chunk_names(name):
+        if chunk not in cookies:
+            break
+        pieces.append(cookies[chunk])
+    return "".join(pieces) or None
+
+
+def clear_all(name: str, present: Mapping[str, str]) -> list[str]:
+    names = [name, *chunk_names(name)]
+    return [clear_cookie(n) for n in names if n in present]
