@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
+
+from proxy.policy.criteria import Criterion
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +15,28 @@ class RateLimit:
     requests: int
     per: float
     burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A named allow or deny rule as compiled for one route.
+
+    ``decision`` is built once at load time (it is immutable), so deciding a
+    request allocates nothing when an enforced rule fires. ``mode="audit"``
+    rules are evaluated and reported in :attr:`Decision.audit` but never
+    change the outcome.
+    """
+
+    name: str
+    effect: Literal["allow", "deny"]
+    criterion: Criterion = field(compare=False)
+    source: str
+    mode: Literal["enforce", "audit"] = "enforce"
+    decision: Decision | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def reason(self) -> str:
+        return f"{'allowed' if self.effect == 'allow' else 'denied'}:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +66,11 @@ class Route:
     pass_claims: tuple[str, ...] = ()
     pass_claims_max_bytes: int = 4096
     rate_limit: RateLimit | None = None
+    # Authorisation, evaluated deny-first; an empty ``allow`` admits no one.
+    allow: tuple[Rule, ...] = ()
+    deny: tuple[Rule, ...] = ()
+    # Position across all loaded files: the last tie-breaker in matching.
+    order: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +86,5 @@ class Decision:
     reason: str
     route: str | None
     policy_version: str
+    # Reasons of ``mode: audit`` rules that fired: what would have happened.
+    audit: tuple[str, ...] = ()

@@ -1,0 +1,155 @@
+"""Lint for a loaded policy set: what is legal but probably not what was meant.
+
+Load errors (bad keys, types, regexes, undefined backends...) are raised by
+:func:`proxy.policy.load.load_policies`; this module reports warnings about
+a set that loaded:
+
+* a rule admitting everyone (``public``) or every signed-in caller
+  (``authenticated`` and nothing else) on a broad prefix (``/`` or one segment);
+* routes that can never match (an earlier route with the same host and path
+  takes every method they accept): shadowed, unreachable;
+* routes with the same host and path, overlapping methods and different backends;
+* routes that admit no one (no enforced allow rule);
+* deny rules that anonymous callers pass unconditionally because they negate a
+  criterion about the caller on a route that admits anonymous callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from proxy.policy import criteria as c
+from proxy.policy.evaluate import PolicySet
+from proxy.policy.model import Route
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Literal["warning", "error"]
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.level}: {self.message}"
+
+
+def admits(criterion: c.Criterion) -> Literal["everyone", "authenticated"] | None:
+    """Whether a criterion holds for every caller, every signed-in caller, or neither."""
+    if isinstance(criterion, c.Public):
+        return "everyone"
+    if isinstance(criterion, c.Authenticated):
+        return "authenticated" if criterion.expect else None
+    if isinstance(criterion, c.AnyOf | c.All):
+        results = [admits(child) for child in criterion.children]
+        ranked = [2 if r == "everyone" else 1 if r == "authenticated" else 0 for r in results]
+        best = max(ranked) if isinstance(criterion, c.AnyOf) else min(ranked)
+        return "everyone" if best == 2 else "authenticated" if best == 1 else None
+    return None
+
+
+def _broad(route: Route) -> bool:
+    prefix = route.path_prefix
+    if prefix is None:
+        return False
+    return "/" not in prefix.strip("/")
+
+
+def _negates_identity(criterion: c.Criterion) -> bool:
+    if isinstance(criterion, c.Not) and criterion.child.needs_identity:
+        return True
+    return any(_negates_identity(child) for child in c.children_of(criterion))
+
+
+def check_policies(policy: PolicySet) -> list[Finding]:
+    findings: list[Finding] = []
+    groups: dict[tuple[str | None, str, str], list[Route]] = {}
+    for route in policy.routes:
+        findings.extend(_check_rules(route))
+        if route.path_exact is not None:
+            key = (route.host, "path_exact", route.path_exact)
+        elif route.path_prefix is not None:
+            key = (route.host, "path", route.path_prefix)
+        else:
+            key = (route.host, "path_regex", route.path_regex or "")
+        earlier = groups.setdefault(key, [])
+        findings.extend(_check_overlap(route, earlier))
+        earlier.append(route)
+    return findings
+
+
+def _check_rules(route: Route) -> list[Finding]:
+    out: list[Finding] = []
+    enforced = [rule for rule in route.allow if rule.mode == "enforce"]
+    if not enforced:
+        out.append(
+            Finding(
+                "warning",
+                route.source,
+                f"route '{route.name}' admits no one (no enforced allow rule)",
+            )
+        )
+    anonymous_allowed = False
+    for rule in enforced:
+        who = admits(rule.criterion)
+        anonymous_allowed = anonymous_allowed or who == "everyone"
+        if who is not None and _broad(route):
+            target = "everyone" if who == "everyone" else "every authenticated caller"
+            out.append(
+                Finding(
+                    "warning",
+                    rule.source,
+                    f"rule '{rule.name}' admits {target} on broad prefix "
+                    f"'{route.path_prefix}' of route '{route.name}'",
+                )
+            )
+    if anonymous_allowed:
+        for rule in route.deny:
+            if _negates_identity(rule.criterion):
+                out.append(
+                    Finding(
+                        "warning",
+                        rule.source,
+                        f"deny rule '{rule.name}' of route '{route.name}' negates a "
+                        "criterion about the caller: anonymous callers, which the route "
+                        "admits, never match it",
+                    )
+                )
+    return out
+
+
+def _check_overlap(route: Route, earlier: list[Route]) -> list[Finding]:
+    out: list[Finding] = []
+    if not earlier:
+        return out
+    covered: set[str] = set()
+    for other in earlier:
+        if other.methods is None:
+            out.append(_shadowed(route, other))
+            return out
+        covered |= other.methods
+    if route.methods is not None and route.methods <= covered:
+        out.append(_shadowed(route, earlier[0]))
+        return out
+    for other in earlier:
+        overlap = route.methods is None or other.methods is None or route.methods & other.methods
+        if overlap and other.backend != route.backend:
+            out.append(
+                Finding(
+                    "warning",
+                    route.source,
+                    f"route '{route.name}' (backend {route.backend}) overlaps route "
+                    f"'{other.name}' (backend {other.backend}, {other.source}) on the same host "
+                    "and path; the earlier route takes the methods both accept",
+                )
+            )
+    return out
+
+
+def _shadowed(route: Route, by: Route) -> Finding:
+    return Finding(
+        "warning",
+        route.source,
+        f"route '{route.name}' is unreachable: shadowed by route '{by.name}' ({by.source}) "
+        "with the same host and path",
+    )

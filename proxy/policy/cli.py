@@ -1,0 +1,454 @@
+"""``gatehouse policy check|explain|test``: policy tooling for operators' own CI.
+
+Exit codes: 0 fine, 1 a test expectation failed, 2 the policy (or a fixture
+file) has errors, printed as ``file:line: message``.
+
+Fixture files (``gatehouse policy test``) are YAML lists of cases::
+
+    - name: airflow may post a batch
+      request:
+        method: POST
+        url: https://orders-api.example.com/v1/batches?dry_run=1
+        source_ip: 10.20.0.7            # the trusted client address (default 127.0.0.1)
+        headers: {Content-Type: application/json}
+        time: "2026-11-23T10:00:00+01:00"   # optional; default: now
+        client_cert: {san_uris: [...], san_dns: [...], fingerprint: HEX}  # optional
+      identity:                         # or null for an anonymous caller
+        subject: airflow-prod
+        issuer: https://login.example.com
+        method: jwt                     # jwt | opaque | session | apikey | mtls
+        email: ...
+        groups: [...]
+        scopes: [orders:write]
+        claims: {azp: airflow-prod}
+      expect:
+        decision: allow                 # allow | deny
+        reason: allowed:airflow-writes  # optional
+        route: airflow-batches          # optional; null expects no route
+        audit: []                       # optional: reasons of audit-mode rules that fired
+
+The URL goes through the proxy's own canonicalisation, so a case can pin
+that ``/public/../admin`` is judged as ``/admin`` (or rejected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from proxy.config.reader import (
+    ConfigError,
+    Doc,
+    Mapping,
+    Problems,
+    each_mapping,
+    load_document,
+)
+from proxy.errors import RequestRejected
+from proxy.http.canonical import canonicalise_target
+from proxy.http.facts import RequestFacts
+from proxy.identity.model import AuthMethod, ClientCertificate, Identity
+from proxy.policy.check import check_policies
+from proxy.policy.evaluate import Explanation, PolicySet
+from proxy.policy.load import AUTH_METHODS, load_policies, plain_value
+
+DEFAULT_POLICIES = Path("policies")
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    policy = subparsers.add_parser("policy", help="check, explain and test policy files")
+    sub = policy.add_subparsers(dest="policy_command", required=True)
+
+    check = sub.add_parser("check", help="validate policy files and warn about risky rules")
+    check.add_argument("files", nargs="*", type=Path, help="files or directories")
+    check.add_argument("--config", type=Path, help="gatehouse config: backends and policy dir")
+    check.add_argument("--backends", help="comma-separated backend names that must exist")
+    check.set_defaults(func=cmd_check)
+
+    explain = sub.add_parser("explain", help="show how one request would be decided")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--url", required=True, help="https://host/path?query or /path")
+    who = explain.add_mutually_exclusive_group(required=True)
+    who.add_argument("--claims", type=Path, help="JSON or YAML file with the caller's claims")
+    who.add_argument("--token", help="a JWT; its payload is decoded WITHOUT verification")
+    who.add_argument("--anonymous", action="store_true", help="a caller without identity")
+    explain.add_argument("--auth-method", default="jwt", choices=AUTH_METHODS)
+    explain.add_argument("--source-ip", default="127.0.0.1")
+    explain.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
+    explain.add_argument("--time", help="ISO 8601 instant to evaluate time rules at")
+    explain.set_defaults(func=cmd_explain)
+
+    test = sub.add_parser("test", help="run policy fixture files")
+    test.add_argument("files", nargs="+", type=Path)
+    test.add_argument(
+        "--policies",
+        type=Path,
+        help="policy directory (default: the parent of a fixture's tests/ directory, "
+        "else ./policies)",
+    )
+    test.set_defaults(func=cmd_test)
+
+
+def _print_problems(exc: ConfigError) -> int:
+    for problem in exc.problems:
+        print(problem)
+    return 2
+
+
+# -- check ----------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    files: list[Path] = list(args.files)
+    backends: set[str] | None = None
+    if args.config is not None:
+        try:
+            config_paths, backends = config_context(args.config)
+        except ConfigError as exc:
+            return _print_problems(exc)
+        files = files or config_paths
+    if args.backends:
+        backends = {b.strip() for b in args.backends.split(",") if b.strip()}
+    try:
+        policy = load_policies(files or [DEFAULT_POLICIES], backends)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    findings = check_policies(policy)
+    for finding in findings:
+        print(finding)
+    print(
+        f"ok: {len(policy.routes)} routes in {len(policy.files)} files, "
+        f"policy version {policy.version}, {len(findings)} warnings"
+    )
+    return 0
+
+
+def config_context(path: Path) -> tuple[list[Path], set[str]]:
+    """Policy directory and backend names from a gatehouse config (fully validated)."""
+    from proxy.config.load import load_config  # the core's loader; imported on demand
+
+    config = load_config(path)
+    return [config.policy_dir], set(config.backends)
+
+
+# -- explain ----------------------------------------------------------------------
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policies(args.policies)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    identity: Identity | None = None
+    try:
+        if args.claims is not None:
+            claims = _load_claims(args.claims)
+            identity = identity_from_claims(claims, args.auth_method)
+        elif args.token is not None:
+            print("note: token signature NOT verified; its payload is decoded for explanation only")
+            identity = identity_from_claims(decode_unverified(args.token), args.auth_method)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    now = _instant(args.time) if args.time else time.time()
+    try:
+        facts = request_facts(args.method, args.url, args.source_ip, {})
+    except RequestRejected as exc:
+        print(f"request rejected before matching: 400 {exc.reason} ({exc.detail})")
+        return 0
+    if identity is None:
+        print("caller: anonymous")
+    else:
+        print(f"caller: {identity.subject} (issuer {identity.issuer}, {identity.method})")
+    print(
+        f"request: {facts.method} host={facts.host} path={facts.path} source_ip={facts.client_ip}"
+    )
+    for line in policy.explain(facts, identity, now).lines():
+        print(line)
+    return 0
+
+
+def decode_unverified(token: str) -> dict[str, Any]:
+    """A JWT's payload, NOT verified: for explaining a decision offline only."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise ValueError("not a JWT (expected three dot-separated parts)")
+    try:
+        raw = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        payload = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        # Never echo the token: it may be a live credential.
+        raise ValueError("the token payload is not base64url-encoded JSON") from exc
+    if not isinstance(payload, dict):
+        raise ValueError("the token payload is not a JSON object")
+    return payload
+
+
+def _load_claims(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read claims file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"claims file {path} must hold a JSON/YAML object")
+    return data
+
+
+def identity_from_claims(claims: dict[str, Any], method: str = "jwt") -> Identity:
+    """An identity from standard claims (sub, iss, email, groups, scope/scp).
+
+    Offline approximation: a deployed issuer may map subject, email or groups
+    from other claim paths.
+    """
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise ValueError("claims have no 'sub'")
+    groups = claims.get("groups", [])
+    scope = claims.get("scope", claims.get("scp", ""))
+    scopes = scope.split() if isinstance(scope, str) else list(scope)
+    email = claims.get("email")
+    return Identity(
+        subject=subject,
+        issuer=str(claims.get("iss", "")),
+        method=auth_method(method),
+        email=email if isinstance(email, str) else None,
+        groups=frozenset(str(g) for g in groups) if isinstance(groups, list) else frozenset(),
+        scopes=frozenset(str(s) for s in scopes),
+        claims=claims,
+    )
+
+
+def auth_method(value: str) -> AuthMethod:
+    if value not in AUTH_METHODS:
+        raise ValueError(f"unknown auth method {value!r}")
+    return cast(AuthMethod, value)
+
+
+def request_facts(
+    method: str,
+    url: str,
+    source_ip: str,
+    headers: dict[str, str],
+    client_cert: ClientCertificate | None = None,
+) -> RequestFacts:
+    """Facts for a URL as the proxy would see them (canonical path, no query in matching)."""
+    parts = urlsplit(url)
+    target = (
+        url
+        if not parts.scheme
+        else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    )
+    if parts.fragment or "#" in url:
+        target += "#"  # let the canonicaliser reject it as the proxy would
+    path, query = canonicalise_target(target)
+    return RequestFacts(
+        method=method.upper(),
+        scheme=parts.scheme or "https",
+        host=parts.netloc or "localhost",
+        path=path,
+        query=query,
+        client_ip=source_ip,
+        headers={k.lower(): v for k, v in headers.items()},
+        client_cert=client_cert,
+    )
+
+
+def _instant(value: object) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError as exc:
+        raise ValueError(f"not an ISO 8601 time: {value!r}") from exc
+
+
+# -- test -------------------------------------------------------------------------
+class _Case:
+    __slots__ = ("expect", "facts_error", "identity", "name", "now", "request", "source")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.source = ""
+        self.request: Callable[[], RequestFacts] = lambda: request_facts("GET", "/", "", {})
+        self.identity: Identity | None = None
+        self.now = 0.0
+        self.expect: dict[str, Any] = {}
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    problems = Problems()
+    suites: list[tuple[Path, list[_Case]]] = []
+    for path in args.files:
+        suites.append((path, parse_fixtures(path, problems)))
+    try:
+        problems.raise_if_any()
+    except ConfigError as exc:
+        return _print_problems(exc)
+    loaded: dict[Path, PolicySet] = {}
+    failures = passed = 0
+    for path, cases in suites:
+        policy_dir = args.policies or (
+            path.parent.parent if path.parent.name == "tests" else DEFAULT_POLICIES
+        )
+        if policy_dir not in loaded:
+            try:
+                loaded[policy_dir] = load_policies(policy_dir)
+            except ConfigError as exc:
+                return _print_problems(exc)
+        policy = loaded[policy_dir]
+        for case in cases:
+            problem, explanation = run_case(policy, case)
+            if problem is None:
+                passed += 1
+                print(f"PASS {case.name}")
+                continue
+            failures += 1
+            print(f"FAIL {case.name} ({case.source}): {problem}")
+            for line in explanation.lines() if explanation else ():
+                print(f"    {line}")
+    print(f"{passed} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+def run_case(policy: PolicySet, case: _Case) -> tuple[str | None, Explanation | None]:
+    explanation: Explanation | None = None
+    try:
+        facts = case.request()
+    except RequestRejected as exc:
+        audit: tuple[str, ...] = ()
+        allowed, reason, route = False, exc.reason, None
+    else:
+        explanation = policy.explain(facts, case.identity, case.now)
+        decision = explanation.decision
+        allowed, reason, route = decision.allowed, decision.reason, decision.route
+        audit = decision.audit
+    got: dict[str, object] = {
+        "decision": "allow" if allowed else "deny",
+        "reason": reason,
+        "route": route,
+        "audit": audit,
+    }
+    wrong = [k for k, v in case.expect.items() if got[k] != v]
+    if not wrong:
+        return None, explanation
+    expected = ", ".join(f"{k}={case.expect[k]}" for k in wrong)
+    actual = ", ".join(f"{k}={got[k]}" for k in wrong)
+    return f"expected {expected}; got {actual}", explanation
+
+
+def parse_fixtures(path: Path, problems: Problems) -> list[_Case]:
+    doc, node = load_document(path, problems)
+    if node is None:
+        return []
+    if not isinstance(node, yaml.SequenceNode):
+        doc.error(node, "fixture file: expected a list of cases")
+        return []
+    return each_mapping(doc, list(node.value), "cases", lambda m, _: _case(doc, m))
+
+
+def _case(doc: Doc, m: Mapping) -> _Case | None:
+    case = _Case()
+    case.name = m.str("name", "", required=True)
+    case.source = f"{doc.path}:{m.line}"
+    where = f"case '{case.name}'"
+    req = m.mapping("request", required=True)
+    if req is not None:
+        req.where = f"{where}.request"
+        method = req.str("method", "GET")
+        url = req.str("url", "/", required=True)
+        source_ip = req.str("source_ip", "127.0.0.1")
+        headers: dict[str, str] = {}
+        hm = req.mapping("headers")
+        if hm is not None:
+            for key in list(hm.keys()):
+                headers[key] = hm.str(key, "", required=True)
+            hm.close()
+        time_node = req.node_of("time")
+        case.now = time.time()
+        if time_node is not None:
+            try:
+                case.now = _instant(plain_value(time_node))
+            except ValueError as exc:
+                doc.error(time_node, f"{where}.request.time: {exc}")
+        cert = _client_cert(req)
+        req.close(("time",))
+        case.request = lambda: request_facts(method, url, source_ip, headers, cert)
+    id_node = m.node_of("identity")
+    if id_node is not None and not (
+        isinstance(id_node, yaml.ScalarNode) and plain_value(id_node) is None
+    ):
+        im = m.mapping("identity")
+        case.identity = _identity(im) if im is not None else None
+    elif not m.has("identity"):
+        m.error(None, f"{where}: missing 'identity' (use 'identity: null' for an anonymous caller)")
+    ex = m.mapping("expect", required=True)
+    if ex is not None:
+        ex.where = f"{where}.expect"
+        case.expect["decision"] = ex.choice("decision", ("allow", "deny"), "deny")
+        if not ex.has("decision"):
+            ex.error(None, f"{ex.where}: missing required key 'decision'")
+        if ex.has("reason"):
+            case.expect["reason"] = ex.str("reason")
+        if ex.has("route"):
+            route_node = ex.node_of("route")
+            case.expect["route"] = (
+                None
+                if route_node is not None and plain_value(route_node) is None
+                else ex.str("route")
+            )
+        if ex.has("audit"):
+            audit: Any = ex.str_list("audit")
+            case.expect["audit"] = tuple(audit)
+        ex.close(("route",))
+    m.close(("identity",))
+    return case
+
+
+def _client_cert(req: Mapping) -> ClientCertificate | None:
+    cm = req.mapping("client_cert")
+    if cm is None:
+        return None
+    uris: Any = cm.str_list("san_uris")
+    dns: Any = cm.str_list("san_dns")
+    fingerprint = cm.str("fingerprint", "0" * 64)
+    cm.close()
+    return ClientCertificate(
+        subject_cn=None,
+        san_uris=tuple(uris),
+        san_dns=tuple(dns),
+        fingerprint_sha256=fingerprint.replace(":", "").lower(),
+        der=b"",
+    )
+
+
+def _identity(im: Mapping) -> Identity | None:
+    subject = im.str("subject", "", required=True)
+    issuer = im.str("issuer", "https://issuer.example")
+    method = im.choice("method", AUTH_METHODS, "jwt")
+    email = im.str("email")
+    groups: Any = im.str_list("groups")
+    scopes: Any = im.str_list("scopes")
+    claims_node = im.node_of("claims")
+    claims: dict[str, Any] = {}
+    if claims_node is not None:
+        value = plain_value(claims_node)
+        if isinstance(value, dict):
+            claims = value
+        else:
+            im.error("claims", f"{im.where}.claims: expected a mapping")
+    im.close(("claims",))
+    return Identity(
+        subject=subject,
+        issuer=issuer,
+        method=auth_method(method),
+        email=email,
+        groups=frozenset(groups),
+        scopes=frozenset(scopes),
+        claims=claims,
+    )

@@ -1,0 +1,138 @@
+"""Deciding one request against a loaded policy set: pure functions over plain data.
+
+Order of evaluation for a matched route:
+
+1. every ``deny`` rule; the first enforced one that holds decides
+   (``denied:<rule>``): deny wins over any allow;
+2. ``allow`` rules in order; the first enforced one that holds decides
+   (``allowed:<rule>``);
+3. otherwise ``unauthenticated`` when there is no identity (the caller may
+   retry with one: 401) and ``no_rule_matched`` when there is (403).
+
+``mode: audit`` rules that hold are listed in :attr:`Decision.audit` and
+never change the outcome. A route without allow rules admits no one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from proxy.http.facts import RequestFacts
+from proxy.identity.model import Identity
+from proxy.policy.criteria import Outcome, outcome_text, trace
+from proxy.policy.index import RouteIndex
+from proxy.policy.model import Decision, Route, Rule
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutcome:
+    """One rule as evaluated for an explanation."""
+
+    rule: Rule
+    outcome: Outcome
+    criteria: tuple[tuple[int, str, Outcome], ...]  # (depth, description, outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    route: Route | None
+    decision: Decision
+    rules: tuple[RuleOutcome, ...]
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        if self.route is None:
+            out.append("route: none matched")
+        else:
+            r = self.route
+            out.append(f"route: {r.name} (backend {r.backend}, {r.source})")
+            if not r.allow:
+                out.append("  route has no allow rules: it admits no one")
+        for item in self.rules:
+            rule = item.rule
+            mode = " [audit: not enforced]" if rule.mode == "audit" else ""
+            out.append(
+                f"  {rule.effect} {rule.name}{mode} ({rule.source}): {outcome_text(item.outcome)}"
+            )
+            for depth, text, outcome in item.criteria:
+                out.append(f"    {'  ' * depth}{text}: {outcome_text(outcome)}")
+        d = self.decision
+        out.append(f"decision: {'allow' if d.allowed else 'deny'} ({d.reason})")
+        if d.audit:
+            out.append(f"audit-mode rules that fired: {', '.join(d.audit)}")
+        out.append(f"policy version: {d.policy_version}")
+        return out
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PolicySet:
+    """One loaded, compiled policy version. Immutable: reloads build a new one."""
+
+    routes: tuple[Route, ...]
+    version: str
+    files: tuple[str, ...] = ()
+    index: RouteIndex = field(init=False, repr=False)
+    not_found: Decision = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", RouteIndex(self.routes))
+        object.__setattr__(
+            self, "not_found", Decision(False, "route_not_found", None, self.version)
+        )
+
+    def match(self, host: str, path: str, method: str) -> Route | None:
+        """The route for a request; ``path`` must be the canonical path (no query)."""
+        return self.index.match(host, path, method)
+
+    def decide(
+        self, route: Route, facts: RequestFacts, identity: Identity | None, now: float
+    ) -> Decision:
+        audit: tuple[str, ...] = ()
+        for rule in route.deny:
+            if rule.criterion.test(facts, identity, now) is True:
+                if rule.mode == "audit":
+                    audit += (rule.reason,)
+                    continue
+                return _with_audit(rule, route, self.version, audit)
+        for rule in route.allow:
+            if rule.criterion.test(facts, identity, now) is True:
+                if rule.mode == "audit":
+                    audit += (rule.reason,)
+                    continue
+                return _with_audit(rule, route, self.version, audit)
+        reason = "unauthenticated" if identity is None else "no_rule_matched"
+        return Decision(False, reason, route.name, self.version, audit)
+
+    def authorize(
+        self, facts: RequestFacts, identity: Identity | None, now: float
+    ) -> tuple[Route | None, Decision]:
+        """Match and decide in one step, for callers that hold one policy version."""
+        route = self.match(facts.host, facts.path, facts.method)
+        if route is None:
+            return None, self.not_found
+        return route, self.decide(route, facts, identity, now)
+
+    def rate_limited(self, route: Route) -> Decision:
+        return Decision(False, "rate_limited", route.name, self.version)
+
+    def explain(self, facts: RequestFacts, identity: Identity | None, now: float) -> Explanation:
+        """Every rule of the matched route evaluated, with the decision :meth:`decide` makes."""
+        route = self.match(facts.host, facts.path, facts.method)
+        if route is None:
+            return Explanation(None, self.not_found, ())
+        outcomes = tuple(
+            RuleOutcome(
+                rule,
+                rule.criterion.test(facts, identity, now),
+                tuple(trace(rule.criterion, facts, identity, now)),
+            )
+            for rule in (*route.deny, *route.allow)
+        )
+        return Explanation(route, self.decide(route, facts, identity, now), outcomes)
+
+
+def _with_audit(rule: Rule, route: Route, version: str, audit: tuple[str, ...]) -> Decision:
+    decision = rule.decision
+    if decision is None or decision.policy_version != version or decision.route != route.name:
+        decision = Decision(rule.effect == "allow", rule.reason, route.name, version)
+    return replace(decision, audit=audit) if audit else decision

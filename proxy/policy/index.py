@@ -1,0 +1,130 @@
+"""The compiled route index: a host map, then per host an exact-path map,
+a prefix map probed at segment boundaries, and regexes.
+
+Matching order is deterministic and is the documented contract:
+
+1. host: exact host, then ``*.suffix`` wildcards (longest suffix first), then
+   routes without a host;
+2. within a host: exact path, then prefixes longest first, then regexes;
+3. then file order (files sorted by name, routes in file order).
+
+A route whose ``methods`` exclude the request method is skipped and the next
+candidate is tried; if none is left the result is ``None`` (404). The result
+is always the first matching route in that total order, which is what the
+property tests compare against a linear scan.
+
+Prefixes are looked up by probing the path's own prefixes at ``/``
+boundaries in a dict, so cost grows with the number of path segments, not
+with the number of routes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from proxy.policy.model import Route
+
+
+@dataclass(slots=True)
+class _Bucket:
+    exact: dict[str, list[Route]] = field(default_factory=dict)
+    prefix: dict[str, list[Route]] = field(default_factory=dict)
+    regex: list[tuple[re.Pattern[str], Route]] = field(default_factory=list)
+
+    def add(self, route: Route) -> None:
+        if route.path_exact is not None:
+            self.exact.setdefault(route.path_exact, []).append(route)
+        elif route.path_prefix is not None:
+            self.prefix.setdefault(route.path_prefix, []).append(route)
+        elif route.path_regex is not None:
+            self.regex.append((re.compile(route.path_regex), route))
+
+    def match(self, path: str, method: str) -> Route | None:
+        routes = self.exact.get(path)
+        if routes is not None:
+            for route in routes:
+                if route.methods is None or method in route.methods:
+                    return route
+        prefixes = self.prefix
+        if prefixes:
+            # Candidates longest first: the whole path, then at each '/' from the
+            # right the prefix with its slash ("/a/") and without it ("/a").
+            routes = prefixes.get(path)
+            if routes is not None:
+                for route in routes:
+                    if route.methods is None or method in route.methods:
+                        return route
+            end = len(path)
+            while True:
+                i = path.rfind("/", 0, end)
+                if i < 0:
+                    break
+                if i + 1 < len(path):
+                    routes = prefixes.get(path[: i + 1])
+                    if routes is not None:
+                        for route in routes:
+                            if route.methods is None or method in route.methods:
+                                return route
+                if i > 0:
+                    routes = prefixes.get(path[:i])
+                    if routes is not None:
+                        for route in routes:
+                            if route.methods is None or method in route.methods:
+                                return route
+                end = i
+        for pattern, route in self.regex:
+            if (route.methods is None or method in route.methods) and pattern.fullmatch(path):
+                return route
+        return None
+
+
+def normalise_host(host: str) -> str:
+    """Lower-case, without port and trailing dot; IPv6 literals keep their brackets."""
+    host = host.lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    if ":" in host:
+        host = host.rpartition(":")[0]
+    return host.rstrip(".")
+
+
+class RouteIndex:
+    """Routes compiled for lookup by (host, canonical path, method)."""
+
+    __slots__ = ("_any", "_exact", "_wildcard")
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._exact: dict[str, _Bucket] = {}
+        self._wildcard: dict[str, _Bucket] = {}  # "*.example.com" stored as "example.com"
+        self._any = _Bucket()
+        for route in sorted(routes, key=lambda r: r.order):
+            host = route.host
+            if host is None:
+                self._any.add(route)
+            elif host.startswith("*."):
+                self._wildcard.setdefault(host[2:], _Bucket()).add(route)
+            else:
+                self._exact.setdefault(host, _Bucket()).add(route)
+
+    def match(self, host: str, path: str, method: str) -> Route | None:
+        host = normalise_host(host)
+        if self._exact:
+            bucket = self._exact.get(host)
+            if bucket is not None:
+                route = bucket.match(path, method)
+                if route is not None:
+                    return route
+        if self._wildcard:
+            # "a.b.example.com" probes "b.example.com", "example.com", "com".
+            dot = host.find(".")
+            while dot != -1:
+                bucket = self._wildcard.get(host[dot + 1 :])
+                if bucket is not None:
+                    route = bucket.match(path, method)
+                    if route is not None:
+                        return route
+                dot = host.find(".", dot + 1)
+        return self._any.match(path, method)

@@ -1,0 +1,75 @@
+"""Helpers for policy tests: write policy files, build requests and callers."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from proxy.http.facts import RequestFacts
+from proxy.identity.model import AuthMethod, ClientCertificate, Identity
+from proxy.policy.evaluate import PolicySet
+from proxy.policy.load import load_policies
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def policy(tmp_path: Path, text: str, backends: set[str] | None = None) -> PolicySet:
+    directory = tmp_path / "policies"
+    directory.mkdir(exist_ok=True)
+    write(directory, "policy.yaml", text)
+    return load_policies(directory, backends)
+
+
+def facts(
+    path: str = "/",
+    method: str = "GET",
+    host: str = "app.example.com",
+    client_ip: str = "192.0.2.1",
+    client_cert: ClientCertificate | None = None,
+    query: str = "",
+) -> RequestFacts:
+    return RequestFacts(
+        method=method,
+        scheme="https",
+        host=host,
+        path=path,
+        query=query,
+        client_ip=client_ip,
+        headers={},
+        client_cert=client_cert,
+    )
+
+
+def caller(
+    subject: str = "alice",
+    *,
+    issuer: str = "https://idp.example.com",
+    method: AuthMethod = "jwt",
+    email: str | None = None,
+    groups: tuple[str, ...] = (),
+    scopes: tuple[str, ...] = (),
+    claims: Mapping[str, Any] | None = None,
+) -> Identity:
+    return Identity(
+        subject=subject,
+        issuer=issuer,
+        method=method,
+        email=email,
+        groups=frozenset(groups),
+        scopes=frozenset(scopes),
+        claims=dict(claims or {}),
+    )
+
+
+def cert(
+    *, uris: tuple[str, ...] = (), dns: tuple[str, ...] = (), fp: str = "ab" * 32
+) -> ClientCertificate:
+    return ClientCertificate(
+        subject_cn=None, san_uris=uris, san_dns=dns, fingerprint_sha256=fp, der=b""
+    )

@@ -1,0 +1,235 @@
+"""`gatehouse policy check|explain|test`, run in-process through the argparse wiring."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from proxy.policy.cli import add_commands
+from proxy.policy.load import load_policies
+from tests.policy.support import write
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = ROOT / "policies"
+FIXTURES = sorted((POLICIES / "tests").glob("*.yaml"))
+BACKENDS = "demo,airflow-api,beam-trigger,appservice-reports,gcf-ingest,admin-ui,legacy-cron"
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="gatehouse")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["policy", *argv])
+    code: int = args.func(args)
+    return code
+
+
+def fake_jwt(claims: dict[str, object]) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "none"}).encode())
+    return f"{header}.{b64(json.dumps(claims).encode())}.c2lnbmF0dXJl"
+
+
+def test_every_example_has_a_fixture_file() -> None:
+    examples = {p.stem for p in POLICIES.glob("*.yaml")}
+    assert examples == {p.stem for p in FIXTURES}
+    assert len(examples) == 7
+
+
+def test_the_demo_policy_has_exactly_its_two_routes() -> None:
+    ps = load_policies(POLICIES / "demo.yaml", {"demo"})
+    assert [(r.name, r.path_prefix, r.methods) for r in ps.routes] == [
+        ("public-hello", "/public/", frozenset({"GET", "HEAD"})),
+        ("whoami", "/api/", None),
+    ]
+
+
+def test_example_fixtures_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("test", *map(str, FIXTURES)) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    assert " 0 failed" in out
+
+
+def test_a_wrong_expectation_fails_with_the_case_cited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fixture = write(
+        tmp_path,
+        "wrong.yaml",
+        """\
+        - name: right
+          request: {method: GET, url: "https://h/public/x"}
+          identity: null
+          expect: {decision: allow, reason: "allowed:anyone"}
+        - name: wrong
+          request: {method: GET, url: "https://h/api/whoami"}
+          identity: null
+          expect: {decision: allow}
+        """,
+    )
+    assert run("test", str(fixture), "--policies", str(POLICIES)) == 1
+    out = capsys.readouterr().out
+    assert "PASS right" in out
+    assert f"FAIL wrong ({fixture}:5): expected decision=allow; got decision=deny" in out
+    assert "decision: deny (unauthenticated)" in out  # the explanation follows a failure
+    assert "1 passed, 1 failed" in out
+
+
+def test_a_wrong_route_or_audit_expectation_fails(tmp_path: Path) -> None:
+    fixture = write(
+        tmp_path,
+        "wrong.yaml",
+        """\
+        - name: wrong route
+          request: {url: "https://h/public/x"}
+          identity: null
+          expect: {decision: allow, route: whoami}
+        - name: wrong audit
+          request: {url: "https://h/public/x"}
+          identity: null
+          expect: {decision: allow, audit: ["denied:x"]}
+        """,
+    )
+    assert run("test", str(fixture), "--policies", str(POLICIES)) == 1
+
+
+def test_a_malformed_fixture_file_exits_2_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fixture = write(
+        tmp_path,
+        "bad.yaml",
+        """\
+        - name: x
+          request: {url: /}
+          expect: {decision: maybe}
+          extra: 1
+        """,
+    )
+    assert run("test", str(fixture), "--policies", str(POLICIES)) == 2
+    out = capsys.readouterr().out
+    assert f"{fixture}:1: case 'x': missing 'identity'" in out
+    assert f"{fixture}:3: case 'x'.expect.decision: must be one of allow, deny" in out
+    assert f"{fixture}:4: " in out and "unknown key 'extra'" in out
+
+
+def test_check_passes_the_examples_with_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("check", str(POLICIES), "--backends", BACKENDS) == 0
+    out = capsys.readouterr().out
+    assert "demo.yaml:11: warning: rule 'anyone' admits everyone on broad prefix '/public/'" in out
+    assert "ok: 10 routes in 7 files" in out
+
+
+def test_check_exits_2_listing_every_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(
+        tmp_path,
+        "a.yaml",
+        "routes:\n  - name: r\n    path: /\n    backend: nope\n    allow: [{name: a}]\n",
+    )
+    assert run("check", str(tmp_path), "--backends", "demo") == 2
+    out = capsys.readouterr().out.splitlines()
+    assert f"{tmp_path / 'a.yaml'}:4: route 'r'.backend: undefined backend 'nope'" in out
+    assert any(line.startswith(f"{tmp_path / 'a.yaml'}:5: ") for line in out)
+
+
+def test_explain_with_claims_prints_route_rules_and_decision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    claims = write(
+        tmp_path,
+        "claims.json",
+        json.dumps(
+            {
+                "sub": "pat",
+                "iss": "https://login.example.com/realms/staff",
+                "groups": ["platform-admins"],
+                "amr": ["pwd", "mfa"],
+            }
+        ),
+    )
+    code = run(
+        "explain",
+        "--method", "GET",
+        "--url", "https://admin.example.com/clusters?x=1",
+        "--claims", str(claims),
+        "--auth-method", "session",
+        "--source-ip", "198.51.100.7",
+        "--policies", str(POLICIES),
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "route: admin-ui (backend admin-ui" in out
+    assert "deny no-interns" in out and "no match" in out
+    assert "deny outside-office [audit: not enforced]" in out
+    assert "allow platform-admin-with-mfa" in out
+    assert "decision: allow (allowed:platform-admin-with-mfa)" in out
+    assert "audit-mode rules that fired: denied:outside-office" in out
+
+
+def test_explain_with_a_token_says_it_is_unverified_and_never_echoes_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = fake_jwt({"sub": "alice", "iss": "http://127.0.0.1:9902", "groups": ["eng"]})
+    assert (
+        run(
+            "explain",
+            "--url",
+            "https://127.0.0.1:8443/api/whoami",
+            "--token",
+            token,
+            "--policies",
+            str(POLICIES),
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "NOT verified" in out
+    assert "decision: allow (allowed:signed-in)" in out
+    assert token not in out and token.split(".")[1] not in out
+
+
+def test_explain_rejects_a_malformed_token_without_echoing_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        run(
+            "explain",
+            "--url",
+            "/api/x",
+            "--token",
+            "abc.%%%secret.def",
+            "--policies",
+            str(POLICIES),
+        )
+        == 2
+    )
+    assert "secret" not in capsys.readouterr().out
+
+
+def test_explain_anonymous_and_unrouted_and_rejected_paths(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        run("explain", "--url", "https://h/api/whoami", "--anonymous", "--policies", str(POLICIES))
+        == 0
+    )
+    assert "decision: deny (unauthenticated)" in capsys.readouterr().out
+    assert (
+        run("explain", "--url", "https://h/nothing", "--anonymous", "--policies", str(POLICIES))
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "route: none matched" in out and "route_not_found" in out
+    assert (
+        run("explain", "--url", "https://h/a%2F..%2Fb", "--anonymous", "--policies", str(POLICIES))
+        == 0
+    )
+    assert "request rejected before matching: 400 bad_path" in capsys.readouterr().out

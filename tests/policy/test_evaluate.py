@@ -1,0 +1,242 @@
+"""Decisions: deny wins, nothing is implied, audit rules never enforce, explanations cite rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from proxy.policy.evaluate import PolicySet
+from tests.policy.support import caller, facts, policy
+
+ROUTE = """\
+routes:
+  - name: app
+    path: /
+    backend: b
+"""
+
+
+def app(tmp_path: Path, rules: str) -> PolicySet:
+    return policy(tmp_path, ROUTE + rules)
+
+
+def decide(ps: PolicySet, **kw: object) -> tuple[bool, str]:
+    identity = kw.pop("identity", None)
+    f = facts(**kw)  # type: ignore[arg-type]
+    route = ps.match(f.host, f.path, f.method)
+    assert route is not None
+    d = ps.decide(route, f, identity, 0.0)  # type: ignore[arg-type]
+    return d.allowed, d.reason
+
+
+def test_a_route_without_allow_admits_no_one(tmp_path: Path) -> None:
+    ps = app(tmp_path, "")
+    assert decide(ps) == (False, "unauthenticated")
+    assert decide(ps, identity=caller(groups=("admins",))) == (False, "no_rule_matched")
+
+
+def test_deny_wins_over_allow_whatever_the_order(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    allow:
+      - {name: staff, groups: [staff]}
+    deny:
+      - {name: no-interns, groups: [interns]}
+""",
+    )
+    assert decide(ps, identity=caller(groups=("staff",))) == (True, "allowed:staff")
+    assert decide(ps, identity=caller(groups=("staff", "interns"))) == (False, "denied:no-interns")
+
+
+def test_unauthenticated_only_when_no_identity_and_not_explicitly_denied(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    allow:
+      - {name: staff, groups: [staff]}
+    deny:
+      - {name: blocked-net, source_ip: [203.0.113.0/24]}
+""",
+    )
+    assert decide(ps) == (False, "unauthenticated")
+    assert decide(ps, client_ip="203.0.113.5") == (False, "denied:blocked-net")
+    assert decide(ps, identity=caller()) == (False, "no_rule_matched")
+
+
+def test_public_must_be_explicit(tmp_path: Path) -> None:
+    ps = app(tmp_path, "    allow:\n      - {name: anyone, public: true}\n")
+    assert decide(ps) == (True, "allowed:anyone")
+
+
+def test_first_matching_allow_rule_is_cited(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    allow:
+      - {name: admins, groups: [admins]}
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    assert decide(ps, identity=caller(groups=("admins",))) == (True, "allowed:admins")
+    assert decide(ps, identity=caller()) == (True, "allowed:signed-in")
+
+
+def test_criteria_in_one_rule_must_all_hold(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        "    allow:\n      - {name: r, groups: [ops], method: [GET], source_ip: [10.0.0.0/8]}\n",
+    )
+    ops = caller(groups=("ops",))
+    assert decide(ps, identity=ops, client_ip="10.1.2.3") == (True, "allowed:r")
+    assert decide(ps, identity=ops, client_ip="10.1.2.3", method="POST")[0] is False
+    assert decide(ps, identity=ops, client_ip="11.1.2.3")[0] is False
+
+
+def test_any_all_not_nest(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    allow:
+      - name: nested
+        any:
+          - all:
+              - groups: [eng]
+              - not: {groups: [contractors]}
+          - subject: [root]
+""",
+    )
+    assert decide(ps, identity=caller(groups=("eng",)))[0] is True
+    assert decide(ps, identity=caller(groups=("eng", "contractors")))[0] is False
+    assert decide(ps, identity=caller("root", groups=("contractors",)))[0] is True
+    assert decide(ps, identity=caller(groups=("sales",)))[0] is False
+
+
+def test_not_over_a_caller_criterion_never_admits_anonymous_callers(tmp_path: Path) -> None:
+    ps = app(tmp_path, "    allow:\n      - name: not-interns\n        not: {groups: [interns]}\n")
+    assert decide(ps) == (False, "unauthenticated")
+    assert decide(ps, identity=caller()) == (True, "allowed:not-interns")
+
+
+def test_named_rules_are_reusable_and_cited_by_name(tmp_path: Path) -> None:
+    ps = policy(
+        tmp_path,
+        """\
+rules:
+  admins: {all: [{groups: [admins]}, {mfa: true}]}
+routes:
+  - name: app
+    path: /
+    backend: b
+    allow: [admins]
+    deny:
+      - {name: not-from-vpn, not: {source_ip: [10.8.0.0/16]}, any: [admins]}
+""",
+    )
+    admin = caller(groups=("admins",), claims={"amr": ["pwd", "mfa"]})
+    assert decide(ps, identity=admin, client_ip="10.8.0.1") == (True, "allowed:admins")
+    assert decide(ps, identity=admin, client_ip="10.9.0.1") == (False, "denied:not-from-vpn")
+
+
+def test_audit_rules_are_reported_but_never_enforced(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    deny:
+      - {name: future-deny, mode: audit, groups: [sales]}
+    allow:
+      - {name: future-allow, mode: audit, groups: [guests]}
+      - {name: staff, groups: [staff, sales]}
+""",
+    )
+    route = ps.routes[0]
+    sales = ps.decide(route, facts(), caller(groups=("sales",)), 0.0)
+    assert (sales.allowed, sales.reason, sales.audit) == (
+        True,
+        "allowed:staff",
+        ("denied:future-deny",),
+    )
+    guest = ps.decide(route, facts(), caller(groups=("guests",)), 0.0)
+    assert (guest.allowed, guest.reason, guest.audit) == (
+        False,
+        "no_rule_matched",
+        ("allowed:future-allow",),
+    )
+    staff = ps.decide(route, facts(), caller(groups=("staff",)), 0.0)
+    assert staff.audit == ()
+
+
+def test_decisions_carry_route_and_policy_version_and_are_reused(tmp_path: Path) -> None:
+    ps = app(tmp_path, "    allow:\n      - {name: anyone, public: true}\n")
+    route = ps.routes[0]
+    first = ps.decide(route, facts(), None, 0.0)
+    assert (first.route, first.policy_version) == ("app", ps.version)
+    assert ps.decide(route, facts(), None, 1.0) is first  # prebuilt: no allocation
+
+
+def test_route_not_found_reveals_nothing(tmp_path: Path) -> None:
+    ps = policy(
+        tmp_path,
+        "routes:\n  - name: secret-admin\n    path: /admin\n    backend: b\n",
+    )
+    route, decision = ps.authorize(facts("/other"), None, 0.0)
+    assert route is None
+    assert (decision.allowed, decision.reason, decision.route) == (False, "route_not_found", None)
+
+
+def test_rate_limited_decision_names_the_route(tmp_path: Path) -> None:
+    ps = app(tmp_path, "")
+    d = ps.rate_limited(ps.routes[0])
+    assert (d.allowed, d.reason, d.route, d.policy_version) == (
+        False,
+        "rate_limited",
+        "app",
+        ps.version,
+    )
+
+
+def test_explain_lists_every_rule_with_its_outcome(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    deny:
+      - {name: no-interns, groups: [interns]}
+      - {name: dry, mode: audit, method: [GET]}
+    allow:
+      - name: eng-with-mfa
+        all: [{groups: [eng]}, {mfa: true}]
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    explanation = ps.explain(facts("/x"), caller(groups=("eng",)), 0.0)
+    outcomes = [(o.rule.effect, o.rule.name, o.outcome) for o in explanation.rules]
+    assert outcomes == [
+        ("deny", "no-interns", False),
+        ("deny", "dry", True),
+        ("allow", "eng-with-mfa", False),
+        ("allow", "signed-in", True),
+    ]
+    text = "\n".join(explanation.lines())
+    assert "route: app (backend b" in text
+    assert "deny dry [audit: not enforced]" in text
+    assert "groups any of [eng]: match" in text
+    assert "mfa (amr any of [mfa]): no match" in text
+    assert "decision: allow (allowed:signed-in)" in text
+    assert "audit-mode rules that fired: denied:dry" in text
+    assert f"policy version: {ps.version}" in text
+
+
+def test_explain_without_identity_marks_caller_criteria_unknown(tmp_path: Path) -> None:
+    ps = app(tmp_path, "    allow:\n      - {name: staff, groups: [staff]}\n")
+    text = "\n".join(ps.explain(facts(), None, 0.0).lines())
+    assert "allow staff" in text and "unknown (no identity)" in text
+    assert "decision: deny (unauthenticated)" in text
+
+
+def test_explain_for_no_route(tmp_path: Path) -> None:
+    ps = app(tmp_path, "")
+    explanation = ps.explain(facts(host="h", path="/", method="GET"), None, 0.0)
+    assert explanation.route is not None  # "/" catches everything here
+    ps2 = policy(tmp_path, "routes: []\n")
+    lines = ps2.explain(facts(), None, 0.0).lines()
+    assert lines[0] == "route: none matched"
+    assert "decision: deny (route_not_found)" in lines

@@ -1,0 +1,77 @@
+"""Token buckets per route and caller, with the clock passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.policy.model import RateLimit, Route
+from proxy.policy.ratelimit import RateLimiter, rate_key
+from tests.policy.support import caller, facts
+
+
+def route(requests: int = 2, per: float = 1.0, burst: int = 2, name: str = "r") -> Route:
+    return Route(name=name, backend="b", source="t:1", rate_limit=RateLimit(requests, per, burst))
+
+
+def test_burst_then_refusal() -> None:
+    limiter = RateLimiter()
+    r = route(requests=1, per=10.0, burst=3)
+    assert [limiter.allow(r, "k", 100.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_tokens_refill_at_requests_per_period() -> None:
+    limiter = RateLimiter()
+    r = route(requests=2, per=1.0, burst=2)  # one token every 0.5 s
+    assert limiter.allow(r, "k", 0.0) and limiter.allow(r, "k", 0.0)
+    assert not limiter.allow(r, "k", 0.4)
+    assert limiter.remaining(r, "k", 0.4) == pytest.approx(0.8)
+    assert limiter.allow(r, "k", 0.5)
+    assert not limiter.allow(r, "k", 0.5)
+    assert limiter.remaining(r, "k", 10.0) == pytest.approx(2.0)  # capped at burst
+
+
+def test_buckets_are_per_caller_and_per_route() -> None:
+    limiter = RateLimiter()
+    a, b = route(burst=1, requests=1, name="a"), route(burst=1, requests=1, name="b")
+    assert limiter.allow(a, "alice", 0.0)
+    assert not limiter.allow(a, "alice", 0.0)
+    assert limiter.allow(a, "bob", 0.0)
+    assert limiter.allow(b, "alice", 0.0)
+
+
+def test_routes_without_a_limit_always_pass() -> None:
+    limiter = RateLimiter()
+    r = Route(name="free", backend="b", source="t:1")
+    assert all(limiter.allow(r, "k", 0.0) for _ in range(1000))
+
+
+def test_an_expired_bucket_is_as_good_as_a_full_one() -> None:
+    limiter = RateLimiter()
+    r = route(requests=1, per=60.0, burst=1)
+    assert limiter.allow(r, "k", 0.0)
+    assert not limiter.allow(r, "k", 59.0)
+    assert limiter.allow(r, "k", 61.0)
+
+
+def test_memory_is_bounded_by_max_keys() -> None:
+    limiter = RateLimiter(max_keys_per_route=10)
+    r = route(requests=1, per=3600.0, burst=1)
+    for i in range(1000):
+        limiter.allow(r, f"k{i}", 0.0)
+    buckets = next(iter(limiter._routes.values()))
+    assert len(buckets.cache) <= 10
+
+
+def test_a_changed_limit_starts_fresh_buckets() -> None:
+    limiter = RateLimiter()
+    assert limiter.allow(route(requests=1, per=60.0, burst=1), "k", 0.0)
+    assert not limiter.allow(route(requests=1, per=60.0, burst=1), "k", 0.0)
+    assert limiter.allow(route(requests=5, per=60.0, burst=5), "k", 0.0)
+
+
+def test_rate_key_uses_issuer_and_subject_or_client_address() -> None:
+    assert rate_key(caller("alice", issuer="https://a"), facts()) == "sub:https://a|alice"
+    assert rate_key(caller("alice", issuer="https://b"), facts()) != rate_key(
+        caller("alice", issuer="https://a"), facts()
+    )
+    assert rate_key(None, facts(client_ip="192.0.2.9")) == "ip:192.0.2.9"
