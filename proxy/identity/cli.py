@@ -1,0 +1,163 @@
+"""``gatehouse apikey``, ``gatehouse dev-idp`` and ``gatehouse dev-token``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from proxy.config.reader import ConfigError, parse_duration
+from proxy.identity import devidp
+
+EXIT_USAGE = 2
+
+
+def _groups(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        out += [g.strip() for g in value.split(",") if g.strip()]
+    return out
+
+
+def _duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration like 10m or 90d: {text!r}")
+    return seconds
+
+
+# -- apikey ------------------------------------------------------------------
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    from proxy.identity.apikeys import create_key
+
+    try:
+        key = create_key(
+            Path(args.file),
+            name=args.name,
+            subject=args.subject,
+            groups=_groups(args.groups),
+            expires_in=args.expires,
+        )
+    except ConfigError as exc:
+        print(f"{args.file} is not a valid key file:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # The only time the key is ever shown: the file keeps just its hash.
+    print(key)
+    print("store this key now: it cannot be shown again", file=sys.stderr)
+    return 0
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    from proxy.identity.apikeys import load_key_file
+
+    try:
+        entries = load_key_file(Path(args.file))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    now = time.time()
+    for entry in entries.values():
+        if entry.expires_at is None:
+            state = "no expiry"
+        elif entry.expires_at > now:
+            state = f"expires {time.strftime('%Y-%m-%d', time.gmtime(entry.expires_at))}"
+        else:
+            state = "EXPIRED"
+        groups = ",".join(sorted(entry.groups)) or "-"
+        print(f"{entry.id}  {entry.name or '-'}  subject={entry.subject}  groups={groups}  {state}")
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    from proxy.identity.apikeys import revoke_key
+
+    if not revoke_key(Path(args.file), args.id):
+        print(f"no key with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.id}")
+    return 0
+
+
+# -- dev IdP -----------------------------------------------------------------
+def cmd_dev_idp(args: argparse.Namespace) -> int:
+    try:
+        devidp.require_loopback(args.host)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+
+    async def serve() -> None:
+        issuer, runner = await devidp.start_dev_idp(
+            args.host, args.port, Path(args.key_file), args.audience
+        )
+        print(f"dev IdP (development only) listening: issuer {issuer}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    key = devidp.load_or_create_key(Path(args.key_file))
+    try:
+        token = devidp.mint_token(
+            key,
+            sub=args.sub,
+            groups=_groups(args.groups),
+            issuer=args.issuer,
+            audience=args.audience,
+            ttl=args.ttl,
+            email=args.email,
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    print(token)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("apikey", help="manage API keys (only salted hashes are stored)")
+    apikey = p.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
+
+    c = apikey.add_parser("create", help="create a key and print it once")
+    c.add_argument("--file", required=True, help="API key file (created if absent)")
+    c.add_argument("--name", required=True)
+    c.add_argument("--subject", required=True)
+    c.add_argument("--groups", nargs="*", default=[], help="group names (space or comma list)")
+    c.add_argument("--expires", type=_duration, default=None, help="lifetime, e.g. 90d")
+    c.set_defaults(func=cmd_apikey_create)
+
+    c = apikey.add_parser("list", help="list keys (never the secrets)")
+    c.add_argument("--file", required=True)
+    c.set_defaults(func=cmd_apikey_list)
+
+    c = apikey.add_parser("revoke", help="remove a key by id")
+    c.add_argument("--file", required=True)
+    c.add_argument("--id", required=True)
+    c.set_defaults(func=cmd_apikey_revoke)
+
+    p = sub.add_parser("dev-idp", help="development OIDC issuer on loopback (never production)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=devidp.DEFAULT_PORT)
+    p.add_argument("--key-file", default=str(devidp.DEFAULT_KEY_FILE))
+    p.add_argument("--audience", default=devidp.DEFAULT_AUDIENCE)
+    p.set_defaults(func=cmd_dev_idp)
+
+    p = sub.add_parser("dev-token", help="print a token signed by the dev IdP key")
+    p.add_argument("--sub", required=True)
+    p.add_argument("--groups", nargs="*", default=[])
+    p.add_argument("--email", default=None)
+    p.add_argument("--ttl", type=_duration, default=600.0, help="lifetime, e.g. 10m")
+    p.add_argument("--key-file", default=str(devidp.DEFAULT_KEY_FILE))
+    p.add_argument("--issuer", default=devidp.DEFAULT_ISSUER)
+    p.add_argument("--audience", default=devidp.DEFAULT_AUDIENCE)
+    p.set_defaults(func=cmd_dev_token)

@@ -1,0 +1,163 @@
+"""The identity: section: defaults, every field, and file:line problems."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from proxy.config.reader import ConfigError, Mapping, Problems, load_document
+from proxy.identity.config import ASYMMETRIC_ALGORITHMS, IdentityConfig, parse_identity
+
+
+def parse(tmp_path: Path, text: str) -> IdentityConfig:
+    path = tmp_path / "gatehouse.yaml"
+    path.write_text(textwrap.dedent(text))
+    problems = Problems()
+    doc, node = load_document(path, problems)
+    root = Mapping.of(doc, node, "config")
+    assert root is not None
+    config = parse_identity(root.mapping("identity"))
+    root.close()
+    problems.raise_if_any()
+    return config
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(tmp_path, text)
+    return [str(p) for p in info.value.problems]
+
+
+def test_absent_section_means_identity_disabled(tmp_path: Path) -> None:
+    assert parse_identity(None) == IdentityConfig()
+    assert not parse_identity(None).enabled
+    assert parse(tmp_path, "identity: {}\n") == IdentityConfig()
+
+
+def test_full_section_parses_every_field(tmp_path: Path) -> None:
+    (tmp_path / "hs").write_text("secret")
+    (tmp_path / "cookie-keys").write_text("x")
+    config = parse(
+        tmp_path,
+        """
+        identity:
+          max_token_bytes: 16KiB
+          token_cache_size: 500
+          issuers:
+            - issuer: https://login.example.test/realms/main
+              audiences: [gatehouse, api]
+              jwks_uri: https://keys.example.test/jwks.json
+              algorithms: [RS256, HS256]
+              clock_skew: 30s
+              required_claims: [email]
+              claims: {subject: oid, email: upn, groups: [groups, realm_access.roles]}
+              hs256_secret_file: hs
+              introspection:
+                endpoint: https://login.example.test/introspect
+                client_id: gatehouse
+                client_secret: env:INTROSPECTION_SECRET
+                cache_ttl: 2m
+              jwks_cache: {min_ttl: 30s, max_ttl: 1h, default_ttl: 5m, stale_max_age: 12h}
+            - issuer: http://127.0.0.1:9000
+              audiences: gatehouse
+          api_keys: {file: keys.yaml, header: X-Api-Key}
+          mtls: {enabled: true}
+          browser:
+            issuer: https://login.example.test/realms/main
+            client_id: gatehouse
+            client_secret_file: hs
+            cookie_keys_file: cookie-keys
+            scopes: [openid, email, groups]
+            allowed_redirect_hosts: [app.example.test]
+            session_lifetime: 1h
+        """,
+    )
+    first, second = config.issuers
+    assert first.audiences == ("gatehouse", "api")
+    assert first.algorithms == ("RS256", "HS256")
+    assert first.clock_skew == 30
+    assert first.claims.groups == ("groups", "realm_access.roles")
+    assert first.hs256_secret is not None and first.hs256_secret.kind == "file"
+    assert first.introspection is not None
+    assert first.introspection.client_secret is not None
+    assert first.introspection.client_secret.describe() == "env:INTROSPECTION_SECRET"
+    assert first.introspection.cache_ttl == 120
+    assert first.jwks_cache.max_ttl == 3600
+    assert second.algorithms == ASYMMETRIC_ALGORITHMS
+    assert second.clock_skew == 60
+    assert config.max_token_bytes == 16384
+    assert config.api_keys is not None and config.api_keys.header == "x-api-key"
+    assert config.mtls.enabled
+    assert config.browser is not None
+    assert config.browser.allowed_redirect_hosts == ("app.example.test",)
+    assert config.browser.session_lifetime == 3600
+    assert first.cache_identity != second.cache_identity
+
+
+def test_problems_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        """
+        identity:
+          issuers:
+            - issuer: http://idp.example.test
+              audiences: [a]
+            - audiences: [a]
+            - issuer: https://ok.example.test
+              audiences: [a]
+              algorithms: [HS256, none]
+              introspection:
+                endpoint: https://ok.example.test/i
+                client_id: x
+                client_secret: hunter2-inline
+              mystery: 1
+          max_token_bytes: 10
+        """,
+    )
+    text = "\n".join(found)
+    assert "gatehouse.yaml:4:" in text and "plain http is only allowed for loopback" in text
+    assert "missing required key 'issuer'" in text
+    assert "HS256 needs 'hs256_secret_file'" in text
+    assert "unsupported algorithm 'none'" in text
+    assert "inline secrets are refused" in text and "hunter2" not in text
+    assert "unknown key 'mystery'" in text
+    assert "max_token_bytes must be between" in text
+
+
+def test_duplicate_issuer_and_missing_audiences_are_refused(tmp_path: Path) -> None:
+    found = "\n".join(
+        problems_of(
+            tmp_path,
+            """
+            identity:
+              issuers:
+                - {issuer: "https://a.test", audiences: [x]}
+                - {issuer: "https://a.test", audiences: [x]}
+                - {issuer: "https://b.test"}
+            """,
+        )
+    )
+    assert "listed twice" in found
+    assert "missing required key 'audiences'" in found
+
+
+def test_browser_redirect_hosts_must_be_exact_names(tmp_path: Path) -> None:
+    (tmp_path / "keys").write_text("x")
+    found = "\n".join(
+        problems_of(
+            tmp_path,
+            """
+            identity:
+              browser:
+                issuer: https://a.test
+                client_id: gh
+                cookie_keys_file: keys
+                allowed_redirect_hosts: [.example.test]
+                scopes: [email]
+            """,
+        )
+    )
+    assert "must be an exact host name" in found
+    assert "scopes must include openid" in found
