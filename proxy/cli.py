@@ -90,9 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gatehouse", description="Identity-aware reverse proxy."
-    )
+    parser = argparse.ArgumentParser(prog="gatehouse", description="Identity-aware reverse proxy.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

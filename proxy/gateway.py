@@ -48,7 +48,7 @@ from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.model import Decision, Route
-from proxy.upstream.forward import forward
+from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
@@ -162,7 +162,9 @@ class Gateway:
         headers = request.headers
         rid = request_id(headers.get("X-Request-Id"), trusted)
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
-        client_ip, chain = client_address(peer_ip, headers.get("X-Forwarded-For"), cfg.trusted_proxies)
+        client_ip, chain = client_address(
+            peer_ip, headers.get("X-Forwarded-For"), cfg.trusted_proxies
+        )
         host_header = headers.get("Host", "")
         record.request_id = rid
         record.trace_id = trace.trace_id
@@ -185,8 +187,8 @@ class Gateway:
             headers=_lower_headers(request),
             client_cert=self._client_certificate(request),
         )
-        for endpoint in self.local_endpoints:
-            local = await endpoint(request, facts)
+        for serve_local in self.local_endpoints:
+            local = await serve_local(request, facts)
             if local is not None:
                 record.decision = "allow"
                 record.reason = "gatehouse_endpoint"
@@ -252,23 +254,47 @@ class Gateway:
                 record=record,
             )
         backend = self.config.backends[route.backend]
+        path_qs = path + (f"?{query}" if query else "")
+        max_body = route.max_body if route.max_body is not None else cfg.max_body
         started = time.perf_counter()
         try:
-            response = await forward(
+            upstream = await send(
                 self.session,
                 request,
                 backend=backend,
                 base_url=endpoint,
                 method=request.method,
-                path_qs=path + (f"?{query}" if query else ""),
+                path_qs=path_qs,
                 headers=upstream_headers,
-                max_body=route.max_body if route.max_body is not None else cfg.max_body,
-                timeout=route.timeout,
+                max_body=max_body,
+                deadline=route.timeout,
                 record=record,
             )
+            if upstream.status == 401 and extra and self.credentials is not None:
+                # Our credential may have been revoked before its expiry: fetch a
+                # new one and try once more, when the body can still be replayed.
+                self.credentials.invalidate(route.backend, identity)
+                if not request.body_exists:
+                    upstream.release()
+                    extra = await self.credentials.headers(route.backend, route, identity)
+                    upstream_headers = self._upstream_headers(
+                        request, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
+                    )
+                    upstream = await send(
+                        self.session,
+                        request,
+                        backend=backend,
+                        base_url=endpoint,
+                        method=request.method,
+                        path_qs=path_qs,
+                        headers=upstream_headers,
+                        max_body=max_body,
+                        deadline=route.timeout,
+                        record=record,
+                    )
         finally:
             metrics.UPSTREAM_DURATION.labels(route.backend).observe(time.perf_counter() - started)
-        return response
+        return await relay(request, upstream, record)
 
     def _upstream_headers(
         self,

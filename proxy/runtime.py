@@ -28,9 +28,13 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.config.schema import Config
-from proxy.gateway import Gateway
+from proxy.credentials.broker import CredentialBroker
+from proxy.gateway import Gateway, LocalEndpoint
+from proxy.http.facts import RequestFacts
 from proxy.http.server import bind_socket, make_server, start_listener
 from proxy.http.tls import reload_certificates, server_context
+from proxy.identity.authenticate import Authenticator
+from proxy.identity.mtls import certificate_from_der
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
@@ -40,6 +44,7 @@ from proxy.upstream.pool import EndpointPool
 from proxy.upstream.reachability import Reachability
 
 log = logging.getLogger("gatehouse")
+
 
 def _install_uvloop() -> None:
     try:
@@ -68,10 +73,23 @@ async def serve(
         audit=audit,
         session=session,
         pools={name: EndpointPool(b.urls) for name, b in config.backends.items()},
+        certificate_reader=certificate_from_der,
     )
     closers: list[Callable[[], Awaitable[None]]] = []
+    if config.identity.enabled:
+        authenticator = Authenticator(config.identity)
+        await authenticator.start()
+        gateway.authenticator = authenticator
+        closers.append(authenticator.close)
+    specs = {name: b.credentials for name, b in config.backends.items() if b.credentials}
+    if specs or config.assertions is not None:
+        broker = CredentialBroker(specs, config.assertions, config.public_url)
+        await broker.start()
+        gateway.credentials = broker
+        gateway.local_endpoints += (jwks_endpoint(broker),)
+        closers.append(broker.close)
     reach = Reachability(config.backends)
-    await reach.probe_once(timeout=1.0)
+    await reach.probe_once(limit=1.0)
 
     def checks() -> dict[str, bool]:
         out = {"config": True, "upstreams": reach.ok()}
@@ -121,9 +139,7 @@ async def serve(
     ]
     if started is not None:
         started()
-    log.info(
-        "gatehouse %s serving on %s (pid %d)", __version__, config.listen.address, os.getpid()
-    )
+    log.info("gatehouse %s serving on %s (pid %d)", __version__, config.listen.address, os.getpid())
     try:
         await stop.wait()
     finally:
@@ -146,6 +162,24 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+JWKS_PATH = "/.well-known/gatehouse/jwks.json"
+
+
+def jwks_endpoint(broker: CredentialBroker) -> LocalEndpoint:
+    """Serve the public keys upstreams use to verify ``X-Gatehouse-Assertion``."""
+
+    async def serve_jwks(_request: web.BaseRequest, facts: RequestFacts) -> web.Response | None:
+        if facts.path != JWKS_PATH or facts.method not in ("GET", "HEAD"):
+            return None
+        return web.Response(
+            body=broker.jwks_document(),
+            content_type="application/json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    return serve_jwks
 
 
 def run_single(config: Config) -> int:

@@ -15,11 +15,13 @@ from proxy.config.schema import (
     BackendConfig,
     Config,
     ListenConfig,
-    TLSConfig,
     Timeouts,
+    TLSConfig,
 )
+from proxy.credentials.config import parse_assertion_signing, parse_credentials
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
+from proxy.identity.config import parse_identity
 
 __all__ = ["ConfigError", "load_config", "parse_address"]
 
@@ -109,8 +111,11 @@ def _backend(name: str, m: Mapping) -> BackendConfig | None:
         )
         t.close()
     max_connections = m.int("max_connections", 0, minimum=0)
+    credentials = parse_credentials(m, name)
     m.close()
-    return BackendConfig(name, tuple(u.rstrip("/") for u in urls), timeouts, max_connections)
+    return BackendConfig(
+        name, tuple(u.rstrip("/") for u in urls), timeouts, max_connections, credentials
+    )
 
 
 def _backends(m: Mapping | None) -> dict[str, BackendConfig]:
@@ -120,7 +125,7 @@ def _backends(m: Mapping | None) -> dict[str, BackendConfig]:
     for name, node in m.items():
         sub = Mapping.of(m.doc, node, f"backends.{name}")
         if not _NAME.match(name):
-            m.error(name, f"backends: invalid backend name {name!r} (use a-z, 0-9, _ . -)")
+            m.key_error(name, f"backends: invalid backend name {name!r} (use a-z, 0-9, _ . -)")
         if sub is None:
             continue
         backend = _backend(name, sub)
@@ -155,7 +160,9 @@ def load_config(path: Path) -> Config:
         if output not in ("stdout", "-"):
             out_path = doc.resolve_path(output)
             if not out_path.parent.is_dir():
-                audit_m.error("output", f"audit.output: directory does not exist: {out_path.parent}")
+                audit_m.error(
+                    "output", f"audit.output: directory does not exist: {out_path.parent}"
+                )
             output = str(out_path)
         audit = AuditConfig("stdout" if output == "-" else output)
         audit_m.close()
@@ -167,6 +174,15 @@ def load_config(path: Path) -> Config:
     if not policy_dir.is_dir():
         root.error("policies", f"policies.dir: directory not found: {policy_dir}")
     backends = _backends(root.mapping("backends"))
+    identity = parse_identity(root.mapping("identity"))
+    assertions = parse_assertion_signing(root.mapping("assertions"))
+    if assertions is None and any(
+        spec.type == "assertion" for b in backends.values() for spec in b.credentials
+    ):
+        root.error(
+            None,
+            "config: a backend uses credentials type 'assertion': add an 'assertions:' section with signing_keys_file",
+        )
     default_url = f"{'https' if listen.tls else 'http'}://{listen.address}"
     public_url = root.str("public_url", default_url) or default_url
     if urlsplit(public_url).scheme not in ("http", "https"):
@@ -178,8 +194,6 @@ def load_config(path: Path) -> Config:
         shutdown_m.close()
     root.close()
 
-    # Policies are part of the configuration: validate them now so a bad
-    # route or an undefined backend stops start-up with every problem listed.
     config_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else ""
     problems.raise_if_any()
     return Config(
@@ -190,6 +204,8 @@ def load_config(path: Path) -> Config:
         policy_dir=policy_dir,
         backends=backends,
         public_url=public_url.rstrip("/"),
+        identity=identity,
+        assertions=assertions,
         drain_timeout=drain,
         config_hash=config_hash,
     )

@@ -8,6 +8,7 @@ tree because only nodes carry line numbers.
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import os
 import re
@@ -179,12 +180,12 @@ class Mapping:
     default, so validation carries on and reports everything in one pass.
     """
 
-    def __init__(self, doc: Doc, node: yaml.Node, where: str) -> None:
+    def __init__(self, doc: Doc, node: yaml.Node, where: builtins.str) -> None:
         self.doc = doc
         self.node = node
         self.where = where
-        self._items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        self._used: set[str] = set()
+        self._items: dict[builtins.str, tuple[yaml.Node, yaml.Node]] = {}
+        self._used: set[builtins.str] = set()
         for key_node, value_node in node.value:
             key = _scalar_value(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
@@ -196,7 +197,7 @@ class Mapping:
             self._items[key] = (key_node, value_node)
 
     @classmethod
-    def of(cls, doc: Doc, node: yaml.Node | None, where: str) -> Mapping | None:
+    def of(cls, doc: Doc, node: yaml.Node | None, where: builtins.str) -> Mapping | None:
         if node is None:
             return None
         if not isinstance(node, yaml.MappingNode):
@@ -206,24 +207,30 @@ class Mapping:
 
     # -- basics -----------------------------------------------------------
     @property
-    def line(self) -> int:
+    def line(self) -> builtins.int:
         return int(self.node.start_mark.line) + 1
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[builtins.str]:
         return list(self._items)
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self._items
 
-    def node_of(self, key: str) -> yaml.Node | None:
+    def node_of(self, key: builtins.str) -> yaml.Node | None:
         item = self._items.get(key)
         return item[1] if item else None
 
-    def error(self, key: str | None, message: str) -> None:
+    def error(self, key: builtins.str | None, message: builtins.str) -> None:
+        """Report at the value of ``key`` (or at the mapping itself)."""
         node = self.node_of(key) if key else self.node
         self.doc.error(node if node is not None else self.node, message)
 
-    def _take(self, key: str, required: bool) -> yaml.Node | None:
+    def key_error(self, key: builtins.str, message: builtins.str) -> None:
+        """Report at the line of the key itself (for problems with a name)."""
+        item = self._items.get(key)
+        self.doc.error(item[0] if item else self.node, message)
+
+    def _take(self, key: builtins.str, required: builtins.bool) -> yaml.Node | None:
         self._used.add(key)
         item = self._items.get(key)
         if item is None:
@@ -237,7 +244,7 @@ class Mapping:
             return None
         return value
 
-    def close(self, allowed_extra: tuple[str, ...] = ()) -> None:
+    def close(self, allowed_extra: tuple[builtins.str, ...] = ()) -> None:
         for key, (key_node, _) in self._items.items():
             if key not in self._used and key not in allowed_extra:
                 known = sorted(self._used | set(allowed_extra))
@@ -246,7 +253,7 @@ class Mapping:
 
     # -- scalars ----------------------------------------------------------
     def _typed(
-        self, key: str, required: bool, want: tuple[type, ...], what: str
+        self, key: builtins.str, required: builtins.bool, want: tuple[type, ...], what: builtins.str
     ) -> tuple[object, yaml.Node] | None:
         node = self._take(key, required)
         if node is None:
@@ -261,25 +268,44 @@ class Mapping:
             return None
         return value, node
 
-    def str(self, key: str, default: T = None, *, required: bool = False) -> str | T:  # type: ignore[assignment]
+    def str(
+        self,
+        key: builtins.str,
+        default: T = None,  # type: ignore[assignment]
+        *,
+        required: builtins.bool = False,
+    ) -> builtins.str | T:
         got = self._typed(key, required, (str,), "a string")
         return default if got is None else str(got[0])
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool = False) -> builtins.bool:
         got = self._typed(key, False, (bool,), "true or false")
         return default if got is None else bool(got[0])
 
-    def int(self, key: str, default: T = None, *, minimum: int | None = None) -> int | T:  # type: ignore[assignment]
+    def int(
+        self,
+        key: builtins.str,
+        default: T = None,  # type: ignore[assignment]
+        *,
+        minimum: builtins.int | None = None,
+    ) -> builtins.int | T:
         got = self._typed(key, False, (int,), "an integer")
         if got is None:
             return default
-        value = int(got[0])  # type: ignore[call-overload]
+        value = got[0]
+        assert isinstance(value, builtins.int)
         if minimum is not None and value < minimum:
             self.doc.error(got[1], f"{self.where}.{key}: must be at least {minimum}")
             return default
         return value
 
-    def duration(self, key: str, default: T = None, *, required: bool = False) -> float | T:  # type: ignore[assignment]
+    def duration(
+        self,
+        key: builtins.str,
+        default: T = None,  # type: ignore[assignment]
+        *,
+        required: builtins.bool = False,
+    ) -> float | T:
         got = self._typed(key, required, (str, int, float), "a duration like 30s, 5m or 250ms")
         if got is None:
             return default
@@ -287,12 +313,13 @@ class Mapping:
         seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
         if seconds is None or seconds < 0:
             self.doc.error(
-                node, f"{self.where}.{key}: expected a duration like 30s, 5m or 250ms, got {value!r}"
+                node,
+                f"{self.where}.{key}: expected a duration like 30s, 5m or 250ms, got {value!r}",
             )
             return default
         return seconds
 
-    def size(self, key: str, default: T = None) -> int | T:  # type: ignore[assignment]
+    def size(self, key: builtins.str, default: T = None) -> builtins.int | T:  # type: ignore[assignment]
         got = self._typed(key, False, (str, int), "a size like 10MiB")
         if got is None:
             return default
@@ -303,7 +330,9 @@ class Mapping:
             return default
         return int(size)
 
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+    def choice(
+        self, key: builtins.str, choices: tuple[builtins.str, ...], default: builtins.str
+    ) -> builtins.str:
         got = self._typed(key, False, (str,), "a string")
         if got is None:
             return default
@@ -315,7 +344,13 @@ class Mapping:
             return default
         return value
 
-    def path(self, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
+    def path(
+        self,
+        key: builtins.str,
+        *,
+        required: builtins.bool = False,
+        must_exist: builtins.bool = True,
+    ) -> Path | None:
         """A file path, relative to the YAML file's directory, optionally checked to exist."""
         got = self._typed(key, required, (str,), "a file path")
         if got is None:
@@ -325,7 +360,7 @@ class Mapping:
             self.doc.error(got[1], f"{self.where}.{key}: file not found: {path}")
         return path
 
-    def secret(self, key: str, *, required: bool = False) -> SecretRef | None:
+    def secret(self, key: builtins.str, *, required: builtins.bool = False) -> SecretRef | None:
         """A secret by reference only: ``<key>_file: PATH`` or ``<key>: env:NAME``.
 
         Inline values are refused so secrets never live in config files, in
@@ -357,11 +392,13 @@ class Mapping:
         return None
 
     # -- collections ------------------------------------------------------
-    def mapping(self, key: str, *, required: bool = False) -> Mapping | None:
+    def mapping(self, key: builtins.str, *, required: builtins.bool = False) -> Mapping | None:
         node = self._take(key, required)
         return Mapping.of(self.doc, node, f"{self.where}.{key}")
 
-    def list(self, key: str, *, required: bool = False) -> list[yaml.Node]:
+    def list(
+        self, key: builtins.str, *, required: builtins.bool = False
+    ) -> builtins.list[yaml.Node]:
         node = self._take(key, required)
         if node is None:
             return []
@@ -370,12 +407,18 @@ class Mapping:
             return []
         return list(node.value)
 
-    def str_list(self, key: str, *, required: bool = False, allow_scalar: bool = True) -> list[str]:
+    def str_list(
+        self,
+        key: builtins.str,
+        *,
+        required: builtins.bool = False,
+        allow_scalar: builtins.bool = True,
+    ) -> builtins.list[builtins.str]:
         """A list of strings; a single string is accepted as a one-item list."""
         node = self._take(key, required)
         if node is None:
             return []
-        items: list[yaml.Node]
+        items: builtins.list[yaml.Node]
         if isinstance(node, yaml.ScalarNode) and allow_scalar:
             items = [node]
         elif isinstance(node, yaml.SequenceNode):
@@ -383,16 +426,20 @@ class Mapping:
         else:
             self.doc.error(node, f"{self.where}.{key}: expected a list of strings")
             return []
-        out: list[str] = []
+        out: builtins.list[builtins.str] = []
         for item in items:
             value = _scalar_value(item) if isinstance(item, yaml.ScalarNode) else None
             if isinstance(value, str):
                 out.append(value)
             else:
-                self.doc.error(item, f"{self.where}.{key}: expected a string, got {node_kind(item)}")
+                self.doc.error(
+                    item, f"{self.where}.{key}: expected a string, got {node_kind(item)}"
+                )
         return out
 
-    def cidr_list(self, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def cidr_list(
+        self, key: builtins.str
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         nets = []
         for text in self.str_list(key):
             try:
@@ -401,7 +448,7 @@ class Mapping:
                 self.error(key, f"{self.where}.{key}: not an IP network: {text!r}")
         return tuple(nets)
 
-    def items(self) -> Iterator[tuple[str, yaml.Node]]:
+    def items(self) -> Iterator[tuple[builtins.str, yaml.Node]]:
         """Iterate a mapping used as a dictionary of named entries (e.g. backends)."""
         for key, (_, value) in self._items.items():
             self._used.add(key)

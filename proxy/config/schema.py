@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.credentials.config import AssertionSigningConfig, CredentialSpec
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
+from proxy.identity.config import IdentityConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class BackendConfig:
     urls: tuple[str, ...]
     timeouts: Timeouts = Timeouts()
     max_connections: int = 0  # 0 = unlimited
+    credentials: tuple[CredentialSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class Config:
     policy_dir: Path
     backends: Mapping[str, BackendConfig]
     public_url: str
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    assertions: AssertionSigningConfig | None = None
     drain_timeout: float = 30.0
     config_hash: str = ""
-    extra: Mapping[str, object] = field(default_factory=dict)

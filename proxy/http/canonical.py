@@ -58,7 +58,7 @@ def split_target(target: str) -> tuple[str, str]:
                 target = rest[slash:]
         else:
             raise _bad("request target is not a path")
-    path, sep, query = target.partition("?")
+    path, _, query = target.partition("?")
     return path, query
 
 

@@ -132,7 +132,9 @@ def issue(
 def dev_certificates(directory: Path, hosts: tuple[str, ...] = ("localhost",)) -> dict[str, Path]:
     """A CA, a server certificate for ``hosts`` + loopback, and a client certificate."""
     ca = make_ca(directory)
-    server = issue(ca, directory, "server", common_name=hosts[0], dns=hosts, ips=("127.0.0.1", "::1"))
+    server = issue(
+        ca, directory, "server", common_name=hosts[0], dns=hosts, ips=("127.0.0.1", "::1")
+    )
     client = issue(
         ca,
         directory,

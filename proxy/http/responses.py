@@ -27,4 +27,5 @@ def error_response(
     )
     response.headers["X-Request-Id"] = request_id
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Server"] = "gatehouse"
     return response

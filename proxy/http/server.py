@@ -66,7 +66,9 @@ class _Protocol(RequestHandler):
             self._audit_rejection(request, status, reason, rid)
         return response
 
-    def _audit_rejection(self, request: web.BaseRequest, status: int, reason: str, rid: str) -> None:
+    def _audit_rejection(
+        self, request: web.BaseRequest, status: int, reason: str, rid: str
+    ) -> None:
         assert self.audit is not None
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         record = AuditRecord(
@@ -83,7 +85,7 @@ class _Protocol(RequestHandler):
 
 class GatehouseServer(web.Server):
     def __init__(self, handler: Handler, audit: AuditWriter | None, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        super().__init__(handler, **kwargs)
         self._audit = audit
 
     def __call__(self) -> RequestHandler:
@@ -92,7 +94,9 @@ class GatehouseServer(web.Server):
         return protocol
 
 
-def make_server(handler: Handler, listen: ListenConfig, audit: AuditWriter | None) -> GatehouseServer:
+def make_server(
+    handler: Handler, listen: ListenConfig, audit: AuditWriter | None
+) -> GatehouseServer:
     return GatehouseServer(
         handler,
         audit,

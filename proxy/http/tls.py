@@ -25,7 +25,9 @@ def server_context(config: TLSConfig) -> ssl.SSLContext:
     ctx.load_cert_chain(config.cert_file, config.key_file)
     if config.client_ca_file is not None:
         ctx.load_verify_locations(cafile=str(config.client_ca_file))
-        ctx.verify_mode = ssl.CERT_REQUIRED if config.client_auth == "require" else ssl.CERT_OPTIONAL
+        ctx.verify_mode = (
+            ssl.CERT_REQUIRED if config.client_auth == "require" else ssl.CERT_OPTIONAL
+        )
     return ctx
 
 

@@ -25,7 +25,22 @@ from prometheus_client import multiprocess as _mp
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 # -- core request path ------------------------------------------------------
 REQUESTS = Counter("gatehouse_requests", "Requests handled.", ["route", "status_class"])
@@ -61,9 +76,7 @@ CONFIG_LAST_RELOAD_SUCCESS = Gauge(
 )
 
 # -- policy -----------------------------------------------------------------
-DECISIONS = Counter(
-    "gatehouse_decisions", "Policy decisions.", ["route", "decision", "reason"]
-)
+DECISIONS = Counter("gatehouse_decisions", "Policy decisions.", ["route", "decision", "reason"])
 
 # -- identity ---------------------------------------------------------------
 AUTH = Counter("gatehouse_auth", "Authentication attempts.", ["issuer", "method", "result"])

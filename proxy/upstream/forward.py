@@ -91,7 +91,7 @@ def _classify(exc: BaseException) -> GatehouseError:
     return UpstreamConnectError(detail=type(exc).__name__)
 
 
-async def forward(
+async def send(
     session: aiohttp.ClientSession,
     request: web.BaseRequest,
     *,
@@ -101,13 +101,14 @@ async def forward(
     path_qs: str,
     headers: Sequence[tuple[str, str]],
     max_body: int,
-    timeout: float | None,
+    deadline: float | None,
     record: AuditRecord,
-) -> web.StreamResponse:
-    """Send the request to ``base_url + path_qs`` and stream the response back.
+) -> aiohttp.ClientResponse:
+    """Send the request to ``base_url + path_qs`` and return once response headers arrive.
 
     ``path_qs`` is the canonical path plus the raw query: it is sent exactly,
     never re-encoded. ``headers`` are the final upstream request headers.
+    The caller must :func:`relay` or release the response.
     """
     out_headers = CIMultiDict(headers)
     data: AsyncIterator[bytes] | None = None
@@ -130,7 +131,8 @@ async def forward(
         total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
     )
     url = URL(base_url + path_qs, encoded=True)
-    deadline = timeout if timeout is not None else timeouts.total
+    if deadline is None:
+        deadline = timeouts.total
     try:
         async with asyncio.timeout(deadline):
             upstream = await session.request(
@@ -149,8 +151,14 @@ async def forward(
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise _classify(exc) from None
-
     record.upstream_status = upstream.status
+    return upstream
+
+
+async def relay(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, record: AuditRecord
+) -> web.StreamResponse:
+    """Stream ``upstream``'s response to the client, then release it."""
     try:
         return await _relay(request, upstream, record)
     finally:
@@ -165,8 +173,10 @@ async def _relay(
     for name, value in filter_response_headers(raw):
         response.headers.add(name, value)
     response.headers["X-Request-Id"] = record.request_id
-    no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS or (
-        100 <= upstream.status < 200
+    no_body = (
+        request.method == "HEAD"
+        or upstream.status in _NO_BODY_STATUS
+        or (100 <= upstream.status < 200)
     )
     if upstream.content_length is not None and not (
         upstream.status in _NO_BODY_STATUS or 100 <= upstream.status < 200
@@ -182,7 +192,7 @@ async def _relay(
             sent += len(chunk)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         record.reason = "client_disconnected"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         # The status line is gone already: cut the connection so the client
         # sees a truncated response instead of a complete-looking one.
         err = _classify(exc)

@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 from proxy.config.schema import BackendConfig
 
 
-async def _can_connect(url: str, timeout: float) -> bool:
+async def _can_connect(url: str, limit: float) -> bool:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             _, writer = await asyncio.open_connection(parts.hostname, port)
     except (OSError, TimeoutError):
         return False
@@ -31,9 +31,9 @@ class Reachability:
         self._backends = backends
         self.state: dict[str, bool] = dict.fromkeys(backends, False)
 
-    async def probe_once(self, timeout: float = 2.0) -> None:
+    async def probe_once(self, limit: float = 2.0) -> None:
         for name, backend in self._backends.items():
-            results = await asyncio.gather(*(_can_connect(u, timeout) for u in backend.urls))
+            results = await asyncio.gather(*(_can_connect(u, limit) for u in backend.urls))
             self.state[name] = any(results)
 
     async def run(self, interval: float = 5.0) -> None:

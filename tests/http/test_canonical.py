@@ -87,7 +87,9 @@ def test_trailing_slash_is_preserved() -> None:
 
 
 segment = st.one_of(
-    st.sampled_from(["", ".", "..", "%2e", "%2E%2e", "a", "b", "%41", "%2F", "%5C", ";x", "%3B", "~"]),
+    st.sampled_from(
+        ["", ".", "..", "%2e", "%2E%2e", "a", "b", "%41", "%2F", "%5C", ";x", "%3B", "~"]
+    ),
     st.text(alphabet="abcXYZ09-._~!$&'()*+,=:@%", min_size=1, max_size=6),
 )
 

@@ -67,7 +67,12 @@ def test_forwarded_headers_from_trusted_peer_are_extended() -> None:
 def test_ipv6_forwarded_node_is_quoted_and_bracketed() -> None:
     out = dict(
         forwarding_headers(
-            peer_ip="::1", peer_trusted=False, chain=["::1"], client_headers={}, scheme="http", host="h"
+            peer_ip="::1",
+            peer_trusted=False,
+            chain=["::1"],
+            client_headers={},
+            scheme="http",
+            host="h",
         )
     )
     assert out["Forwarded"].startswith('for="[::1]"')

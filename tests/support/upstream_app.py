@@ -26,7 +26,9 @@ async def echo(request: Request) -> JSONResponse:
             "method": request.method,
             "raw_path": request.scope["raw_path"].decode("latin-1"),
             "query": request.scope["query_string"].decode("latin-1"),
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.scope["headers"]],
+            "headers": [
+                [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.scope["headers"]
+            ],
             "body_size": size,
             "body_sha256": digest.hexdigest(),
         },
@@ -83,9 +85,15 @@ async def set_cookie() -> Response:
 
 @app.websocket("/ws")
 async def ws(websocket: WebSocket) -> None:
-    await websocket.accept(subprotocol=websocket.scope.get("subprotocols", [None])[0] if websocket.scope.get("subprotocols") else None)
+    await websocket.accept(
+        subprotocol=websocket.scope.get("subprotocols", [None])[0]
+        if websocket.scope.get("subprotocols")
+        else None
+    )
     headers = dict((k.decode(), v.decode()) for k, v in websocket.scope["headers"])
-    await websocket.send_json({"subject": headers.get("x-gatehouse-subject"), "request_id": headers.get("x-request-id")})
+    await websocket.send_json(
+        {"subject": headers.get("x-gatehouse-subject"), "request_id": headers.get("x-request-id")}
+    )
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import gzip
 import hashlib
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +25,10 @@ def gh(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     proc = start_gatehouse(
         workdir,
         backends={
-            "up": {"urls": [upstream_url], "timeouts": {"connect": "1s", "read": "2s", "total": "2s"}},
+            "up": {
+                "urls": [upstream_url],
+                "timeouts": {"connect": "1s", "read": "2s", "total": "2s"},
+            },
             "down": {"urls": [f"http://127.0.0.1:{free_port()}"]},
         },
         routes=[
@@ -78,7 +83,9 @@ async def test_unreserved_escapes_are_decoded_before_forwarding(gh: Gatehouse) -
     assert status == 200 and data["raw_path"] == "/echo/ab/~"
 
 
-async def test_connection_named_and_hop_by_hop_headers_do_not_reach_the_upstream(gh: Gatehouse) -> None:
+async def test_connection_named_and_hop_by_hop_headers_do_not_reach_the_upstream(
+    gh: Gatehouse,
+) -> None:
     status, headers, data = await get_json(
         gh.url + "/echo",
         headers={
@@ -128,14 +135,18 @@ async def test_untrusted_client_forwarding_headers_are_replaced(gh: Gatehouse) -
     assert headers["x-request-id"] == seen["x-request-id"]
 
 
-async def test_host_is_rewritten_to_the_upstream_unless_preserved(gh: Gatehouse, upstream_url: str) -> None:
+async def test_host_is_rewritten_to_the_upstream_unless_preserved(
+    gh: Gatehouse, upstream_url: str
+) -> None:
     _, _, data = await get_json(gh.url + "/echo", headers={"Host": "app.example.com"})
     assert upstream_headers(data)["host"] == upstream_url.removeprefix("http://")
     _, _, data = await get_json(gh.url + "/echo/host", headers={"Host": "app.example.com"})
     assert upstream_headers(data)["host"] == "app.example.com"
 
 
-async def test_traceparent_is_propagated_with_a_new_span_and_started_when_absent(gh: Gatehouse) -> None:
+async def test_traceparent_is_propagated_with_a_new_span_and_started_when_absent(
+    gh: Gatehouse,
+) -> None:
     incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     _, _, data = await get_json(gh.url + "/echo", headers={"traceparent": incoming})
     sent = upstream_headers(data)["traceparent"]
@@ -145,10 +156,14 @@ async def test_traceparent_is_propagated_with_a_new_span_and_started_when_absent
 
 
 async def test_route_header_options_apply(gh: Gatehouse) -> None:
-    _, _, data = await get_json(gh.url + "/echo/headers", headers={"X-Debug": "1", "X-Env": "client"})
+    _, _, data = await get_json(
+        gh.url + "/echo/headers", headers={"X-Debug": "1", "X-Env": "client"}
+    )
     seen = upstream_headers(data)
     assert "x-debug" not in seen
-    assert [v for k, v in data["headers"] if k == "x-env"] == ["client", "test"] or seen["x-env"] in ("test", "client")
+    assert [v for k, v in data["headers"] if k == "x-env"] == ["client", "test"] or seen[
+        "x-env"
+    ] in ("test", "client")
 
 
 async def test_compressed_bodies_pass_through_untouched(gh: Gatehouse) -> None:
@@ -170,7 +185,9 @@ async def test_no_accept_encoding_or_user_agent_is_invented(gh: Gatehouse) -> No
     assert "accept-encoding" not in seen and "user-agent" not in seen
 
 
-async def test_redirects_and_cookies_from_the_upstream_are_relayed_not_followed(gh: Gatehouse) -> None:
+async def test_redirects_and_cookies_from_the_upstream_are_relayed_not_followed(
+    gh: Gatehouse,
+) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.get(gh.url + "/redirect", allow_redirects=False) as r:
             assert r.status == 302 and r.headers["Location"] == "/echo"
@@ -243,27 +260,51 @@ async def test_websocket_upgrade_is_proxied_both_ways(gh: Gatehouse) -> None:
 
 
 async def test_every_request_is_audited_once_including_failures(gh: Gatehouse) -> None:
-    before = len(gh.audit_records())
+    # Tag this test's requests with one trace id: other tests' records may still be in flight.
+    trace_id = os.urandom(16).hex()
+    traceparent = {"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"}
     urls = [gh.url + "/echo", gh.url + "/down", gh.url + "/%2e%2e/x", gh.url + "/slow?seconds=0"]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as s:
 
         async def one(i: int) -> int:
-            async with s.get(URL(urls[i % len(urls)], encoded=True)) as r:
+            async with s.get(URL(urls[i % len(urls)], encoded=True), headers=traceparent) as r:
                 await r.read()
                 return r.status
 
         statuses = await asyncio.gather(*(one(i) for i in range(1000)))
     assert statuses.count(502) == 250 and statuses.count(400) == 250
-    records = gh.wait_audit(before + 1000)
-    new = records[before:]
+    deadline = time.monotonic() + 10
+    while True:
+        new = [r for r in gh.audit_records() if r["trace_id"] == trace_id]
+        if len(new) >= 1000 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # a duplicate would show up now
+    new = [r for r in gh.audit_records() if r["trace_id"] == trace_id]
     assert len(new) == 1000
     assert len({r["request_id"] for r in new}) == 1000
     assert sorted(r["status"] for r in new) == sorted(statuses)
     for r in new:
         assert set(r) >= {
-            "ts", "request_id", "trace_id", "client_ip", "method", "host", "path", "route",
-            "backend", "subject", "issuer", "auth", "decision", "reason", "status",
-            "upstream_status", "duration_ms", "bytes_in", "bytes_out",
+            "ts",
+            "request_id",
+            "trace_id",
+            "client_ip",
+            "method",
+            "host",
+            "path",
+            "route",
+            "backend",
+            "subject",
+            "issuer",
+            "auth",
+            "decision",
+            "reason",
+            "status",
+            "upstream_status",
+            "duration_ms",
+            "bytes_in",
+            "bytes_out",
         }
 
 
