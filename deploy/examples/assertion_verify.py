@@ -20,7 +20,7 @@ AUDIENCE = os.environ.get("GATEHOUSE_AUDIENCE", "app")
 _jwks = jwt.PyJWKClient(f"{GATEHOUSE_URL}/.well-known/gatehouse/jwks.json", lifespan=300)
 
 
-def gatehouse_caller(x_gatehouse_assertion: str = Header()) -> dict[str, Any]:
+def gatehouse_caller(x_gatehouse_assertion: str = Header("")) -> dict[str, Any]:
     """The caller's claims (sub, email, groups, pass_claims), or 401. Sync: runs in a thread."""
     try:
         key = _jwks.get_signing_key_from_jwt(x_gatehouse_assertion)

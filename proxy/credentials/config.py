@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 import yaml
 
@@ -140,6 +140,9 @@ class AssertionSigningConfig:
     source: str
     signing_keys_file: Path
     lifetime: float = MAX_ASSERTION_LIFETIME
+    # A key added by rotation is published this long before it signs, so backends
+    # whose JWKS cache predates it never meet an unknown kid.
+    publish_before_use: float = 60.0
 
 
 def _where(m: Mapping) -> str:
@@ -167,8 +170,7 @@ def _url(m: Mapping, key: str, *, required: bool) -> str | None:
 def _scopes(m: Mapping) -> tuple[str, ...]:
     """``scope`` as a list or a space-separated string (the wire form)."""
     out: list[str] = []
-    # cast: the reader's annotations resolve ``list``/``str`` to its own methods.
-    for item in cast("list[str]", m.str_list("scope")):
+    for item in m.str_list("scope"):
         out.extend(item.split())
     return tuple(out)
 
@@ -372,6 +374,7 @@ def parse_assertion_signing(m: Mapping | None) -> AssertionSigningConfig | None:
         return None
     path = m.path("signing_keys_file", required=True)
     lifetime = m.duration("lifetime", MAX_ASSERTION_LIFETIME)
+    publish_before_use = m.duration("publish_before_use", 60.0)
     m.close()
     if lifetime > MAX_ASSERTION_LIFETIME or lifetime < 10:
         m.error("lifetime", f"{m.where}.lifetime: must be between 10s and 5m")
@@ -387,4 +390,4 @@ def parse_assertion_signing(m: Mapping | None) -> AssertionSigningConfig | None:
         except SigningKeyError as exc:
             m.error("signing_keys_file", f"{m.where}.signing_keys_file: {exc}")
             return None
-    return AssertionSigningConfig(_where(m), path, lifetime)
+    return AssertionSigningConfig(_where(m), path, lifetime, publish_before_use)

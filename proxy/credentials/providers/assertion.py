@@ -54,7 +54,12 @@ def claims_within_budget(
 
 
 class AssertionSigner:
-    """Signs assertions with the first key of the key file, re-reading it when it changes."""
+    """Signs assertions with the first key of the key file, re-reading it when it changes.
+
+    Rotation: put a new key first and keep the old one listed. The new key is
+    published at once and signs after ``publish_before_use``; the old one stays
+    published as long as it is listed, covering assertions already issued.
+    """
 
     def __init__(self, config: AssertionSigningConfig, issuer: str) -> None:
         self.config = config
@@ -63,6 +68,7 @@ class AssertionSigner:
         self._jwks = b'{"keys":[]}'
         self._mtime: int | None = None
         self._checked = 0.0
+        self._first_seen: dict[str, float] = {}
 
     def load(self) -> None:
         """Read the key file now; raises SigningKeyError when there is no usable key at all."""
@@ -86,6 +92,10 @@ class AssertionSigner:
                 "assertion key file invalid, keeping loaded keys", extra={"error": str(exc)}
             )
             return
+        now = time.monotonic()
+        for key in keys:
+            # Keys present at start count as long published: they were, before a restart.
+            self._first_seen.setdefault(key.kid, now if self._keys else float("-inf"))
         self._keys, self._mtime = keys, mtime
         self._jwks = jwks_document(keys)
         log.info("assertion signing keys loaded", extra={"kids": [k.kid for k in keys]})
@@ -102,11 +112,19 @@ class AssertionSigner:
         self._maybe_reload()
         return self._jwks
 
+    def signing_key(self) -> SigningKey:
+        """The first key in file order that has been published long enough, else the first."""
+        now = time.monotonic()
+        for key in self._keys:
+            if now - self._first_seen.get(key.kid, now) >= self.config.publish_before_use:
+                return key
+        return self._keys[0]
+
     def sign(self, claims: dict[str, Any]) -> str:
         self._maybe_reload()
         if not self._keys:
             raise UpstreamCredentialsUnavailable(detail="no assertion signing key loaded")
-        key = self._keys[0]
+        key = self.signing_key()
         return jwt.encode(
             claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ssl
 import time
 import uuid
-from typing import Any
+from typing import Any, Self
 
 import jwt
 from aiohttp import web
@@ -53,7 +53,7 @@ class AzurePeer(PeerServer):
         self.app.router.add_post("/{tenant}/oauth2/v2.0/token", self._entra)
         self.app.router.add_get("/{tenant}/discovery/v2.0/keys", self._keys)
 
-    async def start(self) -> AzurePeer:
+    async def start(self) -> Self:
         await super().start()
         if not self.issuer.iss:
             self.issuer.iss = f"{self.url}/{TENANT}/v2.0"

@@ -24,6 +24,7 @@ from tests.peers.cloud.keys import Issuer, new_rsa_key, pem
 from tests.peers.cloud.server import PeerServer
 
 GOOGLE_ISSUER = "https://accounts.google.com"
+GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 METADATA_SA = "default-sa@test-project.iam.gserviceaccount.com"
 
@@ -108,7 +109,9 @@ class GooglePeer(PeerServer):
                 assertion,
                 public,
                 algorithms=["RS256"],
-                audience=self.token_uri,
+                # google-auth always addresses the grant to Google's endpoint,
+                # whatever token_uri the key file names.
+                audience=[self.token_uri, GOOGLE_TOKEN_ENDPOINT],
                 options={"require": ["exp", "iat", "iss", "aud"]},
             )
         except (jwt.PyJWTError, KeyError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote
 
 import jwt
@@ -43,7 +43,7 @@ class OAuthServer(PeerServer):
         self.app.router.add_post("/token", self._token)
         self.app.router.add_get("/jwks", self._jwks)
 
-    async def start(self) -> OAuthServer:
+    async def start(self) -> Self:
         await super().start()
         self.issuer.iss = self.url
         return self

@@ -6,6 +6,7 @@ import asyncio
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Self
 
 from aiohttp import web
 
@@ -48,7 +49,7 @@ class PeerServer:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> PeerServer:
+    async def start(self) -> Self:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)

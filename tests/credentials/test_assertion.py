@@ -1,0 +1,216 @@
+"""Gatehouse-signed assertions verified by the sample FastAPI dependency via our JWKS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+
+from proxy.credentials.broker import CredentialBroker
+from proxy.credentials.providers.assertion import claims_within_budget
+from proxy.credentials.signing import load_signing_keys, rotate_key_file
+from tests.credentials.conftest import caller, make_broker, parse_backends, route, run_uvicorn
+from tests.peers.cloud.server import PeerServer
+
+JWKS_PATH = "/.well-known/gatehouse/jwks.json"
+
+
+class JwksServer(PeerServer):
+    """Serves the broker's JWKS document the way the proxy's local endpoint does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broker: CredentialBroker | None = None
+        self.app.router.add_get(JWKS_PATH, self._jwks)
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.count("jwks")
+        assert self.broker is not None
+        return web.Response(body=self.broker.jwks_document(), content_type="application/json")
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "assertion-keys.json"
+    rotate_key_file(path)
+    return path
+
+
+@pytest.fixture
+async def gatehouse(
+    tmp_path: Path, keys_file: Path
+) -> AsyncIterator[tuple[CredentialBroker, JwksServer]]:
+    server = await JwksServer().start()
+    specs, signing = parse_backends(
+        tmp_path,
+        f"""
+assertions:
+  signing_keys_file: {keys_file}
+  lifetime: 2m
+  publish_before_use: 0.5s
+backends:
+  app:
+    credentials: {{type: assertion}}
+  other:
+    credentials: {{type: assertion, audience: urn:other}}
+""",
+    )
+    broker = await make_broker(specs, signing, public_url=server.url + "/")
+    server.broker = broker
+    yield broker, server
+    await broker.close()
+    await server.stop()
+
+
+@pytest.fixture
+def backend(gatehouse: tuple[CredentialBroker, JwksServer]) -> Iterator[str]:
+    _, server = gatehouse
+    env = {"GATEHOUSE_URL": server.url, "GATEHOUSE_AUDIENCE": "app"}
+    with run_uvicorn("tests.credentials.assertion_app:app", env) as url:
+        yield url + "/api/whoami"
+
+
+def _call(url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def call(url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    # Off the loop: the backend fetches our JWKS from a server on this loop.
+    return await asyncio.to_thread(_call, url, headers)
+
+
+async def test_backend_dependency_verifies_the_assertion_and_sees_the_caller(
+    gatehouse: tuple[CredentialBroker, JwksServer], backend: str
+) -> None:
+    broker, server = gatehouse
+    alice = caller("alice", claims={"department": "payments", "secret_level": 3})
+    r = route("app", pass_claims=("department",))
+    headers = dict(await broker.headers("app", r, alice))
+    status, claims = await call(backend, headers)
+    assert status == 200, claims
+    assert claims["iss"] == server.url
+    assert claims["aud"] == "app"
+    assert claims["sub"] == "alice"
+    assert claims["email"] == "alice@example.com"
+    assert claims["groups"] == ["eng"]
+    assert claims["department"] == "payments"
+    assert "secret_level" not in claims  # only the route's pass_claims travel
+    assert 0 < claims["exp"] - claims["iat"] <= 120
+    header = jwt.get_unverified_header(headers["X-Gatehouse-Assertion"])
+    assert header["alg"] == "ES256"
+    assert header["kid"]
+
+
+async def test_backend_refuses_missing_forged_and_other_audience_assertions(
+    gatehouse: tuple[CredentialBroker, JwksServer], backend: str, tmp_path: Path
+) -> None:
+    broker, _ = gatehouse
+    assert (await call(backend, {}))[0] == 401
+    for_other = dict(await broker.headers("other", route("other"), caller()))
+    assert (await call(backend, for_other))[0] == 401
+    # Same kid, a key that is not ours.
+    good = dict(await broker.headers("app", route("app"), caller()))["X-Gatehouse-Assertion"]
+    stranger = tmp_path / "stranger.json"
+    rotate_key_file(stranger)
+    (key,) = load_signing_keys(stranger)
+    payload = jwt.decode(good, options={"verify_signature": False})
+    forged = jwt.encode(
+        {**payload, "sub": "root"},
+        key.private_key,
+        algorithm="ES256",
+        headers={"kid": jwt.get_unverified_header(good)["kid"]},
+    )
+    assert (await call(backend, {"X-Gatehouse-Assertion": forged}))[0] == 401
+
+
+async def test_key_rotation_publishes_first_signs_later_and_keeps_the_old_kid(
+    gatehouse: tuple[CredentialBroker, JwksServer], backend: str, keys_file: Path
+) -> None:
+    broker, _ = gatehouse
+    assert broker.signer is not None
+    before = dict(await broker.headers("app", route("app"), caller()))
+    old_kid = jwt.get_unverified_header(before["X-Gatehouse-Assertion"])["kid"]
+    new_kid = rotate_key_file(keys_file, keep=1)
+    broker.signer.load()  # what the 1 s mtime check does on its own
+    published = {k["kid"] for k in json.loads(broker.jwks_document())["keys"]}
+    assert published == {old_kid, new_kid}
+    # Published but not yet signing: backends get time to see it.
+    during = dict(await broker.headers("app", route("app"), caller()))
+    assert jwt.get_unverified_header(during["X-Gatehouse-Assertion"])["kid"] == old_kid
+    await asyncio.sleep(0.6)  # publish_before_use: 0.5s in this config
+    after = dict(await broker.headers("app", route("app"), caller()))
+    assert jwt.get_unverified_header(after["X-Gatehouse-Assertion"])["kid"] == new_kid
+    # An assertion issued before the rotation and one after both verify.
+    assert (await call(backend, before))[0] == 200
+    assert (await call(backend, after))[0] == 200
+    assert all("d" not in k for k in json.loads(broker.jwks_document())["keys"])
+
+
+def test_pass_claims_over_the_byte_budget_are_dropped_whole_in_route_order() -> None:
+    who = caller(
+        claims={
+            "department": "payments",
+            "roles": ["r" * 40] * 50,
+            "tenant": "t1",
+            "sub": "spoofed",
+        }
+    )
+    out, dropped = claims_within_budget(who, ("department", "roles", "tenant", "sub"), 64)
+    assert out == {"department": "payments", "tenant": "t1"}
+    assert dropped == ["roles"]
+    assert len(json.dumps(out, separators=(",", ":"))) <= 64
+
+
+async def test_assertion_respects_the_route_budget_and_reserved_claims(
+    gatehouse: tuple[CredentialBroker, JwksServer],
+) -> None:
+    broker, _ = gatehouse
+    who = caller(claims={"big": "x" * 5000, "iss": "https://evil", "team": "core"})
+    r = route("app", pass_claims=("big", "iss", "team"), pass_claims_max_bytes=1024)
+    ((_, token),) = await broker.headers("app", r, who)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert "big" not in claims
+    assert claims["team"] == "core"
+    assert claims["iss"] == broker.public_url
+    assert len(token) < 1500
+
+
+async def test_anonymous_request_gets_an_assertion_without_a_subject(
+    gatehouse: tuple[CredentialBroker, JwksServer], backend: str
+) -> None:
+    broker, _ = gatehouse
+    headers = dict(await broker.headers("app", route("app"), None))
+    status, claims = await call(backend, headers)
+    assert status == 200
+    assert "sub" not in claims
+
+
+async def test_no_assertion_or_caller_token_appears_in_any_log_record(
+    gatehouse: tuple[CredentialBroker, JwksServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    broker, _ = gatehouse
+    who = caller(token="caller-bearer-token-value", claims={"big": "x" * 5000})
+    r = route("app", pass_claims=("big",), pass_claims_max_bytes=100)
+    ((_, token),) = await broker.headers("app", r, who)
+    broker.invalidate("app", who)
+    records = [f"{rec.getMessage()} {rec.__dict__}" for rec in caplog.records]
+    assert any("pass_claims over budget" in text for text in records)
+    for text in records:
+        assert token not in text
+        assert "caller-bearer-token-value" not in text
+        assert "x" * 100 not in text

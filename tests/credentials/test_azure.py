@@ -1,0 +1,223 @@
+"""Entra ID tokens via azure-identity against local App Service MI, IMDS and Entra peers.
+
+The SDK finds managed identity through the environment, exactly as on the
+platform, so those tests set the variables with ``monkeypatch.setenv`` (restored
+afterwards). The App Service-style sample app then accepts what we obtained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.credentials.broker import CredentialBroker
+from proxy.errors import UpstreamCredentialsUnavailable
+from tests.credentials.conftest import make_broker, parse_backends, route, run_uvicorn
+from tests.peers.cloud.azure import MI_OBJECT_ID, TENANT, AzurePeer
+from tests.peers.cloud.keys import Issuer
+from tests.peers.cloud.tls import LocalTls, make_tls
+
+APP_ID = "5e7a0c1d-0000-4000-8000-00000000a11d"
+AZURE_ENV = (
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+)
+
+
+@pytest.fixture
+def clean_azure_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in AZURE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> LocalTls:
+    return make_tls(tmp_path)
+
+
+@pytest.fixture
+async def peers(tls: LocalTls) -> AsyncIterator[tuple[AzurePeer, AzurePeer]]:
+    """(plain: MI + IMDS + JWKS, tls: Entra), one signing key and issuer like the real cloud."""
+    issuer = Issuer("")
+    entra = await AzurePeer(ssl_context=tls.server_context(), issuer=issuer).start()
+    issuer.iss = f"{entra.url}/{TENANT}/v2.0"
+    plain = await AzurePeer(issuer=issuer).start()
+    yield plain, entra
+    await plain.stop()
+    await entra.stop()
+
+
+@pytest.fixture
+def appservice(peers: tuple[AzurePeer, AzurePeer]) -> Iterator[str]:
+    plain, _ = peers
+    env = {
+        "ENTRA_ISSUER": plain.issuer.iss,
+        "ENTRA_AUDIENCE": f"api://{APP_ID}",
+        "ENTRA_JWKS_URL": plain.jwks_url,
+    }
+    with run_uvicorn("appservice_app:app", env) as url:
+        yield url
+
+
+async def acall(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Off the loop: the app fetches its JWKS from a peer served by this test's loop."""
+    return await asyncio.to_thread(call, url, headers)
+
+
+def call(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+async def _broker(tmp_path: Path, options: str) -> CredentialBroker:
+    specs, _ = parse_backends(
+        tmp_path, f"backends:\n  web:\n    credentials:\n      type: azure\n{options}"
+    )
+    return await make_broker(specs)
+
+
+async def test_app_service_managed_identity_token_is_accepted_by_the_app(
+    peers: tuple[AzurePeer, AzurePeer],
+    appservice: str,
+    clean_azure_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    plain, _ = peers
+    clean_azure_env.setenv("IDENTITY_ENDPOINT", plain.identity_endpoint)
+    clean_azure_env.setenv("IDENTITY_HEADER", plain.identity_header)
+    broker = await _broker(tmp_path, f"      app_id: {APP_ID}\n")
+    try:
+        headers = dict(await broker.headers("web", route("web"), None))
+        await broker.headers("web", route("web"), None)
+    finally:
+        await broker.close()
+    assert plain.calls["app_service"] == 1
+    status, body = await acall(f"{appservice}/api/whoami", headers)
+    assert status == 200, body
+    assert MI_OBJECT_ID.encode() in body
+    # Without our header, or with a token for another app, the backend refuses.
+    assert (await acall(f"{appservice}/api/whoami", {}))[0] == 401
+    other = plain.issuer.mint({"aud": "api://another-app", "tid": TENANT})
+    assert (await acall(f"{appservice}/api/whoami", {"Authorization": f"Bearer {other}"}))[0] == 401
+
+
+async def test_app_service_endpoint_refuses_a_wrong_identity_header(
+    peers: tuple[AzurePeer, AzurePeer], clean_azure_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plain, _ = peers
+    clean_azure_env.setenv("IDENTITY_ENDPOINT", plain.identity_endpoint)
+    clean_azure_env.setenv("IDENTITY_HEADER", "not-the-header")
+    broker = await _broker(tmp_path, f"      app_id: {APP_ID}\n")
+    try:
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("web", route("web"), None)
+    finally:
+        await broker.close()
+    assert "managed_identity" in err.value.detail
+    assert plain.calls["app_service"] == 1  # it asked, and was refused
+
+
+async def test_imds_managed_identity_token_is_accepted_by_the_app(
+    peers: tuple[AzurePeer, AzurePeer],
+    appservice: str,
+    clean_azure_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    plain, _ = peers
+    clean_azure_env.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", plain.url)
+    broker = await _broker(tmp_path, f"      app_id: {APP_ID}\n")
+    try:
+        headers = dict(await broker.headers("web", route("web"), None))
+    finally:
+        await broker.close()
+    assert plain.calls["imds"] >= 1
+    assert plain.calls["app_service"] == 0
+    assert (await acall(f"{appservice}/api/whoami", headers))[0] == 200
+
+
+async def test_entra_client_secret_over_tls_token_is_accepted_by_the_app(
+    peers: tuple[AzurePeer, AzurePeer],
+    appservice: str,
+    tls: LocalTls,
+    clean_azure_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    _, entra = peers
+    entra.clients["gatehouse-client"] = "entra-secret"
+    secret = tmp_path / "entra_secret"
+    secret.write_text("entra-secret", encoding="utf-8")
+    broker = await _broker(
+        tmp_path,
+        f"""      mode: client_secret
+      app_id: {APP_ID}
+      tenant_id: {TENANT}
+      client_id: gatehouse-client
+      client_secret_file: {secret}
+      authority: {entra.url}
+      ca_bundle: {tls.ca_file}
+""",
+    )
+    try:
+        headers = dict(await broker.headers("web", route("web"), None))
+        broker.invalidate("web", None)
+        await broker.headers("web", route("web"), None)
+    finally:
+        await broker.close()
+    assert entra.calls["entra"] == 2  # invalidate reached Entra, not an SDK-side cache
+    status, body = await acall(f"{appservice}/api/whoami", headers)
+    assert status == 200, body
+    assert b"gatehouse-client" in body
+
+
+async def test_workload_identity_exchanges_the_federated_token_file(
+    peers: tuple[AzurePeer, AzurePeer],
+    appservice: str,
+    tls: LocalTls,
+    clean_azure_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    _, entra = peers
+    cluster = Issuer("https://oidc.cluster.test")
+    entra.federated_issuer = cluster
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text(
+        cluster.mint(
+            {"sub": "system:serviceaccount:apps:gatehouse", "aud": "api://AzureADTokenExchange"}
+        ),
+        encoding="utf-8",
+    )
+    broker = await _broker(
+        tmp_path,
+        f"""      mode: workload_identity
+      app_id: {APP_ID}
+      tenant_id: {TENANT}
+      client_id: wi-client
+      token_file: {token_file}
+      authority: {entra.url}
+      ca_bundle: {tls.ca_file}
+""",
+    )
+    try:
+        headers = dict(await broker.headers("web", route("web"), None))
+    finally:
+        await broker.close()
+    assert (await acall(f"{appservice}/api/whoami", headers))[0] == 200
