@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import web
 from cachetools import TLRUCache
 
 from proxy.errors import GatehouseError, IdentityProviderUnavailable
@@ -132,6 +133,24 @@ class Authenticator:
     def introspector(self, issuer: str) -> Introspector | None:
         found = self._issuers.get(issuer)
         return found.introspector if found else None
+
+    # -- browser login hooks for the core's handler -----------------------------------
+    async def local_endpoint(
+        self, request: web.BaseRequest, facts: RequestFacts
+    ) -> web.StreamResponse | None:
+        """``/.gatehouse/*`` login endpoints; None when not ours (or no browser login)."""
+        if self.browser is None:
+            return None
+        return await self.browser.handle(request, facts)
+
+    async def login_response(self, facts: RequestFacts) -> web.Response | None:
+        """For an unauthenticated request: IdP redirect (pages) or 401 JSON (API calls).
+
+        None when browser login is not configured: the core answers 401 itself.
+        """
+        if self.browser is None:
+            return None
+        return await self.browser.login_response(facts)
 
     # -- entry points ----------------------------------------------------------
     async def authenticate(self, facts: RequestFacts) -> Identity | None:

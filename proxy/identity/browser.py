@@ -72,6 +72,8 @@ from proxy.observability.metrics import AUTH
 log = logging.getLogger(__name__)
 
 LOGIN_TTL = 600
+ID_TOKEN_MAX_BYTES = 64 * 1024
+MAX_SESSION_TOKEN = 2048
 PREFIX = "/.gatehouse/"
 WWW_AUTHENTICATE = 'Bearer realm="gatehouse"'
 # Session claims kept from the ID token: enough for policy, small enough for a cookie.
@@ -100,7 +102,9 @@ class BrowserLogin:
         self.cfg = cfg
         self._http = session
         self._clock = clock
-        self._max_token_bytes = max_token_bytes
+        # ID tokens arrive from the IdP over TLS, not from clients, and carry every group:
+        # allow more than the bearer-token cap so big group lists still log in.
+        self._max_token_bytes = max(max_token_bytes, ID_TOKEN_MAX_BYTES)
         base = issuer_config or IssuerConfig(issuer=cfg.issuer, audiences=(cfg.client_id,))
         # ID tokens are verified like bearer tokens, but their audience is this client.
         self.id_token_cfg = dataclasses.replace(
@@ -208,25 +212,29 @@ class BrowserLogin:
         return response
 
     # -- /.gatehouse/* -----------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse | None:
-        path = request.path
+    async def handle(
+        self, request: web.BaseRequest, facts: RequestFacts | None = None
+    ) -> web.StreamResponse | None:
+        """Serve ``/.gatehouse/{callback,login,logout}``; None for any other path."""
+        path = facts.path if facts is not None else request.path
         if not path.startswith(PREFIX):
             return None
+        host = facts.host if facts is not None else request.host
         if path == self.cfg.redirect_path:
-            return await self._callback(request)
+            return await self._callback(request, host)
         if path == "/.gatehouse/logout":
-            return await self._logout(request)
+            return await self._logout(request, host)
         if path == "/.gatehouse/login":
             target = request.query.get("rd", "/")
-            return await self._start_login(request.host, target, request.headers)
+            return await self._start_login(host, target, request.headers)
         return None
 
-    async def _callback(self, request: web.Request) -> web.StreamResponse:
+    async def _callback(self, request: web.BaseRequest, host: str) -> web.StreamResponse:
         cookies = parse_cookie_header(request.headers.get("Cookie"))
         clear_login = clear_cookie(self.login_cookie)
         try:
             tx = self._transaction(cookies, request.query)
-            session = await self._exchange(request.host, request.query, tx)
+            session = await self._exchange(host, request.query, tx)
         except GatehouseError as exc:
             AUTH.labels(issuer=self.cfg.issuer, method="session", result=exc.reason).inc()
             response = error_response(exc)
@@ -300,13 +308,17 @@ class BrowserLogin:
         at_exp = now + float(expires_in) if isinstance(expires_in, int | float) else None
         names = {*_KEPT_CLAIMS, *(path.split(".")[0] for path in self.id_token_cfg.claims.groups)}
         kept = {k: claims[k] for k in names if k in claims}
+        access_token = tokens.get("access_token")
         return {
             "claims": kept or previous.get("claims", {}),
-            "at": tokens.get("access_token", previous.get("at")),
+            # Big access tokens (group lists) would push the Cookie header past what
+            # servers accept; identity then carries no token for exchange.
+            "at": access_token
+            if isinstance(access_token, str) and len(access_token) <= MAX_SESSION_TOKEN
+            else None,
             "at_exp": at_exp,
             # IdPs that rotate refresh tokens send a new one; others keep the old one valid.
             "rt": tokens.get("refresh_token") or previous.get("rt"),
-            "idt": tokens.get("id_token") or previous.get("idt"),
         }
 
     async def _token_request(self, metadata: ProviderMetadata, body: str) -> dict[str, Any]:
@@ -415,18 +427,16 @@ class BrowserLogin:
             claims = fresh
         return {**session, **self._token_fields(tokens, claims, session)}
 
-    async def _logout(self, request: web.Request) -> web.StreamResponse:
+    async def _logout(self, request: web.BaseRequest, host: str) -> web.StreamResponse:
         cookies = parse_cookie_header(request.headers.get("Cookie"))
-        session = self.read_session(cookies)
         location = "/"
         metadata = self.metadata
         if metadata is not None and metadata.end_session_endpoint:
+            # client_id instead of id_token_hint: ID tokens are not kept in the cookie.
             params = {
                 "client_id": self.cfg.client_id,
-                "post_logout_redirect_uri": f"https://{request.host}/",
+                "post_logout_redirect_uri": f"https://{host}/",
             }
-            if session and session.get("idt"):
-                params["id_token_hint"] = str(session["idt"])
             location = f"{metadata.end_session_endpoint}?{urlencode(params)}"
         response = web.Response(
             status=302, headers={"Location": location, "Cache-Control": "no-store"}

@@ -1,6 +1,9 @@
 """Encrypted, authenticated cookies for browser sessions (pure: no I/O).
 
-A cookie value is ``v1.<key id>.<base64url(nonce || AES-GCM ciphertext)>``.
+A cookie value is ``v1.<key id>.<base64url(nonce || AES-GCM ciphertext)>``; the
+plaintext is zlib-compressed JSON (group lists compress well, and servers stop
+reading Cookie headers around 8 KB). Only IdP-issued data is in it, so there is
+no attacker-chosen text for a compression side channel to probe.
 The cookie's base name is the associated data, so a login-transaction cookie
 can never be replayed as a session cookie. The first key in the key file
 encrypts; every key decrypts, so keys rotate by prepending a new one. Values
@@ -15,6 +18,7 @@ import binascii
 import hashlib
 import os
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 CHUNK_SIZE = 3800  # value bytes per cookie; leaves room for name and attributes
 MAX_CHUNKS = 8
+MAX_PLAINTEXT = 256 * 1024
 _VERSION = "v1"
 
 
@@ -70,7 +75,8 @@ class CookieCodec:
     def seal(self, name: str, payload: Mapping[str, Any]) -> str:
         key_id, aead = self._keys[0]
         nonce = os.urandom(12)
-        sealed = aead.encrypt(nonce, orjson.dumps(dict(payload)), name.encode())
+        plain = zlib.compress(orjson.dumps(dict(payload)), 6)
+        sealed = aead.encrypt(nonce, plain, name.encode())
         return f"{_VERSION}.{key_id}.{_b64(nonce + sealed)}"
 
     def open(self, name: str, value: str, *, now: float | None = None) -> dict[str, Any] | None:
@@ -84,8 +90,11 @@ class CookieCodec:
         try:
             raw = _unb64(parts[2])
             plain = aead.decrypt(raw[:12], raw[12:], name.encode())
-            payload = orjson.loads(plain)
-        except (binascii.Error, ValueError, InvalidTag, orjson.JSONDecodeError):
+            inflater = zlib.decompressobj()
+            payload = orjson.loads(inflater.decompress(plain, MAX_PLAINTEXT))
+            if inflater.unconsumed_tail:
+                return None
+        except (binascii.Error, ValueError, InvalidTag, zlib.error, orjson.JSONDecodeError):
             return None
         if not isinstance(payload, dict):
             return None

@@ -1,0 +1,205 @@
+"""A TLS aiohttp app wired to the Authenticator's browser login, plus the real provider.
+
+The app does what the core's handler does with the identity hooks: local
+endpoints first, then ``authenticate_full`` (applying Set-Cookie values), then
+``login_response`` for requests without an identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config.reader import SecretRef
+from proxy.errors import GatehouseError
+from proxy.http.facts import RequestFacts
+from proxy.identity.authenticate import Authenticator
+from proxy.identity.config import BrowserConfig, IdentityConfig
+from proxy.identity.session import CookieCodec, load_cookie_keys, new_cookie_key
+from tests.peers.cloud.tls import make_tls
+from tests.peers.oidc_provider import WEB_CLIENT, OidcProvider, rsa_jwk
+
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+
+
+def request_facts(request: web.BaseRequest) -> RequestFacts:
+    return RequestFacts(
+        method=request.method,
+        scheme="https",
+        host=request.host,
+        path=request.path,
+        query=request.query_string,
+        client_ip="127.0.0.1",
+        headers={k.lower(): v for k, v in request.headers.items()},
+    )
+
+
+def build_app(auth: Authenticator) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        facts = request_facts(request)
+        local = await auth.local_endpoint(request, facts)
+        if local is not None:
+            return local
+        try:
+            result = await auth.authenticate_full(facts)
+        except GatehouseError as exc:
+            return web.json_response({"reason": exc.reason}, status=exc.status)
+        if result.identity is None:
+            response = await auth.login_response(facts)
+            assert response is not None
+        else:
+            identity = result.identity
+            response = web.json_response(
+                {
+                    "sub": identity.subject,
+                    "email": identity.email,
+                    "groups": sorted(identity.groups),
+                    "method": identity.method,
+                    "has_token": identity.token is not None,
+                }
+            )
+        for value in result.set_cookies:
+            response.headers.add("Set-Cookie", value)
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+@dataclass
+class BrowserEnv:
+    provider: OidcProvider
+    auth: Authenticator
+    app_url: str
+    client_ssl: ssl.SSLContext
+    cookie_keys_file: Path
+
+    @property
+    def codec(self) -> CookieCodec:
+        return CookieCodec(load_cookie_keys(self.cookie_keys_file))
+
+    @property
+    def callback_prefix(self) -> str:
+        return f"{self.app_url}/.gatehouse/callback"
+
+    def client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.client_ssl),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+        )
+
+    async def until_callback(
+        self, http: aiohttp.ClientSession, path: str = "/private", user: str = "alice"
+    ) -> str:
+        """Browse to ``path``, sign in at the provider; return the callback URL, unvisited."""
+        return await self.follow(http, f"{self.app_url}{path}", user)
+
+    async def follow(self, http: aiohttp.ClientSession, url: str, user: str = "alice") -> str:
+        """Follow redirects from ``url``, filling the provider's login form, up to our callback."""
+        method, data = "GET", None
+        for _ in range(20):
+            async with http.request(
+                method, url, data=data, headers=HTML, allow_redirects=False
+            ) as response:
+                body = await response.text()
+                location = response.headers.get("Location")
+            method, data = "GET", None
+            if location is None:
+                action = re.search(r'action="([^"]+)"', body)
+                assert action is not None, body[:500]
+                target = action.group(1)
+                url = target if "://" in target else self.provider.issuer + target
+                method, data = "POST", {"prompt": "login", "login": user, "password": "pw"}
+                continue
+            url = location if "://" in location else self.provider.issuer + location
+            if url.startswith(self.callback_prefix):
+                return url
+        raise AssertionError("login did not reach the callback")
+
+    async def login(
+        self, http: aiohttp.ClientSession, path: str = "/private", user: str = "alice"
+    ) -> dict[str, Any]:
+        callback = await self.until_callback(http, path, user)
+        async with http.get(callback, headers=HTML, allow_redirects=True) as response:
+            assert response.status == 200, await response.text()
+            assert str(response.url).startswith(f"{self.app_url}{path.split('?')[0]}")
+            result: dict[str, Any] = await response.json()
+        return result
+
+    def session_of(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
+        cookies = {c.key: c.value for c in http.cookie_jar}
+        name = self.auth.browser.session_cookie if self.auth.browser else ""
+        value = cookies.get(name) or "".join(
+            cookies[f"{name}-{i}"] for i in range(8) if f"{name}-{i}" in cookies
+        )
+        return self.codec.open(name, value) if value else None
+
+
+def state_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["state"][0]
+
+
+@asynccontextmanager
+async def browser_env(
+    tmp_path: Path,
+    *,
+    accounts: dict[str, dict[str, Any]] | None = None,
+    refresh_margin: float = 60.0,
+    allowed_redirect_hosts: tuple[str, ...] = (),
+    **provider_options: Any,
+) -> AsyncIterator[BrowserEnv]:
+    tls = make_tls(tmp_path)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app_url = f"https://127.0.0.1:{port}"
+    provider = OidcProvider(
+        keys=[rsa_jwk("rsa-1")],
+        redirect_uris=[f"{app_url}/.gatehouse/callback"],
+        accounts=accounts or {"alice": {"email": "alice@example.test", "groups": ["eng"]}},
+        options=provider_options,
+    )
+    await asyncio.to_thread(provider.start)
+    keys_file = tmp_path / "cookie-keys"
+    keys_file.write_text(new_cookie_key() + "\n")
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text(WEB_CLIENT["client_secret"])
+    config = IdentityConfig(
+        browser=BrowserConfig(
+            issuer=provider.issuer,
+            client_id=WEB_CLIENT["client_id"],
+            client_secret=SecretRef("file", str(secret_file)),
+            cookie_keys_file=keys_file,
+            scopes=("openid", "email", "profile", "groups"),
+            refresh_margin=refresh_margin,
+            allowed_redirect_hosts=allowed_redirect_hosts,
+        )
+    )
+    auth = Authenticator(config)
+    runner: web.AppRunner | None = None
+    try:
+        await auth.start()
+        runner = web.AppRunner(build_app(auth), access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=tls.server_context()).start()
+        client_ssl = ssl.create_default_context(cafile=str(tls.ca_file))
+        yield BrowserEnv(provider, auth, app_url, client_ssl, keys_file)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        else:
+            sock.close()
+        await auth.close()
+        await asyncio.to_thread(provider.close)

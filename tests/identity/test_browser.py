@@ -1,0 +1,282 @@
+"""Browser login through the real oidc-provider's login form, driven by an HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
+from yarl import URL
+
+from proxy.observability.metrics import AUTH
+from tests.identity.browser_env import HTML, browser_env, state_of
+
+# Entra-style: up to 200 group object ids, which barely compress.
+BIG_GROUPS = [str(uuid.UUID(bytes=hashlib.sha256(b"%d" % i).digest()[:16])) for i in range(200)]
+
+
+async def test_login_with_pkce_yields_a_session_identity(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        async with http.get(f"{env.app_url}/private", headers=HTML, allow_redirects=False) as r:
+            assert r.status == 302
+            location = r.headers["Location"]
+        query = parse_qs(urlsplit(location).query)
+        assert location.startswith(env.provider.issuer)
+        assert query["code_challenge_method"] == ["S256"]
+        assert query["nonce"] and query["state"]
+        result = await env.login(http)
+        assert result == {
+            "sub": "alice",
+            "email": "alice@example.test",
+            "groups": ["eng"],
+            "method": "session",
+            "has_token": True,
+        }
+
+
+async def test_session_cookies_are_host_prefixed_secure_httponly_lax(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        callback = await env.until_callback(http)
+        async with http.get(callback, allow_redirects=False) as response:
+            assert response.status == 302
+            assert response.headers["Location"] == "/private"
+            cookies = response.headers.getall("Set-Cookie")
+        session = [c for c in cookies if c.startswith("__Host-gatehouse=")]
+        assert session, cookies
+        attrs = {a.strip() for a in session[0].split(";")[1:]}
+        assert {"Path=/", "Secure", "HttpOnly", "SameSite=Lax"} <= attrs
+        assert not any(a.lower().startswith("domain") for a in attrs)
+        assert any(c.startswith("__Host-gatehouse-login=;") and "Max-Age=0" in c for c in cookies)
+
+
+async def test_api_calls_get_401_json_never_a_redirect(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        for headers in (
+            {"Accept": "application/json"},
+            {**HTML, "X-Requested-With": "XMLHttpRequest"},
+            {},
+        ):
+            async with http.get(
+                f"{env.app_url}/api/data", headers=headers, allow_redirects=False
+            ) as response:
+                assert response.status == 401
+                assert "Location" not in response.headers
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                assert (await response.json())["error"] == "unauthenticated"
+
+
+async def test_state_is_single_use(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        callback = await env.until_callback(http)
+        login_cookie = {c.key: c.value for c in http.cookie_jar}["__Host-gatehouse-login"]
+        async with http.get(callback, allow_redirects=False) as response:
+            assert response.status == 302
+        # Replay the same callback with the same login cookie: refused.
+        http.cookie_jar.update_cookies(
+            {"__Host-gatehouse-login": login_cookie}, response.url.with_path("/")
+        )
+        async with http.get(callback, allow_redirects=False) as replay:
+            assert replay.status == 400
+            assert (await replay.json())["reason"] == "invalid_state"
+
+
+async def test_state_must_match_the_login_cookie(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as victim, env.client() as attacker:
+        attacker_callback = await env.until_callback(attacker)
+        await env.until_callback(victim)  # victim has its own login cookie
+        async with victim.get(attacker_callback, allow_redirects=False) as response:
+            assert response.status == 400
+            assert (await response.json())["reason"] == "invalid_state"
+        # And a callback with no login cookie at all.
+        async with env.client() as fresh, fresh.get(attacker_callback) as response:
+            assert response.status == 400
+            assert (await response.json())["reason"] == "login_expired"
+
+
+async def test_nonce_mismatch_is_refused(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        async with http.get(f"{env.app_url}/private", headers=HTML, allow_redirects=False) as r:
+            state = state_of(r.headers["Location"])
+        cookies = {c.key: c.value for c in http.cookie_jar}
+        tx = env.codec.open("__Host-gatehouse-login", cookies["__Host-gatehouse-login"])
+        assert tx is not None
+        # An authorization request with this login's PKCE and state but another nonce:
+        # the code is genuine and redeemable, only the ID token's nonce is wrong.
+        params = {
+            "response_type": "code",
+            "client_id": "gatehouse",
+            "redirect_uri": env.callback_prefix,
+            "scope": "openid email",
+            "state": state,
+            "nonce": "attacker-chosen-nonce",
+            "code_challenge": create_s256_code_challenge(tx["verifier"]),
+            "code_challenge_method": "S256",
+        }
+        auth_url = f"{env.provider.issuer}/auth?{urlencode(params)}"
+        callback = await env.follow(http, auth_url)
+        async with http.get(callback, allow_redirects=False) as response:
+            assert response.status == 400
+            assert (await response.json())["reason"] == "invalid_nonce"
+        assert env.session_of(http) is None
+
+
+async def test_every_login_mints_a_new_session_id(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        await env.login(http)
+        first = env.session_of(http)
+        # Log in again while a session cookie (fixated, or stale) is already present.
+        callback = await env.follow(http, f"{env.app_url}/.gatehouse/login?rd=/private")
+        async with http.get(callback, headers=HTML) as response:
+            assert response.status == 200
+        second = env.session_of(http)
+        assert first is not None and second is not None
+        assert first["sid"] != second["sid"]
+
+
+async def test_tampered_session_cookie_is_not_a_session(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        await env.login(http)
+        cookies = {c.key: c.value for c in http.cookie_jar}
+        value = cookies["__Host-gatehouse"]
+        forged = value[:-4] + ("AAAA" if not value.endswith("AAAA") else "BBBB")
+        async with env.client() as other:
+            other.cookie_jar.update_cookies({"__Host-gatehouse": forged}, URL(env.app_url))
+            async with other.get(
+                f"{env.app_url}/api", headers={"Accept": "application/json"}
+            ) as response:
+                assert response.status == 401
+
+
+async def test_post_login_redirect_refuses_open_redirects(tmp_path: Path) -> None:
+    async with browser_env(tmp_path, allowed_redirect_hosts=("app.example.test",)) as env:
+        cases = {
+            "//evil.com/x": "/",
+            "/\\evil.com": "/",
+            "/%09/evil.com": "/",
+            "https://app.example.test.evil.com/": "/",
+            "https://app.example.test/ok": "https://app.example.test/ok",
+            "/reports?id=7": "/reports?id=7",
+        }
+        for target, expected in cases.items():
+            async with env.client() as http:
+                url = f"{env.app_url}/.gatehouse/login?{urlencode({'rd': target})}"
+                async with http.get(url, allow_redirects=False) as response:
+                    assert response.status == 302
+                cookies = {c.key: c.value for c in http.cookie_jar}
+                tx = env.codec.open("__Host-gatehouse-login", cookies["__Host-gatehouse-login"])
+                assert tx is not None and tx["rd"] == expected, target
+
+
+async def test_large_sessions_are_chunked_into_cookies_under_4kb(tmp_path: Path) -> None:
+    accounts = {"bigalice": {"groups": BIG_GROUPS}}
+    async with browser_env(tmp_path, accounts=accounts) as env, env.client() as http:
+        callback = await env.until_callback(http, user="bigalice")
+        async with http.get(callback, allow_redirects=False) as response:
+            cookies = response.headers.getall("Set-Cookie")
+        chunks = [c for c in cookies if c.startswith("__Host-gatehouse-") and "login" not in c]
+        assert len(chunks) >= 2
+        assert all(len(c) < 4096 for c in chunks)
+        # Whole Cookie header stays under the 8 KB servers (and aiohttp) accept.
+        assert sum(len(c.split(";")[0]) for c in chunks) < 8000
+        async with http.get(f"{env.app_url}/private", headers=HTML) as response:
+            assert response.status == 200
+            assert len((await response.json())["groups"]) == len(BIG_GROUPS)
+
+
+async def test_refresh_rotates_refresh_tokens_and_keeps_the_session(tmp_path: Path) -> None:
+    # Access tokens live 30 s and the margin is 60 s: every request refreshes.
+    async with (
+        browser_env(tmp_path, access_token_ttl=30, refresh_margin=60) as env,
+        env.client() as http,
+    ):
+        await env.login(http)
+        before = env.session_of(http)
+        assert before is not None
+        seen = {before["rt"]}
+        for _ in range(2):
+            async with http.get(f"{env.app_url}/private", headers=HTML) as response:
+                assert response.status == 200
+                assert (await response.json())["sub"] == "alice"
+                assert any(
+                    c.startswith("__Host-gatehouse") for c in response.headers.getall("Set-Cookie")
+                )
+            session = env.session_of(http)
+            assert session is not None and session["sid"] == before["sid"]
+            assert session["rt"] not in seen  # rotated every time
+            seen.add(session["rt"])
+
+
+async def test_parallel_requests_spend_a_rotating_refresh_token_once(tmp_path: Path) -> None:
+    async with (
+        browser_env(tmp_path, access_token_ttl=30, refresh_margin=60) as env,
+        env.client() as http,
+    ):
+        await env.login(http)
+        results = await asyncio.gather(
+            *(http.get(f"{env.app_url}/private", headers=HTML) for _ in range(5))
+        )
+        assert [r.status for r in results] == [200] * 5
+        for r in results:
+            r.release()
+        async with http.get(f"{env.app_url}/private", headers=HTML) as response:
+            assert response.status == 200
+
+
+async def test_refresh_without_id_token_keeps_the_identity(tmp_path: Path) -> None:
+    async with (
+        browser_env(
+            tmp_path, access_token_ttl=30, refresh_margin=60, omit_id_token_on_refresh=True
+        ) as env,
+        env.client() as http,
+    ):
+        await env.login(http)
+        before = env.session_of(http)
+        async with http.get(f"{env.app_url}/private", headers=HTML) as response:
+            assert response.status == 200
+            body = await response.json()
+        after = env.session_of(http)
+        assert before is not None and after is not None
+        assert after["at"] != before["at"]
+        assert after["claims"] == before["claims"]
+        assert body["sub"] == "alice" and body["groups"] == ["eng"]
+
+
+async def test_refused_refresh_ends_the_session(tmp_path: Path) -> None:
+    async with (
+        browser_env(tmp_path, access_token_ttl=30, refresh_margin=60) as env,
+        env.client() as http,
+    ):
+        await env.login(http)
+        # The provider keeps grants in memory: a restart forgets the refresh token.
+        await asyncio.to_thread(env.provider.restart)
+        failed = AUTH.labels(issuer=env.provider.issuer, method="session", result="refresh_failed")
+        before = failed._value.get()
+        async with http.get(
+            f"{env.app_url}/api", headers={"Accept": "application/json"}
+        ) as response:
+            assert response.status == 401
+            cleared = response.headers.getall("Set-Cookie")
+        assert any(c.startswith("__Host-gatehouse=;") and "Max-Age=0" in c for c in cleared)
+        assert failed._value.get() == before + 1
+
+
+async def test_logout_clears_the_session_and_goes_to_the_idp(tmp_path: Path) -> None:
+    async with browser_env(tmp_path) as env, env.client() as http:
+        await env.login(http)
+        async with http.get(f"{env.app_url}/.gatehouse/logout", allow_redirects=False) as r:
+            assert r.status == 302
+            location = r.headers["Location"]
+            cleared = r.headers.getall("Set-Cookie")
+        assert location.startswith(f"{env.provider.issuer}/session/end?")
+        query = parse_qs(urlsplit(location).query)
+        assert query["post_logout_redirect_uri"] == [f"{env.app_url}/"]
+        assert query["client_id"] == ["gatehouse"]
+        assert any(c.startswith("__Host-gatehouse=;") for c in cleared)
+        assert env.session_of(http) is None
+        async with http.get(location, headers=HTML) as response:
+            assert response.status == 200  # the provider's logout confirmation
+        async with http.get(f"{env.app_url}/api", headers={"Accept": "application/json"}) as r:
+            assert r.status == 401
