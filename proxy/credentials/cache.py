@@ -147,6 +147,10 @@ class CredentialCache:
             dropped += 1
         return dropped
 
+    def credentials(self) -> list[tuple[CacheKey, Credential]]:
+        """What is cached now (for ``gatehouse credentials check``); values stay in-process."""
+        return [(k, e.credential) for k, e in self._entries.items() if e.credential is not None]
+
     def __len__(self) -> int:
         return len(self._entries)
 

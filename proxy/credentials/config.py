@@ -141,8 +141,9 @@ class AssertionSigningConfig:
     signing_keys_file: Path
     lifetime: float = MAX_ASSERTION_LIFETIME
     # A key added by rotation is published this long before it signs, so backends
-    # whose JWKS cache predates it never meet an unknown kid.
-    publish_before_use: float = 60.0
+    # whose JWKS cache predates it never meet an unknown kid. Matches the JWKS
+    # endpoint's Cache-Control max-age (300 s) and the samples' cache lifespan.
+    publish_before_use: float = 300.0
 
 
 def _where(m: Mapping) -> str:
@@ -374,7 +375,7 @@ def parse_assertion_signing(m: Mapping | None) -> AssertionSigningConfig | None:
         return None
     path = m.path("signing_keys_file", required=True)
     lifetime = m.duration("lifetime", MAX_ASSERTION_LIFETIME)
-    publish_before_use = m.duration("publish_before_use", 60.0)
+    publish_before_use = m.duration("publish_before_use", 300.0)
     m.close()
     if lifetime > MAX_ASSERTION_LIFETIME or lifetime < 10:
         m.error("lifetime", f"{m.where}.lifetime: must be between 10s and 5m")

@@ -8,6 +8,7 @@ afterwards). The App Service-style sample app then accepts what we obtained.
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -221,3 +222,45 @@ async def test_workload_identity_exchanges_the_federated_token_file(
     finally:
         await broker.close()
     assert (await acall(f"{appservice}/api/whoami", headers))[0] == 200
+
+
+async def test_sdk_flows_leave_no_token_or_secret_in_log_records(
+    peers: tuple[AzurePeer, AzurePeer],
+    tls: LocalTls,
+    clean_azure_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    plain, entra = peers
+    entra.clients["gatehouse-client"] = "entra-secret-value"
+    secret = tmp_path / "entra_secret"
+    secret.write_text("entra-secret-value", encoding="utf-8")
+    clean_azure_env.setenv("IDENTITY_ENDPOINT", plain.identity_endpoint)
+    clean_azure_env.setenv("IDENTITY_HEADER", plain.identity_header)
+    mi = await _broker(tmp_path, f"      app_id: {APP_ID}\n")
+    cs = await _broker(
+        tmp_path,
+        f"""      mode: client_secret
+      app_id: {APP_ID}
+      tenant_id: {TENANT}
+      client_id: gatehouse-client
+      client_secret_file: {secret}
+      authority: {entra.url}
+      ca_bundle: {tls.ca_file}
+""",
+    )
+    try:
+        await mi.headers("web", route("web"), None)
+        await cs.headers("web", route("web"), None)
+    finally:
+        await mi.close()
+        await cs.close()
+    issued = plain.issuer.issued
+    assert len(issued) == 2
+    assert any(r.name.startswith("azure.") for r in caplog.records)  # the SDK did log
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for token in issued:
+        assert token not in text
+    assert "entra-secret-value" not in text
+    assert plain.identity_header not in text
