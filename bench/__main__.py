@@ -22,7 +22,7 @@ from bench.measure import Load
 from bench.memory import Section
 from bench.procs import ProcessGroup, cpu_layout, raise_nofile
 from bench.report import RunInfo, render
-from bench.scenarios import NAMES, SCENARIOS, Context, Outcome, measure_scenario, start_upstream
+from bench.scenarios import NAMES, SCENARIOS, Context, Outcome, measure_all, start_upstream
 from bench.tools import find_tools
 
 DEFAULT_OUTPUT = Path(__file__).with_name("results") / "latest.md"
@@ -102,20 +102,10 @@ def run(a: argparse.Namespace, workdir: Path) -> str:
             cpus=load_cpus,
         )
         if not a.no_scenarios:
-            for name, label, setup in SCENARIOS:
-                if name in a.scenarios:
-                    outcomes.append(
-                        measure_scenario(
-                            ctx,
-                            name,
-                            label,
-                            setup,
-                            load,
-                            warmup=a.warmup,
-                            duration=a.duration,
-                            runs=a.runs,
-                        )
-                    )
+            chosen = [sc for sc in SCENARIOS if sc[0] in a.scenarios]
+            outcomes = measure_all(
+                ctx, chosen, load, warmup=a.warmup, duration=a.duration, runs=a.runs
+            )
         if not a.no_idle:
             _say(f"section: {a.idle_connections:,} idle connections")
             sections.append(memory.idle_connections(ctx, a.idle_connections))

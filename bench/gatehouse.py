@@ -7,8 +7,10 @@ turns into a clear "skipped: <why>" instead of a misleading number.
 
 from __future__ import annotations
 
+import json
 import subprocess
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,16 @@ class Setup:
     scheme: str = "http"
     path: str = "/"
     headers: tuple[tuple[str, str], ...] = ()
-    extra_env: dict[str, str] = field(default_factory=dict)
+    # The subject the audit log must show once the probe passed (identity scenarios).
+    expect_subject: str | None = None
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{self.path}"
+
+    @property
+    def audit(self) -> Path:
+        return self.config.parent / "audit.jsonl"
 
 
 def _dump(path: Path, data: dict[str, Any]) -> Path:
@@ -79,6 +86,7 @@ class IdentityParams:
     issuer: str
     audience: str
     token: str
+    subject: str
 
 
 def full_identity(
@@ -103,6 +111,10 @@ def full_identity(
             }
         ]
     }
+    if assertion_key is not None:
+        # Upstream credentials belong to the backend; the signing keys are global.
+        config["assertions"] = {"signing_keys_file": str(assertion_key)}
+        config["backends"]["up"]["credentials"] = {"type": "assertion", "audience": "bench"}
     if tls is not None:
         config["listen"]["tls"] = {"cert_file": str(tls[0]), "key_file": str(tls[1])}
     routes: list[dict[str, Any]] = []
@@ -122,12 +134,6 @@ def full_identity(
         "backend": "up",
         "allow": [{"name": "engineers", "groups": ["engineering"]}],
     }
-    if assertion_key is not None:
-        bench_route["credential"] = {
-            "type": "assertion",
-            "key_file": str(assertion_key),
-            "audience": "bench-upstream",
-        }
     routes.append(bench_route)
     _dump(d / "policies" / "routes.yaml", {"routes": routes})
     return Setup(
@@ -138,6 +144,7 @@ def full_identity(
         scheme="https" if tls else "http",
         path="/api/items",
         headers=(("Authorization", f"Bearer {ident.token}"),),
+        expect_subject=ident.subject,
     )
 
 
@@ -154,7 +161,9 @@ def check(gatehouse: str, setup: Setup) -> None:
         raise Unavailable(f"`gatehouse check` failed to run: {e}") from e
     if r.returncode != 0:
         text = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}").splitlines()
-        raise Unavailable("config rejected: " + " | ".join(line.strip() for line in text[:4]))
+        where = f"{setup.config.parent}/"
+        lines = [line.strip().replace(where, "") for line in text[:4]]
+        raise Unavailable("config rejected: " + "; ".join(lines))
 
 
 def start(
@@ -177,3 +186,23 @@ def start(
         pg.stop(proc)
         raise Unavailable("gatehouse is healthy but its listener does not accept connections")
     return proc
+
+
+def audit_shows_subject(setup: Setup, timeout: float = 5.0) -> bool:
+    """True once the audit log has a request by ``expect_subject``: the identity path ran."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with setup.audit.open("rb") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("subject") == setup.expect_subject:
+                        return True
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)

@@ -22,6 +22,7 @@ class Section:
     title: str
     lines: list[str] = field(default_factory=list)
     machine: list[str] = field(default_factory=list)
+    preformatted: bool = False  # lines are a fixed-width table printed by a module
 
 
 def rss_tree(pid: int) -> int:

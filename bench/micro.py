@@ -32,6 +32,7 @@ def run_module(ctx: Context, title: str, module: str, args: list[str], timeout: 
         tail = ctx.pg.log_tail(name, 3).replace("\n", " | ")
         sec.lines.append(f"skipped: exited {proc.returncode}: {tail}")
         return sec
+    sec.preformatted = True
     for line in out.decode(errors="replace").splitlines():
         line = line.rstrip()
         if not line:

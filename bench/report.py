@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.memory import Section
-from bench.scenarios import Outcome
+from bench.scenarios import NAMES, Outcome
 
 REFERENCES = ("aiohttp_passthrough", "direct")
 COMPARED = ("gatehouse_public", "full_identity", "full_identity_assertion", "full_identity_tls")
@@ -54,9 +54,12 @@ def table(outcomes: list[Outcome]) -> list[str]:
         "| # | scenario | req/s | p50 ms | p99 ms | vs aiohttp | vs direct |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for i, o in enumerate(outcomes, 1):
+    for o in outcomes:
+        i = NAMES.index(o.name) + 1 if o.name in NAMES else "-"
         if o.result is None:
-            rows.append(f"| {i} | {o.label} | skipped: {o.skipped} | | | | |")
+            why = (o.skipped or "").replace("|", "/")
+            why = why if len(why) <= 120 else why[:117] + "..."
+            rows.append(f"| {i} | {o.label} | skipped: {why} | | | | |")
             continue
         r = o.result
         rows.append(
@@ -94,9 +97,17 @@ def render(info: RunInfo, outcomes: list[Outcome], sections: list[Section]) -> s
         *table(outcomes),
         "",
     ]
+    skipped = [o for o in outcomes if o.result is None]
+    if skipped:
+        lines += ["Skipped scenarios, with the reason in full:", ""]
+        lines += [f"- {o.name}: {o.skipped}" for o in skipped]
+        lines.append("")
     for sec in sections:
         lines += [f"### {sec.title}", ""]
-        lines += [f"- {line}" for line in sec.lines] or ["- (no output)"]
+        if sec.preformatted and sec.lines:
+            lines += ["```", *sec.lines, "```"]
+        else:
+            lines += [f"- {line}" for line in sec.lines] or ["- (no output)"]
         lines.append("")
     lines += ["```", *machine_lines(outcomes, sections), "```", ""]
     return "\n".join(lines)

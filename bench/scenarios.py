@@ -17,7 +17,7 @@ from bench.aux_server import write_documents
 from bench.measure import Load, LoadError, RunResult, median, run_once
 from bench.procs import ProcessGroup, free_port, python, wait_http_ok, wait_tcp
 from bench.tls import self_signed
-from bench.tokens import AUDIENCE, Issuer, new_issuer
+from bench.tokens import AUDIENCE, SUBJECT, Issuer, new_issuer
 from bench.tools import Tools
 
 # Share of failed requests above which a run is reported as invalid, not as a figure.
@@ -65,6 +65,8 @@ class Target:
     url: str
     headers: tuple[tuple[str, str], ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    # After a successful probe: None if the target did what the scenario claims, else why not.
+    confirm: Callable[[], str | None] | None = None
 
 
 class Skip(Exception):
@@ -140,7 +142,13 @@ def _run_gatehouse(ctx: Context, setup: gatehouse.Setup) -> Target:
         proc = gatehouse.start(ctx.pg, _need_gatehouse(ctx), setup, ctx.proxy_cpus)
     except gatehouse.Unavailable as e:
         raise Skip(str(e)) from e
-    return Target(setup.url, setup.headers, proc)
+
+    def confirm() -> str | None:
+        if setup.expect_subject is None or gatehouse.audit_shows_subject(setup):
+            return None
+        return f"identity not exercised: no audit record with subject {setup.expect_subject!r}"
+
+    return Target(setup.url, setup.headers, proc, confirm)
 
 
 def _gatehouse_public(ctx: Context) -> Target:
@@ -150,7 +158,7 @@ def _gatehouse_public(ctx: Context) -> Target:
 
 def _identity(ctx: Context) -> gatehouse.IdentityParams:
     issuer = ctx.issuer_for(ctx.aux_url())
-    return gatehouse.IdentityParams(issuer.url, AUDIENCE, issuer.token())
+    return gatehouse.IdentityParams(issuer.url, AUDIENCE, issuer.token(), SUBJECT)
 
 
 def _full_identity(ctx: Context) -> Target:
@@ -218,55 +226,89 @@ def _error_share(r: RunResult) -> float:
     return r.errors / max(1, r.requests + r.errors)
 
 
-def measure_scenario(
-    ctx: Context,
-    name: str,
-    label: str,
-    setup: Setup,
-    load: Load,
-    *,
-    warmup: float,
-    duration: float,
-    runs: int,
-) -> Outcome:
+@dataclass
+class _Live:
+    name: str
+    label: str
+    target: Target
+    runs: list[RunResult]
+    failed: str | None = None
+
+
+def _start(ctx: Context, name: str, label: str, setup: Setup) -> _Live | Outcome:
     ctx.say(f"scenario {name}: starting")
     try:
         target = setup(ctx)
     except Skip as e:
         ctx.say(f"scenario {name}: skipped: {e}")
         return Outcome(name, label, skipped=str(e))
-    try:
-        status, body = probe(target.url, target.headers)
-        if status != 200:
-            snippet = " ".join(body.split())[:160]
-            return Outcome(name, label, skipped=f"probe answered {status}: {snippet}")
-        results: list[RunResult] = []
-        try:
-            if warmup > 0:
-                run_once(ctx.pg, load, target.url, duration=warmup, headers=target.headers)
-            for i in range(runs):
-                r = run_once(ctx.pg, load, target.url, duration=duration, headers=target.headers)
-                ctx.say(
-                    f"scenario {name}: run {i + 1}/{runs}: {r.rps:,.0f} req/s "
-                    f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
-                )
-                results.append(r)
-        except LoadError as e:
-            return Outcome(name, label, skipped=f"load generator failed: {e}")
-        bad = [r for r in results if _error_share(r) > MAX_ERROR_SHARE]
-        if bad:
-            worst = max(bad, key=_error_share)
-            return Outcome(
-                name,
-                label,
-                skipped=f"invalid: {worst.errors} of {worst.requests + worst.errors} requests "
-                "failed in a run",
-                runs=tuple(results),
-            )
-        return Outcome(name, label, result=median(results), runs=tuple(results))
-    finally:
+    status, body = probe(target.url, target.headers)
+    why = f"probe answered {status}: {' '.join(body.split())[:160]}" if status != 200 else None
+    if why is None and target.confirm is not None:
+        why = target.confirm()
+    if why is not None:
         if target.proc is not None:
             ctx.pg.stop(target.proc)
+        ctx.say(f"scenario {name}: skipped: {why}")
+        return Outcome(name, label, skipped=why)
+    return _Live(name, label, target, [])
+
+
+def _finish(live: _Live) -> Outcome:
+    if live.failed:
+        return Outcome(live.name, live.label, skipped=live.failed, runs=tuple(live.runs))
+    bad = [r for r in live.runs if _error_share(r) > MAX_ERROR_SHARE]
+    if bad:
+        worst = max(bad, key=_error_share)
+        why = f"invalid: {worst.errors} of {worst.requests + worst.errors} requests failed in a run"
+        return Outcome(live.name, live.label, skipped=why, runs=tuple(live.runs))
+    return Outcome(live.name, live.label, result=median(live.runs), runs=tuple(live.runs))
+
+
+def measure_all(
+    ctx: Context,
+    chosen: list[tuple[str, str, Setup]],
+    load: Load,
+    *,
+    warmup: float,
+    duration: float,
+    runs: int,
+) -> list[Outcome]:
+    """Start every target, warm each up, then measure round-robin.
+
+    Interleaving the runs (1, 2, 3, 1, 2, 3, ...) spreads any background load on
+    a shared machine over all scenarios instead of penalising whichever ran
+    during it, so the ratios stay honest. Idle targets cost no CPU meanwhile.
+    """
+    started: list[_Live | Outcome] = []
+    try:
+        for name, label, setup in chosen:
+            started.append(_start(ctx, name, label, setup))
+        live = [s for s in started if isinstance(s, _Live)]
+        for rnd in range(-1 if warmup > 0 else 0, runs):
+            for s in live:
+                if s.failed:
+                    continue
+                t = s.target
+                secs = warmup if rnd < 0 else duration
+                try:
+                    r = run_once(ctx.pg, load, t.url, duration=secs, headers=t.headers)
+                except LoadError as e:
+                    s.failed = f"load generator failed: {e}"
+                    ctx.say(f"scenario {s.name}: {s.failed}")
+                    continue
+                if rnd < 0:
+                    continue
+                s.runs.append(r)
+                ctx.say(
+                    f"scenario {s.name}: run {rnd + 1}/{runs}: {r.rps:,.0f} req/s "
+                    f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
+                )
+    finally:
+        for item in started:
+            if isinstance(item, _Live) and item.target.proc is not None:
+                ctx.pg.stop(item.target.proc)
+    return [_finish(item) if isinstance(item, _Live) else item for item in started]
 
 
 def describe_outcomes(outcomes: list[Outcome]) -> str:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 AUDIENCE = "gatehouse-bench"
+SUBJECT = "bench-user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class Issuer:
         body: dict[str, Any] = {
             "iss": self.url,
             "aud": AUDIENCE,
-            "sub": "bench-user",
+            "sub": SUBJECT,
             "email": "bench@example.com",
             "groups": ["engineering", "bench"],
             "iat": now,
