@@ -110,6 +110,8 @@ class CredentialCache:
                     # Past the refresh point and the refresh keeps failing.
                     result = "stale"
             CREDENTIAL_CACHE.labels(key.backend, result).inc()
+            # Kept current on use so the gauge shows time left now, not at fetch time.
+            CREDENTIAL_EXPIRY.labels(key.backend).set(cred.expires_at - now)
             return cred
         CREDENTIAL_CACHE.labels(key.backend, "miss").inc()
         task = entry.inflight

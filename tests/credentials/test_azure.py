@@ -8,6 +8,7 @@ afterwards). The App Service-style sample app then accepts what we obtained.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import urllib.error
 import urllib.request
@@ -15,12 +16,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from proxy.credentials.broker import CredentialBroker
 from proxy.errors import UpstreamCredentialsUnavailable
 from tests.credentials.conftest import make_broker, parse_backends, route, run_uvicorn
 from tests.peers.cloud.azure import MI_OBJECT_ID, TENANT, AzurePeer
-from tests.peers.cloud.keys import Issuer
+from tests.peers.cloud.keys import Issuer, new_rsa_key, pem
 from tests.peers.cloud.tls import LocalTls, make_tls
 
 APP_ID = "5e7a0c1d-0000-4000-8000-00000000a11d"
@@ -264,3 +268,67 @@ async def test_sdk_flows_leave_no_token_or_secret_in_log_records(
         assert token not in text
     assert "entra-secret-value" not in text
     assert plain.identity_header not in text
+
+
+async def test_entra_certificate_credential_token_is_accepted_by_the_app(
+    peers: tuple[AzurePeer, AzurePeer],
+    appservice: str,
+    tls: LocalTls,
+    clean_azure_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    _, entra = peers
+    key = new_rsa_key()
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gatehouse")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = tmp_path / "client.pem"
+    cert_file.write_text(
+        pem(key) + cert.public_bytes(serialization.Encoding.PEM).decode(), encoding="utf-8"
+    )
+    entra.cert_clients["cert-client"] = key.public_key()
+    broker = await _broker(
+        tmp_path,
+        f"""      mode: certificate
+      app_id: {APP_ID}
+      tenant_id: {TENANT}
+      client_id: cert-client
+      certificate_file: {cert_file}
+      authority: {entra.url}
+      ca_bundle: {tls.ca_file}
+""",
+    )
+    try:
+        headers = dict(await broker.headers("web", route("web"), None))
+    finally:
+        await broker.close()
+    status, body = await acall(f"{appservice}/api/whoami", headers)
+    assert status == 200, body
+    assert b"cert-client" in body
+    # Another key under the same client id is refused by the token endpoint.
+    entra.cert_clients["cert-client"] = new_rsa_key().public_key()
+    broker = await _broker(
+        tmp_path,
+        f"""      mode: certificate
+      app_id: {APP_ID}
+      tenant_id: {TENANT}
+      client_id: cert-client
+      certificate_file: {cert_file}
+      authority: {entra.url}
+      ca_bundle: {tls.ca_file}
+""",
+    )
+    try:
+        with pytest.raises(UpstreamCredentialsUnavailable):
+            await broker.headers("web", route("web"), None)
+    finally:
+        await broker.close()

@@ -238,3 +238,30 @@ async def test_fetch_failures_are_logged_without_secrets_or_tokens(
     assert "invalid_client" in text  # the reason is there...
     assert token not in text  # ...the token and the secret are not
     assert "s3cr3t" not in text
+
+
+async def test_metrics_count_fetches_and_lookups_and_show_time_left(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file).replace("app:", "metered:"))
+    oauth.expires_in = 600
+
+    def sample(name: str, **labels: str) -> float:
+        return _metric(name, backend="metered", **labels)
+
+    ok = sample("gatehouse_credential_fetch_total", provider="client_credentials", result="ok")
+    hits = sample("gatehouse_credential_cache_total", result="hit")
+    misses = sample("gatehouse_credential_cache_total", result="miss")
+    broker = await make_broker(specs)
+    try:
+        for _ in range(3):
+            await broker.headers("metered", route("metered"), None)
+    finally:
+        await broker.close()
+    assert (
+        sample("gatehouse_credential_fetch_total", provider="client_credentials", result="ok")
+        == ok + 1
+    )
+    assert sample("gatehouse_credential_cache_total", result="miss") == misses + 1
+    assert sample("gatehouse_credential_cache_total", result="hit") == hits + 2
+    assert 590 < sample("gatehouse_credential_expiry_seconds") <= 600

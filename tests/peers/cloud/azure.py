@@ -46,6 +46,8 @@ class AzurePeer(PeerServer):
         self.lifetime = lifetime
         self.issuer = issuer or Issuer("")
         self.clients: dict[str, str] = {}
+        # Certificate credentials: client id -> the certificate's public key.
+        self.cert_clients: dict[str, Any] = {}
         # Workload identity: the cluster's service-account token issuer we trust.
         self.federated_issuer: Issuer | None = None
         self.app.router.add_get("/msi/token", self._app_service)
@@ -126,12 +128,23 @@ class AzurePeer(PeerServer):
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         client_id = str(form.get("client_id", ""))
         if form.get("client_assertion_type") == FEDERATED_ASSERTION:
-            if self.federated_issuer is None:
-                return web.json_response({"error": "invalid_client"}, status=401)
+            assertion = str(form.get("client_assertion", ""))
             try:
-                self.federated_issuer.verify(
-                    str(form.get("client_assertion", "")), "api://AzureADTokenExchange"
-                )
+                if client_id in self.cert_clients:
+                    # A certificate credential signs for exactly this endpoint.
+                    claims = jwt.decode(
+                        assertion,
+                        self.cert_clients[client_id],
+                        algorithms=["RS256", "PS256"],
+                        audience=f"{self.url}{request.path}",
+                        options={"require": ["exp", "iss", "sub", "aud"]},
+                    )
+                    if claims["iss"] != client_id or claims["sub"] != client_id:
+                        raise jwt.InvalidTokenError("iss/sub must be the client id")
+                elif self.federated_issuer is not None:
+                    self.federated_issuer.verify(assertion, "api://AzureADTokenExchange")
+                else:
+                    raise jwt.InvalidTokenError("no key for this client")
             except jwt.PyJWTError:
                 return web.json_response({"error": "invalid_client"}, status=401)
         elif self.clients.get(client_id) != form.get("client_secret"):
