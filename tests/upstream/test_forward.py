@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 import gzip
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
