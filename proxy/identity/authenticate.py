@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from cachetools import TLRUCache
 
-from proxy.errors import GatehouseError, IdentityProviderUnavailable
+from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable
 from proxy.http.facts import RequestFacts
 from proxy.identity.apikeys import KEY_PREFIX, ApiKeyStore
 from proxy.identity.browser import BrowserLogin
@@ -205,7 +205,11 @@ class Authenticator:
         if len(token) > self.config.max_token_bytes:
             AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result="invalid_token").inc()
             raise invalid("token exceeds max_token_bytes")
-        if token.startswith(KEY_PREFIX) and self.api_keys is not None:
+        if token.startswith(KEY_PREFIX):
+            if self.api_keys is None:
+                # Never forward something shaped like an API key to an introspection endpoint.
+                AUTH.labels(issuer="apikey", method="apikey", result="invalid_api_key").inc()
+                raise AuthenticationError("invalid_api_key", detail="API keys are not enabled")
             return await self._api_key(token)
         if looks_like_jwt(token):
             return await self._jwt(token)

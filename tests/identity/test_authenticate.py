@@ -310,3 +310,25 @@ async def test_discovery_pointing_off_origin_is_refused() -> None:
                 await auth.authenticate(bearer(issuer.token()))
         finally:
             await auth.close()
+
+
+async def test_api_key_shaped_bearer_is_never_sent_to_introspection(
+    provider: OidcProvider, tmp_path: Path
+) -> None:
+    introspection = IntrospectionConfig(
+        endpoint=f"{provider.issuer}/token/introspection",
+        client_id=WEB_CLIENT["client_id"],
+        client_secret=None,
+    )
+    auth = await started(
+        identity_config(issuer_config(provider.issuer, introspection=introspection))
+    )
+    try:
+        with pytest.raises(AuthenticationError) as info:
+            await auth.authenticate(bearer("gh_0123456789ab_" + "s" * 43))
+        assert info.value.reason == "invalid_api_key"
+        introspector = auth.introspector(provider.issuer)
+        assert introspector is not None
+        assert introspector.requests == 0
+    finally:
+        await auth.close()

@@ -1,0 +1,174 @@
+"""RFC 7662 introspection: cache until min(exp, TTL), inactive tokens, claim re-checks."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.config.reader import SecretRef
+from proxy.errors import AuthenticationError, IdentityProviderUnavailable
+from proxy.identity.config import IntrospectionConfig, IssuerConfig
+from proxy.identity.introspection import Introspector
+
+ISS = "https://idp.example.test"
+NOW = 1_800_000_000.0
+
+
+@dataclass
+class IntrospectionServer:
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: int = 200
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (authorization, token)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        token = str(form.get("token", ""))
+        self.calls.append((request.headers.get("Authorization", ""), token))
+        if self.status != 200:
+            return web.json_response({"error": "server_error"}, status=self.status)
+        return web.json_response(self.answers.get(token, {"active": False}))
+
+
+@asynccontextmanager
+async def introspection_server() -> AsyncIterator[IntrospectionServer]:
+    server = IntrospectionServer()
+    app = web.Application()
+    app.router.add_post("/introspect", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}/introspect"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def env(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig]]:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret:with/odd chars")
+    async with introspection_server() as server, aiohttp.ClientSession() as http:
+        cfg = IssuerConfig(
+            issuer=ISS,
+            audiences=("api",),
+            introspection=IntrospectionConfig(
+                endpoint=server.url,
+                client_id="gatehouse",
+                client_secret=SecretRef("file", str(secret)),
+                cache_ttl=60,
+            ),
+        )
+        yield server, http, cfg
+
+
+def active(**claims: Any) -> dict[str, Any]:
+    return {"active": True, "iss": ISS, "sub": "alice", "exp": NOW + 300, **claims}
+
+
+async def test_active_token_yields_identity_with_client_authentication(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
+) -> None:
+    server, http, cfg = env
+    server.answers["tok"] = active(groups=["eng"], scope="read")
+    identity = await Introspector(cfg, http, clock=Clock()).introspect("tok")
+    assert identity.subject == "alice" and identity.method == "opaque"
+    assert identity.groups == frozenset({"eng"}) and identity.scopes == frozenset({"read"})
+    authorization, token = server.calls[0]
+    assert token == "tok"
+    user, _, password = base64.b64decode(authorization.split()[1]).decode().partition(":")
+    assert user == "gatehouse" and password == "s3cret%3Awith%2Fodd%20chars"
+
+
+async def test_result_is_cached_until_the_ttl(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
+) -> None:
+    server, http, cfg = env
+    server.answers["tok"] = active(exp=NOW + 3600)
+    clock = Clock()
+    introspector = Introspector(cfg, http, clock=clock)
+    await introspector.introspect("tok")
+    clock.now += 59
+    await introspector.introspect("tok")
+    assert len(server.calls) == 1
+    clock.now += 2
+    await introspector.introspect("tok")
+    assert len(server.calls) == 2
+
+
+async def test_result_is_cached_no_longer_than_the_token_exp(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
+) -> None:
+    server, http, cfg = env
+    server.answers["tok"] = active(exp=NOW + 10)
+    clock = Clock()
+    introspector = Introspector(cfg, http, clock=clock)
+    await introspector.introspect("tok")
+    clock.now += 11
+    server.answers["tok"] = {"active": False}
+    with pytest.raises(AuthenticationError):
+        await introspector.introspect("tok")
+    assert len(server.calls) == 2
+
+
+async def test_inactive_tokens_are_401_and_cached_only_briefly(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
+) -> None:
+    server, http, cfg = env
+    clock = Clock()
+    introspector = Introspector(cfg, http, clock=clock)
+    for _ in range(3):
+        with pytest.raises(AuthenticationError) as info:
+            await introspector.introspect("junk")
+        assert info.value.status == 401
+    assert len(server.calls) == 1
+    clock.now += 11
+    server.answers["junk"] = active()
+    assert (await introspector.introspect("junk")).subject == "alice"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        active(token_type="refresh_token"),
+        active(iss=ISS + "/"),
+        active(aud="someone-else"),
+        active(exp=NOW - 120),
+        {"active": "true", "sub": "alice"},
+    ],
+)
+async def test_active_answers_still_have_to_pass_claim_checks(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig], answer: dict[str, Any]
+) -> None:
+    server, http, cfg = env
+    server.answers["tok"] = answer
+    with pytest.raises(AuthenticationError):
+        await Introspector(cfg, http, clock=Clock()).introspect("tok")
+
+
+async def test_idp_errors_are_503_not_401(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
+) -> None:
+    server, http, cfg = env
+    server.status = 500
+    with pytest.raises(IdentityProviderUnavailable):
+        await Introspector(cfg, http, clock=Clock()).introspect("tok")
