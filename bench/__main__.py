@@ -10,6 +10,7 @@ and JWT micro-benchmarks. The report goes to stdout and bench/results/latest.md.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -90,6 +91,7 @@ def run(a: argparse.Namespace, workdir: Path) -> str:
     logs = workdir / "logs"
     logs.mkdir()
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     outcomes: list[Outcome] = []
     sections: list[Section] = []
     with ProcessGroup(logs) as pg:
@@ -133,6 +135,8 @@ def run(a: argparse.Namespace, workdir: Path) -> str:
         duration=a.duration,
         runs=a.runs,
         pinned=pinned,
+        load_before=load_before,
+        load_after=os.getloadavg()[0],
     )
     _say(f"done in {time.monotonic() - started:.0f} s")
     return render(info, outcomes, sections)

@@ -24,6 +24,8 @@ class RunInfo:
     duration: float
     runs: int
     pinned: str
+    load_before: float  # 1-minute load average when the run started
+    load_after: float
 
 
 def cpu_model() -> str:
@@ -42,6 +44,15 @@ def ratios(outcomes: list[Outcome]) -> list[tuple[str, str, float]]:
     return [(a, b, by[a].rps / by[b].rps) for a, b in pairs if a in by and b in by and by[b].rps]
 
 
+def cpu_ratios(outcomes: list[Outcome]) -> list[tuple[str, str, float]]:
+    """Requests per proxy CPU-second of ``a`` relative to ``b`` (> 1: ``a`` is cheaper)."""
+    by = {o.name: o.cpu_us_per_request for o in outcomes if o.cpu_us_per_request}
+    pairs = [(a, "aiohttp_passthrough") for a in COMPARED] + [
+        ("full_identity_tls", "full_identity")
+    ]
+    return [(a, b, by[b] / by[a]) for a, b in pairs if a in by and b in by]
+
+
 def _cell_ratio(outcomes: list[Outcome], name: str, ref: str) -> str:
     for a, b, r in ratios(outcomes):
         if a == name and b == ref:
@@ -51,27 +62,29 @@ def _cell_ratio(outcomes: list[Outcome], name: str, ref: str) -> str:
 
 def table(outcomes: list[Outcome]) -> list[str]:
     rows = [
-        "| # | scenario | req/s | p50 ms | p99 ms | vs aiohttp | vs direct |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| # | scenario | req/s | p50 ms | p99 ms | vs aiohttp | vs direct | proxy CPU us/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outcomes:
         i = NAMES.index(o.name) + 1 if o.name in NAMES else "-"
         if o.result is None:
             why = (o.skipped or "").replace("|", "/")
             why = why if len(why) <= 120 else why[:117] + "..."
-            rows.append(f"| {i} | {o.label} | skipped: {why} | | | | |")
+            rows.append(f"| {i} | {o.label} | skipped: {why} | | | | | |")
             continue
         r = o.result
         rows.append(
             f"| {i} | {o.label} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
             f"{_cell_ratio(outcomes, o.name, 'aiohttp_passthrough')} | "
-            f"{_cell_ratio(outcomes, o.name, 'direct')} |"
+            f"{_cell_ratio(outcomes, o.name, 'direct')} | "
+            f"{'' if o.cpu_us_per_request is None else f'{o.cpu_us_per_request:.0f}'} |"
         )
     return rows
 
 
 def machine_lines(outcomes: list[Outcome], sections: list[Section]) -> list[str]:
     out = [f"ratio {a}/{b}={r:.2f}" for a, b, r in ratios(outcomes)]
+    out += [f"cpu_ratio {a}/{b}={r:.2f}" for a, b, r in cpu_ratios(outcomes)]
     for o in outcomes:
         if o.result is None:
             out.append(f"skipped {o.name}")
@@ -79,6 +92,8 @@ def machine_lines(outcomes: list[Outcome], sections: list[Section]) -> list[str]
         out.append(f"rps {o.name}={o.result.rps:.0f}")
         out.append(f"p50_ms {o.name}={o.result.p50_ms:.3f}")
         out.append(f"p99_ms {o.name}={o.result.p99_ms:.3f}")
+        if o.cpu_us_per_request is not None:
+            out.append(f"cpu_us_per_req {o.name}={o.cpu_us_per_request:.1f}")
     for sec in sections:
         out.extend(sec.machine)
     return out
@@ -92,7 +107,9 @@ def render(info: RunInfo, outcomes: list[Outcome], sections: list[Section]) -> s
         f"`{info.command}` on {now}: {cpu_model()}, {info.pinned}; load generator {info.loadgen}, "
         f"upstream {info.upstream} (~50-byte JSON), HTTP/1.1 keep-alive, "
         f"{info.connections} connections, median of {info.runs} runs of {info.duration:g} s "
-        "after a warm-up.",
+        "after a warm-up (runs interleaved across scenarios). 1-minute load average "
+        f"{info.load_before:.2f} before, {info.load_after:.2f} after: above ~0.5 other work "
+        "shared the cores, so compare ratios and CPU per request rather than absolute req/s.",
         "",
         *table(outcomes),
         "",

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import ssl
+import statistics
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import gatehouse, nginx
 from bench.aux_server import write_documents
 from bench.measure import Load, LoadError, RunResult, median, run_once
-from bench.procs import ProcessGroup, free_port, python, wait_http_ok, wait_tcp
+from bench.procs import ProcessGroup, cpu_seconds, free_port, python, wait_http_ok, wait_tcp
 from bench.tls import self_signed
 from bench.tokens import AUDIENCE, SUBJECT, Issuer, new_issuer
 from bench.tools import Tools
@@ -80,6 +81,9 @@ class Outcome:
     result: RunResult | None = None
     skipped: str | None = None
     runs: tuple[RunResult, ...] = ()
+    # Median CPU time the proxy process spent per request: steadier than req/s when
+    # other work shares the machine. None for the direct scenario (no proxy).
+    cpu_us_per_request: float | None = None
 
 
 # -- upstream -----------------------------------------------------------------
@@ -232,6 +236,7 @@ class _Live:
     label: str
     target: Target
     runs: list[RunResult]
+    cpu_us: list[float] = field(default_factory=list)
     failed: str | None = None
 
 
@@ -262,7 +267,14 @@ def _finish(live: _Live) -> Outcome:
         worst = max(bad, key=_error_share)
         why = f"invalid: {worst.errors} of {worst.requests + worst.errors} requests failed in a run"
         return Outcome(live.name, live.label, skipped=why, runs=tuple(live.runs))
-    return Outcome(live.name, live.label, result=median(live.runs), runs=tuple(live.runs))
+    cpu = statistics.median(live.cpu_us) if live.cpu_us else None
+    return Outcome(
+        live.name,
+        live.label,
+        result=median(live.runs),
+        runs=tuple(live.runs),
+        cpu_us_per_request=cpu,
+    )
 
 
 def measure_all(
@@ -291,6 +303,7 @@ def measure_all(
                     continue
                 t = s.target
                 secs = warmup if rnd < 0 else duration
+                cpu_before = cpu_seconds(t.proc.pid) if t.proc is not None else 0.0
                 try:
                     r = run_once(ctx.pg, load, t.url, duration=secs, headers=t.headers)
                 except LoadError as e:
@@ -300,6 +313,8 @@ def measure_all(
                 if rnd < 0:
                     continue
                 s.runs.append(r)
+                if t.proc is not None and r.requests:
+                    s.cpu_us.append((cpu_seconds(t.proc.pid) - cpu_before) * 1e6 / r.requests)
                 ctx.say(
                     f"scenario {s.name}: run {rnd + 1}/{runs}: {r.rps:,.0f} req/s "
                     f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
