@@ -26,20 +26,47 @@ from dataclasses import dataclass, field
 
 from proxy.policy.model import Route
 
+# Patterns that refer to groups by number cannot be wrapped in a combined regex.
+_NUMBERED_GROUP_REFERENCE = re.compile(r"\\[0-9]|\(\?\([0-9]")
+
+
+def combine(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One alternation of all patterns, each in a named group, tried in order.
+
+    ``fullmatch`` on the alternation finds the first pattern (in file order)
+    that matches the whole path, and ``lastgroup`` names it: the wrapping
+    group always closes last. ``None`` when the patterns cannot be combined
+    (numbered back-references, global inline flags): then they are tried
+    one by one.
+    """
+    if len(patterns) < 2 or any(_NUMBERED_GROUP_REFERENCE.search(p) for p in patterns):
+        return None
+    try:
+        return re.compile("|".join(f"(?P<_gh{i}>{p})" for i, p in enumerate(patterns)))
+    except re.error:
+        return None
+
 
 @dataclass(slots=True)
 class _Bucket:
     exact: dict[str, list[Route]] = field(default_factory=dict)
     prefix: dict[str, list[Route]] = field(default_factory=dict)
+    # Lengths of the prefixes present: probing skips lengths no prefix has.
+    prefix_lengths: set[int] = field(default_factory=set)
     regex: list[tuple[re.Pattern[str], Route]] = field(default_factory=list)
+    combined: re.Pattern[str] | None = None
 
     def add(self, route: Route) -> None:
         if route.path_exact is not None:
             self.exact.setdefault(route.path_exact, []).append(route)
         elif route.path_prefix is not None:
             self.prefix.setdefault(route.path_prefix, []).append(route)
+            self.prefix_lengths.add(len(route.path_prefix))
         elif route.path_regex is not None:
             self.regex.append((re.compile(route.path_regex), route))
+
+    def seal(self) -> None:
+        self.combined = combine([p.pattern for p, _ in self.regex])
 
     def match(self, path: str, method: str) -> Route | None:
         routes = self.exact.get(path)
@@ -51,30 +78,47 @@ class _Bucket:
         if prefixes:
             # Candidates longest first: the whole path, then at each '/' from the
             # right the prefix with its slash ("/a/") and without it ("/a").
-            routes = prefixes.get(path)
-            if routes is not None:
-                for route in routes:
-                    if route.methods is None or method in route.methods:
-                        return route
-            end = len(path)
+            lengths = self.prefix_lengths
+            size = len(path)
+            if size in lengths:
+                routes = prefixes.get(path)
+                if routes is not None:
+                    for route in routes:
+                        if route.methods is None or method in route.methods:
+                            return route
+            end = size
             while True:
                 i = path.rfind("/", 0, end)
                 if i < 0:
                     break
-                if i + 1 < len(path):
+                if i + 1 < size and i + 1 in lengths:
                     routes = prefixes.get(path[: i + 1])
                     if routes is not None:
                         for route in routes:
                             if route.methods is None or method in route.methods:
                                 return route
-                if i > 0:
+                if i > 0 and i in lengths:
                     routes = prefixes.get(path[:i])
                     if routes is not None:
                         for route in routes:
                             if route.methods is None or method in route.methods:
                                 return route
                 end = i
-        for pattern, route in self.regex:
+        regexes = self.regex
+        if not regexes:
+            return None
+        start = 0
+        combined = self.combined
+        if combined is not None:
+            found = combined.fullmatch(path)
+            if found is None:
+                return None
+            start = int(str(found.lastgroup)[3:])
+            route = regexes[start][1]
+            if route.methods is None or method in route.methods:
+                return route
+            start += 1  # rare: the first regex match wants another method
+        for pattern, route in regexes[start:]:
             if (route.methods is None or method in route.methods) and pattern.fullmatch(path):
                 return route
         return None
@@ -82,6 +126,8 @@ class _Bucket:
 
 def normalise_host(host: str) -> str:
     """Lower-case, without port and trailing dot; IPv6 literals keep their brackets."""
+    if host.islower() and ":" not in host and not host.endswith("."):
+        return host  # the common case, without allocating
     host = host.lower()
     if host.startswith("["):
         end = host.find("]")
@@ -108,6 +154,8 @@ class RouteIndex:
                 self._wildcard.setdefault(host[2:], _Bucket()).add(route)
             else:
                 self._exact.setdefault(host, _Bucket()).add(route)
+        for bucket in (*self._exact.values(), *self._wildcard.values(), self._any):
+            bucket.seal()
 
     def match(self, host: str, path: str, method: str) -> Route | None:
         host = normalise_host(host)

@@ -111,6 +111,11 @@ CRITERIA = (
 _MATCHERS = ("is", "in", "starts_with", "ends_with", "contains")
 
 _CONSTRUCTOR = yaml.SafeLoader("")
+# libyaml composes the same node tree (with line marks) about 20x faster: it
+# matters at thousands of routes, where every reload parses everything again.
+_COMPOSER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)
 
 
 def plain_value(node: yaml.Node) -> object:
@@ -168,7 +173,7 @@ def _compose(path: Path, problems: Problems) -> tuple[Doc, yaml.Node | None, byt
         problems.add(path, 1, f"cannot read file: {exc.strerror}")
         return doc, None, b""
     try:
-        node = yaml.compose(data.decode("utf-8"), Loader=yaml.SafeLoader)
+        node = yaml.compose(data.decode("utf-8"), Loader=_COMPOSER)
     except UnicodeDecodeError:
         problems.add(path, 1, "file is not UTF-8")
         return doc, None, data

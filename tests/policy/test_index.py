@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.policy.cli import request_facts
-from proxy.policy.index import RouteIndex, normalise_host
+from proxy.policy.index import RouteIndex, combine, normalise_host
 from proxy.policy.model import Route
 from tests.policy.support import policy
 
@@ -203,7 +203,9 @@ PATHS = st.builds(
     st.booleans(),
 )
 METHODS = st.one_of(st.none(), st.sets(st.sampled_from(["GET", "POST"]), min_size=1).map(frozenset))
-REGEXES = st.sampled_from([r"/a/.*", r"/[ab]+", r"/(a|b)/c/?", r".*/c"])
+REGEXES = st.sampled_from(
+    [r"/a/.*", r"/[ab]+", r"/(a|b)/c/?", r".*/c", r"/(?P<x>a|b)/(?P=x)", r"/(a)/\1"]
+)
 
 
 @st.composite
@@ -246,3 +248,28 @@ def test_index_agrees_with_a_linear_scan_in_documented_order(
     routes: list[Route], host: str, path: str, method: str
 ) -> None:
     assert RouteIndex(routes).match(host, path, method) is naive(routes, host, path, method)
+
+
+def test_regexes_are_combined_unless_they_use_numbered_references() -> None:
+    combined = combine([r"/a/[0-9]+", r"/a/.*", r"/(?P<x>b)/(?P=x)"])
+    assert combined is not None
+    found = combined.fullmatch("/a/12")
+    assert found is not None and found.lastgroup == "_gh0"
+    found = combined.fullmatch("/b/b")
+    assert found is not None and found.lastgroup == "_gh2"
+    assert combine([r"/(a)/\1", r"/b"]) is None
+    assert combine([r"(?i)/a", r"/b"]) is None  # global flags only work alone
+
+
+def test_a_method_mismatch_on_the_first_regex_falls_through_to_later_regexes(
+    tmp_path: Path,
+) -> None:
+    text = routes_yaml(
+        "path_regex: /v[0-9]/.*;methods: [POST]",
+        "path_regex: /v1/x;methods: [GET]",
+        "path_regex: /v1/.*",
+    )
+    got = names(
+        tmp_path, text, [("h", "/v1/x", "POST"), ("h", "/v1/x", "GET"), ("h", "/v1/x", "PUT")]
+    )
+    assert got == ["r0", "r1", "r2"]
