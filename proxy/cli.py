@@ -86,7 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     from proxy.demo import run_demo
 
-    return run_demo(port=args.port, admin_port=args.admin_port)
+    return run_demo(port=args.port, admin_port=args.admin_port, idp_port=args.idp_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="dev IdP + sample upstream + proxy, with things to try")
     p.add_argument("--port", type=int, default=8443)
     p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--idp-port", type=int, default=9000)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)
 

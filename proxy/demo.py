@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,25 +24,11 @@ from proxy.identity.devidp import DEFAULT_AUDIENCE, DEFAULT_KEY_FILE, DEFAULT_PO
 from proxy.runtime import serve
 
 DEMO_DIR = DEFAULT_KEY_FILE.parent
-EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "deploy" / "examples"
 
-DEMO_POLICY = """\
-# The demo's routes. Deny by default: each route admits only what its allow says.
-routes:
-  - name: public-hello
-    path: /public/
-    methods: [GET, HEAD]
-    backend: demo
-    allow:
-      - name: anyone
-        public: true
-  - name: whoami
-    path: /api/
-    backend: demo
-    allow:
-      - name: signed-in
-        authenticated: true
-"""
+# The demo serves exactly the reviewed, fixture-tested policy in policies/demo.yaml.
+DEMO_POLICY = REPO / "policies" / "demo.yaml"
 
 
 def _free_port() -> int:
@@ -59,7 +46,7 @@ def _write_config(demo: Path, port: int, admin_port: int, upstream_port: int, id
         rotate_key_file(keys)
     policies = demo / "policies"
     policies.mkdir(exist_ok=True)
-    (policies / "demo.yaml").write_text(DEMO_POLICY)
+    shutil.copyfile(DEMO_POLICY, policies / "demo.yaml")
     config = {
         "listen": {
             "address": f"127.0.0.1:{port}",
@@ -88,21 +75,22 @@ def _write_config(demo: Path, port: int, admin_port: int, upstream_port: int, id
     return path
 
 
-def _banner(port: int, admin_port: int, demo: Path) -> str:
+def _banner(port: int, admin_port: int, idp_port: int, demo: Path) -> str:
     ca = demo / "certs" / "ca.crt"
     base = f"https://127.0.0.1:{port}"
+    issuer_flag = "" if idp_port == DEFAULT_PORT else f" --issuer http://127.0.0.1:{idp_port}"
     gh = "gatehouse" if not sys.argv[0].endswith("gatehouse") else sys.argv[0]
     return f"""
 Gatehouse demo is up (audit log: JSON lines on standard output; Ctrl-C stops everything).
 
   proxy   {base}      (dev certificate, CA in {ca})
   admin   http://127.0.0.1:{admin_port}/metrics  /healthz  /readyz
-  dev IdP http://127.0.0.1:{DEFAULT_PORT}  (development only)
+  dev IdP http://127.0.0.1:{idp_port}  (development only)
 
 Try:
   curl --cacert {ca} {base}/public/hello
   curl --cacert {ca} {base}/api/whoami                      # 401: no identity
-  TOKEN=$({gh} dev-token --sub alice --groups eng)
+  TOKEN=$({gh} dev-token --sub alice --groups eng{issuer_flag})
   curl --cacert {ca} -H "Authorization: Bearer $TOKEN" {base}/api/whoami
   curl --cacert {ca} -H "Authorization: Bearer ${{TOKEN}}x" {base}/api/whoami   # 401: tampered
   curl --cacert {ca} {base}/admin                           # 404: no such route
@@ -110,11 +98,26 @@ Try:
 """
 
 
-def run_demo(port: int = 8443, admin_port: int = 9901) -> int:
+async def _wait_for_port(port: int, process: subprocess.Popen[bytes], limit: float = 30.0) -> None:
+    """Announce the demo only once the sample upstream answers (its import takes a moment)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline and process.poll() is None:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
+    raise RuntimeError("the demo's sample upstream did not start")
+
+
+def run_demo(port: int = 8443, admin_port: int = 9901, idp_port: int = DEFAULT_PORT) -> int:
     demo = DEMO_DIR.resolve()
     demo.mkdir(parents=True, exist_ok=True)
     upstream_port = _free_port()
-    idp = f"http://127.0.0.1:{DEFAULT_PORT}"
+    idp = f"http://127.0.0.1:{idp_port}"
     config_path = _write_config(demo, port, admin_port, upstream_port, idp)
     env = {
         **os.environ,
@@ -142,12 +145,15 @@ def run_demo(port: int = 8443, admin_port: int = 9901) -> int:
     )
 
     async def main() -> None:
-        _, idp_runner = await start_dev_idp("127.0.0.1", DEFAULT_PORT, DEFAULT_KEY_FILE)
+        await _wait_for_port(upstream_port, upstream)
+        _, idp_runner = await start_dev_idp("127.0.0.1", idp_port, DEFAULT_KEY_FILE)
         try:
             config = load_config(config_path)
             await serve(
                 config,
-                started=lambda: print(_banner(port, admin_port, demo), file=sys.stderr, flush=True),
+                started=lambda: print(
+                    _banner(port, admin_port, idp_port, demo), file=sys.stderr, flush=True
+                ),
             )
         finally:
             await idp_runner.cleanup()

@@ -181,7 +181,8 @@ def load_config(path: Path) -> Config:
     ):
         root.error(
             None,
-            "config: a backend uses credentials type 'assertion': add an 'assertions:' section with signing_keys_file",
+            "config: a backend uses credentials type 'assertion': "
+            "add an 'assertions:' section with signing_keys_file",
         )
     default_url = f"{'https' if listen.tls else 'http'}://{listen.address}"
     public_url = root.str("public_url", default_url) or default_url
