@@ -94,6 +94,10 @@ class GcpSpec:
     key_file: Path | None = None
     metadata_host: str | None = None
     send_as: str = "auto"
+    # Impersonation: the key file's / metadata identity mints an ID token for this
+    # service account through the IAM Credentials API.
+    impersonate: str | None = None
+    iam_endpoint: str = "https://iamcredentials.googleapis.com"
     type: Literal["gcp"] = "gcp"
 
 
@@ -260,9 +264,23 @@ def _gcp(m: Mapping, backend: str) -> GcpSpec | None:
     if key_file is not None and metadata_host is not None:
         m.error("metadata_host", f"{m.where}: a key file and a metadata host exclude each other")
     send_as = m.choice("send_as", GCP_SEND_AS, "auto")
+    impersonate = m.str("impersonate_service_account", None)
+    if impersonate is not None and "@" not in impersonate:
+        m.error(
+            "impersonate_service_account",
+            f"{m.where}.impersonate_service_account: expected a service account email",
+        )
+    iam_endpoint = _url(m, "iam_endpoint", required=False)
+    if iam_endpoint is not None and impersonate is None:
+        m.error(
+            "iam_endpoint", f"{m.where}.iam_endpoint: only used with impersonate_service_account"
+        )
     if audience is None:
         return None
-    return GcpSpec(backend, _where(m), mode, audience, key_file, metadata_host, send_as)
+    return GcpSpec(
+        backend, _where(m), mode, audience, key_file, metadata_host, send_as, impersonate,
+        (iam_endpoint or "https://iamcredentials.googleapis.com").rstrip("/"),
+    )  # fmt: skip
 
 
 def _assertion(m: Mapping, backend: str) -> AssertionSpec:

@@ -187,3 +187,26 @@ def test_assertion_section_parses_with_default_lifetime(tmp_path: Path) -> None:
     assert signing is not None
     assert signing.lifetime == 300
     assert signing.signing_keys_file == keys
+
+
+def test_gcp_impersonation_options_are_checked(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+backends:
+  a:
+    credentials:
+      type: gcp
+      audience: https://fn.test
+      impersonate_service_account: not-an-email
+  b:
+    credentials:
+      type: gcp
+      audience: https://fn.test
+      iam_endpoint: https://iam.test
+""",
+    )
+    assert found == [
+        "7: backends.a.credentials.impersonate_service_account: expected a service account email",
+        "12: backends.b.credentials.iam_endpoint: only used with impersonate_service_account",
+    ]

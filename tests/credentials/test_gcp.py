@@ -143,3 +143,33 @@ async def test_callers_authorization_passes_through_and_ours_goes_in_serverless_
     headers["Authorization"] = "Bearer caller-opaque-token"
     status, body = await call(function, headers)
     assert status == 200, body
+
+
+@pytest.mark.parametrize("source", ["metadata", "key_file"])
+async def test_impersonation_mints_an_id_token_for_the_target_account(
+    google: GooglePeer, function: str, tmp_path: Path, source: str
+) -> None:
+    target = "fn-invoker@test-project.iam.gserviceaccount.com"
+    if source == "metadata":
+        options = f"      metadata_host: {google.host}\n"
+        google.token_creators[target] = {METADATA_SA}
+    else:
+        key_file = google.service_account_key_file(tmp_path, SA)
+        options = f"      service_account_key_file: {key_file}\n"
+        google.token_creators[target] = {SA}
+    options += f"      impersonate_service_account: {target}\n      iam_endpoint: {google.url}\n"
+    broker = await _broker(tmp_path, options)
+    try:
+        headers = dict(await broker.headers("fn", route("fn"), None))
+        google.token_creators[target] = set()  # permission withdrawn
+        broker.invalidate("fn", None)
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("fn", route("fn"), None)
+    finally:
+        await broker.close()
+    assert "403" in err.value.detail
+    claims = google.issuer.verify(headers["Authorization"].removeprefix("Bearer "), AUDIENCE)
+    assert claims["email"] == target
+    status, body = await call(function, headers)
+    assert status == 200, body
+    assert target.encode() in body

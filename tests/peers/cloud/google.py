@@ -3,7 +3,12 @@
 * Metadata: ``GET /computeMetadata/v1/instance/service-accounts/default/identity
   ?audience=...`` with ``Metadata-Flavor: Google``; the body is the ID token.
 * ``token_uri``: ``POST`` a JWT-bearer grant (RFC 7523) signed with the key
-  file's private key and carrying ``target_audience``; answers ``{"id_token"}``.
+  file's private key; with ``target_audience`` it answers ``{"id_token"}``,
+  with ``scope`` an opaque ``access_token``.
+* Metadata ``.../default/token``: an access token of the instance's account.
+* IAM Credentials ``POST /v1/projects/-/serviceAccounts/{email}:generateIdToken``
+  with a bearer access token; allowed when the caller holds Token Creator on
+  the target (``token_creators``).
 
 ID tokens look like Google's: ``iss`` https://accounts.google.com, ``aud`` the
 audience, ``email`` of the service account, RS256 with a per-run key.
@@ -35,10 +40,16 @@ class GooglePeer(PeerServer):
         self.lifetime = lifetime
         self.issuer = Issuer(GOOGLE_ISSUER)
         self.service_accounts: dict[str, rsa.RSAPublicKey] = {}
+        self.access_tokens: dict[str, str] = {}  # opaque token -> principal email
+        self.token_creators: dict[str, set[str]] = {}  # target SA -> who may impersonate
         self.app.router.add_get(
             "/computeMetadata/v1/instance/service-accounts/default/identity", self._identity
         )
+        self.app.router.add_get(
+            "/computeMetadata/v1/instance/service-accounts/default/token", self._metadata_token
+        )
         self.app.router.add_post("/token", self._token)
+        self.app.router.add_post("/v1/projects/-/serviceAccounts/{name}", self._generate_id_token)
         self.app.router.add_get("/oauth2/v3/certs", self._certs)
 
     @property
@@ -96,6 +107,42 @@ class GooglePeer(PeerServer):
             content_type="application/text",
         )
 
+    def _access_token(self, principal: str) -> dict[str, Any]:
+        token = f"ya29.{uuid.uuid4().hex}"
+        self.access_tokens[token] = principal
+        return {"access_token": token, "expires_in": self.lifetime, "token_type": "Bearer"}
+
+    async def _metadata_token(self, request: web.Request) -> web.Response:
+        self.count("metadata_token")
+        if request.headers.get("Metadata-Flavor") != "Google":
+            return web.Response(status=403, text="Missing Metadata-Flavor:Google header.")
+        return web.json_response(
+            self._access_token(METADATA_SA), headers={"Metadata-Flavor": "Google"}
+        )
+
+    async def _generate_id_token(self, request: web.Request) -> web.Response:
+        self.count("generate_id_token")
+        target, _, method = request.match_info["name"].partition(":")
+        if method != "generateIdToken":
+            return web.json_response({"error": {"code": 404, "status": "NOT_FOUND"}}, status=404)
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        principal = self.access_tokens.get(bearer)
+        if principal is None:
+            return web.json_response(
+                {"error": {"code": 401, "status": "UNAUTHENTICATED"}}, status=401
+            )
+        if principal not in self.token_creators.get(target, set()):
+            return web.json_response(
+                {"error": {"code": 403, "status": "PERMISSION_DENIED"}}, status=403
+            )
+        body = await request.json()
+        audience = body.get("audience") if isinstance(body, dict) else None
+        if not audience:
+            return web.json_response(
+                {"error": {"code": 400, "status": "INVALID_ARGUMENT"}}, status=400
+            )
+        return web.json_response({"token": self._id_token(audience, target)})
+
     async def _token(self, request: web.Request) -> web.Response:
         self.count("token_uri")
         form = await request.post()
@@ -118,5 +165,7 @@ class GooglePeer(PeerServer):
             return web.json_response({"error": "invalid_grant"}, status=400)
         audience = claims.get("target_audience")
         if not audience:
+            if claims.get("scope"):
+                return web.json_response(self._access_token(claims["iss"]))
             return web.json_response({"error": "invalid_request"}, status=400)
         return web.json_response({"id_token": self._id_token(audience, claims["iss"])})
