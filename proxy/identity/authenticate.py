@@ -47,11 +47,15 @@ from proxy.observability.metrics import AUTH, TOKEN_CACHE
 log = logging.getLogger(__name__)
 
 _UNKNOWN_ISSUER = "unknown"
+_CACHE_HIT = TOKEN_CACHE.labels(result="hit")
+_CACHE_MISS = TOKEN_CACHE.labels(result="miss")
 
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
     identity: Identity
+    issuer: str
+    cache_id: str
     kid: str | None
     expires_at: float
 
@@ -69,6 +73,8 @@ class _Issuer:
 
     def __init__(self, cfg: IssuerConfig, session: aiohttp.ClientSession, cache_size: int) -> None:
         self.cfg = cfg
+        self.cache_id = cfg.cache_identity
+        self.ok = AUTH.labels(issuer=cfg.issuer, method="jwt", result="ok")
         self.jwks = JwksClient(cfg, session)
         self.secret: VerificationKey | None = None
         if cfg.hs256_secret is not None:
@@ -84,7 +90,7 @@ class Authenticator:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._issuers: dict[str, _Issuer] = {}
-        self._cache: TLRUCache[tuple[str, bytes], _Cached] | None = None
+        self._cache: TLRUCache[bytes, _Cached] | None = None
         if config.token_cache_size > 0:
             self._cache = TLRUCache(
                 config.token_cache_size, ttu=lambda _k, v, _now: v.expires_at, timer=clock
@@ -216,37 +222,47 @@ class Authenticator:
         return await self._opaque(token)
 
     async def _jwt(self, token: str) -> Identity:
+        now = self._clock()
+        digest = hashlib.sha256(token.encode()).digest()
+        if self._cache is not None:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                issuer = self._issuers.get(hit.issuer)
+                # The entry counts only for the exact config that produced it, and only
+                # while its key is still published; claims are re-checked every time.
+                if (
+                    issuer is not None
+                    and issuer.cache_id == hit.cache_id
+                    and self._still_keyed(hit, issuer)
+                ):
+                    _CACHE_HIT.inc()
+                    try:
+                        check_claims(hit.identity.claims, issuer.cfg, now)
+                    except GatehouseError as exc:
+                        AUTH.labels(issuer=issuer.cfg.issuer, method="jwt", result=exc.reason).inc()
+                        raise
+                    issuer.ok.inc()
+                    return hit.identity
+            _CACHE_MISS.inc()
         label = _UNKNOWN_ISSUER
         try:
             header = parse_header(token, self.config.max_token_bytes)
             iss = unverified_issuer(token, self.config.max_token_bytes)
-            issuer = self._issuers.get(iss)
-            if issuer is None:
+            found = self._issuers.get(iss)
+            if found is None:
                 raise invalid("token issuer is not configured")
-            label = issuer.cfg.issuer
-            identity = await self._verify_jwt(token, header, issuer)
+            label = found.cfg.issuer
+            key = await self._key_for(header, found)
+            claims = verify_signature(token, header, key, found.cfg, now)
+            identity = identity_from_claims(claims, found.cfg, "jwt", token)
         except GatehouseError as exc:
             AUTH.labels(issuer=label, method="jwt", result=exc.reason).inc()
             raise
-        AUTH.labels(issuer=label, method="jwt", result="ok").inc()
-        return identity
-
-    async def _verify_jwt(self, token: str, header: TokenHeader, issuer: _Issuer) -> Identity:
-        cfg = issuer.cfg
-        now = self._clock()
-        cache_key = (cfg.cache_identity, hashlib.sha256(token.encode()).digest())
-        if self._cache is not None:
-            hit = self._cache.get(cache_key)
-            if hit is not None and self._still_keyed(hit, issuer):
-                TOKEN_CACHE.labels(result="hit").inc()
-                check_claims(hit.identity.claims, cfg, now)
-                return hit.identity
-            TOKEN_CACHE.labels(result="miss").inc()
-        key = await self._key_for(header, issuer)
-        claims = verify_signature(token, header, key, cfg, now)
-        identity = identity_from_claims(claims, cfg, "jwt", token)
         if self._cache is not None and identity.expires_at is not None:
-            self._cache[cache_key] = _Cached(identity, key.kid, identity.expires_at)
+            self._cache[digest] = _Cached(
+                identity, found.cfg.issuer, found.cache_id, key.kid, identity.expires_at
+            )
+        found.ok.inc()
         return identity
 
     def _still_keyed(self, hit: _Cached, issuer: _Issuer) -> bool:
