@@ -76,6 +76,8 @@ class _Issuer:
         self.cache_id = cfg.cache_identity
         self.ok = AUTH.labels(issuer=cfg.issuer, method="jwt", result="ok")
         self.jwks = JwksClient(cfg, session)
+        # An HMAC-only issuer has no JWKS to fetch (and must not need one to be ready).
+        self.needs_jwks = any(a not in HMAC_ALGORITHMS for a in cfg.algorithms)
         self.secret: VerificationKey | None = None
         if cfg.hs256_secret is not None:
             self.secret = hmac_key(cfg.hs256_secret.read().encode(), cfg.algorithms)
@@ -105,7 +107,8 @@ class Authenticator:
         for cfg in self.config.issuers:
             self._issuers[cfg.issuer] = _Issuer(cfg, self._session, cache_size)
         for issuer in self._issuers.values():
-            await issuer.jwks.refresh()
+            if issuer.needs_jwks:
+                await issuer.jwks.refresh()
         if self.config.browser is not None:
             shared = self._issuers.get(self.config.browser.issuer)
             self.browser = BrowserLogin(
@@ -128,7 +131,7 @@ class Authenticator:
 
     def ready(self) -> bool:
         """True when every issuer has usable keys (and browser login its metadata)."""
-        if not all(i.jwks.ready() for i in self._issuers.values()):
+        if not all(i.jwks.ready() for i in self._issuers.values() if i.needs_jwks):
             return False
         return self.browser is None or self.browser.ready()
 

@@ -332,3 +332,29 @@ async def test_api_key_shaped_bearer_is_never_sent_to_introspection(
         assert introspector.requests == 0
     finally:
         await auth.close()
+
+
+async def test_hmac_issuer_uses_only_its_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "hs"
+    secret.write_text("a-long-shared-secret-for-this-issuer-only\n")
+    cfg = issuer_config(
+        "https://hs.example.test",
+        algorithms=("HS256",),
+        hs256_secret=SecretRef("file", str(secret)),
+    )
+    auth = await started(identity_config(cfg))
+    try:
+        assert auth.ready()
+        now = int(time.time())
+        claims = {"iss": cfg.issuer, "aud": "urn:gatehouse:api", "sub": "job", "exp": now + 60}
+        good = jwt.encode(claims, b"a-long-shared-secret-for-this-issuer-only", algorithm="HS256")
+        identity = await auth.authenticate(bearer(good))
+        assert identity is not None and identity.subject == "job"
+        forged = jwt.encode(claims, b"some-other-secret-of-enough-length!!", algorithm="HS256")
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(bearer(forged))
+        rsa_token = jwt.encode(claims, private_key(rsa_jwk("x")), algorithm="RS256")
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(bearer(rsa_token))
+    finally:
+        await auth.close()
