@@ -236,6 +236,9 @@ class CredentialCache:
         cred = entry.credential
         if cred is not None and entry.retry_at < self._usable_until(cred):
             self._schedule(key, entry, entry.retry_at)
+        elif cred is None and key.caller is not None:
+            # A caller whose token cannot be had leaves no entry behind for long.
+            self._schedule(key, entry, entry.retry_at)
 
     def _schedule(self, key: CacheKey, entry: _Entry, at: float) -> None:
         if self._closed:
@@ -253,6 +256,8 @@ class CredentialCache:
         cred = entry.credential
         now = self._clock()
         if cred is None or now >= self._usable_until(cred):
+            if key.caller is not None:
+                del self._entries[key]
             return
         # Shared tokens are few and always kept warm, so no request waits for one.
         # A per-caller token is refreshed only while in use: one for a caller who

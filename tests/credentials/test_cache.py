@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
 
 from proxy.credentials.cache import CacheKey, Credential, CredentialCache, CredentialFetchError
 from proxy.errors import UpstreamCredentialsUnavailable
 from tests.credentials.conftest import make_broker, parse_backends, route
 from tests.peers.cloud.oauth import OAuthServer
+from tests.peers.cloud.server import PeerServer
 
 
 def _yaml(oauth: OAuthServer, secret_file: Path) -> str:
@@ -265,3 +267,53 @@ async def test_metrics_count_fetches_and_lookups_and_show_time_left(
     assert sample("gatehouse_credential_cache_total", result="miss") == misses + 1
     assert sample("gatehouse_credential_cache_total", result="hit") == hits + 2
     assert 590 < sample("gatehouse_credential_expiry_seconds") <= 600
+
+
+async def test_failed_per_caller_entries_do_not_accumulate() -> None:
+    async def fetch() -> Credential:
+        raise CredentialFetchError("the caller has no token to exchange")
+
+    cache = CredentialCache(backoff_base=0.05, backoff_max=0.05)
+    try:
+        for i in range(100):
+            with pytest.raises(UpstreamCredentialsUnavailable):
+                await cache.get(CacheKey("token_exchange", "app", caller=f"user-{i}"), fetch)
+        assert len(cache) == 100
+        await asyncio.sleep(0.1)
+        assert len(cache) == 0
+    finally:
+        await cache.close()
+
+
+async def test_a_token_that_would_inject_headers_is_refused(
+    secret_file: Path, tmp_path: Path
+) -> None:
+    server = PeerServer()
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"access_token": "abc\r\nX-Injected: 1", "token_type": "Bearer", "expires_in": 60}
+        )
+
+    server.app.router.add_post("/token", token)
+    await server.start()
+    specs, _ = parse_backends(
+        tmp_path,
+        f"""
+backends:
+  app:
+    credentials:
+      type: client_credentials
+      token_url: {server.url}/token
+      client_id: gh-client
+      client_secret_file: {secret_file}
+""",
+    )
+    broker = await make_broker(specs)
+    try:
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("app", route(), None)
+    finally:
+        await broker.close()
+        await server.stop()
+    assert "not a valid bearer token" in err.value.detail

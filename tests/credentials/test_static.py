@@ -73,3 +73,17 @@ async def test_missing_value_fails_closed_naming_the_reference_not_a_value(
         await broker.close()
     assert "env:UNSET_TOKEN" in err.value.detail
     assert await broker.headers("unknown-backend", route("x"), None) == []
+
+
+async def test_a_value_with_line_breaks_is_never_sent(tmp_path: Path) -> None:
+    value = tmp_path / "api_key"
+    value.write_text("key\r\nX-Injected: 1\n", encoding="utf-8")
+    specs, _ = parse_backends(
+        tmp_path, f"backends:\n  legacy:\n    credentials: {{type: static, value_file: {value}}}\n"
+    )
+    broker = await make_broker(specs)
+    try:
+        with pytest.raises(UpstreamCredentialsUnavailable):
+            await broker.headers("legacy", route("legacy"), None)
+    finally:
+        await broker.close()

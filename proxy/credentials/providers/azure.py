@@ -16,7 +16,7 @@ import aiohttp
 
 from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import AzureSpec
-from proxy.credentials.providers.base import FetchingProvider
+from proxy.credentials.providers.base import FetchingProvider, bearer
 from proxy.identity.model import Identity
 
 
@@ -86,4 +86,4 @@ class AzureProvider(FetchingProvider):
         finally:
             await credential.close()
         expires_on = float(token.expires_on) if token.expires_on else time.time() + 300.0
-        return Credential(self.spec.header, f"Bearer {token.token}", expires_on)
+        return Credential(self.spec.header, bearer(token.token), expires_on)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import aiohttp
 
-from proxy.credentials.cache import Credential
+from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.identity.model import Identity
 from proxy.policy.model import Route
 
@@ -48,6 +49,18 @@ class FetchingProvider(Provider, ABC):
     def header_for(self, route: Route) -> str | None:
         """The header this token goes in for ``route``; ``None`` keeps the fetched one."""
         return None
+
+
+# RFC 6750 b64token: anything else (spaces, CR/LF, quotes) would corrupt or
+# inject headers, so such a "token" is treated as a failed fetch.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def bearer(token: str) -> str:
+    """``Bearer <token>`` after checking the token is a well-formed b64token."""
+    if not _B64TOKEN.fullmatch(token):
+        raise CredentialFetchError("issued token is not a valid bearer token")
+    return f"Bearer {token}"
 
 
 def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext | bool:

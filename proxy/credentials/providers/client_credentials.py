@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import ClientCredentialsSpec
-from proxy.credentials.providers.base import FetchingProvider, ssl_context
+from proxy.credentials.providers.base import FetchingProvider, bearer, ssl_context
 from proxy.credentials.providers.oauth import basic_auth, token_request
 from proxy.identity.model import Identity
 
@@ -95,4 +95,4 @@ class ClientCredentialsProvider(FetchingProvider):
         token, expires_at, _ = await token_request(
             self._http, s.token_url, form, headers=headers, ssl_ctx=self._ssl
         )
-        return Credential(s.header, f"Bearer {token}", expires_at)
+        return Credential(s.header, bearer(token), expires_at)

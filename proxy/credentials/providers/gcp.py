@@ -24,7 +24,7 @@ import aiohttp
 
 from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import GcpSpec
-from proxy.credentials.providers.base import FetchingProvider
+from proxy.credentials.providers.base import FetchingProvider, bearer
 from proxy.credentials.providers.oauth import jwt_expiry
 from proxy.identity.model import Identity
 from proxy.policy.model import Route
@@ -130,7 +130,7 @@ class GcpProvider(FetchingProvider):
             )
         else:
             token, exp = await self._from_metadata()
-        return Credential("Authorization", f"Bearer {token}", exp)
+        return Credential("Authorization", bearer(token), exp)
 
     async def _impersonated(self) -> tuple[str, float]:
         assert self._http is not None, "provider not started"
@@ -144,7 +144,7 @@ class GcpProvider(FetchingProvider):
             async with self._http.post(
                 url,
                 json={"audience": self.spec.audience, "includeEmail": True},
-                headers={"Authorization": f"Bearer {source}"},
+                headers={"Authorization": bearer(source)},
                 timeout=METADATA_TIMEOUT,
                 allow_redirects=False,
             ) as resp:

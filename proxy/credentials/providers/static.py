@@ -53,6 +53,13 @@ class StaticProvider(HeaderProvider):
                 extra={"backend": self.spec.backend, "error": exc.strerror},
             )
             return
+        if any(c in value for c in "\r\n\x00"):
+            # A value that would split or corrupt the header is never sent.
+            log.warning(
+                "static credential value has control characters",
+                extra={"backend": self.spec.backend},
+            )
+            return
         if value:
             self._value, self._mtime = value, mtime
 

@@ -8,7 +8,7 @@ import aiohttp
 
 from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import TokenExchangeSpec
-from proxy.credentials.providers.base import FetchingProvider, ssl_context
+from proxy.credentials.providers.base import FetchingProvider, bearer, ssl_context
 from proxy.credentials.providers.oauth import basic_auth, token_request
 from proxy.identity.model import Identity
 
@@ -75,4 +75,4 @@ class TokenExchangeProvider(FetchingProvider):
         if identity.expires_at is not None:
             # A token standing in for the caller must not outlive the caller's own.
             expires_at = min(expires_at, identity.expires_at)
-        return Credential(s.header, f"Bearer {token}", expires_at)
+        return Credential(s.header, bearer(token), expires_at)
