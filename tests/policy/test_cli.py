@@ -12,6 +12,7 @@ import pytest
 from proxy.policy.cli import add_commands
 from proxy.policy.load import load_policies
 from tests.policy.support import write
+from tests.support.gatehouse import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
@@ -233,3 +234,19 @@ def test_explain_anonymous_and_unrouted_and_rejected_paths(
         == 0
     )
     assert "request rejected before matching: 400 bad_path" in capsys.readouterr().out
+
+
+def test_check_with_a_gatehouse_config_uses_its_policy_dir_and_backends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    route = {"name": "r", "path": "/", "backend": "up", "allow": [{"name": "a", "groups": ["g"]}]}
+    config, *_ = write_config(
+        tmp_path / "ok", backends={"up": {"urls": ["http://127.0.0.1:1"]}}, routes=[route]
+    )
+    assert run("check", "--config", str(config)) == 0
+    assert "ok: 1 routes in 1 files" in capsys.readouterr().out
+    config, *_ = write_config(
+        tmp_path / "bad", backends={"other": {"urls": ["http://127.0.0.1:1"]}}, routes=[route]
+    )
+    assert run("check", "--config", str(config)) == 2
+    assert "undefined backend 'up'" in capsys.readouterr().out
