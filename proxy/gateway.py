@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 
 from proxy.config.schema import Config
+from proxy.credentials.broker import CredentialBroker
 from proxy.errors import (
     AccessDenied,
     AuthenticationError,
@@ -44,51 +44,18 @@ from proxy.http.headers import (
     identity_headers,
 )
 from proxy.http.responses import error_response
+from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
-from proxy.policy.model import Decision, Route
+from proxy.policy.model import Route
+from proxy.policy.ratelimit import RateLimiter
+from proxy.policy.store import PolicyStore
 from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
 log = logging.getLogger("gatehouse.gateway")
-
-
-class PolicyView(Protocol):
-    """The compiled policy set the request is decided by (one version per request)."""
-
-    @property
-    def version(self) -> str: ...
-
-    def match(self, host: str, path: str, method: str) -> Route | None: ...
-
-    def decide(
-        self, route: Route, facts: RequestFacts, identity: Identity | None, now: float
-    ) -> Decision: ...
-
-
-class PolicySource(Protocol):
-    @property
-    def current(self) -> PolicyView: ...
-
-
-class Authenticator(Protocol):
-    async def authenticate(self, facts: RequestFacts) -> Identity | None: ...
-
-    def ready(self) -> bool: ...
-
-
-class RateLimiter(Protocol):
-    def allow(self, route: Route, key: str, now: float) -> bool: ...
-
-
-class CredentialSource(Protocol):
-    async def headers(
-        self, backend: str, route: Route, identity: Identity | None
-    ) -> list[tuple[str, str]]: ...
-
-    def invalidate(self, backend: str, identity: Identity | None) -> None: ...
 
 
 # A hook for endpoints the proxy serves itself (login callback, JWKS): returns
@@ -100,13 +67,13 @@ CertificateReader = Callable[[bytes], ClientCertificate]
 @dataclass
 class Gateway:
     config: Config
-    policies: PolicySource
+    policies: PolicyStore
     audit: AuditWriter
     session: aiohttp.ClientSession
     pools: dict[str, EndpointPool]
     authenticator: Authenticator | None = None
     rate_limiter: RateLimiter | None = None
-    credentials: CredentialSource | None = None
+    credentials: CredentialBroker | None = None
     local_endpoints: tuple[LocalEndpoint, ...] = ()
     certificate_reader: CertificateReader | None = None
 
@@ -186,6 +153,7 @@ class Gateway:
             client_ip=client_ip,
             headers=_lower_headers(request),
             client_cert=self._client_certificate(request),
+            request_id=rid,
         )
         for serve_local in self.local_endpoints:
             local = await serve_local(request, facts)
@@ -206,12 +174,14 @@ class Gateway:
 
         # -- authenticate ------------------------------------------------------
         identity: Identity | None = None
+        set_cookies: tuple[str, ...] = ()
         if self.authenticator is not None:
             try:
-                identity = await self.authenticator.authenticate(facts)
+                auth = await self.authenticator.authenticate_full(facts)
             except AuthenticationError:
                 metrics.DECISIONS.labels(route.name, "deny", "unauthenticated").inc()
                 raise
+            identity, set_cookies = auth.identity, auth.set_cookies
         if identity is not None:
             record.subject = identity.subject
             record.issuer = identity.issuer
@@ -224,6 +194,12 @@ class Gateway:
         if not decision.allowed:
             metrics.DECISIONS.labels(route.name, "deny", decision.reason).inc()
             if decision.reason == "unauthenticated":
+                if self.authenticator is not None:
+                    # Pages get a login redirect; API calls a 401 (never a redirect).
+                    login = await self.authenticator.login_response(facts)
+                    if login is not None:
+                        login.headers["X-Request-Id"] = rid
+                        return login
                 raise AuthenticationError("unauthenticated")
             raise AccessDenied(decision.reason)
         if route.rate_limit is not None and self.rate_limiter is not None:
@@ -294,7 +270,7 @@ class Gateway:
                     )
         finally:
             metrics.UPSTREAM_DURATION.labels(route.backend).observe(time.perf_counter() - started)
-        return await relay(request, upstream, record)
+        return await relay(request, upstream, record, set_cookies)
 
     def _upstream_headers(
         self,

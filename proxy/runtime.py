@@ -38,6 +38,7 @@ from proxy.identity.mtls import certificate_from_der
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
+from proxy.policy.ratelimit import RateLimiter
 from proxy.policy.store import PolicyStore
 from proxy.upstream.forward import new_client_session
 from proxy.upstream.pool import EndpointPool
@@ -74,12 +75,14 @@ async def serve(
         session=session,
         pools={name: EndpointPool(b.urls) for name, b in config.backends.items()},
         certificate_reader=certificate_from_der,
+        rate_limiter=RateLimiter(),
     )
     closers: list[Callable[[], Awaitable[None]]] = []
     if config.identity.enabled:
         authenticator = Authenticator(config.identity)
         await authenticator.start()
         gateway.authenticator = authenticator
+        gateway.local_endpoints += (authenticator.local_endpoint,)
         closers.append(authenticator.close)
     specs = {name: b.credentials for name, b in config.backends.items() if b.credentials}
     if specs or config.assertions is not None:

@@ -26,3 +26,4 @@ class RequestFacts:
     client_ip: str
     headers: Mapping[str, str]
     client_cert: ClientCertificate | None = None
+    request_id: str = ""  # for error bodies built outside the gateway (login endpoints)

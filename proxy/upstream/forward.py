@@ -156,22 +156,34 @@ async def send(
 
 
 async def relay(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse, record: AuditRecord
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    record: AuditRecord,
+    set_cookies: Sequence[str] = (),
 ) -> web.StreamResponse:
-    """Stream ``upstream``'s response to the client, then release it."""
+    """Stream ``upstream``'s response to the client, then release it.
+
+    ``set_cookies`` are the proxy's own cookies (a refreshed session), added
+    next to whatever the upstream sets.
+    """
     try:
-        return await _relay(request, upstream, record)
+        return await _relay(request, upstream, record, set_cookies)
     finally:
         upstream.release()
 
 
 async def _relay(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse, record: AuditRecord
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    record: AuditRecord,
+    set_cookies: Sequence[str],
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
     for name, value in filter_response_headers(raw):
         response.headers.add(name, value)
+    for cookie in set_cookies:
+        response.headers.add("Set-Cookie", cookie)
     response.headers["X-Request-Id"] = record.request_id
     no_body = (
         request.method == "HEAD"
