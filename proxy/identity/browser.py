@@ -402,7 +402,13 @@ class BrowserLogin:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._refresh(session))
             self._refreshes[key] = task
+            task.add_done_callback(lambda t: self._forget_failed(key, t))
         return await asyncio.shield(task)
+
+    def _forget_failed(self, key: str, task: asyncio.Task[dict[str, Any] | None]) -> None:
+        # Only successful refreshes are shared; after an IdP error the next request retries.
+        if task.cancelled() or task.exception() is not None:
+            self._refreshes.pop(key, None)
 
     async def _refresh(self, session: dict[str, Any]) -> dict[str, Any] | None:
         metadata = await self._metadata()

@@ -280,3 +280,19 @@ async def test_logout_clears_the_session_and_goes_to_the_idp(tmp_path: Path) -> 
             assert response.status == 200  # the provider's logout confirmation
         async with http.get(f"{env.app_url}/api", headers={"Accept": "application/json"}) as r:
             assert r.status == 401
+
+
+async def test_idp_down_during_refresh_keeps_a_still_valid_session(tmp_path: Path) -> None:
+    async with (
+        browser_env(tmp_path, access_token_ttl=30, refresh_margin=60) as env,
+        env.client() as http,
+    ):
+        await env.login(http)
+        before = env.session_of(http)
+        await asyncio.to_thread(env.provider.stop)
+        async with http.get(f"{env.app_url}/private", headers=HTML) as response:
+            assert response.status == 200
+            assert (await response.json())["sub"] == "alice"
+        after = env.session_of(http)
+        assert before is not None and after is not None
+        assert after["rt"] == before["rt"]  # nothing spent: the refresh is retried later
