@@ -7,6 +7,7 @@ them by restarting the provider on the same port with a different key set.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -128,7 +129,7 @@ class OidcProvider:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -174,15 +175,11 @@ class OidcProvider:
         """An access token from the client-credentials grant (JWT for svc-ci)."""
         client = client or CI_CLIENT
         body = b"grant_type=client_credentials&scope=api%3Aread"
-        request = urllib.request.Request(  # noqa: S310
-            self.token_endpoint, data=body, method="POST"
-        )
-        import base64
-
+        request = urllib.request.Request(self.token_endpoint, data=body, method="POST")
         basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode())
         request.add_header("Authorization", f"Basic {basic.decode()}")
         request.add_header("Content-Type", "application/x-www-form-urlencoded")
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as response:
             token: str = json.loads(response.read())["access_token"]
         return token
 
