@@ -34,18 +34,32 @@ class Finding:
         return f"{self.source}: {self.level}: {self.message}"
 
 
-def admits(criterion: c.Criterion) -> Literal["everyone", "authenticated"] | None:
-    """Whether a criterion holds for every caller, every signed-in caller, or neither."""
+def _rank(criterion: c.Criterion) -> int:
+    # 3: admits anyone; 2: any signed-in caller; 1: restricts what, not who; 0: restricts who.
     if isinstance(criterion, c.Public):
-        return "everyone"
+        return 3
     if isinstance(criterion, c.Authenticated):
-        return "authenticated" if criterion.expect else None
-    if isinstance(criterion, c.AnyOf | c.All):
-        results = [admits(child) for child in criterion.children]
-        ranked = [2 if r == "everyone" else 1 if r == "authenticated" else 0 for r in results]
-        best = max(ranked) if isinstance(criterion, c.AnyOf) else min(ranked)
-        return "everyone" if best == 2 else "authenticated" if best == 1 else None
-    return None
+        return 2 if criterion.expect else 0
+    if isinstance(criterion, c.MethodIn | c.PathMatch | c.TimeWindow):
+        return 1
+    if isinstance(criterion, c.AnyOf):
+        return max(_rank(child) for child in criterion.children)
+    if isinstance(criterion, c.All):
+        ranks = [_rank(child) for child in criterion.children]
+        if 0 in ranks:
+            return 0
+        return 2 if 2 in ranks else max(ranks)
+    return 0
+
+
+def admits(criterion: c.Criterion) -> Literal["everyone", "authenticated"] | None:
+    """Whether a rule holds for every caller, every signed-in caller, or restricts who.
+
+    Request criteria (method, path, time) restrict what, not who: a rule made
+    only of them admits every signed-in caller (never anonymous ones).
+    """
+    rank = _rank(criterion)
+    return "everyone" if rank == 3 else "authenticated" if rank else None
 
 
 def _broad(route: Route) -> bool:

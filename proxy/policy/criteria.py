@@ -2,9 +2,12 @@
 
 Outcomes are three-valued. A criterion about the caller (subject, groups,
 claims, ...) is *unknown* (``None``) when there is no identity, and ``not``
-of unknown stays unknown, so ``not: {groups: [interns]}`` never admits an
-anonymous caller by accident: access to anonymous callers is granted only by
-an explicit ``public: true``. A rule fires only when its outcome is ``True``.
+of unknown stays unknown. A rule fires only when its outcome is ``True``.
+
+Access for anonymous callers is never implied: an allow rule admits a caller
+without identity only through ``public: true`` (see :func:`admits_anonymous`),
+so neither ``method: [GET]`` alone nor ``not: {source_ip: [...]}`` opens a
+route to the world; they restrict callers who have an identity.
 
 Everything that can be prepared (sets, regexes, networks, time zones) is
 prepared at load time; ``test`` does no compilation and no parsing beyond the
@@ -520,6 +523,24 @@ class Not:
 
     def describe(self) -> str:
         return "not"
+
+
+def admits_anonymous(criterion: Criterion, facts: RequestFacts, now: float) -> bool:
+    """Whether a criterion holds for a caller without identity *because of* ``public``.
+
+    The holding derivation must include ``public: true`` positively: in
+    ``all`` every child holds and one of them admits anonymously; in ``any``
+    one branch admits anonymously; ``not`` never proves public access.
+    """
+    if isinstance(criterion, Public):
+        return True
+    if isinstance(criterion, All):
+        return all(c.test(facts, None, now) is True for c in criterion.children) and any(
+            admits_anonymous(c, facts, now) for c in criterion.children
+        )
+    if isinstance(criterion, AnyOf):
+        return any(admits_anonymous(c, facts, now) for c in criterion.children)
+    return False
 
 
 def children_of(criterion: Criterion) -> tuple[Criterion, ...]:

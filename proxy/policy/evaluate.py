@@ -5,7 +5,8 @@ Order of evaluation for a matched route:
 1. every ``deny`` rule; the first enforced one that holds decides
    (``denied:<rule>``): deny wins over any allow;
 2. ``allow`` rules in order; the first enforced one that holds decides
-   (``allowed:<rule>``);
+   (``allowed:<rule>``). For a caller without identity an allow rule holds
+   only through an explicit ``public: true`` (never implied);
 3. otherwise ``unauthenticated`` when there is no identity (the caller may
    retry with one: 401) and ``no_rule_matched`` when there is (403).
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
-from proxy.policy.criteria import Outcome, outcome_text, trace
+from proxy.policy.criteria import Outcome, admits_anonymous, outcome_text, trace
 from proxy.policy.index import RouteIndex
 from proxy.policy.model import Decision, Route, Rule
 
@@ -95,7 +96,11 @@ class PolicySet:
                     continue
                 return _with_audit(rule, route, self.version, audit)
         for rule in route.allow:
-            if rule.criterion.test(facts, identity, now) is True:
+            if (
+                rule.criterion.test(facts, identity, now) is True
+                if identity is not None
+                else admits_anonymous(rule.criterion, facts, now)
+            ):
                 if rule.mode == "audit":
                     audit += (rule.reason,)
                     continue
@@ -123,12 +128,22 @@ class PolicySet:
         outcomes = tuple(
             RuleOutcome(
                 rule,
-                rule.criterion.test(facts, identity, now),
+                _rule_outcome(rule, facts, identity, now),
                 tuple(trace(rule.criterion, facts, identity, now)),
             )
             for rule in (*route.deny, *route.allow)
         )
         return Explanation(route, self.decide(route, facts, identity, now), outcomes)
+
+
+def _rule_outcome(
+    rule: Rule, facts: RequestFacts, identity: Identity | None, now: float
+) -> Outcome:
+    outcome = rule.criterion.test(facts, identity, now)
+    if rule.effect == "allow" and identity is None and outcome is True:
+        # Holds, but not through `public: true`: it restricts identified callers only.
+        return True if admits_anonymous(rule.criterion, facts, now) else None
+    return outcome
 
 
 def _with_audit(rule: Rule, route: Route, version: str, audit: tuple[str, ...]) -> Decision:

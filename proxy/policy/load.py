@@ -42,8 +42,11 @@ Rules: each rule is a mapping whose criteria must all hold; ``any: [...]``,
 criteria (``subject``, ``groups``, ``scope`` ...) hold when any listed value
 matches; require several with ``all``. A rule with no criteria is an error:
 nothing is ever implied, and ``public: true`` is the only way to admit
-anonymous callers. Criteria: ``public``, ``authenticated``, ``subject``,
-``email``, ``email_domain``, ``groups``, ``claim`` (``path`` plus one of
+anonymous callers (a rule of request criteria only, such as ``method: [GET]``,
+admits callers with an identity, never anonymous ones).
+
+Criteria: ``public``, ``authenticated``, ``subject``, ``email``,
+``email_domain``, ``groups``, ``claim`` (``path`` plus one of
 ``is``/``in``/``starts_with``/``ends_with``/``contains``/``exists``; a
 list of such mappings must all hold), ``scope``, ``issuer``,
 ``auth_method`` (jwt, opaque, session, apikey, mtls), ``client_cert``

@@ -72,6 +72,11 @@ class Route:
     # Position across all loaded files: the last tie-breaker in matching.
     order: int = 0
 
+    def __hash__(self) -> int:
+        # Consistent with the generated __eq__ (equal routes share these fields) and
+        # cheap: per-route caches keyed by the route hash it on every request.
+        return hash((self.name, self.source, self.order))
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

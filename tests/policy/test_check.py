@@ -112,3 +112,27 @@ def test_findings_cite_file_and_line(tmp_path: Path) -> None:
     ps = policy(tmp_path, "routes:\n  - {name: closed, path: /a, backend: b}\n")
     (finding,) = check_policies(ps)
     assert str(finding).startswith(f"{tmp_path / 'policies' / 'policy.yaml'}:2: warning: ")
+
+
+def test_rules_restricting_only_what_not_who_count_as_admitting_every_signed_in_caller(
+    tmp_path: Path,
+) -> None:
+    found = messages(
+        tmp_path,
+        """\
+routes:
+  - name: api
+    path: /api
+    backend: b
+    allow:
+      - {name: reads, method: [GET]}
+      - {name: office, source_ip: [10.0.0.0/8]}
+      - {name: mixed, any: [{public: true, method: [GET]}, {groups: [x]}]}
+""",
+    )
+    assert (
+        "rule 'reads' admits every authenticated caller on broad prefix '/api' of route 'api'"
+        in found
+    )
+    assert "rule 'mixed' admits everyone on broad prefix '/api' of route 'api'" in found
+    assert not any("'office'" in m for m in found)

@@ -13,11 +13,13 @@ from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
 from tests.policy.support import caller, cert, facts, policy
 
+SOMEONE = caller("someone")
+
 
 def holds(
     tmp_path: Path,
     criteria: str,
-    identity: Identity | None = None,
+    identity: Identity | None = SOMEONE,
     request: RequestFacts | None = None,
     now: float = 0.0,
 ) -> bool:
@@ -32,8 +34,20 @@ def holds(
 def test_authenticated(tmp_path: Path) -> None:
     assert holds(tmp_path, "authenticated: true", caller())
     assert not holds(tmp_path, "authenticated: true", None)
-    assert holds(tmp_path, "authenticated: false", None)
+    # `authenticated: false` never admits by itself (public is never implied) ...
+    assert not holds(tmp_path, "authenticated: false", None)
     assert not holds(tmp_path, "authenticated: false", caller())
+    # ... but it can deny anonymous callers where the route is otherwise public.
+    ps = policy(
+        tmp_path,
+        "routes:\n  - name: app\n    path: /\n    backend: b\n"
+        "    allow: [{name: anyone, public: true}]\n"
+        "    deny: [{name: anonymous-writes, authenticated: false, method: [POST]}]\n",
+    )
+    route = ps.routes[0]
+    assert ps.decide(route, facts(method="POST"), None, 0.0).reason == "denied:anonymous-writes"
+    assert ps.decide(route, facts(method="POST"), caller(), 0.0).allowed
+    assert ps.decide(route, facts(), None, 0.0).allowed
 
 
 def test_subject_issuer_and_auth_method(tmp_path: Path) -> None:
@@ -123,18 +137,19 @@ def test_caller_criteria_never_hold_without_an_identity(tmp_path: Path) -> None:
 
 def test_client_cert_by_san_or_fingerprint(tmp_path: Path) -> None:
     fp = "AB:" * 31 + "AB"
+    mtls = caller("spiffe://ex/a", method="mtls")
     rule = f"client_cert: {{san: [spiffe://ex/a, svc.example.com], fingerprint: ['{fp}']}}"
     assert holds(
-        tmp_path, rule, request=facts(client_cert=cert(uris=("spiffe://ex/a",), fp="00" * 32))
+        tmp_path, rule, mtls, facts(client_cert=cert(uris=("spiffe://ex/a",), fp="00" * 32))
     )
     assert holds(
-        tmp_path, rule, request=facts(client_cert=cert(dns=("svc.example.com",), fp="00" * 32))
+        tmp_path, rule, mtls, facts(client_cert=cert(dns=("svc.example.com",), fp="00" * 32))
     )
-    assert holds(tmp_path, rule, request=facts(client_cert=cert(fp="ab" * 32)))
+    assert holds(tmp_path, rule, mtls, request=facts(client_cert=cert(fp="ab" * 32)))
     assert not holds(
-        tmp_path, rule, request=facts(client_cert=cert(uris=("spiffe://ex/b",), fp="00" * 32))
+        tmp_path, rule, mtls, facts(client_cert=cert(uris=("spiffe://ex/b",), fp="00" * 32))
     )
-    assert not holds(tmp_path, rule, request=facts())
+    assert not holds(tmp_path, rule, mtls, request=facts())
 
 
 @pytest.mark.parametrize(

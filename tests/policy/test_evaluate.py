@@ -240,3 +240,35 @@ def test_explain_for_no_route(tmp_path: Path) -> None:
     lines = ps2.explain(facts(), None, 0.0).lines()
     assert lines[0] == "route: none matched"
     assert "decision: deny (route_not_found)" in lines
+
+
+def test_request_criteria_alone_never_admit_anonymous_callers(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    allow:
+      - {name: gets, method: [GET]}
+      - {name: not-blocked, not: {source_ip: [203.0.113.0/24]}}
+      - {name: not-signed-in, not: {authenticated: true}}
+""",
+    )
+    assert decide(ps) == (False, "unauthenticated")
+    assert decide(ps, identity=caller()) == (True, "allowed:gets")
+    text = "\n".join(ps.explain(facts(), None, 0.0).lines())
+    assert "allow gets (" in text and "unknown (no identity)" in text
+
+
+def test_anonymous_callers_are_admitted_only_through_public(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    allow:
+      - name: mixed
+        any:
+          - {public: true, path: /docs}
+          - {method: [GET]}
+""",
+    )
+    assert decide(ps, path="/docs/x") == (True, "allowed:mixed")
+    assert decide(ps, path="/other") == (False, "unauthenticated")
+    assert decide(ps, path="/other", identity=caller()) == (True, "allowed:mixed")
