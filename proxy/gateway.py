@@ -304,7 +304,12 @@ class Gateway:
             out.append(("Host", request.headers["Host"]))
         if identity is not None:
             out += identity_headers(identity.subject, identity.email, identity.groups)
-        out += extra
+        if extra:
+            # A credential replaces any same-named header (e.g. a passed-through
+            # Authorization): never two values for one credential header.
+            replaced = {name.lower() for name, _ in extra}
+            out = [(k, v) for k, v in out if k.lower() not in replaced]
+            out += extra
         return out
 
     def _client_certificate(self, request: web.BaseRequest) -> ClientCertificate | None:

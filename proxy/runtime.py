@@ -98,6 +98,8 @@ async def serve(
         out = {"config": True, "upstreams": reach.ok()}
         if gateway.authenticator is not None:
             out["identity"] = gateway.authenticator.ready()
+        if gateway.credentials is not None:
+            out["credentials"] = gateway.credentials.ready()
         return out
 
     ssl_context = server_context(config.listen.tls) if config.listen.tls else None
