@@ -57,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-bytes", type=int, help="bytes each way (default 1 GiB)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument("--no-write", action="store_true", help="do not write the report file")
+    p.add_argument(
+        "--profile",
+        type=_scenario_list,
+        default=[],
+        help="py-spy flame graph of these scenarios' proxy during their first measured run "
+        "(written beside --output)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     a = p.parse_args(argv)
     if a.duration is None:
@@ -106,7 +113,14 @@ def run(a: argparse.Namespace, workdir: Path) -> str:
         if not a.no_scenarios:
             chosen = [sc for sc in SCENARIOS if sc[0] in a.scenarios]
             outcomes = measure_all(
-                ctx, chosen, load, warmup=a.warmup, duration=a.duration, runs=a.runs
+                ctx,
+                chosen,
+                load,
+                warmup=a.warmup,
+                duration=a.duration,
+                runs=a.runs,
+                profile=frozenset(a.profile),
+                profile_dir=a.output.parent,
             )
         if not a.no_idle:
             _say(f"section: {a.idle_connections:,} idle connections")

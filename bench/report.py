@@ -119,6 +119,10 @@ def render(info: RunInfo, outcomes: list[Outcome], sections: list[Section]) -> s
         lines += ["Skipped scenarios, with the reason in full:", ""]
         lines += [f"- {o.name}: {o.skipped}" for o in skipped]
         lines.append("")
+    for o in outcomes:
+        if o.profile:
+            lines += [f"### Profile: {o.label} (py-spy, one measured run)", "", "```"]
+            lines += [*o.profile, "```", ""]
     for sec in sections:
         lines += [f"### {sec.title}", ""]
         if sec.preformatted and sec.lines:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import statistics
@@ -17,6 +18,7 @@ from bench import gatehouse, nginx
 from bench.aux_server import write_documents
 from bench.measure import Load, LoadError, RunResult, median, run_once
 from bench.procs import ProcessGroup, cpu_seconds, free_port, python, wait_http_ok, wait_tcp
+from bench.profile_summary import summarize
 from bench.tls import self_signed
 from bench.tokens import AUDIENCE, SUBJECT, Issuer, new_issuer
 from bench.tools import Tools
@@ -84,6 +86,7 @@ class Outcome:
     # Median CPU time the proxy process spent per request: steadier than req/s when
     # other work shares the machine. None for the direct scenario (no proxy).
     cpu_us_per_request: float | None = None
+    profile: tuple[str, ...] = ()
 
 
 # -- upstream -----------------------------------------------------------------
@@ -238,6 +241,7 @@ class _Live:
     runs: list[RunResult]
     cpu_us: list[float] = field(default_factory=list)
     failed: str | None = None
+    profile: list[str] = field(default_factory=list)
 
 
 def _start(ctx: Context, name: str, label: str, setup: Setup) -> _Live | Outcome:
@@ -261,12 +265,20 @@ def _start(ctx: Context, name: str, label: str, setup: Setup) -> _Live | Outcome
 
 def _finish(live: _Live) -> Outcome:
     if live.failed:
-        return Outcome(live.name, live.label, skipped=live.failed, runs=tuple(live.runs))
+        return Outcome(
+            live.name,
+            live.label,
+            skipped=live.failed,
+            runs=tuple(live.runs),
+            profile=tuple(live.profile),
+        )
     bad = [r for r in live.runs if _error_share(r) > MAX_ERROR_SHARE]
     if bad:
         worst = max(bad, key=_error_share)
         why = f"invalid: {worst.errors} of {worst.requests + worst.errors} requests failed in a run"
-        return Outcome(live.name, live.label, skipped=why, runs=tuple(live.runs))
+        return Outcome(
+            live.name, live.label, skipped=why, runs=tuple(live.runs), profile=tuple(live.profile)
+        )
     cpu = statistics.median(live.cpu_us) if live.cpu_us else None
     return Outcome(
         live.name,
@@ -274,7 +286,37 @@ def _finish(live: _Live) -> Outcome:
         result=median(live.runs),
         runs=tuple(live.runs),
         cpu_us_per_request=cpu,
+        profile=tuple(live.profile),
     )
+
+
+def _start_profiler(
+    ctx: Context, live: _Live, secs: float, out_dir: Path
+) -> subprocess.Popen[bytes] | None:
+    """py-spy on the proxy for one measured run (its own overhead lowers that run a little)."""
+    if ctx.tools.py_spy is None or live.target.proc is None:
+        ctx.say(f"scenario {live.name}: cannot profile (py-spy missing or no proxy process)")
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"profile-{live.name}.txt"
+    argv = [ctx.tools.py_spy, "record", "--format", "raw", "--nonblocking", "--subprocesses"]
+    argv += ["--rate", "250"]
+    argv += ["--duration", str(max(1, round(secs))), "--pid", str(live.target.proc.pid)]
+    argv += ["--output", str(out)]
+    return ctx.pg.start(f"py-spy-{live.name}", argv, cpus=ctx.load_cpus)
+
+
+def _finish_profiler(
+    ctx: Context, live: _Live, spy: subprocess.Popen[bytes], out_dir: Path
+) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        spy.wait(30)
+    ctx.pg.stop(spy)
+    raw = out_dir / f"profile-{live.name}.txt"
+    if not raw.exists():
+        ctx.say(f"scenario {live.name}: no profile: {ctx.pg.log_tail(f'py-spy-{live.name}', 2)}")
+        return
+    live.profile = [f"collapsed stacks: {raw}", *summarize(raw.read_text())]
 
 
 def measure_all(
@@ -285,6 +327,8 @@ def measure_all(
     warmup: float,
     duration: float,
     runs: int,
+    profile: frozenset[str] = frozenset(),
+    profile_dir: Path | None = None,
 ) -> list[Outcome]:
     """Start every target, warm each up, then measure round-robin.
 
@@ -304,12 +348,18 @@ def measure_all(
                 t = s.target
                 secs = warmup if rnd < 0 else duration
                 cpu_before = cpu_seconds(t.proc.pid) if t.proc is not None else 0.0
+                spy = None
+                if rnd == 0 and s.name in profile and profile_dir is not None:
+                    spy = _start_profiler(ctx, s, secs, profile_dir)
                 try:
                     r = run_once(ctx.pg, load, t.url, duration=secs, headers=t.headers)
                 except LoadError as e:
                     s.failed = f"load generator failed: {e}"
                     ctx.say(f"scenario {s.name}: {s.failed}")
                     continue
+                finally:
+                    if spy is not None and profile_dir is not None:
+                        _finish_profiler(ctx, s, spy, profile_dir)
                 if rnd < 0:
                     continue
                 s.runs.append(r)

@@ -17,6 +17,7 @@ class Tools:
     wrk: str | None
     nginx: str | None
     gatehouse: str | None
+    py_spy: str | None = None
 
 
 def _which(name: str) -> str | None:
@@ -24,11 +25,11 @@ def _which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
 
 
-def _gatehouse() -> str | None:
-    beside = Path(sys.executable).parent / "gatehouse"
+def _venv_tool(name: str) -> str | None:
+    beside = Path(sys.executable).parent / name
     if beside.exists() and os.access(beside, os.X_OK):
         return str(beside)
-    return shutil.which("gatehouse")
+    return shutil.which(name)
 
 
 def _say(msg: str) -> None:
@@ -71,5 +72,6 @@ def find_tools(*, install: bool, want_wrk: bool = True, want_nginx: bool = True)
     return Tools(
         wrk=_which("wrk") if want_wrk else None,
         nginx=_which("nginx") if want_nginx else None,
-        gatehouse=_gatehouse(),
+        gatehouse=_venv_tool("gatehouse"),
+        py_spy=_venv_tool("py-spy"),
     )

@@ -24,6 +24,7 @@ from bench.histogram import Histogram, bucket_low, bucket_of
 from bench.loadgen import _Response
 from bench.measure import parse_wrk
 from bench.procs import free_port, wait_http_ok
+from bench.profile_summary import summarize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -269,3 +270,19 @@ def test_ctrl_c_mid_run_stops_every_process_the_harness_started() -> None:
             harness.kill()
             harness.wait()
     assert _processes_with_marker(marker) == []
+
+
+def test_profile_summary_ranks_functions_by_self_time_and_merges_lines() -> None:
+    collapsed = "\n".join(
+        [
+            'process 1:"gatehouse run";main (proxy/cli.py:10);handle (proxy/gateway.py:5) 6',
+            'process 1:"gatehouse run";main (proxy/cli.py:10);handle (proxy/gateway.py:9) 2',
+            'process 1:"gatehouse run";main (proxy/cli.py:12);write (proxy/audit.py:3) 2',
+            "garbage line without a count",
+        ]
+    )
+    rows = summarize(collapsed, top=2)
+    assert rows[0].startswith("10 samples")
+    assert rows[1].split() == ["80.0%", "80.0%", "handle", "(proxy/gateway.py)"]
+    assert rows[2].split() == ["20.0%", "20.0%", "write", "(proxy/audit.py)"]
+    assert len(rows) == 3
