@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.http.facts import RequestFacts
+from proxy.identity.model import Identity
+from proxy.policy import criteria as c
 from proxy.policy.evaluate import PolicySet
+from proxy.policy.model import Route, Rule
 from tests.policy.support import caller, facts, policy
 
 ROUTE = """\
@@ -272,3 +280,108 @@ def test_anonymous_callers_are_admitted_only_through_public(tmp_path: Path) -> N
     assert decide(ps, path="/docs/x") == (True, "allowed:mixed")
     assert decide(ps, path="/other") == (False, "unauthenticated")
     assert decide(ps, path="/other", identity=caller()) == (True, "allowed:mixed")
+
+
+# -- properties over generated rule trees ----------------------------------------------
+LEAVES: list[c.Criterion] = [
+    c.Public(),
+    c.Authenticated(True),
+    c.Authenticated(False),
+    c.MethodIn(frozenset({"GET"})),
+    c.GroupsAny(frozenset({"eng"})),
+    c.ScopeAny(frozenset({"read"})),
+    c.SourceIp((ipaddress.ip_network("10.0.0.0/8"),)),
+    c.PathMatch("/docs", None),
+]
+
+
+def trees(leaves: list[c.Criterion]) -> st.SearchStrategy[c.Criterion]:
+    return st.recursive(
+        st.sampled_from(leaves),
+        lambda kids: st.one_of(
+            st.lists(kids, min_size=1, max_size=3).map(lambda k: c.All(tuple(k))),
+            st.lists(kids, min_size=1, max_size=3).map(lambda k: c.AnyOf(tuple(k))),
+            kids.map(c.Not),
+        ),
+        max_leaves=6,
+    )
+
+
+def rules(
+    effect: str, tree_strategy: st.SearchStrategy[c.Criterion], mode: str = "enforce"
+) -> st.SearchStrategy[tuple[Rule, ...]]:
+    return st.lists(tree_strategy, max_size=3).map(
+        lambda ts: tuple(
+            Rule(f"{effect}-{mode}-{i}", effect, t, "t:1", mode)  # type: ignore[arg-type]
+            for i, t in enumerate(ts)
+        )
+    )
+
+
+CALLERS = st.sampled_from(
+    [None, caller(), caller(groups=("eng",)), caller(scopes=("read",), groups=("ops",))]
+)
+REQUESTS = st.sampled_from(
+    [facts("/docs/a"), facts("/x", method="POST"), facts("/x", client_ip="10.1.1.1")]
+)
+PS = PolicySet((), "v1")
+
+
+def route_with(allow: tuple[Rule, ...], deny: tuple[Rule, ...]) -> Route:
+    return Route(name="r", backend="b", source="t:1", path_prefix="/", allow=allow, deny=deny)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules("allow", trees([x for x in LEAVES if not isinstance(x, c.Public)])),
+    rules("deny", trees(LEAVES)),
+    REQUESTS,
+)
+def test_without_public_no_anonymous_caller_is_ever_admitted(
+    allow: tuple[Rule, ...], deny: tuple[Rule, ...], request: RequestFacts
+) -> None:
+    decision = PS.decide(route_with(allow, deny), request, None, 0.0)
+    assert not decision.allowed
+    assert decision.reason == "unauthenticated" or decision.reason.startswith("denied:")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules("allow", trees(LEAVES)),
+    rules("deny", trees(LEAVES)),
+    rules("deny", trees(LEAVES)),
+    CALLERS,
+    REQUESTS,
+)
+def test_adding_deny_rules_never_widens_access(
+    allow: tuple[Rule, ...],
+    deny: tuple[Rule, ...],
+    more: tuple[Rule, ...],
+    identity: Identity | None,
+    request: RequestFacts,
+) -> None:
+    before = PS.decide(route_with(allow, deny), request, identity, 0.0)
+    after = PS.decide(route_with(allow, deny + more), request, identity, 0.0)
+    assert before.allowed or not after.allowed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules("allow", trees(LEAVES)),
+    rules("deny", trees(LEAVES)),
+    rules("allow", trees(LEAVES), "audit"),
+    rules("deny", trees(LEAVES), "audit"),
+    CALLERS,
+    REQUESTS,
+)
+def test_audit_rules_never_change_the_outcome(
+    allow: tuple[Rule, ...],
+    deny: tuple[Rule, ...],
+    audit_allow: tuple[Rule, ...],
+    audit_deny: tuple[Rule, ...],
+    identity: Identity | None,
+    request: RequestFacts,
+) -> None:
+    plain = PS.decide(route_with(allow, deny), request, identity, 0.0)
+    dry = PS.decide(route_with(audit_allow + allow, audit_deny + deny), request, identity, 0.0)
+    assert (dry.allowed, dry.reason) == (plain.allowed, plain.reason)
