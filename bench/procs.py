@@ -60,15 +60,26 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def _prctl() -> Callable[..., int] | None:
+    # Resolved in the parent: dlopen between fork and exec can deadlock if another
+    # thread held the loader lock at fork time (pytest runs server threads).
+    try:
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
 def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    prctl = _prctl()
+
     def setup() -> None:
         # Runs in the child between fork and exec: affinity before exec means every
         # thread and forked worker of the child inherits it.
         if cpus:
             os.sched_setaffinity(0, cpus)
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return setup
 
