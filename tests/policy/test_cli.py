@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,17 @@ def test_check_with_a_gatehouse_config_uses_its_policy_dir_and_backends(
     )
     assert run("check", "--config", str(config)) == 2
     assert "undefined backend 'up'" in capsys.readouterr().out
+
+
+def test_the_gatehouse_command_runs_the_example_fixtures() -> None:
+    # The console entry point discovers `policy` through proxy.cli's add_commands hook.
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "policy", "test", *map(str, FIXTURES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " 0 failed" in done.stdout
