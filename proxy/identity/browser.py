@@ -32,7 +32,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-import orjson
 from aiohttp import web
 from authlib.oauth2.rfc6749.parameters import (  # type: ignore[import-untyped]
     prepare_grant_uri,
@@ -43,6 +42,7 @@ from cachetools import TTLCache
 
 from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable
 from proxy.http.facts import RequestFacts
+from proxy.http.responses import error_response
 from proxy.identity.config import BrowserConfig, IssuerConfig
 from proxy.identity.fetch import FetchError, ProviderMetadata, basic_auth, discover, post_form
 from proxy.identity.jwks import JwksClient
@@ -167,9 +167,14 @@ class BrowserLogin:
     async def login_response(self, facts: RequestFacts) -> web.Response:
         """401 JSON for API calls; for page navigations a redirect to the IdP."""
         if is_api_request(facts.method, facts.headers):
-            return unauthenticated_response()
+            return error_response(
+                401,
+                "unauthenticated",
+                facts.request_id,
+                {"WWW-Authenticate": WWW_AUTHENTICATE},
+            )
         target = facts.path + (f"?{facts.query}" if facts.query else "")
-        return await self._start_login(facts.host, target, facts.headers)
+        return await self._start_login(_authority(facts), target, facts.headers)
 
     async def _start_login(
         self, host: str, return_to: str, headers: Mapping[str, str]
@@ -219,9 +224,9 @@ class BrowserLogin:
         path = facts.path if facts is not None else request.path
         if not path.startswith(PREFIX):
             return None
-        host = facts.host if facts is not None else request.host
+        host = _authority(facts) if facts is not None else request.host
         if path == self.cfg.redirect_path:
-            return await self._callback(request, host)
+            return await self._callback(request, host, facts.request_id if facts else "")
         if path == "/.gatehouse/logout":
             return await self._logout(request, host)
         if path == "/.gatehouse/login":
@@ -229,7 +234,9 @@ class BrowserLogin:
             return await self._start_login(host, target, request.headers)
         return None
 
-    async def _callback(self, request: web.BaseRequest, host: str) -> web.StreamResponse:
+    async def _callback(
+        self, request: web.BaseRequest, host: str, request_id: str
+    ) -> web.StreamResponse:
         cookies = parse_cookie_header(request.headers.get("Cookie"))
         clear_login = clear_cookie(self.login_cookie)
         try:
@@ -237,7 +244,9 @@ class BrowserLogin:
             session = await self._exchange(host, request.query, tx)
         except GatehouseError as exc:
             AUTH.labels(issuer=self.cfg.issuer, method="session", result=exc.reason).inc()
-            response = error_response(exc)
+            # A failed login is the browser's request gone wrong, not missing
+            # credentials: 400 with the reason (invalid_state, invalid_nonce...).
+            response = error_response(400, exc.reason, request_id)
             response.headers.add("Set-Cookie", clear_login)
             return response
         AUTH.labels(issuer=self.cfg.issuer, method="session", result="login").inc()
@@ -454,19 +463,10 @@ class BrowserLogin:
         return response
 
 
-def unauthenticated_response(reason: str = "unauthenticated") -> web.Response:
-    return web.Response(
-        status=401,
-        body=orjson.dumps({"error": "unauthenticated", "reason": reason}),
-        content_type="application/json",
-        headers={"WWW-Authenticate": WWW_AUTHENTICATE, "Cache-Control": "no-store"},
-    )
+def _authority(facts: RequestFacts) -> str:
+    """Host and port as the browser addressed us: callback URLs must carry the port.
 
-
-def error_response(exc: GatehouseError) -> web.Response:
-    return web.Response(
-        status=exc.status if exc.status != 401 else 400,
-        body=orjson.dumps({"error": "login_failed", "reason": exc.reason}),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+    ``facts.host`` is port-less because routing ignores ports; the IdP only
+    accepts the exact registered redirect URI, so a forged Host goes nowhere.
+    """
+    return facts.headers.get("host") or facts.host

@@ -108,25 +108,9 @@ class BrowserEnv:
 
     async def follow(self, http: aiohttp.ClientSession, url: str, user: str = "alice") -> str:
         """Follow redirects from ``url``, filling the provider's login form, up to our callback."""
-        method, data = "GET", None
-        for _ in range(20):
-            async with http.request(
-                method, url, data=data, headers=HTML, allow_redirects=False
-            ) as response:
-                body = await response.text()
-                location = response.headers.get("Location")
-            method, data = "GET", None
-            if location is None:
-                action = re.search(r'action="([^"]+)"', body)
-                assert action is not None, body[:500]
-                target = action.group(1)
-                url = target if "://" in target else self.provider.issuer + target
-                method, data = "POST", {"prompt": "login", "login": user, "password": "pw"}
-                continue
-            url = location if "://" in location else self.provider.issuer + location
-            if url.startswith(self.callback_prefix):
-                return url
-        raise AssertionError("login did not reach the callback")
+        return await follow_login(
+            http, url, issuer=self.provider.issuer, callback_prefix=self.callback_prefix, user=user
+        )
 
     async def login(
         self, http: aiohttp.ClientSession, path: str = "/private", user: str = "alice"
@@ -145,6 +129,37 @@ class BrowserEnv:
             cookies[f"{name}-{i}"] for i in range(8) if f"{name}-{i}" in cookies
         )
         return self.codec.open(name, value) if value else None
+
+
+async def follow_login(
+    http: aiohttp.ClientSession,
+    url: str,
+    *,
+    issuer: str,
+    callback_prefix: str,
+    user: str = "alice",
+) -> str:
+    """Follow redirects from ``url`` as a browser, filling oidc-provider's dev login form,
+    until the redirect to ``callback_prefix``; return that callback URL, unvisited."""
+    method, data = "GET", None
+    for _ in range(20):
+        async with http.request(
+            method, url, data=data, headers=HTML, allow_redirects=False
+        ) as response:
+            body = await response.text()
+            location = response.headers.get("Location")
+        method, data = "GET", None
+        if location is None:
+            action = re.search(r'action="([^"]+)"', body)
+            assert action is not None, body[:500]
+            target = action.group(1)
+            url = target if "://" in target else issuer + target
+            method, data = "POST", {"prompt": "login", "login": user, "password": "pw"}
+            continue
+        url = location if "://" in location else issuer + location
+        if url.startswith(callback_prefix):
+            return url
+    raise AssertionError("login did not reach the callback")
 
 
 def state_of(url: str) -> str:

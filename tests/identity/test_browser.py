@@ -80,7 +80,7 @@ async def test_state_is_single_use(tmp_path: Path) -> None:
         )
         async with http.get(callback, allow_redirects=False) as replay:
             assert replay.status == 400
-            assert (await replay.json())["reason"] == "invalid_state"
+            assert (await replay.json())["error"] == "invalid_state"
 
 
 async def test_state_must_match_the_login_cookie(tmp_path: Path) -> None:
@@ -89,11 +89,11 @@ async def test_state_must_match_the_login_cookie(tmp_path: Path) -> None:
         await env.until_callback(victim)  # victim has its own login cookie
         async with victim.get(attacker_callback, allow_redirects=False) as response:
             assert response.status == 400
-            assert (await response.json())["reason"] == "invalid_state"
+            assert (await response.json())["error"] == "invalid_state"
         # And a callback with no login cookie at all.
         async with env.client() as fresh, fresh.get(attacker_callback) as response:
             assert response.status == 400
-            assert (await response.json())["reason"] == "login_expired"
+            assert (await response.json())["error"] == "login_expired"
 
 
 async def test_nonce_mismatch_is_refused(tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ async def test_nonce_mismatch_is_refused(tmp_path: Path) -> None:
         callback = await env.follow(http, auth_url)
         async with http.get(callback, allow_redirects=False) as response:
             assert response.status == 400
-            assert (await response.json())["reason"] == "invalid_nonce"
+            assert (await response.json())["error"] == "invalid_nonce"
         assert env.session_of(http) is None
 
 

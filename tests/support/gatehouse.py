@@ -76,8 +76,9 @@ def write_config(
     routes: list[dict[str, Any]],
     listen: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    port: int | None = None,
 ) -> tuple[Path, int, int, Path]:
-    port, admin_port = free_port(), free_port()
+    port, admin_port = port or free_port(), free_port()
     policy_dir = workdir / "policies"
     policy_dir.mkdir(parents=True, exist_ok=True)
     (policy_dir / "routes.yaml").write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
@@ -104,9 +105,10 @@ def start_gatehouse(
     extra: dict[str, Any] | None = None,
     workers: int = 1,
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Gatehouse:
     config, port, admin_port, audit_path = write_config(
-        workdir, backends=backends, routes=routes, listen=listen, extra=extra
+        workdir, backends=backends, routes=routes, listen=listen, extra=extra, port=port
     )
     stderr_path = workdir / "stderr.log"
     proc = subprocess.Popen(
