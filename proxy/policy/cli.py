@@ -1,7 +1,8 @@
 """``gatehouse policy check|explain|test``: policy tooling for operators' own CI.
 
-Exit codes: 0 fine, 1 a test expectation failed, 2 the policy (or a fixture
-file) has errors, printed as ``file:line: message``.
+Exit codes: 0 fine, 1 a test expectation failed (or, with ``check --strict``,
+there are warnings), 2 the policy (or a fixture file) has errors, printed as
+``file:line: message``.
 
 Fixture files (``gatehouse policy test``) are YAML lists of cases::
 
@@ -73,6 +74,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     check.add_argument("files", nargs="*", type=Path, help="files or directories")
     check.add_argument("--config", type=Path, help="gatehouse config: backends and policy dir")
     check.add_argument("--backends", help="comma-separated backend names that must exist")
+    check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
     check.set_defaults(func=cmd_check)
 
     explain = sub.add_parser("explain", help="show how one request would be decided")
@@ -128,7 +130,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"ok: {len(policy.routes)} routes in {len(policy.files)} files, "
         f"policy version {policy.version}, {len(findings)} warnings"
     )
-    return 0
+    return 1 if findings and args.strict else 0
 
 
 def config_context(path: Path) -> tuple[list[Path], set[str]]:

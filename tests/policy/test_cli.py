@@ -127,6 +127,8 @@ def test_check_passes_the_examples_with_warnings(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "demo.yaml:11: warning: rule 'anyone' admits everyone on broad prefix '/public/'" in out
     assert "ok: 10 routes in 7 files" in out
+    assert run("check", str(POLICIES), "--backends", BACKENDS, "--strict") == 1
+    assert run("check", str(POLICIES / "legacy-cron.yaml"), "--strict") == 0
 
 
 def test_check_exits_2_listing_every_error(
