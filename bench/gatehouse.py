@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,17 @@ def audit_shows_subject(setup: Setup, timeout: float = 5.0) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
+
+
+def metrics_show_route(setup: Setup, route: str) -> bool:
+    """True when the admin /metrics counts requests for ``route`` (metrics are really on)."""
+    url = f"http://127.0.0.1:{setup.admin_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode(errors="replace")
+    except OSError:
+        return False
+    return any(
+        line.startswith("gatehouse_requests_total{") and f'route="{route}"' in line
+        for line in text.splitlines()
+    )

@@ -15,14 +15,32 @@ from collections import Counter
 
 
 async def _one(host: str, port: int, sem: asyncio.Semaphore) -> tuple[asyncio.StreamWriter, int]:
+    # A busy shared machine occasionally drops a SYN or times out; retry before counting it.
+    for attempt in range(3):
+        try:
+            return await _attempt(host, port, sem)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+async def _attempt(
+    host: str, port: int, sem: asyncio.Semaphore
+) -> tuple[asyncio.StreamWriter, int]:
     async with sem:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
-        writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        status = int(head.split(b" ", 2)[1])
-        for line in head.lower().split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                await asyncio.wait_for(reader.readexactly(int(line[15:])), 10)
+        try:
+            writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            status = int(head.split(b" ", 2)[1])
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    await asyncio.wait_for(reader.readexactly(int(line[15:])), 10)
+        except BaseException:
+            writer.close()
+            raise
         return writer, status
 
 

@@ -88,7 +88,8 @@ def idle_connections(ctx: Context, count: int) -> Section:
         per_conn = (peak - baseline) / max(1, report["open"])
         sec.lines.append(
             f"{report['open']:,} connections open after one request each "
-            f"(failed {report['failed']}, statuses {report['statuses']})"
+            f"(failed {report['failed']}{f' {errors}' if (errors := report.get('errors')) else ''}"
+            f", statuses {report['statuses']})"
         )
         sec.lines.append(
             f"RSS {peak / MiB:.1f} MiB (baseline {baseline / MiB:.1f} MiB, "

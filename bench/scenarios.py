@@ -151,6 +151,10 @@ def _run_gatehouse(ctx: Context, setup: gatehouse.Setup) -> Target:
         raise Skip(str(e)) from e
 
     def confirm() -> str | None:
+        if not gatehouse.metrics_show_route(setup, "bench"):
+            return (
+                "metrics not recorded: admin /metrics has no gatehouse_requests_total for 'bench'"
+            )
         if setup.expect_subject is None or gatehouse.audit_shows_subject(setup):
             return None
         return f"identity not exercised: no audit record with subject {setup.expect_subject!r}"
