@@ -1,19 +1,272 @@
-"""The endpoints of one backend and which one the next request goes to."""
+"""The endpoints of one backend, and sending a request to one of them with retries.
+
+:class:`EndpointPool` puts the pure pieces together: the circuit breaker
+decides whether to try at all, the health board which endpoints may take
+traffic, the balancer which of them does, the retry policy and budget
+whether a failed attempt is repeated. The forwarder stays in charge of one
+attempt; this module never touches request or response bodies.
+"""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
+import asyncio
+import functools
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from proxy.errors import (
+    GatehouseError,
+    ServiceUnavailable,
+    UpstreamConnectError,
+    UpstreamError,
+)
+from proxy.observability import metrics
+from proxy.upstream.balancer import Balancer
+from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome, Permit
+from proxy.upstream.config import BackendOptions
+from proxy.upstream.health import HealthBoard, HealthChecker, publish_gauge
+from proxy.upstream.retry import (
+    Failure,
+    RetryBudget,
+    backoff_delay,
+    should_retry,
+    status_failure,
+)
+from proxy.upstream.tls import UpstreamTLS, upstream_tls
+
+log = logging.getLogger("gatehouse.upstream")
+
+# One attempt: send to this endpoint (base URL) within ``remaining`` seconds
+# (None = the backend's own timeouts), return once response headers arrived.
+Attempt = Callable[[str, float | None], Awaitable[aiohttp.ClientResponse]]
+
+NO_HEALTHY_ENDPOINT = "no_healthy_upstream"
+CIRCUIT_OPEN = "upstream_circuit_open"
+
+
+def classify(exc: BaseException) -> tuple[Failure, bool]:
+    """The failure an attempt ended with, and whether the request may have reached the upstream.
+
+    The forwarder re-raises aiohttp's exception as a phase error ``from None``;
+    the original stays on ``__context__`` (or ``__cause__``), and only it says
+    whether the failure happened before anything was sent. Anything not
+    provably "before sending" counts as reached: unknown means unsafe to repeat.
+    """
+    original: BaseException | None = exc
+    if isinstance(exc, GatehouseError):
+        original = exc.__cause__ or exc.__context__
+    if isinstance(original, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        # Covers refused, unreachable, DNS, TLS handshake and certificate
+        # failures, and sock_connect timeouts: no request byte was written.
+        return Failure.CONNECT_ERROR, False
+    if isinstance(original, TimeoutError | aiohttp.ServerTimeoutError):
+        return Failure.TIMEOUT, True
+    if isinstance(original, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return Failure.PROTOCOL, True
+    return Failure.RESET, True
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A response from one endpoint; call :meth:`release` once it has been relayed."""
+
+    response: aiohttp.ClientResponse
+    endpoint: str
+    attempts: int
+    _release: Callable[[], None] = field(repr=False)
+    _released: bool = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
 
 
 class EndpointPool:
-    """Round-robin over a backend's base URLs."""
+    """One backend's endpoints with health, balancing, circuit breaking and retries.
 
-    def __init__(self, urls: Sequence[str]) -> None:
+    ``EndpointPool(urls).pick()`` keeps working for callers that only need an
+    endpoint (the websocket path).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        options: BackendOptions | None = None,
+        *,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         if not urls:
             raise ValueError("a backend needs at least one endpoint")
         self.urls = tuple(urls)
-        self._cycle = itertools.cycle(self.urls)
+        self.name = name
+        self.options = options or BackendOptions()
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
+        self._sleep = sleep
+        opts = self.options
+        for note in opts.notes:
+            log.warning("%s", note)
+        self.tls: UpstreamTLS | None = None
+        if any(u.startswith("https:") for u in self.urls):
+            self.tls = upstream_tls(opts.tls, name)
+        self.board = HealthBoard(
+            self.urls,
+            opts.health_check,
+            clock,
+            on_change=publish_gauge(name) if name else None,
+        )
+        self.balancer = Balancer(self.urls, opts.load_balancing, self._rng)
+        self.circuit = CircuitBreaker(opts.circuit_breaker, clock)
+        self.budget = RetryBudget.from_options(opts.retries, clock)
+        self.checker: HealthChecker | None = None
+        if opts.health_check.enabled:
+            self.checker = HealthChecker(name, self.urls, opts.health_check, self.board, self.tls)
 
-    def pick(self) -> str:
-        return next(self._cycle)
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        """Publish the initial verdicts and start active health checks (if configured)."""
+        if self.name:
+            for url in self.urls:
+                metrics.UPSTREAM_HEALTHY.labels(self.name, url).set(
+                    1 if self.board.is_healthy(url) else 0
+                )
+        if self.checker is not None:
+            await self.checker.start()
+
+    async def close(self) -> None:
+        if self.checker is not None:
+            await self.checker.close()
+
+    def ready(self) -> bool:
+        """At least one endpoint may take traffic and the circuit is not open."""
+        return bool(self.board.healthy_endpoints()) and self.circuit.state is not CircuitState.OPEN
+
+    # -- selection -------------------------------------------------------------
+    @property
+    def ssl(self) -> ssl.SSLContext | bool:
+        """What to pass as aiohttp's ``ssl=`` (the backend's context, or the default)."""
+        return self.tls.context if self.tls is not None else True
+
+    @property
+    def server_hostname(self) -> str | None:
+        return self.tls.server_hostname if self.tls is not None else None
+
+    def pick(self, exclude: Sequence[str] = ()) -> str:
+        endpoint = self.balancer.pick(self.board.healthy_endpoints(), exclude)
+        if endpoint is None:
+            raise UpstreamConnectError(NO_HEALTHY_ENDPOINT, detail=f"backend {self.name}")
+        return endpoint
+
+    # -- sending ---------------------------------------------------------------
+    def _admit(self) -> Permit:
+        permit = self.circuit.admit()
+        if permit is None:
+            if self.name:
+                metrics.UPSTREAM_ERRORS.labels(self.name, CIRCUIT_OPEN).inc()
+            raise ServiceUnavailable(
+                CIRCUIT_OPEN,
+                detail=f"backend {self.name}: retry in {self.circuit.retry_after():.1f}s",
+            )
+        return permit
+
+    async def send(
+        self,
+        method: str,
+        attempt: Attempt,
+        *,
+        body_replayable: Callable[[], bool] = lambda: True,
+        deadline: float | None = None,
+    ) -> Exchange:
+        """Send via ``attempt``, retrying where :func:`should_retry` and the budget allow.
+
+        Raises the last attempt's error, ``ServiceUnavailable(upstream_circuit_open)``
+        (503) when the circuit is open, or ``UpstreamConnectError(no_healthy_upstream)``
+        (502) when no endpoint is healthy. A 502/503/504 answer that is not
+        retried is returned like any other answer.
+        """
+        started = self._clock()
+        self.budget.record_request()
+        tried: list[str] = []
+        number = 0
+        while True:
+            number += 1
+            permit = self._admit()
+            try:
+                endpoint = self.pick(tried)
+            except UpstreamConnectError:
+                self.circuit.record(permit, Outcome.ABANDONED)
+                raise
+            tried.append(endpoint)
+            remaining = None if deadline is None else deadline - (self._clock() - started)
+            self.balancer.acquire(endpoint)
+            try:
+                response = await attempt(endpoint, remaining)
+            except UpstreamError as exc:
+                self.balancer.release(endpoint)
+                failure, reached = classify(exc)
+                self.board.record_traffic(endpoint, ok=False)
+                self.circuit.record(permit, Outcome.FAILURE)
+                if not await self._may_retry(
+                    method, number, failure, reached, body_replayable, deadline, started
+                ):
+                    raise
+                log.info(
+                    "backend %s: retrying %s after %s from %s (attempt %d)",
+                    self.name, method, failure.value, endpoint, number,
+                )  # fmt: skip
+                if self.name:
+                    metrics.UPSTREAM_ERRORS.labels(self.name, exc.reason).inc()
+                continue
+            except BaseException:
+                # Not the upstream's fault (body too large, client gone, cancelled).
+                self.balancer.release(endpoint)
+                self.circuit.record(permit, Outcome.ABANDONED)
+                raise
+            bad_status = status_failure(response.status)
+            self.board.record_traffic(endpoint, ok=bad_status is None)
+            self.circuit.record(permit, Outcome.FAILURE if bad_status else Outcome.SUCCESS)
+            if bad_status is not None and await self._may_retry(
+                method, number, bad_status, True, body_replayable, deadline, started
+            ):
+                response.release()
+                self.balancer.release(endpoint)
+                if self.name:
+                    metrics.UPSTREAM_ERRORS.labels(self.name, f"upstream_status_{bad_status}").inc()
+                continue
+            return Exchange(
+                response, endpoint, number, functools.partial(self.balancer.release, endpoint)
+            )
+
+    async def _may_retry(
+        self,
+        method: str,
+        number: int,
+        failure: Failure,
+        reached: bool,
+        body_replayable: Callable[[], bool],
+        deadline: float | None,
+        started: float,
+    ) -> bool:
+        """Decide on a retry and, when it is on, wait out the backoff."""
+        retries = self.options.retries
+        if not should_retry(retries, method, number, failure, reached, body_replayable()):
+            return False
+        delay = backoff_delay(number, retries.backoff_base, retries.backoff_max, self._rng.random())
+        if deadline is not None and self._clock() - started + delay >= deadline:
+            return False
+        if not self.budget.try_spend():
+            log.warning("backend %s: retry budget exhausted, not retrying", self.name)
+            return False
+        if delay > 0:
+            await self._sleep(delay)
+        return True

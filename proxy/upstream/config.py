@@ -1,0 +1,321 @@
+"""How Gatehouse talks to a backend's endpoints: TLS, health, balancing, retries, circuit.
+
+Parsed from ``backends.<name>`` next to ``urls``/``timeouts``/``credentials``
+(which :mod:`proxy.config.load` reads). ``kind`` only changes defaults; every
+default can be overridden by writing the key. Defaults per kind:
+
+==================== ============ ================== =================
+kind                 https only   active health       health path
+==================== ============ ================== =================
+http                 no           off                 /healthz
+fastapi              no           on                  /openapi.json
+azure_app_service    yes          off                 /healthz
+gcp_cloud_function   yes          off                 /
+==================== ============ ================== =================
+
+Managed platforms put their own load balancer in front of one URL, so probing
+it says little, and for Cloud Functions every probe is a billed, possibly
+cold-started, authenticated invocation. FastAPI serves ``/openapi.json`` by
+default, which makes it a probe target that exists without any app change.
+"https only" refuses ``http://`` URLs except to loopback (local emulators).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from proxy.config.reader import Mapping, node_kind
+
+KINDS = ("http", "fastapi", "azure_app_service", "gcp_cloud_function")
+BALANCING = ("round_robin", "least_request")
+# ``timeout`` (the upstream took the request and did not answer in time) is
+# accepted but never a default: retrying it multiplies the latency of a slow
+# upstream by the number of attempts.
+RETRY_ON = ("connect_error", "reset", "timeout", "502", "503", "504")
+DEFAULT_RETRY_ON = frozenset({"connect_error", "reset", "502", "503"})
+_HTTPS_ONLY = frozenset({"azure_app_service", "gcp_cloud_function"})
+_STATUS_RANGE = re.compile(r"^([1-5])xx$|^(\d{3})\s*-\s*(\d{3})$|^(\d{3})$")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLSOptions:
+    ca_file: Path | None = None  # trust only these CAs (default: the system store)
+    client_cert_file: Path | None = None  # mutual TLS towards the upstream
+    client_key_file: Path | None = None
+    server_name: str | None = None  # SNI and the name the certificate must carry
+    verify: bool = True
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckOptions:
+    enabled: bool = False
+    path: str = "/healthz"
+    interval: float = 10.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+    expected_status: tuple[tuple[int, int], ...] = ((200, 399),)  # inclusive ranges
+    # Passive outlier detection from real traffic (0 disables it).
+    passive_failures: int = 5
+    # How long a passively ejected endpoint stays out when no active check can
+    # bring it back; with active checks the next good probe does.
+    passive_ejection: float = 30.0
+
+    def status_ok(self, status: int) -> bool:
+        return any(lo <= status <= hi for lo, hi in self.expected_status)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOptions:
+    attempts: int = 2  # tries in total, the first included; 1 disables retries
+    backoff_base: float = 0.025
+    backoff_max: float = 0.25
+    budget_ratio: float = 0.2  # retries ≤ ratio × requests over budget_window ...
+    budget_window: float = 10.0
+    budget_min_retries: int = 10  # ... plus this many, so quiet backends can retry at all
+    retry_on: frozenset[str] = DEFAULT_RETRY_ON
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitOptions:
+    enabled: bool = True
+    consecutive_failures: int = 5
+    open_for: float = 10.0
+    half_open_probes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    kind: str = "http"
+    tls: UpstreamTLSOptions = UpstreamTLSOptions()
+    health_check: HealthCheckOptions = HealthCheckOptions()
+    load_balancing: str = "round_robin"
+    retries: RetryOptions = RetryOptions()
+    circuit_breaker: CircuitOptions = CircuitOptions()
+    https_only: bool = False
+    notes: tuple[str, ...] = field(default=())  # operator warnings (e.g. verify: false)
+
+
+def _kind_health(kind: str) -> HealthCheckOptions:
+    if kind == "fastapi":
+        return HealthCheckOptions(enabled=True, path="/openapi.json")
+    if kind == "gcp_cloud_function":
+        return HealthCheckOptions(enabled=False, path="/")
+    return HealthCheckOptions()
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _positive(m: Mapping, key: str, default: float) -> float:
+    value = m.duration(key, default)
+    if value <= 0:
+        m.error(key, f"{m.where}.{key}: must be greater than zero")
+        return default
+    return value
+
+
+def _status_ranges(m: Mapping, key: str) -> tuple[tuple[int, int], ...] | None:
+    node = m._take(key, False)  # the reader has no "int or string or list" accessor
+    if node is None:
+        return None
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    out: list[tuple[int, int]] = []
+    for item in items:
+        text = str(item.value).strip() if isinstance(item, yaml.ScalarNode) else ""
+        match = _STATUS_RANGE.match(text)
+        if match is None:
+            m.doc.error(
+                item,
+                f"{m.where}.{key}: expected a status like 200, 2xx or 200-299, "
+                f"got {text or node_kind(item)!r}",
+            )
+            continue
+        if match.group(1):
+            lo, hi = int(match.group(1)) * 100, int(match.group(1)) * 100 + 99
+        elif match.group(4):
+            lo = hi = int(match.group(4))
+        else:
+            lo, hi = int(match.group(2)), int(match.group(3))
+        if not 100 <= lo <= hi <= 599:
+            m.doc.error(item, f"{m.where}.{key}: not a status range: {text!r}")
+            continue
+        out.append((lo, hi))
+    return tuple(out) if out else None
+
+
+def _tls(m: Mapping | None) -> UpstreamTLSOptions:
+    if m is None:
+        return UpstreamTLSOptions()
+    ca = m.path("ca_file")
+    cert = m.path("client_cert_file")
+    key = m.path("client_key_file")
+    server_name: str | None = m.str("server_name")
+    verify = m.bool("verify", True)
+    min_version = m.choice("min_version", ("1.2", "1.3"), "1.2")
+    if (cert is None) != (key is None):
+        m.error(
+            "client_cert_file" if cert is not None else "client_key_file",
+            f"{m.where}: client_cert_file and client_key_file go together",
+        )
+    if not verify and ca is not None:
+        m.error("verify", f"{m.where}: ca_file has no effect with verify: false; drop one")
+    if server_name is not None and not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", server_name):
+        m.error("server_name", f"{m.where}.server_name: expected a DNS name, got {server_name!r}")
+        server_name = None
+    m.close()
+    return UpstreamTLSOptions(ca, cert, key, server_name, verify, min_version)
+
+
+def _health(m: Mapping | None, default: HealthCheckOptions) -> HealthCheckOptions:
+    if m is None:
+        return default
+    # Writing the section at all means "check it", unless it says otherwise.
+    enabled = m.bool("enabled", True)
+    path = m.str("path", default.path) or default.path
+    if not path.startswith("/") or any(c in path for c in " #\r\n"):
+        m.error("path", f"{m.where}.path: expected an absolute path like /healthz, got {path!r}")
+        path = default.path
+    interval = _positive(m, "interval", default.interval)
+    timeout = _positive(m, "timeout", default.timeout)
+    if timeout > interval:
+        m.error("timeout", f"{m.where}.timeout: must not exceed interval ({interval:g}s)")
+        timeout = interval
+    options = HealthCheckOptions(
+        enabled=enabled,
+        path=path,
+        interval=interval,
+        timeout=timeout,
+        healthy_threshold=m.int("healthy_threshold", default.healthy_threshold, minimum=1),
+        unhealthy_threshold=m.int("unhealthy_threshold", default.unhealthy_threshold, minimum=1),
+        expected_status=_status_ranges(m, "expected_status") or default.expected_status,
+        passive_failures=m.int("passive_failures", default.passive_failures, minimum=0),
+        passive_ejection=_positive(m, "passive_ejection", default.passive_ejection),
+    )
+    m.close()
+    return options
+
+
+def _retries(m: Mapping | None) -> RetryOptions:
+    default = RetryOptions()
+    if m is None:
+        return default
+    attempts = m.int("attempts", default.attempts, minimum=1)
+    if attempts > 10:
+        m.error("attempts", f"{m.where}.attempts: at most 10")
+        attempts = default.attempts
+    base = _positive(m, "backoff_base", default.backoff_base)
+    maximum = _positive(m, "backoff_max", default.backoff_max)
+    if maximum < base:
+        m.error("backoff_max", f"{m.where}.backoff_max: must be at least backoff_base")
+        maximum = base
+    ratio = default.budget_ratio
+    got = m._typed("budget_ratio", False, (int, float), "a number between 0 and 1")
+    if got is not None:
+        value = float(got[0])  # type: ignore[arg-type]
+        if 0.0 <= value <= 1.0:
+            ratio = value
+        else:
+            m.doc.error(got[1], f"{m.where}.budget_ratio: must be between 0 and 1")
+    retry_on = default.retry_on
+    if m.has("retry_on"):
+        # YAML reads a bare 503 as an integer; the names are strings.
+        node = m._take("retry_on", False)
+        names: list[str] = []
+        items: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            items = list(node.value)
+        elif node is not None:
+            items = [node]
+        for item in items:
+            text = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
+            if text not in RETRY_ON:
+                m.doc.error(
+                    item,
+                    f"{m.where}.retry_on: must be among {', '.join(RETRY_ON)}, "
+                    f"got {text or node_kind(item)!r}",
+                )
+            else:
+                names.append(text)
+        retry_on = frozenset(names)
+    options = RetryOptions(
+        attempts=attempts,
+        backoff_base=base,
+        backoff_max=maximum,
+        budget_ratio=ratio,
+        budget_window=_positive(m, "budget_window", default.budget_window),
+        budget_min_retries=m.int("budget_min_retries", default.budget_min_retries, minimum=0),
+        retry_on=retry_on,
+    )
+    m.close()
+    return options
+
+
+def _circuit(m: Mapping | None) -> CircuitOptions:
+    default = CircuitOptions()
+    if m is None:
+        return default
+    options = CircuitOptions(
+        enabled=m.bool("enabled", True),
+        consecutive_failures=m.int("consecutive_failures", default.consecutive_failures, minimum=1),
+        open_for=_positive(m, "open_for", default.open_for),
+        half_open_probes=m.int("half_open_probes", default.half_open_probes, minimum=1),
+    )
+    m.close()
+    return options
+
+
+def parse_backend_options(m: Mapping, name: str, *, urls: Sequence[str] = ()) -> BackendOptions:
+    """Read the endpoint-handling keys of ``backends.<name>`` (call before ``m.close()``).
+
+    ``urls`` (already validated by the loader) lets the kind check its scheme.
+    Problems are recorded on the reader as ``file:line: message``.
+    """
+    kind = m.choice("kind", KINDS, "http")
+    tls_m = m.mapping("tls")
+    tls = _tls(tls_m)
+    health = _health(m.mapping("health_check"), _kind_health(kind))
+    balancing = m.choice("load_balancing", BALANCING, "round_robin")
+    retries = _retries(m.mapping("retries"))
+    circuit = _circuit(m.mapping("circuit_breaker"))
+    https_only = kind in _HTTPS_ONLY
+    schemes = {urlsplit(u).scheme for u in urls}
+    if https_only:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme == "http" and not _is_loopback(parts.hostname):
+                m.error("urls", f"backends.{name}: kind {kind} is served over https only: {url!r}")
+    if tls_m is not None and urls and "https" not in schemes:
+        m.error("tls", f"backends.{name}.tls: applies to https URLs, and every URL is http")
+    notes: list[str] = []
+    if not tls.verify:
+        notes.append(
+            f"backends.{name}.tls.verify is false: upstream certificates are NOT checked, "
+            "anyone on the path can read and alter this traffic"
+        )
+    return BackendOptions(
+        kind=kind,
+        tls=tls,
+        health_check=health,
+        load_balancing=balancing,
+        retries=retries,
+        circuit_breaker=circuit,
+        https_only=https_only,
+        notes=tuple(notes),
+    )
