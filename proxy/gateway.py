@@ -104,8 +104,8 @@ class Gateway:
                 if record.reason == "internal_error":
                     record.reason = "cancelled"
             route = record.route or "none"
-            metrics.REQUESTS.labels(route, status_class(record.status)).inc()
-            metrics.REQUEST_DURATION.labels(route).observe(elapsed)
+            metrics.child(metrics.REQUESTS, route, status_class(record.status)).inc()
+            metrics.child(metrics.REQUEST_DURATION, route).observe(elapsed)
             self.audit.write(record)
         return response
 
@@ -116,7 +116,7 @@ class Gateway:
         if exc.detail:
             log.info("request %s: %s (%s)", record.request_id, exc.reason, exc.detail)
         if isinstance(exc, UpstreamError) and record.backend:
-            metrics.UPSTREAM_ERRORS.labels(record.backend, exc.reason).inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, record.backend, exc.reason).inc()
         headers = {}
         if isinstance(exc, AuthenticationError):
             headers["WWW-Authenticate"] = f'Bearer realm="gatehouse", error="{exc.reason}"'
@@ -179,7 +179,7 @@ class Gateway:
             try:
                 auth = await self.authenticator.authenticate_full(facts)
             except AuthenticationError:
-                metrics.DECISIONS.labels(route.name, "deny", "unauthenticated").inc()
+                metrics.child(metrics.DECISIONS, route.name, "deny", "unauthenticated").inc()
                 raise
             identity, set_cookies = auth.identity, auth.set_cookies
         if identity is not None:
@@ -192,7 +192,7 @@ class Gateway:
         decision = policy.decide(route, facts, identity, now)
         record.reason = decision.reason
         if not decision.allowed:
-            metrics.DECISIONS.labels(route.name, "deny", decision.reason).inc()
+            metrics.child(metrics.DECISIONS, route.name, "deny", decision.reason).inc()
             if decision.reason == "unauthenticated":
                 if self.authenticator is not None:
                     # Pages get a login redirect; API calls a 401 (never a redirect).
@@ -205,9 +205,9 @@ class Gateway:
         if route.rate_limit is not None and self.rate_limiter is not None:
             key = identity.subject if identity is not None else f"ip:{client_ip}"
             if not self.rate_limiter.allow(route, key, now):
-                metrics.DECISIONS.labels(route.name, "deny", "rate_limited").inc()
+                metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
                 raise RateLimited()
-        metrics.DECISIONS.labels(route.name, "allow", decision.reason).inc()
+        metrics.child(metrics.DECISIONS, route.name, "allow", decision.reason).inc()
         record.decision = "allow"
 
         # -- upstream credentials ----------------------------------------------
@@ -269,7 +269,9 @@ class Gateway:
                         record=record,
                     )
         finally:
-            metrics.UPSTREAM_DURATION.labels(route.backend).observe(time.perf_counter() - started)
+            metrics.child(metrics.UPSTREAM_DURATION, route.backend).observe(
+                time.perf_counter() - started
+            )
         return await relay(request, upstream, record, set_cookies)
 
     def _upstream_headers(

@@ -11,7 +11,9 @@ listener aggregates them (see :func:`render`).
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -102,6 +104,12 @@ UPSTREAM_HEALTHY = Gauge(
     ["backend", "endpoint"],
     multiprocess_mode="min",
 )
+
+
+@functools.lru_cache(maxsize=65536)
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once: label values are bounded by design."""
+    return metric.labels(*values)
 
 
 def render() -> tuple[bytes, str]:
