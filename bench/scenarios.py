@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import ssl
 import statistics
 import subprocess
@@ -345,16 +344,22 @@ def measure_all(
         for name, label, setup in chosen:
             started.append(_start(ctx, name, label, setup))
         live = [s for s in started if isinstance(s, _Live)]
-        for rnd in range(-1 if warmup > 0 else 0, runs):
+        # Round -1 warms up; rounds 0..runs-1 count; round `runs` is an extra, uncounted
+        # run for the profiled scenarios only, so the profiler never skews a figure.
+        last = runs + (1 if profile and profile_dir is not None else 0)
+        for rnd in range(-1 if warmup > 0 else 0, last):
             for s in live:
-                if s.failed:
+                profiling = rnd == runs
+                if s.failed or (profiling and s.name not in profile):
                     continue
                 t = s.target
                 secs = warmup if rnd < 0 else duration
                 cpu_before = cpu_seconds(t.proc.pid) if t.proc is not None else 0.0
-                spy = None
-                if rnd == 0 and s.name in profile and profile_dir is not None:
-                    spy = _start_profiler(ctx, s, secs, profile_dir)
+                spy = (
+                    _start_profiler(ctx, s, secs, profile_dir)
+                    if profiling and profile_dir
+                    else None
+                )
                 try:
                     r = run_once(ctx.pg, load, t.url, duration=secs, headers=t.headers)
                 except LoadError as e:
@@ -364,7 +369,7 @@ def measure_all(
                 finally:
                     if spy is not None and profile_dir is not None:
                         _finish_profiler(ctx, s, spy, profile_dir)
-                if rnd < 0:
+                if rnd < 0 or profiling:
                     continue
                 s.runs.append(r)
                 if t.proc is not None and r.requests:
@@ -378,16 +383,3 @@ def measure_all(
             if isinstance(item, _Live) and item.target.proc is not None:
                 ctx.pg.stop(item.target.proc)
     return [_finish(item) if isinstance(item, _Live) else item for item in started]
-
-
-def describe_outcomes(outcomes: list[Outcome]) -> str:
-    return json.dumps(
-        {
-            o.name: (
-                {"rps": o.result.rps, "p50_ms": o.result.p50_ms, "p99_ms": o.result.p99_ms}
-                if o.result
-                else {"skipped": o.skipped}
-            )
-            for o in outcomes
-        }
-    )
