@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         type=_scenario_list,
         default=[],
-        help="py-spy flame graph of these scenarios' proxy during their first measured run "
+        help="py-spy profile of these scenarios' proxy during one extra, uncounted run "
         "(written beside --output)",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")

@@ -121,7 +121,7 @@ def render(info: RunInfo, outcomes: list[Outcome], sections: list[Section]) -> s
         lines.append("")
     for o in outcomes:
         if o.profile:
-            lines += [f"### Profile: {o.label} (py-spy, one measured run)", "", "```"]
+            lines += [f"### Profile: {o.label} (py-spy, one extra uncounted run)", "", "```"]
             lines += [*o.profile, "```", ""]
     for sec in sections:
         lines += [f"### {sec.title}", ""]

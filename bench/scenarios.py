@@ -296,7 +296,7 @@ def _finish(live: _Live) -> Outcome:
 def _start_profiler(
     ctx: Context, live: _Live, secs: float, out_dir: Path
 ) -> subprocess.Popen[bytes] | None:
-    """py-spy on the proxy for one measured run (its own overhead lowers that run a little)."""
+    """py-spy on the proxy for the extra run (collapsed stacks, then a top-functions summary)."""
     if ctx.tools.py_spy is None or live.target.proc is None:
         ctx.say(f"scenario {live.name}: cannot profile (py-spy missing or no proxy process)")
         return None
