@@ -8,7 +8,8 @@ at once, so a dead endpoint at start-up is out after one probe, not N.
 Passive: ``passive_failures`` consecutive transport failures or 502/503/504
 answers from real traffic eject an endpoint at once (no waiting for the next
 probe). With active checks it returns on its next good probe; without them
-it returns after ``passive_ejection``.
+it returns after ``passive_ejection``. Passive ejection never takes out the
+last healthy endpoint; a backend failing as a whole is the circuit breaker's.
 
 :class:`HealthBoard` is the pure state (injected clock, no I/O);
 :class:`HealthChecker` does the probing and publishes
@@ -108,11 +109,18 @@ class HealthBoard:
             return
         state.passive_failures += 1
         now = self._clock()
-        if state.passive_failures >= self.options.passive_failures and now >= state.ejected_until:
-            state.passive_failures = 0
-            state.ejected_until = (
-                math.inf if self.options.enabled else now + self.options.passive_ejection
-            )
+        if state.passive_failures < self.options.passive_failures or now < state.ejected_until:
+            return
+        state.passive_failures = 0
+        others = [e for e, s in self._state.items() if e != endpoint and self._settle(e, s, now)]
+        if not others:
+            # Never the last one: when the whole backend fails, the circuit
+            # breaker (which probes its way back) is the right tool, not a
+            # blind ejection that would fail every request for a fixed time.
+            return
+        state.ejected_until = (
+            math.inf if self.options.enabled else now + self.options.passive_ejection
+        )
         self._settle(endpoint, state, now)
 
 

@@ -261,6 +261,10 @@ class EndpointPool:
         retries = self.options.retries
         if not should_retry(retries, method, number, failure, reached, body_replayable()):
             return False
+        if self.circuit.state is not CircuitState.CLOSED:
+            # Probe slots are for fresh requests; a retry would only turn the
+            # real error into "circuit open".
+            return False
         delay = backoff_delay(number, retries.backoff_base, retries.backoff_max, self._rng.random())
         if deadline is not None and self._clock() - started + delay >= deadline:
             return False

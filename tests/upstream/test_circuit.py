@@ -205,3 +205,25 @@ async def test_the_circuit_opens_on_a_failing_upstream_and_closes_once_it_recove
         assert state_of(pool.circuit) is CircuitState.CLOSED
         assert [await status() for _ in range(3)] == [200, 200, 200]
         assert upstream.hits == 7
+
+
+async def test_a_failure_that_opens_the_circuit_is_reported_as_itself_not_retried_into_a_503(
+    flaky: tuple[FlakyUpstream, str],
+) -> None:
+    upstream, url = flaky
+    options = BackendOptions(
+        retries=RetryOptions(attempts=3, backoff_base=0.001, backoff_max=0.001),
+        circuit_breaker=CircuitOptions(consecutive_failures=1, open_for=60.0),
+    )
+    pool = EndpointPool([url], options, name="circuit-retry")
+    async with aiohttp.ClientSession() as session:
+
+        async def attempt(endpoint: str, _remaining: float | None) -> aiohttp.ClientResponse:
+            return await session.get(endpoint + "/")
+
+        exchange = await pool.send("GET", attempt)
+        assert exchange.response.status == 503  # the upstream's own answer
+        exchange.response.release()
+        exchange.release()
+    assert upstream.hits == 1
+    assert state_of(pool.circuit) is CircuitState.OPEN

@@ -266,3 +266,12 @@ async def test_real_traffic_failures_eject_an_endpoint_before_any_probe_notices(
             assert one.traffic == 0
     finally:
         await runner.cleanup()
+
+
+def test_passive_detection_never_ejects_the_last_healthy_endpoint() -> None:
+    b = board(Clock(), enabled=False, passive_failures=1)
+    b.record_traffic(A, ok=False)
+    assert b.healthy_endpoints() == {B}
+    for _ in range(10):
+        b.record_traffic(B, ok=False)
+    assert b.healthy_endpoints() == {B}  # the circuit breaker's job from here
