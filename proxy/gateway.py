@@ -49,7 +49,7 @@ from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.model import Route
-from proxy.policy.ratelimit import RateLimiter
+from proxy.policy.ratelimit import RateLimiter, rate_key
 from proxy.policy.store import PolicyStore
 from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool
@@ -191,6 +191,7 @@ class Gateway:
         now = time.time()
         decision = policy.decide(route, facts, identity, now)
         record.reason = decision.reason
+        record.dry_run = decision.audit
         if not decision.allowed:
             metrics.child(metrics.DECISIONS, route.name, "deny", decision.reason).inc()
             if decision.reason == "unauthenticated":
@@ -202,11 +203,13 @@ class Gateway:
                         return login
                 raise AuthenticationError("unauthenticated")
             raise AccessDenied(decision.reason)
-        if route.rate_limit is not None and self.rate_limiter is not None:
-            key = identity.subject if identity is not None else f"ip:{client_ip}"
-            if not self.rate_limiter.allow(route, key, now):
-                metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
-                raise RateLimited()
+        if (
+            route.rate_limit is not None
+            and self.rate_limiter is not None
+            and not self.rate_limiter.allow(route, rate_key(identity, facts), now)
+        ):
+            metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
+            raise RateLimited()
         metrics.child(metrics.DECISIONS, route.name, "allow", decision.reason).inc()
         record.decision = "allow"
 

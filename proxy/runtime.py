@@ -65,6 +65,18 @@ async def serve(
 ) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain and return."""
     loop = asyncio.get_running_loop()
+    # Handlers first: a SIGHUP or SIGTERM during start-up must not kill the
+    # process with the default action before the real handlers are in place.
+    stop = asyncio.Event()
+    reload_requested = False
+
+    def early_hangup() -> None:
+        nonlocal reload_requested
+        reload_requested = True
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, early_hangup)
     audit = AuditWriter(config.audit.output)
     policies = PolicyStore(config.policy_dir, backends=set(config.backends))
     session = new_client_session()
@@ -118,18 +130,21 @@ async def serve(
     metrics.BUILD_INFO.labels(__version__, config.config_hash).set(1)
     metrics.CONFIG_LAST_RELOAD_SUCCESS.set(time.time())
 
-    stop = asyncio.Event()
+    reloads: set[asyncio.Future[bool]] = set()
 
     def on_hangup() -> None:
         log.info("SIGHUP: reloading certificates and policies, reopening audit log")
         if ssl_context is not None and config.listen.tls is not None:
             reload_certificates(ssl_context, config.listen.tls)
         audit.reopen()
-        policies.reload()
+        # Parsing a large policy set takes seconds: never on the event loop.
+        future = asyncio.ensure_future(asyncio.to_thread(policies.reload))
+        reloads.add(future)
+        future.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if reload_requested:
+        on_hangup()
 
     async def publish_readiness() -> None:
         while True:

@@ -154,6 +154,8 @@ _CONSTRUCTOR = yaml.SafeLoader("")
 
 def _scalar_value(node: yaml.ScalarNode) -> object:
     """The typed value PyYAML's safe loader would give this scalar (str, int, bool...)."""
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value  # the common case, without the constructor machinery
     value = _CONSTRUCTOR.construct_object(node, deep=True)
     _CONSTRUCTOR.constructed_objects.clear()
     return value

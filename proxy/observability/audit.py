@@ -71,6 +71,8 @@ class AuditRecord:
     bytes_in: int = 0
     bytes_out: int = 0
     policy_version: str | None = None
+    # Reasons of ``mode: audit`` rules that fired: what they would have decided.
+    dry_run: tuple[str, ...] = ()
 
 
 _STOP = object()
