@@ -206,9 +206,10 @@ async def test_workers_share_the_port_and_metrics_are_aggregated(
         if line.startswith('gatehouse_requests_total{route="all",status_class="2xx"}')
     )
     assert total == 40.0
+    gh.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gh.process.wait, 20) == 0
+    # Every worker flushed its audit records before exiting.
     request_ids = {
         json.loads(line)["request_id"] for line in gh.audit_path.read_text().splitlines()
     }
     assert len(request_ids) == 40
-    gh.signal(signal.SIGTERM)
-    assert await asyncio.to_thread(gh.process.wait, 20) == 0
