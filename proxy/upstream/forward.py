@@ -184,6 +184,8 @@ async def _relay(
         response.headers.add(name, value)
     for cookie in set_cookies:
         response.headers.add("Set-Cookie", cookie)
+    if "Server" not in response.headers:
+        response.headers["Server"] = "gatehouse"  # not aiohttp's default naming its version
     response.headers["X-Request-Id"] = record.request_id
     no_body = (
         request.method == "HEAD"
