@@ -440,8 +440,21 @@ def test_example_config_passes_gatehouse_check_in_the_pod_filesystem_layout(
 
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
-def test_example_policies_pass_their_fixtures(name: str) -> None:
-    fixtures = sorted((KUSTOMIZATIONS[name] / "policies" / "tests").glob("*.yaml"))
+def test_example_policies_pass_check_and_their_fixtures(name: str) -> None:
+    """The CI steps of deploy/README.md's policy rollout: check, then test."""
+    policies = KUSTOMIZATIONS[name] / "policies"
+    backends = yaml.safe_load((KUSTOMIZATIONS[name] / "config" / "gatehouse.yaml").read_text())
+    names = ",".join(backends["backends"])
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "policy", "check", "--backends", names, str(policies)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 warnings" in out.stdout
+    fixtures = sorted((policies / "tests").glob("*.yaml"))
     assert fixtures
     out = subprocess.run(
         [sys.executable, "-m", "proxy", "policy", "test", *map(str, fixtures)],
