@@ -264,6 +264,20 @@ def credential_upstream(rejected: set[str]) -> FastAPI:
     return app
 
 
+def credential_backend(url: str, token_server: OAuthServer, secret: Path) -> dict[str, Any]:
+    """A backend whose requests carry a client-credentials token from ``token_server``."""
+    secret.write_text("s3cret-value")
+    return {
+        "urls": [url],
+        "credentials": {
+            "type": "client_credentials",
+            "token_url": token_server.token_url,
+            "client_id": "gatehouse-backend",
+            "client_secret_file": str(secret),
+        },
+    }
+
+
 @pytest.fixture
 async def token_server(tmp_path: Path) -> AsyncIterator[OAuthServer]:
     server = await OAuthServer(expires_in=3600).start()
@@ -275,22 +289,13 @@ async def token_server(tmp_path: Path) -> AsyncIterator[OAuthServer]:
 async def test_cold_cache_under_1000_concurrent_requests_fetches_one_token(
     gatehouse: GatehouseFactory, token_server: OAuthServer, tmp_path: Path
 ) -> None:
-    secret = tmp_path / "client-secret"
-    secret.write_text("s3cret-value")
     app = credential_upstream(set())
     with serve_asgi(app) as port:
         gh = gatehouse(
             backends={
-                "api": {
-                    "urls": [f"http://127.0.0.1:{port}"],
-                    "credentials": {
-                        "type": "client_credentials",
-                        "token_url": token_server.token_url,
-                        "client_id": "gatehouse-backend",
-                        "client_secret_file": str(secret),
-                        "scope": "orders.read",
-                    },
-                }
+                "api": credential_backend(
+                    f"http://127.0.0.1:{port}", token_server, tmp_path / "secret"
+                )
             },
             routes=[public_route("api", "/", "api")],
         )
@@ -313,22 +318,14 @@ async def test_cold_cache_under_1000_concurrent_requests_fetches_one_token(
 async def test_upstream_401_refreshes_the_credential_and_retries_once(
     gatehouse: GatehouseFactory, token_server: OAuthServer, tmp_path: Path
 ) -> None:
-    secret = tmp_path / "client-secret"
-    secret.write_text("s3cret-value")
     rejected: set[str] = set()
     app = credential_upstream(rejected)
     with serve_asgi(app) as port:
         gh = gatehouse(
             backends={
-                "api": {
-                    "urls": [f"http://127.0.0.1:{port}"],
-                    "credentials": {
-                        "type": "client_credentials",
-                        "token_url": token_server.token_url,
-                        "client_id": "gatehouse-backend",
-                        "client_secret_file": str(secret),
-                    },
-                }
+                "api": credential_backend(
+                    f"http://127.0.0.1:{port}", token_server, tmp_path / "secret"
+                )
             },
             routes=[public_route("api", "/", "api")],
         )
@@ -351,21 +348,9 @@ async def test_upstream_401_refreshes_the_credential_and_retries_once(
 async def test_credentials_unavailable_after_expiry_is_503(
     gatehouse: GatehouseFactory, token_server: OAuthServer, upstream_url: str, tmp_path: Path
 ) -> None:
-    secret = tmp_path / "client-secret"
-    secret.write_text("s3cret-value")
     token_server.down = True
     gh = gatehouse(
-        backends={
-            "api": {
-                "urls": [upstream_url],
-                "credentials": {
-                    "type": "client_credentials",
-                    "token_url": token_server.token_url,
-                    "client_id": "gatehouse-backend",
-                    "client_secret_file": str(secret),
-                },
-            }
-        },
+        backends={"api": credential_backend(upstream_url, token_server, tmp_path / "secret")},
         routes=[public_route("api", "/", "api")],
     )
     status, _, data = await call(gh, "/echo")
