@@ -196,15 +196,17 @@ async def _relay(
         upstream.status in _NO_BODY_STATUS or 100 <= upstream.status < 200
     ):
         response.content_length = upstream.content_length
-    await response.prepare(request)
-    if no_body:
-        return response
     sent = 0
     try:
+        await response.prepare(request)
+        if no_body:
+            return response
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
             sent += len(chunk)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except ConnectionResetError:
+        # The client went away: not a failure of ours or the upstream's. The
+        # unread upstream body makes aiohttp close that connection on release.
         record.reason = "client_disconnected"
     except (TimeoutError, aiohttp.ClientError) as exc:
         # The status line is gone already: cut the connection so the client

@@ -320,3 +320,23 @@ async def test_unknown_route_is_404_without_revealing_routes(
     assert status == 404
     records = gh.wait_audit(2)
     assert [r["reason"] for r in records] == ["route_not_found", "route_not_found"]
+
+
+async def test_client_leaving_mid_response_is_audited_as_client_disconnected(gh: Gatehouse) -> None:
+    trace_id = os.urandom(16).hex()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gh.port)
+    writer.write(
+        f"GET /download/{2**30} HTTP/1.1\r\nHost: a\r\n"
+        f"traceparent: 00-{trace_id}-{os.urandom(8).hex()}-01\r\n\r\n".encode()
+    )
+    await writer.drain()
+    await reader.readexactly(65536)  # the response has started
+    writer.transport.abort()
+    deadline = time.monotonic() + 10
+    while not (mine := [r for r in gh.audit_records() if r["trace_id"] == trace_id]):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    [record] = mine
+    assert record["reason"] == "client_disconnected"
+    assert record["status"] == 200 and record["decision"] == "allow"
+    assert 0 < record["bytes_out"] < 2**30
