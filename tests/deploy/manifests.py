@@ -259,3 +259,56 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
             elif path.name.endswith("keys.json"):
                 rotate_key_file(path)
     return config
+
+
+COMPOSE = DEPLOY / "compose.yaml"
+
+
+def load_compose() -> Doc:
+    data: Doc = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def materialise_compose(root: Path, bin_dir: Path) -> Path:
+    """What the compose file's gatehouse container sees, under ``root``; return its config.
+
+    Bind mounts are copied from deploy/; the shared named volume is filled by
+    running the ``setup`` service's own command (re-rooted) with the
+    ``gatehouse`` and ``python`` found in ``bin_dir``.
+    """
+    services = load_compose()["services"]
+
+    def reroot(text: str) -> str:
+        for prefix in ("/var/lib/gatehouse", "/etc/gatehouse"):
+            text = text.replace(prefix, f"{root}{prefix}")
+        return text
+
+    for volume in services["gatehouse"]["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            src = COMPOSE.parent / source
+            dst = root / target.lstrip("/")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                dst.write_text(reroot(src.read_text()))
+        else:
+            (root / target.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    setup = services["setup"]
+    assert setup["entrypoint"] == ["sh", "-c"]
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    for _ in range(2):  # the second run must find everything in place and change nothing
+        out = subprocess.run(
+            ["sh", "-c", reroot(setup["command"][0])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+    config_target: str = next(
+        v.split(":")[1] for v in services["gatehouse"]["volumes"] if v.endswith("gatehouse.yaml:ro")
+    )
+    return root / config_target.lstrip("/")
