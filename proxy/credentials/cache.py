@@ -13,22 +13,30 @@ Behaviour, per key:
 
 Tokens are never logged or put into exception messages; keys are built from
 configuration and a hash of any caller token, never the token itself.
+
+Across replicas (optional :class:`SharedFetch`, Redis in ``proxy.state``):
+the one fetch per process goes through the shared layer, which lets one
+replica fetch and hands the others its token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from proxy.errors import UpstreamCredentialsUnavailable
 from proxy.observability.metrics import CREDENTIAL_CACHE, CREDENTIAL_EXPIRY, CREDENTIAL_FETCH
 
 log = logging.getLogger(__name__)
+
+_MAX_REJECTED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,25 @@ class CredentialFetchError(Exception):
 Fetch = Callable[[], Awaitable[Credential]]
 
 
+def value_digest(cred: Credential) -> str:
+    """Names a credential value without carrying it (for "not this one again")."""
+    return hashlib.sha256(cred.value.encode()).hexdigest()
+
+
+class SharedFetch(Protocol):
+    """Coordinates fetches for one key across processes (replicas)."""
+
+    async def fetch(
+        self, key: CacheKey, fetch: Fetch, reject: str | None
+    ) -> tuple[Credential, bool]:
+        """A credential for ``key`` and whether ``fetch`` produced it (False: shared).
+
+        ``reject`` is the :func:`value_digest` of a value the caller must not get
+        back: one the upstream refused, or the one a refresh replaces. Errors of
+        ``fetch`` propagate unchanged.
+        """
+
+
 @dataclass(slots=True)
 class _Entry:
     fetch: Fetch
@@ -80,6 +107,7 @@ class CredentialCache:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         clock: Callable[[], float] = time.time,
+        shared: SharedFetch | None = None,
     ) -> None:
         self._refresh_ratio = refresh_ratio
         self._expiry_margin = expiry_margin
@@ -88,6 +116,9 @@ class CredentialCache:
         self._clock = clock
         self._entries: dict[CacheKey, _Entry] = {}
         self._closed = False
+        self._shared = shared
+        # Values an upstream refused, per key, until a different one has been obtained.
+        self._rejected: dict[CacheKey, str] = {}
 
     # -- public -------------------------------------------------------------
     async def get(self, key: CacheKey, fetch: Fetch) -> Credential:
@@ -142,6 +173,11 @@ class CredentialCache:
                 continue
             if entry.timer is not None:
                 entry.timer.cancel()
+            if self._shared is not None and entry.credential is not None:
+                self._rejected[key] = value_digest(entry.credential)
+                if len(self._rejected) > _MAX_REJECTED:
+                    # Bounded: per-caller keys whose callers left never clear theirs.
+                    del self._rejected[next(iter(self._rejected))]
             if entry.inflight is None:
                 del self._entries[key]
             else:
@@ -169,6 +205,7 @@ class CredentialCache:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._entries.clear()
+        self._rejected.clear()
 
     # -- internals ----------------------------------------------------------
     def _usable_until(self, cred: Credential) -> float:
@@ -189,7 +226,15 @@ class CredentialCache:
         try:
             started = self._clock()
             try:
-                cred = await entry.fetch()
+                if self._shared is None:
+                    cred, fetched = await entry.fetch(), True
+                else:
+                    held = entry.credential
+                    reject = self._rejected.get(key)
+                    if reject is None and held is not None:
+                        reject = value_digest(held)
+                    cred, fetched = await self._shared.fetch(key, entry.fetch, reject)
+                    self._rejected.pop(key, None)
             except asyncio.CancelledError:
                 raise
             except CredentialFetchError as exc:
@@ -199,7 +244,10 @@ class CredentialCache:
                 self._failed(key, entry, type(exc).__name__)
                 raise CredentialFetchError(type(exc).__name__) from None
             now = self._clock()
-            CREDENTIAL_FETCH.labels(key.backend, key.provider, "ok").inc()
+            if fetched:
+                CREDENTIAL_FETCH.labels(key.backend, key.provider, "ok").inc()
+            else:
+                CREDENTIAL_CACHE.labels(key.backend, "shared").inc()
             CREDENTIAL_EXPIRY.labels(key.backend).set(max(0.0, cred.expires_at - now))
             lifetime = max(0.0, cred.expires_at - started)
             entry.credential = cred

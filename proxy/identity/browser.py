@@ -15,6 +15,12 @@ carries them. The core calls, from its aiohttp handler:
 The login transaction (state, nonce, PKCE verifier, return path) lives in its
 own encrypted cookie; ``state`` is single-use (a consumed-state cache backs the
 cookie being cleared). A fresh session id is minted at every login.
+
+Sessions live in the encrypted cookie itself, or, with a :class:`SessionStore`
+(shared state in Redis, for several replicas), server-side: the cookie then
+carries only the sealed session id, logout deletes the stored session on every
+replica, and a refresh takes the store's lock so no two replicas spend one
+rotating refresh token. An unreachable store fails those requests closed (503).
 """
 
 from __future__ import annotations
@@ -40,7 +46,12 @@ from authlib.oauth2.rfc6749.parameters import (  # type: ignore[import-untyped]
 from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
 from cachetools import TTLCache
 
-from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable
+from proxy.errors import (
+    AuthenticationError,
+    GatehouseError,
+    IdentityProviderUnavailable,
+    StateUnavailable,
+)
 from proxy.http.facts import RequestFacts
 from proxy.http.responses import error_response
 from proxy.identity.config import BrowserConfig, IssuerConfig
@@ -59,6 +70,7 @@ from proxy.identity.redirects import is_api_request, safe_redirect_target
 from proxy.identity.session import (
     CookieAttrs,
     CookieCodec,
+    SessionStore,
     clear_all,
     clear_cookie,
     load_cookie_keys,
@@ -75,6 +87,8 @@ LOGIN_TTL = 600
 ID_TOKEN_MAX_BYTES = 64 * 1024
 MAX_SESSION_TOKEN = 2048
 PREFIX = "/.gatehouse/"
+# How often a replica waiting for another's refresh of the same session looks again.
+REFRESH_POLL = 0.05
 WWW_AUTHENTICATE = 'Bearer realm="gatehouse"'
 # Session claims kept from the ID token: enough for policy, small enough for a cookie.
 _KEPT_CLAIMS = ("iss", "sub", "aud", "email", "email_verified", "name", "preferred_username")
@@ -98,8 +112,10 @@ class BrowserLogin:
         jwks: JwksClient | None = None,
         max_token_bytes: int = 8192,
         clock: Callable[[], float] = time.time,
+        store: SessionStore | None = None,
     ) -> None:
         self.cfg = cfg
+        self._store = store
         self._http = session
         self._clock = clock
         # ID tokens arrive from the IdP over TLS, not from clients, and carry every group:
@@ -123,6 +139,10 @@ class BrowserLogin:
         self._refreshes: TTLCache[str, asyncio.Task[dict[str, Any] | None]] = TTLCache(
             10_000, 60, timer=clock
         )
+
+    def use_session_store(self, store: SessionStore | None) -> None:
+        """Keep sessions server-side in ``store`` (call before serving requests)."""
+        self._store = store
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -240,8 +260,10 @@ class BrowserLogin:
         cookies = parse_cookie_header(request.headers.get("Cookie"))
         clear_login = clear_cookie(self.login_cookie)
         try:
-            tx = self._transaction(cookies, request.query)
+            tx = await self._transaction(cookies, request.query)
             session = await self._exchange(host, request.query, tx)
+        except StateUnavailable:
+            raise
         except GatehouseError as exc:
             AUTH.labels(issuer=self.cfg.issuer, method="session", result=exc.reason).inc()
             # A failed login is the browser's request gone wrong, not missing
@@ -254,11 +276,15 @@ class BrowserLogin:
             status=302, headers={"Location": str(tx["rd"]), "Cache-Control": "no-store"}
         )
         response.headers.add("Set-Cookie", clear_login)
+        if self._store is not None:
+            await self._store.save(str(session["sid"]), session)
         for value in self._session_cookies(session, cookies):
             response.headers.add("Set-Cookie", value)
         return response
 
-    def _transaction(self, cookies: Mapping[str, str], query: Mapping[str, str]) -> dict[str, Any]:
+    async def _transaction(
+        self, cookies: Mapping[str, str], query: Mapping[str, str]
+    ) -> dict[str, Any]:
         sealed = cookies.get(self.login_cookie)
         tx = self.codec.open(self.login_cookie, sealed, now=self._clock()) if sealed else None
         if tx is None:
@@ -269,6 +295,9 @@ class BrowserLogin:
         if state in self._consumed:
             raise AuthenticationError("invalid_state", detail="state already used")
         self._consumed[state] = True
+        # Replicas share the consumed states: a replayed callback fails on every one.
+        if self._store is not None and not await self._store.consume_once(state, LOGIN_TTL):
+            raise AuthenticationError("invalid_state", detail="state already used")
         if "error" in query:
             raise AuthenticationError("login_failed", detail="IdP returned an error")
         if not query.get("code"):
@@ -369,34 +398,58 @@ class BrowserLogin:
     # -- sessions ------------------------------------------------------------------
     def _session_cookies(self, session: Mapping[str, Any], present: Mapping[str, str]) -> list[str]:
         max_age = int(float(session["exp"]) - self._clock())
-        value = self.codec.seal(self.session_cookie, session)
+        content: Mapping[str, Any] = session
+        if self._store is not None:
+            # Only the id travels; sealing it means ids cannot be guessed or forged.
+            content = {"ref": session["sid"], "exp": session["exp"]}
+        value = self.codec.seal(self.session_cookie, content)
         return write_chunked(self.session_cookie, value, present, CookieAttrs(max_age=max_age))
 
     def read_session(self, cookies: Mapping[str, str]) -> dict[str, Any] | None:
+        """The session cookie's sealed content (a whole session, or a store reference)."""
         value = read_chunked(self.session_cookie, cookies)
         if value is None:
             return None
         return self.codec.open(self.session_cookie, value, now=self._clock())
 
+    async def _load_session(self, cookies: Mapping[str, str]) -> dict[str, Any] | None:
+        content = self.read_session(cookies)
+        if content is None:
+            return None
+        ref = content.get("ref")
+        if self._store is None:
+            # A reference cookie from a store-backed deployment is no session by itself.
+            return None if ref is not None else content
+        if not isinstance(ref, str):
+            return None  # a whole-session cookie from before the store: log in again
+        session = await self._store.load(ref)
+        if session is None or session.get("sid") != ref:
+            return None  # logged out (on any replica) or expired
+        return session
+
+    def _refresh_due(self, session: Mapping[str, Any]) -> bool:
+        at_exp = session.get("at_exp")
+        return (
+            isinstance(at_exp, int | float)
+            and at_exp - self._clock() < self.cfg.refresh_margin
+            and bool(session.get("rt"))
+        )
+
     async def authenticate(self, facts: RequestFacts) -> SessionResult | None:
         cookies = parse_cookie_header(facts.headers.get("cookie"))
-        session = self.read_session(cookies)
+        session = await self._load_session(cookies)
         if session is None:
             return None
         set_cookies: tuple[str, ...] = ()
-        at_exp = session.get("at_exp")
-        if (
-            isinstance(at_exp, int | float)
-            and at_exp - self._clock() < self.cfg.refresh_margin
-            and session.get("rt")
-        ):
+        if self._refresh_due(session):
             refreshed = await self._refresh_once(session)
             if refreshed is None:
                 # The IdP refused the refresh token: the session is over.
                 AUTH.labels(issuer=self.cfg.issuer, method="session", result="refresh_failed").inc()
                 return SessionResult(None, tuple(clear_all(self.session_cookie, cookies)))
             session = refreshed
-            set_cookies = tuple(self._session_cookies(session, cookies))
+            if self._store is None:
+                set_cookies = tuple(self._session_cookies(session, cookies))
         AUTH.labels(issuer=self.cfg.issuer, method="session", result="ok").inc()
         return SessionResult(self._identity(session), set_cookies)
 
@@ -409,7 +462,10 @@ class BrowserLogin:
         key = hashlib.sha256(str(session["rt"]).encode()).hexdigest()
         task = self._refreshes.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._refresh(session))
+            refresh = (
+                self._refresh(session) if self._store is None else self._refresh_stored(session)
+            )
+            task = asyncio.get_running_loop().create_task(refresh)
             self._refreshes[key] = task
             task.add_done_callback(lambda t: self._forget_failed(key, t))
         return await asyncio.shield(task)
@@ -418,6 +474,39 @@ class BrowserLogin:
         # Only successful refreshes are shared; after an IdP error the next request retries.
         if task.cancelled() or task.exception() is not None:
             self._refreshes.pop(key, None)
+
+    async def _refresh_stored(self, session: dict[str, Any]) -> dict[str, Any] | None:
+        """Refresh a stored session under the store's lock: one replica spends the token."""
+        store = self._store
+        assert store is not None
+        sid = str(session["sid"])
+        deadline = time.monotonic() + store.lock_ttl
+        current = session
+        while True:
+            token = await store.lock(sid)
+            if token is not None:
+                try:
+                    latest = await store.load(sid)
+                    if latest is None or not self._refresh_due(latest):
+                        return latest  # logged out meanwhile, or refreshed by another replica
+                    refreshed = await self._refresh(latest)
+                    if refreshed is None:
+                        await store.delete(sid)
+                    elif refreshed is not latest:
+                        await store.save(sid, refreshed)
+                    return refreshed
+                finally:
+                    await store.unlock(sid, token)
+            at_exp = current.get("at_exp")
+            if isinstance(at_exp, int | float) and at_exp > self._clock():
+                return current  # another replica is refreshing; this token still works
+            if time.monotonic() >= deadline:
+                raise IdentityProviderUnavailable(detail="session refresh elsewhere did not finish")
+            await asyncio.sleep(REFRESH_POLL)
+            latest = await store.load(sid)
+            if latest is None or not self._refresh_due(latest):
+                return latest
+            current = latest
 
     async def _refresh(self, session: dict[str, Any]) -> dict[str, Any] | None:
         metadata = await self._metadata()
@@ -444,6 +533,10 @@ class BrowserLogin:
 
     async def _logout(self, request: web.BaseRequest, host: str) -> web.StreamResponse:
         cookies = parse_cookie_header(request.headers.get("Cookie"))
+        content = self.read_session(cookies)
+        if self._store is not None and content is not None and isinstance(content.get("ref"), str):
+            # Revoked everywhere, or (store unreachable) a 503: never a logout that did not happen.
+            await self._store.delete(content["ref"])
         location = "/"
         metadata = self.metadata
         if metadata is not None and metadata.end_session_endpoint:

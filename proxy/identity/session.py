@@ -1,4 +1,5 @@
-"""Encrypted, authenticated cookies for browser sessions (pure: no I/O).
+"""Encrypted, authenticated cookies for browser sessions (pure: no I/O), and the
+interface of the optional server-side session store.
 
 A cookie value is ``v1.<key id>.<base64url(nonce || AES-GCM ciphertext)>``; the
 plaintext is zlib-compressed JSON (group lists compress well, and servers stop
@@ -17,12 +18,13 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -44,18 +46,23 @@ def _unb64(text: str) -> bytes:
 
 def load_cookie_keys(path: Path) -> list[bytes]:
     """One base64 key (16, 24 or 32 bytes) per line; ``#`` comments; first line encrypts."""
+    return parse_cookie_keys(path.read_text(encoding="utf-8"))
+
+
+def parse_cookie_keys(text: str) -> list[bytes]:
+    """Keys from a file's text or an environment variable (comma or whitespace separated)."""
     keys: list[bytes] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        try:
-            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            key = base64.b64decode(text + "=" * (-len(text) % 4))
-        if len(key) not in (16, 24, 32):
-            raise ValueError("cookie keys must be 16, 24 or 32 bytes (base64 encoded)")
-        keys.append(key)
+    for line in text.splitlines():
+        for item in re.split(r"[\s,]+", line.split("#", 1)[0]):
+            if not item:
+                continue
+            try:
+                key = base64.urlsafe_b64decode(item + "=" * (-len(item) % 4))
+            except (binascii.Error, ValueError):
+                key = base64.b64decode(item + "=" * (-len(item) % 4))
+            if len(key) not in (16, 24, 32):
+                raise ValueError("cookie keys must be 16, 24 or 32 bytes (base64 encoded)")
+            keys.append(key)
     if not keys:
         raise ValueError("cookie key file holds no key")
     return keys
@@ -171,3 +178,30 @@ def read_chunked(name: str, cookies: Mapping[str, str]) -> str | None:
 def clear_all(name: str, present: Mapping[str, str]) -> list[str]:
     names = [name, *chunk_names(name)]
     return [clear_cookie(n) for n in names if n in present]
+
+
+class SessionStore(Protocol):
+    """Server-side sessions shared by replicas (``proxy.state.sessions`` over Redis).
+
+    With a store, the session cookie carries only a sealed random id. Every
+    method raises :class:`proxy.errors.StateUnavailable` when the store cannot
+    be reached, so session-based requests fail closed.
+    """
+
+    @property
+    def lock_ttl(self) -> float: ...
+
+    async def load(self, sid: str) -> dict[str, Any] | None: ...
+
+    async def save(self, sid: str, session: Mapping[str, Any]) -> None:
+        """Store ``session`` until its ``exp``."""
+
+    async def delete(self, sid: str) -> None: ...
+
+    async def consume_once(self, token: str, ttl: float) -> bool:
+        """True the first time any replica consumes ``token`` (login ``state``)."""
+
+    async def lock(self, sid: str) -> str | None:
+        """The refresh lock's holder token, or None while another replica holds it."""
+
+    async def unlock(self, sid: str, token: str) -> None: ...

@@ -1,0 +1,109 @@
+"""The Redis connection: availability flips on outages, recovers by itself, says so."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from proxy.config.reader import SecretRef
+from proxy.state.client import StateClient, StateUnreachable
+from proxy.state.shared import SharedState
+from tests.state.conftest import MakeState, eventually, state_config
+from tests.state.redis_server import RedisServer
+
+
+def available_gauge() -> float | None:
+    return REGISTRY.get_sample_value("gatehouse_state_available")
+
+
+async def ping(redis: Redis) -> bool:
+    return bool(await redis.ping())
+
+
+async def test_an_outage_flips_availability_and_recovery_needs_no_restart(
+    redis_server: RedisServer, make_state: MakeState, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "gatehouse.state")
+    state = await make_state()
+    assert state.available() and available_gauge() == 1.0
+    assert await state.client.run(ping)
+
+    redis_server.stop()
+    with pytest.raises(StateUnreachable):
+        await state.client.run(ping)
+    assert not state.available() and available_gauge() == 0.0
+    # While marked down, callers do not wait on connection attempts.
+    started = time.perf_counter()
+    with pytest.raises(StateUnreachable):
+        await state.client.run(ping)
+    assert time.perf_counter() - started < 0.01
+
+    redis_server.start()
+    await eventually(state.available)
+    assert await state.client.run(ping)
+    assert available_gauge() == 1.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in m for m in messages) == 1
+    assert "reachable: sessions" in messages[-1]
+
+
+async def test_the_probe_notices_an_outage_without_any_traffic(
+    redis_server: RedisServer, make_state: MakeState
+) -> None:
+    state = await make_state(reconnect_interval=0.05)
+    redis_server.stop()
+    await eventually(lambda: not state.available())
+    redis_server.start()
+    await eventually(state.available)
+
+
+async def test_start_with_redis_down_serves_fallbacks_then_connects_when_it_appears(
+    redis_server: RedisServer, make_state: MakeState
+) -> None:
+    redis_server.stop()
+    state = await make_state()
+    assert not state.available()
+    redis_server.start()
+    await eventually(state.available)
+
+
+async def test_pooled_connections_from_before_a_restart_do_not_fail_requests_after_it(
+    redis_server: RedisServer, make_state: MakeState
+) -> None:
+    state = await make_state(reconnect_interval=5.0)  # the probe stays out of this
+    # Fill the pool with several connections, then restart Redis under them.
+    assert all(await asyncio.gather(*(state.client.run(ping) for _ in range(8))))
+    redis_server.stop()
+    redis_server.start()
+    results = await asyncio.gather(*(state.client.run(ping) for _ in range(8)))
+    assert all(results) and state.available()
+
+
+async def test_password_comes_by_reference_and_a_wrong_one_means_unavailable(
+    tmp_path: Path, state_key: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis-auth", None, "--requirepass", "right-password")
+    server.start()
+    try:
+        good = tmp_path / "pw"
+        good.write_text("right-password\n")
+        bad = tmp_path / "bad-pw"
+        bad.write_text("wrong-password\n")
+        ok = SharedState(state_config(server, state_key, password=SecretRef("file", str(good))))
+        denied = StateClient(state_config(server, state_key, password=SecretRef("file", str(bad))))
+        try:
+            await ok.start()
+            await denied.start()
+            assert ok.available()
+            assert not denied.available()
+        finally:
+            await ok.close()
+            await denied.close()
+    finally:
+        server.stop()
