@@ -3,7 +3,7 @@
 closed ──N consecutive failures──▶ open ──open_for elapsed──▶ half-open
 half-open: up to ``half_open_probes`` requests go through; all succeed → closed,
 any fails → open again. While open (and while the probes are out) requests
-fail fast: the gateway answers 503 ``upstream_circuit_open`` without touching
+fail fast: the gateway answers 502 ``upstream_circuit_open`` without touching
 the upstream, which gives a struggling upstream room to recover and keeps
 callers from queueing behind connect timeouts.
 

@@ -126,7 +126,7 @@ class HealthBoard:
 
 def publish_gauge(backend: str) -> ChangeListener:
     def publish(endpoint: str, healthy: bool) -> None:
-        metrics.UPSTREAM_HEALTHY.labels(backend, endpoint).set(1 if healthy else 0)
+        metrics.child(metrics.UPSTREAM_HEALTHY, backend, endpoint).set(1 if healthy else 0)
 
     return publish
 

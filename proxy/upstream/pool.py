@@ -22,7 +22,6 @@ import aiohttp
 
 from proxy.errors import (
     GatehouseError,
-    ServiceUnavailable,
     UpstreamConnectError,
     UpstreamError,
 )
@@ -46,6 +45,7 @@ log = logging.getLogger("gatehouse.upstream")
 # (None = the backend's own timeouts), return once response headers arrived.
 Attempt = Callable[[str, float | None], Awaitable[aiohttp.ClientResponse]]
 
+_BUDGET_LOG_EVERY = 10.0
 NO_HEALTHY_ENDPOINT = "no_healthy_upstream"
 CIRCUIT_OPEN = "upstream_circuit_open"
 
@@ -128,6 +128,7 @@ class EndpointPool:
         self.balancer = Balancer(self.urls, opts.load_balancing, self._rng)
         self.circuit = CircuitBreaker(opts.circuit_breaker, clock)
         self.budget = RetryBudget.from_options(opts.retries, clock)
+        self._budget_logged = -_BUDGET_LOG_EVERY
         self.checker: HealthChecker | None = None
         if opts.health_check.enabled:
             self.checker = HealthChecker(name, self.urls, opts.health_check, self.board, self.tls)
@@ -137,7 +138,7 @@ class EndpointPool:
         """Publish the initial verdicts and start active health checks (if configured)."""
         if self.name:
             for url in self.urls:
-                metrics.UPSTREAM_HEALTHY.labels(self.name, url).set(
+                metrics.child(metrics.UPSTREAM_HEALTHY, self.name, url).set(
                     1 if self.board.is_healthy(url) else 0
                 )
         if self.checker is not None:
@@ -171,9 +172,9 @@ class EndpointPool:
     def _admit(self) -> Permit:
         permit = self.circuit.admit()
         if permit is None:
-            if self.name:
-                metrics.UPSTREAM_ERRORS.labels(self.name, CIRCUIT_OPEN).inc()
-            raise ServiceUnavailable(
+            # 502 like every other "the upstream cannot be had" outcome; the
+            # reason tells the operator it was the circuit, not a fresh connect.
+            raise UpstreamConnectError(
                 CIRCUIT_OPEN,
                 detail=f"backend {self.name}: retry in {self.circuit.retry_after():.1f}s",
             )
@@ -189,10 +190,10 @@ class EndpointPool:
     ) -> Exchange:
         """Send via ``attempt``, retrying where :func:`should_retry` and the budget allow.
 
-        Raises the last attempt's error, ``ServiceUnavailable(upstream_circuit_open)``
-        (503) when the circuit is open, or ``UpstreamConnectError(no_healthy_upstream)``
-        (502) when no endpoint is healthy. A 502/503/504 answer that is not
-        retried is returned like any other answer.
+        Raises the last attempt's error, or ``UpstreamConnectError`` (502) with
+        reason ``upstream_circuit_open`` when the circuit is open (nothing is
+        sent) or ``no_healthy_upstream`` when no endpoint may take traffic.
+        A 502/503/504 answer that is not retried is returned like any other.
         """
         started = self._clock()
         self.budget.record_request()
@@ -216,16 +217,18 @@ class EndpointPool:
                 failure, reached = classify(exc)
                 self.board.record_traffic(endpoint, ok=False)
                 self.circuit.record(permit, Outcome.FAILURE)
-                if not await self._may_retry(
+                delay = self._retry_delay(
                     method, number, failure, reached, body_replayable, deadline, started
-                ):
+                )
+                if delay is None:
                     raise
-                log.info(
+                log.debug(
                     "backend %s: retrying %s after %s from %s (attempt %d)",
                     self.name, method, failure.value, endpoint, number,
                 )  # fmt: skip
                 if self.name:
-                    metrics.UPSTREAM_ERRORS.labels(self.name, exc.reason).inc()
+                    metrics.child(metrics.UPSTREAM_ERRORS, self.name, exc.reason).inc()
+                await self._sleep(delay)
                 continue
             except BaseException:
                 # Not the upstream's fault (body too large, client gone, cancelled).
@@ -235,19 +238,25 @@ class EndpointPool:
             bad_status = status_failure(response.status)
             self.board.record_traffic(endpoint, ok=bad_status is None)
             self.circuit.record(permit, Outcome.FAILURE if bad_status else Outcome.SUCCESS)
-            if bad_status is not None and await self._may_retry(
-                method, number, bad_status, True, body_replayable, deadline, started
-            ):
+            delay = None
+            if bad_status is not None:
+                delay = self._retry_delay(
+                    method, number, bad_status, True, body_replayable, deadline, started
+                )
+            if delay is not None:
                 response.release()
                 self.balancer.release(endpoint)
                 if self.name:
-                    metrics.UPSTREAM_ERRORS.labels(self.name, f"upstream_status_{bad_status}").inc()
+                    metrics.child(
+                        metrics.UPSTREAM_ERRORS, self.name, f"upstream_status_{bad_status}"
+                    ).inc()
+                await self._sleep(delay)
                 continue
             return Exchange(
                 response, endpoint, number, functools.partial(self.balancer.release, endpoint)
             )
 
-    async def _may_retry(
+    def _retry_delay(
         self,
         method: str,
         number: int,
@@ -256,21 +265,23 @@ class EndpointPool:
         body_replayable: Callable[[], bool],
         deadline: float | None,
         started: float,
-    ) -> bool:
-        """Decide on a retry and, when it is on, wait out the backoff."""
+    ) -> float | None:
+        """The backoff before retrying attempt ``number``, or None: no retry."""
         retries = self.options.retries
         if not should_retry(retries, method, number, failure, reached, body_replayable()):
-            return False
+            return None
         if self.circuit.state is not CircuitState.CLOSED:
             # Probe slots are for fresh requests; a retry would only turn the
             # real error into "circuit open".
-            return False
+            return None
         delay = backoff_delay(number, retries.backoff_base, retries.backoff_max, self._rng.random())
         if deadline is not None and self._clock() - started + delay >= deadline:
-            return False
+            return None
         if not self.budget.try_spend():
-            log.warning("backend %s: retry budget exhausted, not retrying", self.name)
-            return False
-        if delay > 0:
-            await self._sleep(delay)
-        return True
+            now = self._clock()
+            if now - self._budget_logged >= _BUDGET_LOG_EVERY:
+                # Once in a while, not once per request, during an outage.
+                self._budget_logged = now
+                log.warning("backend %s: retry budget exhausted, not retrying", self.name)
+            return None
+        return delay

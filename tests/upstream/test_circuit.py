@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.errors import ServiceUnavailable
+from proxy.errors import UpstreamConnectError
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome
 from proxy.upstream.config import BackendOptions, CircuitOptions, HealthCheckOptions, RetryOptions
 from proxy.upstream.pool import CIRCUIT_OPEN, EndpointPool
@@ -193,9 +193,9 @@ async def test_the_circuit_opens_on_a_failing_upstream_and_closes_once_it_recove
 
         assert [await status() for _ in range(3)] == [503, 503, 503]
         assert state_of(pool.circuit) is CircuitState.OPEN
-        with pytest.raises(ServiceUnavailable) as err:
+        with pytest.raises(UpstreamConnectError) as err:
             await pool.send("GET", attempt)
-        assert (err.value.status, err.value.reason) == (503, CIRCUIT_OPEN)
+        assert (err.value.status, err.value.reason) == (502, CIRCUIT_OPEN)
         assert upstream.hits == 3  # failing fast: the upstream saw nothing more
         assert not pool.ready()
 
@@ -207,7 +207,7 @@ async def test_the_circuit_opens_on_a_failing_upstream_and_closes_once_it_recove
         assert upstream.hits == 7
 
 
-async def test_a_failure_that_opens_the_circuit_is_reported_as_itself_not_retried_into_a_503(
+async def test_a_failure_that_opens_the_circuit_is_reported_as_itself_not_retried_into_circuit_open(
     flaky: tuple[FlakyUpstream, str],
 ) -> None:
     upstream, url = flaky

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -18,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from proxy.config.schema import BackendConfig, Timeouts
-from proxy.errors import GatehouseError
+from proxy.errors import GatehouseError, UpstreamConnectError
 from proxy.observability.audit import AuditRecord
 from proxy.upstream.circuit import CircuitState
 from proxy.upstream.config import (
@@ -374,3 +375,37 @@ async def test_a_503_answer_to_a_get_is_retried_but_returned_when_retries_run_ou
         assert hits == ["GET", "GET", "POST"]
     finally:
         await runner.cleanup()
+
+
+async def test_no_retry_starts_that_could_not_finish_before_the_deadline() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    tries: list[str] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def attempt(endpoint: str, _remaining: float | None) -> aiohttp.ClientResponse:
+            tries.append(endpoint)
+            try:
+                return await session.get(endpoint + "/")
+            except aiohttp.ClientConnectorError:
+                raise UpstreamConnectError(detail="refused") from None
+
+        slow_backoff = BackendOptions(
+            retries=RetryOptions(attempts=5, backoff_base=10.0, backoff_max=10.0),
+            circuit_breaker=CircuitOptions(enabled=False),
+        )
+        # rng.random() is never 0 here: the delay is a real, long backoff.
+        pool = EndpointPool([dead], slow_backoff, sleep=sleep, rng=random.Random(3))
+        with pytest.raises(UpstreamConnectError):
+            await pool.send("GET", attempt, deadline=1.0)
+        assert tries == [dead] and slept == []
+
+        pool = EndpointPool([dead], options(attempts=5), sleep=sleep, rng=random.Random(3))
+        with pytest.raises(UpstreamConnectError):
+            await pool.send("GET", attempt, deadline=1.0)
+        assert len(tries) == 1 + 5 and len(slept) == 4
+        assert all(0 <= s < 0.002 for s in slept)
