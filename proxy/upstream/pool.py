@@ -37,7 +37,7 @@ from proxy.upstream.retry import (
     should_retry,
     status_failure,
 )
-from proxy.upstream.tls import UpstreamTLS, upstream_tls
+from proxy.upstream.tls import UpstreamTLS, reload_files, upstream_tls
 
 log = logging.getLogger("gatehouse.upstream")
 
@@ -147,6 +147,12 @@ class EndpointPool:
     async def close(self) -> None:
         if self.checker is not None:
             await self.checker.close()
+
+    def reload_tls(self) -> bool:
+        """Re-read the backend's CA bundle and client certificate (call on SIGHUP)."""
+        if self.tls is None:
+            return True
+        return reload_files(self.tls.context, self.options.tls, self.name)
 
     def ready(self) -> bool:
         """At least one endpoint may take traffic and the circuit is not open."""

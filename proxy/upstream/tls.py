@@ -2,6 +2,8 @@
 
 One ``SSLContext`` per backend, built once at start-up and shared by the
 forwarder and the health checker, so both see exactly the same trust.
+:func:`reload_files` loads renewed files into that same context (SIGHUP), so
+a rotated client certificate is presented on the next new connection.
 """
 
 from __future__ import annotations
@@ -60,3 +62,27 @@ def client_context(options: UpstreamTLSOptions, backend: str = "") -> ssl.SSLCon
 
 def upstream_tls(options: UpstreamTLSOptions, backend: str = "") -> UpstreamTLS:
     return UpstreamTLS(client_context(options, backend), options.server_name)
+
+
+def reload_files(ctx: ssl.SSLContext, options: UpstreamTLSOptions, backend: str = "") -> bool:
+    """Load the CA bundle and client certificate again; keep the current ones on error.
+
+    A CA bundle reload adds the new CAs to the trusted set (OpenSSL cannot
+    forget one), which is what an overlapping CA rotation needs anyway.
+    """
+    try:
+        # Validate into a scratch context first: a half-written key file must
+        # not leave the live context without a usable certificate.
+        client_context(options, backend)
+        if options.client_cert_file is not None:
+            ctx.load_cert_chain(
+                str(options.client_cert_file),
+                str(options.client_key_file) if options.client_key_file is not None else None,
+            )
+        if options.verify and options.ca_file is not None:
+            ctx.load_verify_locations(cafile=str(options.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        log.error("backend %s: upstream TLS reload failed, keeping the current files: %s",
+                  backend or "?", exc)  # fmt: skip
+        return False
+    return True

@@ -205,3 +205,31 @@ async def test_health_probes_use_the_backend_tls(pki: Pki, serve: Serve) -> None
         assert not await untrusted.checker.probe(url)
     finally:
         await untrusted.checker.close()
+
+
+async def test_a_renewed_client_certificate_is_presented_after_reload(
+    pki: Pki, serve: Serve, tmp_path: Path
+) -> None:
+    url = await serve(pki.server, client_ca=pki.ca.cert_file)
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+    cert.write_bytes(pki.client.cert_file.read_bytes())
+    key.write_bytes(pki.client.key_file.read_bytes())
+    tls = UpstreamTLSOptions(ca_file=pki.ca.cert_file, client_cert_file=cert, client_key_file=key)
+    pool = EndpointPool([url], BackendOptions(tls=tls), name="tls-reload")
+
+    async def client_cn() -> str:
+        # A new session per call: a new connection, so a new handshake.
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + "/", ssl=pool.ssl) as r:
+                data: dict[str, str] = await r.json()
+                return data["client_cn"]
+
+    assert await client_cn() == "gatehouse-client"
+    renewed = issue(pki.ca, tmp_path, "renewed", common_name="gatehouse-client-2", client=True)
+    key.write_text("half-written", encoding="utf-8")
+    assert not pool.reload_tls()  # a broken file keeps the current certificate
+    assert await client_cn() == "gatehouse-client"
+    cert.write_bytes(renewed.cert_file.read_bytes())
+    key.write_bytes(renewed.key_file.read_bytes())
+    assert pool.reload_tls()
+    assert await client_cn() == "gatehouse-client-2"
