@@ -4,8 +4,11 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# Real peers some tests start (redis-server) or use (promtool), from the system
+# package manager when missing; tests that need one say so if it cannot be had.
+SYSTEM_PACKAGES := redis-server:redis-server promtool:prometheus
 
-.PHONY: run test lint fmt bench check-policies clean deps
+.PHONY: run test lint fmt bench clean deps system-deps
 
 run: deps
 	$(BIN)/gatehouse demo
@@ -25,7 +28,18 @@ fmt: $(STAMP)
 bench: deps
 	$(BIN)/python -m bench
 
-deps: $(STAMP) $(NODE_STAMP)
+deps: $(STAMP) $(NODE_STAMP) system-deps
+
+system-deps:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null || echo "could not install:$$missing"; \
+	  else echo "missing system packages (install them for the full suite):$$missing"; fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -231,51 +231,72 @@ class Gateway:
                 url=endpoint + facts.path + (f"?{query}" if query else ""),
                 headers=upstream_headers,
                 record=record,
+                ssl_context=pool.ssl,
+                server_hostname=pool.server_hostname,
             )
         backend = self.config.backends[route.backend]
         path_qs = path + (f"?{query}" if query else "")
         max_body = route.max_body if route.max_body is not None else cfg.max_body
+        deadline = route.timeout if route.timeout is not None else backend.timeouts.total
+
+        def attempt_with(
+            headers: list[tuple[str, str]],
+        ) -> Callable[[str, float | None], Awaitable[aiohttp.ClientResponse]]:
+            async def attempt(base_url: str, remaining: float | None) -> aiohttp.ClientResponse:
+                return await send(
+                    self.session,
+                    request,
+                    backend=backend,
+                    base_url=base_url,
+                    method=request.method,
+                    path_qs=path_qs,
+                    headers=headers,
+                    max_body=max_body,
+                    deadline=remaining,
+                    record=record,
+                    ssl_context=pool.ssl,
+                    server_hostname=pool.server_hostname,
+                )
+
+            return attempt
+
+        def body_replayable() -> bool:
+            # Nothing of the client's body has been read yet (always true without one).
+            return record.bytes_in == 0
+
         started = time.perf_counter()
         try:
-            upstream = await send(
-                self.session,
-                request,
-                backend=backend,
-                base_url=endpoint,
-                method=request.method,
-                path_qs=path_qs,
-                headers=upstream_headers,
-                max_body=max_body,
-                deadline=route.timeout,
-                record=record,
+            exchange = await pool.send(
+                request.method,
+                attempt_with(upstream_headers),
+                body_replayable=body_replayable,
+                deadline=deadline,
             )
-            if upstream.status == 401 and extra and self.credentials is not None:
+            if exchange.response.status == 401 and extra and self.credentials is not None:
                 # Our credential may have been revoked before its expiry: fetch a
                 # new one and try once more, when the body can still be replayed.
                 self.credentials.invalidate(route.backend, identity)
                 if not request.body_exists:
-                    upstream.release()
+                    exchange.response.release()
+                    exchange.release()
                     extra = await self.credentials.headers(route.backend, route, identity)
                     upstream_headers = self._upstream_headers(
                         request, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
                     )
-                    upstream = await send(
-                        self.session,
-                        request,
-                        backend=backend,
-                        base_url=endpoint,
-                        method=request.method,
-                        path_qs=path_qs,
-                        headers=upstream_headers,
-                        max_body=max_body,
-                        deadline=route.timeout,
-                        record=record,
+                    exchange = await pool.send(
+                        request.method,
+                        attempt_with(upstream_headers),
+                        body_replayable=body_replayable,
+                        deadline=deadline,
                     )
         finally:
             metrics.child(metrics.UPSTREAM_DURATION, route.backend).observe(
                 time.perf_counter() - started
             )
-        return await relay(request, upstream, record, set_cookies)
+        try:
+            return await relay(request, exchange.response, record, set_cookies)
+        finally:
+            exchange.release()
 
     def _upstream_headers(
         self,

@@ -80,16 +80,22 @@ async def serve(
     audit = AuditWriter(config.audit.output)
     policies = PolicyStore(config.policy_dir, backends=set(config.backends))
     session = new_client_session()
+    pools = {
+        name: EndpointPool(b.urls, b.options, name=name) for name, b in config.backends.items()
+    }
     gateway = Gateway(
         config=config,
         policies=policies,
         audit=audit,
         session=session,
-        pools={name: EndpointPool(b.urls) for name, b in config.backends.items()},
+        pools=pools,
         certificate_reader=certificate_from_der,
         rate_limiter=RateLimiter(),
     )
     closers: list[Callable[[], Awaitable[None]]] = []
+    for pool in pools.values():
+        await pool.start()
+        closers.append(pool.close)
     if config.identity.enabled:
         authenticator = Authenticator(config.identity)
         await authenticator.start()
@@ -107,7 +113,10 @@ async def serve(
     await reach.probe_once(limit=1.0)
 
     def checks() -> dict[str, bool]:
-        out = {"config": True, "upstreams": reach.ok()}
+        out = {
+            "config": True,
+            "upstreams": reach.ok() and all(pool.ready() for pool in pools.values()),
+        }
         if gateway.authenticator is not None:
             out["identity"] = gateway.authenticator.ready()
         if gateway.credentials is not None:
@@ -137,6 +146,8 @@ async def serve(
         if ssl_context is not None and config.listen.tls is not None:
             reload_certificates(ssl_context, config.listen.tls)
         audit.reopen()
+        for pool in pools.values():
+            pool.reload_tls()
         # Parsing a large policy set takes seconds: never on the event loop.
         future = asyncio.ensure_future(asyncio.to_thread(policies.reload))
         reloads.add(future)

@@ -22,6 +22,7 @@ from proxy.credentials.config import parse_assertion_signing, parse_credentials
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
 from proxy.identity.config import parse_identity
+from proxy.upstream.config import parse_backend_options
 
 __all__ = ["ConfigError", "load_config", "parse_address"]
 
@@ -112,9 +113,10 @@ def _backend(name: str, m: Mapping) -> BackendConfig | None:
         t.close()
     max_connections = m.int("max_connections", 0, minimum=0)
     credentials = parse_credentials(m, name)
+    options = parse_backend_options(m, name, urls=urls)
     m.close()
     return BackendConfig(
-        name, tuple(u.rstrip("/") for u in urls), timeouts, max_connections, credentials
+        name, tuple(u.rstrip("/") for u in urls), timeouts, max_connections, credentials, options
     )
 
 

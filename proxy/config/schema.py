@@ -10,6 +10,7 @@ from proxy.credentials.config import AssertionSigningConfig, CredentialSpec
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
 from proxy.identity.config import IdentityConfig
+from proxy.upstream.config import BackendOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class BackendConfig:
     timeouts: Timeouts = Timeouts()
     max_connections: int = 0  # 0 = unlimited
     credentials: tuple[CredentialSpec, ...] = ()
+    options: BackendOptions = BackendOptions()
 
 
 @dataclass(frozen=True, slots=True)

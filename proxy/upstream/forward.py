@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ def new_client_session(max_connections: int = 0) -> aiohttp.ClientSession:
         keepalive_timeout=30,
         enable_cleanup_closed=False,
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
@@ -64,6 +65,10 @@ def new_client_session(max_connections: int = 0) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         trust_env=False,
     )
+    # aiohttp repeats an idempotent request once on a reset, outside any retry
+    # policy or budget; EndpointPool.send is the only layer that retries.
+    session._retry_connection = False
+    return session
 
 
 async def _stream_body(
@@ -103,6 +108,8 @@ async def send(
     max_body: int,
     deadline: float | None,
     record: AuditRecord,
+    ssl_context: ssl.SSLContext | bool = True,
+    server_hostname: str | None = None,
 ) -> aiohttp.ClientResponse:
     """Send the request to ``base_url + path_qs`` and return once response headers arrive.
 
@@ -144,6 +151,8 @@ async def send(
                 timeout=client_timeout,
                 compress=None,
                 chunked=None,
+                ssl=ssl_context,
+                server_hostname=server_hostname,
             )
     except BaseException as exc:
         if state.too_large:
@@ -204,9 +213,10 @@ async def _relay(
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
             sent += len(chunk)
-    except ConnectionResetError:
-        # The client went away: not a failure of ours or the upstream's. The
-        # unread upstream body makes aiohttp close that connection on release.
+    except ConnectionError:
+        # The client went away (reset, broken pipe, lost while draining): not a
+        # failure of ours or the upstream's. The unread upstream body makes
+        # aiohttp close that upstream connection on release.
         record.reason = "client_disconnected"
     except (TimeoutError, aiohttp.ClientError) as exc:
         # The status line is gone already: cut the connection so the client

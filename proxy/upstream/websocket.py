@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Sequence
 
 import aiohttp
@@ -48,6 +49,8 @@ async def proxy_websocket(
     url: str,
     headers: Sequence[tuple[str, str]],
     record: AuditRecord,
+    ssl_context: ssl.SSLContext | bool = True,
+    server_hostname: str | None = None,
 ) -> web.StreamResponse:
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
@@ -64,6 +67,8 @@ async def proxy_websocket(
                 protocols=protocols,
                 autoclose=False,
                 max_msg_size=_MAX_MESSAGE,
+                ssl=ssl_context,
+                server_hostname=server_hostname,
             )
     except TimeoutError:
         raise UpstreamTimeout(detail="websocket handshake") from None

@@ -1,0 +1,50 @@
+"""Through a real gatehouse process: a dead endpoint, health checks, retries, circuit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from tests.conftest import GatehouseFactory
+from tests.support.gatehouse import public_route
+from tests.support.net import free_port
+
+
+async def test_a_dead_endpoint_costs_no_request_and_is_reported(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    gh = gatehouse(
+        backends={
+            "app": {
+                "urls": [dead, upstream_url],
+                "kind": "fastapi",
+                "health_check": {"interval": "300ms", "timeout": "200ms"},
+                "load_balancing": "least_request",
+            },
+            "down": {
+                "urls": [f"http://127.0.0.1:{free_port()}"],
+                "circuit_breaker": {"consecutive_failures": 3, "open_for": "30s"},
+            },
+        },
+        routes=[public_route("down", "/down", "down"), public_route("all", "/", "app")],
+    )
+    async with aiohttp.ClientSession() as s:
+        statuses = []
+        for i in range(40):
+            method = "POST" if i % 2 else "GET"
+            async with s.request(method, gh.url + "/echo/x", data=b"y" * (i % 3)) as r:
+                statuses.append(r.status)
+        assert statuses == [200] * 40
+        await asyncio.sleep(0.5)
+        async with s.get(gh.admin_url + "/metrics") as r:
+            text = await r.text()
+        assert f'gatehouse_upstream_healthy{{backend="app",endpoint="{dead}"}} 0.0' in text
+        assert f'gatehouse_upstream_healthy{{backend="app",endpoint="{upstream_url}"}} 1.0' in text
+        reasons = []
+        for _ in range(6):
+            async with s.get(gh.url + "/down") as r:
+                reasons.append((r.status, (await r.json())["error"]))
+        assert reasons[:2] == [(502, "upstream_unavailable")] * 2  # two attempts each
+        assert reasons[2:] == [(502, "upstream_circuit_open")] * 4
