@@ -13,8 +13,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 app = FastAPI()
 
 
-@app.api_route("/echo/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
-@app.api_route("/echo", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+ECHO_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
+
+
+@app.api_route("/echo/{rest:path}", methods=ECHO_METHODS, include_in_schema=False)
+@app.api_route("/echo", methods=ECHO_METHODS, include_in_schema=False)
 async def echo(request: Request) -> JSONResponse:
     digest = hashlib.sha256()
     size = 0
