@@ -190,6 +190,20 @@ async def test_policy_swaps_under_load_never_fail_a_request_and_each_is_decided_
     assert len(versions) > 1  # swaps really happened while requests were in flight
     assert all(isinstance(v, str) and len(v) == 12 for v in versions)
     assert gh.process.poll() is None
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gh.admin_url + "/metrics") as r:
+            text = await r.text()
+    live = [
+        line
+        for line in text.splitlines()
+        if line.startswith("gatehouse_policy_version_info{") and line.endswith(" 1.0")
+    ]
+    assert len(live) == 1  # exactly one version is live
+    status, _, _ = await call(gh, "/echo/after")
+    assert status == 200
+    after = gh.wait_audit(1001)[-1]
+    assert after["path"] == "/echo/after"
+    assert live[0] == f'gatehouse_policy_version_info{{version="{after["policy_version"]}"}} 1.0'
 
 
 async def test_broken_or_deleted_policy_files_never_widen_access(

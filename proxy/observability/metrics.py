@@ -71,6 +71,12 @@ BUILD_INFO = Gauge(
     multiprocess_mode="liveall",
 )
 CONFIG_RELOADS = Counter("gatehouse_config_reload", "Configuration/policy reloads.", ["result"])
+POLICY_VERSION = Gauge(
+    "gatehouse_policy_version_info",
+    "1 for the policy version this process decides with (0 for the one it replaced).",
+    ["version"],
+    multiprocess_mode="liveall",
+)
 CONFIG_LAST_RELOAD_SUCCESS = Gauge(
     "gatehouse_config_last_reload_success_timestamp_seconds",
     "Unix time of the last successful configuration or policy load.",

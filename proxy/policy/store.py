@@ -28,7 +28,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from proxy.config.reader import ConfigError
-from proxy.observability.metrics import CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS
+from proxy.observability.metrics import CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS, POLICY_VERSION
 from proxy.policy.check import Finding, check_policies
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.load import load_policies
@@ -78,6 +78,7 @@ class PolicyStore:
         self.current: PolicySet = load_policies(self.paths, backends)
         self.warnings: list[Finding] = check_policies(self.current)
         CONFIG_LAST_RELOAD_SUCCESS.set_to_current_time()
+        POLICY_VERSION.labels(self.current.version).set(1)
 
     def reload(self, *, allow_removal: bool = False) -> bool:
         """Load, compile and check everything, then swap; False keeps the last good set."""
@@ -106,6 +107,9 @@ class PolicyStore:
             self._signature = signature
             CONFIG_RELOADS.labels(result="ok").inc()
             CONFIG_LAST_RELOAD_SUCCESS.set_to_current_time()
+            if old.version != new.version:
+                POLICY_VERSION.labels(old.version).set(0)
+            POLICY_VERSION.labels(new.version).set(1)
             log.info(
                 "policy version %s loaded (%d routes, was %s)",
                 new.version,
