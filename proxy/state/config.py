@@ -19,6 +19,7 @@ would end up in config files and logs.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -67,6 +68,9 @@ def parse_state(m: Mapping | None) -> StateConfig | None:
     """The shared-state settings, or None when the section is absent (single replica)."""
     if m is None:
         return None
+    if importlib.util.find_spec("redis") is None:
+        # Reported with the config, not as an ImportError once workers start.
+        m.error(None, f"{m.where}: needs the Redis client: pip install 'gatehouse[redis]'")
     url = m.str("redis_url", required=True)
     if url is not None:
         _check_url(m, url)

@@ -37,6 +37,8 @@ from tests.state.redis_server import RedisServer
 
 COOKIE = "__Host-gatehouse"
 API = {"Accept": "application/json"}
+# A stuck request fails the test in seconds, with a trace, instead of at the suite timeout.
+TIMEOUT = aiohttp.ClientTimeout(total=20)
 
 
 def build_app(auth: Authenticator) -> web.Application:
@@ -92,6 +94,7 @@ class Replicas:
     def client(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self.client_ssl),
+            timeout=TIMEOUT,
             cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
 
@@ -124,6 +127,7 @@ class Replicas:
         async with (
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.client_ssl),
+                timeout=TIMEOUT,
                 cookie_jar=aiohttp.DummyCookieJar(),
             ) as http,
             http.get(f"{via.url}/api", headers=sent, allow_redirects=False) as response,
