@@ -50,6 +50,8 @@ class StateClient:
         self.cfg = cfg
         self.codec = CookieCodec(parse_cookie_keys(cfg.encryption_key.read()))
         options: dict[str, Any] = {
+            # Room for the probe beyond the slots requests use (see ``run``).
+            "max_connections": cfg.max_connections + 2,
             "socket_timeout": cfg.timeout,
             "socket_connect_timeout": cfg.timeout,
             # One immediate retry on a fresh connection absorbs pooled connections
@@ -68,6 +70,9 @@ class StateClient:
         self._known = False
         self._probe: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # redis-py fails a command at once when its pool is exhausted; a burst of
+        # requests must queue for a connection instead, and that is not an outage.
+        self._slots = asyncio.Semaphore(cfg.max_connections)
         STATE_AVAILABLE.set(0)
 
     def key(self, *parts: str) -> str:
@@ -112,6 +117,11 @@ class StateClient:
         if not self._up:
             raise StateUnreachable("shared state is unreachable")
         try:
+            async with asyncio.timeout(self.cfg.timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StateUnreachable("no free Redis connection in time") from None
+        try:
             return await op(self.redis)
         except _UNREACHABLE as exc:
             self._mark(False, type(exc).__name__)
@@ -120,6 +130,8 @@ class StateClient:
             # Redis answered, with an error: not an outage, but this operation failed.
             log.warning("shared state command failed: %s", type(exc).__name__)
             raise StateUnreachable(type(exc).__name__) from None
+        finally:
+            self._slots.release()
 
     def _mark(self, up: bool, why: str = "") -> None:
         if up == self._up and self._known:

@@ -11,6 +11,7 @@ Example::
       tls_ca_file: /etc/ssl/redis-ca.pem              # optional, rediss:// only
       timeout: 500ms
       lock_ttl: 10s
+      max_connections: 64                             # per worker process
 
 Without the section every replica keeps its state in memory (as before).
 Passwords never sit in the URL: the URL is not a secret reference, so it
@@ -44,6 +45,8 @@ class StateConfig:
     lock_ttl: float = 10.0
     # How often an unreachable Redis is probed again.
     reconnect_interval: float = 1.0
+    # Commands in flight per worker; more wait (up to ``timeout``) for a free connection.
+    max_connections: int = 64
 
 
 def _check_url(m: Mapping, url: str) -> None:
@@ -86,6 +89,7 @@ def parse_state(m: Mapping | None) -> StateConfig | None:
     timeout = m.duration("timeout", 0.5)
     lock_ttl = m.duration("lock_ttl", 10.0)
     reconnect = m.duration("reconnect_interval", 1.0)
+    max_connections = m.int("max_connections", 64, minimum=1)
     for name, value in (("timeout", timeout), ("lock_ttl", lock_ttl)):
         if value <= 0:
             m.error(name, f"{m.where}.{name}: must be more than zero")
@@ -102,4 +106,5 @@ def parse_state(m: Mapping | None) -> StateConfig | None:
         timeout=timeout,
         lock_ttl=lock_ttl,
         reconnect_interval=max(reconnect, 0.05),
+        max_connections=max_connections,
     )

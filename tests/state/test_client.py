@@ -85,6 +85,14 @@ async def test_pooled_connections_from_before_a_restart_do_not_fail_requests_aft
     assert all(results) and state.available()
 
 
+async def test_a_burst_beyond_the_connection_limit_queues_and_is_not_an_outage(
+    make_state: MakeState,
+) -> None:
+    state = await make_state(max_connections=4)
+    results = await asyncio.gather(*(state.client.run(ping) for _ in range(500)))
+    assert all(results) and state.available()
+
+
 async def test_password_comes_by_reference_and_a_wrong_one_means_unavailable(
     tmp_path: Path, state_key: Path
 ) -> None:

@@ -68,6 +68,7 @@ def test_full_section_parses_every_field(tmp_path: Path) -> None:
           timeout: 250ms
           lock_ttl: 20s
           reconnect_interval: 2s
+          max_connections: 16
         """,
     )
     assert config == StateConfig(
@@ -80,6 +81,7 @@ def test_full_section_parses_every_field(tmp_path: Path) -> None:
         timeout=0.25,
         lock_ttl=20.0,
         reconnect_interval=2.0,
+        max_connections=16,
     )
 
 
