@@ -68,6 +68,7 @@ class StateClient:
         self.redis: Redis = Redis.from_url(cfg.redis_url, **options)
         self._up = False
         self._known = False
+        self._closed = False
         self._probe: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # redis-py fails a command at once when its pool is exhausted; a burst of
@@ -89,11 +90,14 @@ class StateClient:
             self._probe = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        self._closed = True
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            # A cancel landing inside the Redis client's own timeout can be swallowed
+            # there (Python 3.11 asyncio.timeout); the closed flag then ends the loop
+            # after its sleep, and shutdown never waits longer than that.
+            await asyncio.wait({probe}, timeout=self.cfg.timeout + self.cfg.reconnect_interval)
         with contextlib.suppress(RedisError, OSError):
             await self.redis.aclose()
 
@@ -107,9 +111,10 @@ class StateClient:
         return self._up
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.cfg.reconnect_interval)
-            await self.ping()
+            if not self._closed:
+                await self.ping()
 
     # -- commands ------------------------------------------------------------------
     async def run(self, op: Callable[[Redis], Awaitable[T]]) -> T:
