@@ -18,7 +18,12 @@ from typing import Any
 EXIT_CONFIG = 2
 
 # Subcommand groups contributed by other packages: ``add_commands(subparsers)``.
-_COMMAND_MODULES = ("proxy.policy.cli", "proxy.identity.cli", "proxy.credentials.cli")
+_COMMAND_MODULES = (
+    "proxy.policy.cli",
+    "proxy.identity.cli",
+    "proxy.credentials.cli",
+    "proxy.state.cli",
+)
 
 
 def _setup_logging(verbose: bool = False) -> None:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -55,6 +56,9 @@ from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
+if TYPE_CHECKING:
+    from proxy.state.ratelimit import SharedRateLimiter
+
 log = logging.getLogger("gatehouse.gateway")
 
 
@@ -72,7 +76,7 @@ class Gateway:
     session: aiohttp.ClientSession
     pools: dict[str, EndpointPool]
     authenticator: Authenticator | None = None
-    rate_limiter: RateLimiter | None = None
+    rate_limiter: RateLimiter | SharedRateLimiter | None = None
     credentials: CredentialBroker | None = None
     local_endpoints: tuple[LocalEndpoint, ...] = ()
     certificate_reader: CertificateReader | None = None
@@ -203,13 +207,13 @@ class Gateway:
                         return login
                 raise AuthenticationError("unauthenticated")
             raise AccessDenied(decision.reason)
-        if (
-            route.rate_limit is not None
-            and self.rate_limiter is not None
-            and not self.rate_limiter.allow(route, rate_key(identity, facts), now)
-        ):
-            metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
-            raise RateLimited()
+        if route.rate_limit is not None and self.rate_limiter is not None:
+            allowed = self.rate_limiter.allow(route, rate_key(identity, facts), now)
+            if not isinstance(allowed, bool):
+                allowed = await allowed  # shared buckets: answered by Redis
+            if not allowed:
+                metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
+                raise RateLimited()
         metrics.child(metrics.DECISIONS, route.name, "allow", decision.reason).inc()
         record.decision = "allow"
 

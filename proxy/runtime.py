@@ -29,6 +29,7 @@ from aiohttp import web
 from proxy import __version__
 from proxy.config.schema import Config
 from proxy.credentials.broker import CredentialBroker
+from proxy.credentials.cache import CredentialCache
 from proxy.gateway import Gateway, LocalEndpoint
 from proxy.http.facts import RequestFacts
 from proxy.http.server import bind_socket, make_server, start_listener
@@ -80,6 +81,14 @@ async def serve(
     audit = AuditWriter(config.audit.output)
     policies = PolicyStore(config.policy_dir, backends=set(config.backends))
     session = new_client_session()
+    state = None
+    local_limiter = RateLimiter()
+    if config.state is not None:
+        # Imported here: the Redis client is needed only with a state: section.
+        from proxy.state.shared import SharedState
+
+        state = SharedState(config.state)
+        await state.start()
     pools = {
         name: EndpointPool(b.urls, b.options, name=name) for name, b in config.backends.items()
     }
@@ -90,7 +99,7 @@ async def serve(
         session=session,
         pools=pools,
         certificate_reader=certificate_from_der,
-        rate_limiter=RateLimiter(),
+        rate_limiter=state.rate_limiter(local_limiter) if state is not None else local_limiter,
     )
     closers: list[Callable[[], Awaitable[None]]] = []
     for pool in pools.values():
@@ -99,16 +108,21 @@ async def serve(
     if config.identity.enabled:
         authenticator = Authenticator(config.identity)
         await authenticator.start()
+        if state is not None and authenticator.browser is not None:
+            authenticator.browser.use_session_store(state.sessions)
         gateway.authenticator = authenticator
         gateway.local_endpoints += (authenticator.local_endpoint,)
         closers.append(authenticator.close)
     specs = {name: b.credentials for name, b in config.backends.items() if b.credentials}
     if specs or config.assertions is not None:
-        broker = CredentialBroker(specs, config.assertions, config.public_url)
+        cache = CredentialCache(shared=state.credentials) if state is not None else None
+        broker = CredentialBroker(specs, config.assertions, config.public_url, cache=cache)
         await broker.start()
         gateway.credentials = broker
         gateway.local_endpoints += (jwks_endpoint(broker),)
         closers.append(broker.close)
+    if state is not None:
+        closers.append(state.close)  # last: the authenticator and broker use it until closed
     reach = Reachability(config.backends)
     await reach.probe_once(limit=1.0)
 

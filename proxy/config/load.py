@@ -22,6 +22,7 @@ from proxy.credentials.config import parse_assertion_signing, parse_credentials
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
 from proxy.identity.config import parse_identity
+from proxy.state.config import parse_state
 from proxy.upstream.config import parse_backend_options
 
 __all__ = ["ConfigError", "load_config", "parse_address"]
@@ -190,6 +191,7 @@ def load_config(path: Path) -> Config:
     public_url = root.str("public_url", default_url) or default_url
     if urlsplit(public_url).scheme not in ("http", "https"):
         root.error("public_url", f"public_url: expected an http(s) URL, got {public_url!r}")
+    state = parse_state(root.mapping("state"))
     shutdown_m = root.mapping("shutdown")
     drain = 30.0
     if shutdown_m is not None:
@@ -211,4 +213,5 @@ def load_config(path: Path) -> Config:
         assertions=assertions,
         drain_timeout=drain,
         config_hash=config_hash,
+        state=state,
     )

@@ -10,6 +10,7 @@ from proxy.credentials.config import AssertionSigningConfig, CredentialSpec
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
 from proxy.identity.config import IdentityConfig
+from proxy.state.config import StateConfig
 from proxy.upstream.config import BackendOptions
 
 
@@ -84,3 +85,4 @@ class Config:
     assertions: AssertionSigningConfig | None = None
     drain_timeout: float = 30.0
     config_hash: str = ""
+    state: StateConfig | None = None

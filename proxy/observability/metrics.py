@@ -91,6 +91,19 @@ AUTH = Counter("gatehouse_auth", "Authentication attempts.", ["issuer", "method"
 JWKS_REFRESH = Counter("gatehouse_jwks_refresh", "JWKS fetches.", ["issuer", "result"])
 TOKEN_CACHE = Counter("gatehouse_token_cache", "Verified-token cache lookups.", ["result"])
 
+# -- shared state (Redis) ----------------------------------------------------
+STATE_AVAILABLE = Gauge(
+    "gatehouse_state_available",
+    "1 while the shared state store (Redis) answers; 0 while replicas use their fallbacks.",
+    multiprocess_mode="livemin",
+)
+STATE_UNREACHABLE = Counter(
+    "gatehouse_state_unreachable",
+    "Operations that found shared state unreachable: sessions fail closed, "
+    "rate limits and credential fetches fall back to the replica's own.",
+    ["component"],
+)
+
 # -- upstream credentials ---------------------------------------------------
 CREDENTIAL_FETCH = Counter(
     "gatehouse_credential_fetch", "Upstream credential fetches.", ["backend", "provider", "result"]

@@ -29,8 +29,8 @@ from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.identity.session import CookieCodec, parse_cookie_keys
+from proxy.observability.metrics import STATE_AVAILABLE
 from proxy.state.config import StateConfig
-from proxy.state.metrics import STATE_AVAILABLE
 
 log = logging.getLogger("gatehouse.state")
 

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from proxy.credentials.cache import CacheKey, Credential, Fetch, value_digest
+from proxy.observability.metrics import STATE_UNREACHABLE
 from proxy.state.client import StateClient, StateUnreachable
 from proxy.state.lock import Locks
-from proxy.state.metrics import STATE_UNREACHABLE
 
 log = logging.getLogger("gatehouse.state")
 

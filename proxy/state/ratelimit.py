@@ -24,10 +24,10 @@ import math
 
 from redis.asyncio import Redis
 
+from proxy.observability.metrics import STATE_UNREACHABLE
 from proxy.policy.model import RateLimit, Route
 from proxy.policy.ratelimit import RateLimiter
 from proxy.state.client import StateClient, StateUnreachable
-from proxy.state.metrics import STATE_UNREACHABLE
 
 log = logging.getLogger("gatehouse.state")
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from proxy.errors import StateUnavailable
+from proxy.observability.metrics import STATE_UNREACHABLE
 from proxy.state.client import StateClient, StateUnreachable
 from proxy.state.lock import Locks
-from proxy.state.metrics import STATE_UNREACHABLE
 
 T = TypeVar("T")
 _UNREACHABLE = STATE_UNREACHABLE.labels(component="session")

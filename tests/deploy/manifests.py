@@ -215,10 +215,11 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
     ConfigMap volumes get the rendered ConfigMap's data in the kubelet's
     atomic layout. Secret volumes get the files the config names: a server
     certificate and key for ``tls.crt``/``tls.key`` and a fresh signing key
-    set for ``*keys.json``. Absolute paths in the config are re-rooted.
+    set for ``*keys.json``, a fresh key for ``state-key``. Absolute paths in the config are re-rooted.
     """
     from proxy.credentials.signing import rotate_key_file
     from proxy.http.devcert import dev_certificates
+    from proxy.identity.session import new_cookie_key as new_state_key
 
     dep = one(docs, "Deployment", deployment)
     c = container(dep, container_name)
@@ -258,6 +259,8 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
                 shutil.copyfile(source, path)
             elif path.name.endswith("keys.json"):
                 rotate_key_file(path)
+            elif path.name == "state-key":
+                path.write_text(new_state_key() + "\n")
     return config
 
 

@@ -227,7 +227,7 @@ def test_builder_stage_installs_a_working_gatehouse_with_the_speed_extra(image_v
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     out = subprocess.run(["gatehouse", "--version"], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == version
-    # EXTRAS=speed: uvloop is there; nothing comes from the repository checkout.
+    # EXTRAS=speed,redis: uvloop and the Redis client are there; nothing comes from the checkout.
     probe = "import proxy, uvloop; print(proxy.__file__)"
     out = subprocess.run(["python", "-c", probe], env=env, capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr

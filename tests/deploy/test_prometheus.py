@@ -8,7 +8,6 @@ suffixes), or Prometheus's own ``up``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -41,19 +40,10 @@ _SUFFIXES = {
 
 # Metric modules: the public contract, plus shared state's until the core moves
 # those into it (they register in the same default registry either way).
-_METRIC_MODULES = ("proxy.observability.metrics", "proxy.state.metrics")
-
-
 def exported_names() -> set[str]:
-    """Every series name the metric modules expose, suffixes included."""
+    """Every series name the metrics module exposes, suffixes included."""
     names: set[str] = set()
-    modules = [metrics]
-    for name in _METRIC_MODULES[1:]:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError:
-            continue
-    for module in modules:
+    for module in (metrics,):
         for value in vars(module).values():
             if not isinstance(value, MetricWrapperBase):
                 continue

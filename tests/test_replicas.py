@@ -1,0 +1,296 @@
+"""Two gatehouse processes sharing one real redis-server behave as one deployment:
+browser sessions, logout, rate limits and credential fetches hold across both, and a
+Redis outage gives the documented behaviour, then recovers without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.identity.session import new_cookie_key
+from tests.identity.browser_env import HTML, follow_login
+from tests.peers.cloud.oauth import OAuthServer
+from tests.peers.oidc_provider import RESOURCE, WEB_CLIENT, OidcProvider, rsa_jwk
+from tests.state.redis_server import RedisServer, running_redis
+from tests.support.gatehouse import Gatehouse, public_route, start_gatehouse
+from tests.support.net import free_port
+
+COOKIE = "__Host-gatehouse"
+API = {"Accept": "application/json"}
+# A stuck request fails the test in seconds, with a trace, instead of at the suite timeout.
+TIMEOUT = aiohttp.ClientTimeout(total=20)
+BACKEND_SECRET = "backend-client-secret"
+LIMIT = {"requests": 10, "per": "1m", "burst": 10}
+
+
+@dataclass
+class Deployment:
+    one: Gatehouse
+    two: Gatehouse
+    provider: OidcProvider
+    tokens: OAuthServer
+    redis: RedisServer
+    client_ssl: ssl.SSLContext
+
+    def base(self, gh: Gatehouse) -> str:
+        return f"https://localhost:{gh.port}"
+
+    def client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.client_ssl, limit=200),
+            timeout=TIMEOUT,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+        )
+
+    async def login(self, http: aiohttp.ClientSession, via: Gatehouse) -> str:
+        """Log in as alice through ``via``; the session cookie's value."""
+        base = self.base(via)
+        callback = await follow_login(
+            http,
+            f"{base}/echo/app/page",
+            issuer=self.provider.issuer,
+            callback_prefix=f"{base}/.gatehouse/callback",
+        )
+        async with http.get(callback, headers=HTML, allow_redirects=False) as response:
+            assert response.status == 302, await response.text()
+        return {c.key: c.value for c in http.cookie_jar}[COOKIE]
+
+    async def get(
+        self, via: Gatehouse, path: str, *, cookie: str | None = None, token: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = dict(API)
+        if cookie is not None:
+            headers["Cookie"] = f"{COOKIE}={cookie}"
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.client_ssl),
+                timeout=TIMEOUT,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            ) as http,
+            http.get(self.base(via) + path, headers=headers, allow_redirects=False) as r,
+        ):
+            return r.status, await r.json(content_type=None)
+
+    async def metric(self, via: Gatehouse, name: str) -> float | None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{via.admin_url}/metrics") as response,
+        ):
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+async def deployment(
+    tmp_path: Path, certs: dict[str, Path], upstream_url: str, redis_server: RedisServer
+) -> AsyncIterator[Deployment]:
+    ports = (free_port(), free_port())
+    provider = OidcProvider(
+        keys=[rsa_jwk("rsa-1")],
+        redirect_uris=[f"https://localhost:{p}/.gatehouse/callback" for p in ports],
+        accounts={"alice": {"email": "alice@example.test", "groups": ["eng"]}},
+    )
+    for name, text in (
+        ("cookie-keys", new_cookie_key()),
+        ("state-key", new_cookie_key()),
+        ("client-secret", WEB_CLIENT["client_secret"]),
+        ("backend-secret", BACKEND_SECRET),
+    ):
+        (tmp_path / name).write_text(text + "\n")
+    async with AsyncExitStack() as stack:
+        await asyncio.to_thread(provider.start)
+        stack.push_async_callback(asyncio.to_thread, provider.close)
+        tokens = await OAuthServer(expires_in=3600).start()
+        stack.push_async_callback(tokens.stop)
+        tokens.add_client("gatehouse-backend", BACKEND_SECRET)
+        options: dict[str, Any] = {
+            "backends": {
+                "up": {"urls": [upstream_url]},
+                "api": {
+                    "urls": [upstream_url],
+                    "credentials": {
+                        "type": "client_credentials",
+                        "token_url": tokens.token_url,
+                        "client_id": "gatehouse-backend",
+                        "client_secret_file": str(tmp_path / "backend-secret"),
+                    },
+                },
+            },
+            "routes": [
+                {
+                    "name": "app",
+                    "path": "/echo/app",
+                    "backend": "up",
+                    "allow": [{"name": "signed-in", "authenticated": True}],
+                },
+                public_route("limited", "/echo/limited", "up", rate_limit=LIMIT),
+                public_route("orders", "/echo/orders", "api"),
+            ],
+            "listen": {
+                "tls": {
+                    "cert_file": str(certs["server_cert"]),
+                    "key_file": str(certs["server_key"]),
+                }
+            },
+            "extra": {
+                "identity": {
+                    "issuers": [{"issuer": provider.issuer, "audiences": [RESOURCE]}],
+                    "browser": {
+                        "issuer": provider.issuer,
+                        "client_id": WEB_CLIENT["client_id"],
+                        "client_secret_file": str(tmp_path / "client-secret"),
+                        "cookie_keys_file": str(tmp_path / "cookie-keys"),
+                        "scopes": ["openid", "email", "profile", "groups"],
+                    },
+                },
+                "state": {
+                    "redis_url": redis_server.url,
+                    "encryption_key_file": str(tmp_path / "state-key"),
+                    "timeout": "250ms",
+                    "reconnect_interval": "200ms",
+                },
+            },
+        }
+        workdirs = (tmp_path / "replica-1", tmp_path / "replica-2")
+        for workdir in workdirs:
+            workdir.mkdir()
+        one, two = await asyncio.gather(
+            *(
+                asyncio.to_thread(start_gatehouse, workdir, port=port, **options)
+                for workdir, port in zip(workdirs, ports, strict=True)
+            )
+        )
+        stack.callback(one.stop)
+        stack.callback(two.stop)
+        client_ssl = ssl.create_default_context(cafile=str(certs["ca"]))
+        yield Deployment(one, two, provider, tokens, redis_server, client_ssl)
+
+
+async def test_a_login_on_one_replica_is_a_session_on_the_other_until_logout_on_either(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    async with d.client() as http:
+        cookie = await d.login(http, via=d.one)
+        status, body = await d.get(d.two, "/echo/app/data", cookie=cookie)
+        assert status == 200
+        seen = dict(body["headers"])
+        assert seen["x-gatehouse-subject"] == "alice"
+        assert seen["x-gatehouse-email"] == "alice@example.test"
+        async with http.get(f"{d.base(d.two)}/.gatehouse/logout", allow_redirects=False) as r:
+            assert r.status == 302
+    # Even with a kept copy of the cookie, the session is gone on every replica.
+    for replica in (d.one, d.two):
+        status, body = await d.get(replica, "/echo/app/data", cookie=cookie)
+        assert status == 401 and body["error"] == "unauthenticated"
+
+
+async def test_a_rate_limit_of_ten_per_minute_holds_across_both_replicas(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    statuses = [(await d.get(d.one if i % 2 else d.two, "/echo/limited"))[0] for i in range(30)]
+    assert statuses.count(200) == 10 and statuses.count(429) == 20
+    assert statuses[:10] == [200] * 10
+
+
+async def test_200_concurrent_cold_requests_across_both_replicas_fetch_one_credential(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.tokens.delay = 0.1  # keep the one fetch in flight while the herd arrives
+    async with d.client() as http:
+
+        async def one(gh: Gatehouse) -> str:
+            async with http.get(f"{d.base(gh)}/echo/orders", headers=API) as r:
+                assert r.status == 200
+                return str(dict((await r.json())["headers"])["authorization"])
+
+        seen = await asyncio.gather(*(one(gh) for _ in range(100) for gh in (d.one, d.two)))
+    assert d.tokens.calls["token"] == 1
+    assert len(set(seen)) == 1
+    text = "".join(gh.stderr() + gh.audit_path.read_text() for gh in (d.one, d.two))
+    assert BACKEND_SECRET not in text and seen[0].removeprefix("Bearer ") not in text
+
+
+async def test_a_redis_outage_fails_sessions_closed_keeps_bearer_and_local_limits_then_recovers(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    token = await asyncio.to_thread(d.provider.client_credentials_token)
+    async with d.client() as http:
+        cookie = await d.login(http, via=d.one)
+    assert (await d.get(d.two, "/echo/app/data", cookie=cookie))[0] == 200
+
+    # Traffic on both replicas while Redis goes away under it.
+    stop_traffic = asyncio.Event()
+
+    async def traffic(replica: Gatehouse, **auth: str) -> list[int]:
+        statuses = []
+        while not stop_traffic.is_set():
+            statuses.append((await d.get(replica, "/echo/app/data", **auth))[0])
+        return statuses
+
+    running = [
+        asyncio.ensure_future(traffic(replica, **auth))
+        for replica in (d.one, d.two)
+        for auth in ({"cookie": cookie}, {"token": token})
+    ]
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(d.redis.stop)
+    await asyncio.sleep(0.5)
+    stop_traffic.set()
+    (one_session, one_bearer, two_session, two_bearer) = await asyncio.gather(*running)
+    for statuses in (one_session, two_session):
+        assert set(statuses) <= {200, 503} and statuses[0] == 200 and statuses[-1] == 503
+    for statuses in (one_bearer, two_bearer):
+        assert set(statuses) == {200}
+
+    for replica in (d.one, d.two):
+        status, body = await d.get(replica, "/echo/app/data", cookie=cookie)
+        assert status == 503 and body["error"] == "state_unavailable"
+        status, body = await d.get(replica, "/echo/app/data", token=token)
+        assert status == 200 and dict(body["headers"])["x-gatehouse-subject"] == "svc-ci"
+        # Each replica limits with its own buckets while Redis is away.
+        limited = [(await d.get(replica, "/echo/limited"))[0] for _ in range(12)]
+        assert limited.count(200) == 10 and limited.count(429) == 2
+        assert await d.metric(replica, "gatehouse_state_available") == 0.0
+        fallbacks = 'gatehouse_state_unreachable_total{component="ratelimit"}'
+        assert (await d.metric(replica, fallbacks) or 0.0) >= 12
+    assert d.one.process.poll() is None and d.two.process.poll() is None
+
+    d.redis.start()  # a fresh Redis: no persistence, so sessions and buckets start empty
+    for replica in (d.one, d.two):
+        for _ in range(100):
+            if await d.metric(replica, "gatehouse_state_available") == 1.0:
+                break
+            await asyncio.sleep(0.05)
+        assert await d.metric(replica, "gatehouse_state_available") == 1.0
+    async with d.client() as http:
+        cookie = await d.login(http, via=d.two)
+    assert (await d.get(d.one, "/echo/app/data", cookie=cookie))[0] == 200
+    statuses = [(await d.get(d.one if i % 2 else d.two, "/echo/limited"))[0] for i in range(30)]
+    assert statuses.count(200) == 10
+    for replica in (d.one, d.two):
+        log = replica.stderr()
+        assert "shared state (Redis) unreachable" in log
+        assert "own buckets" in log
