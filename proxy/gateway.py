@@ -81,6 +81,11 @@ class Gateway:
     local_endpoints: tuple[LocalEndpoint, ...] = ()
     certificate_reader: CertificateReader | None = None
 
+    @functools.cached_property
+    def credential_headers(self) -> frozenset[str]:
+        api_keys = self.config.identity.api_keys
+        return frozenset({api_keys.header.lower().replace("_", "-")}) if api_keys else frozenset()
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         record = AuditRecord(ts=time.time(), request_id="")
@@ -315,7 +320,7 @@ class Gateway:
         chain: list[str],
         extra: list[tuple[str, str]],
     ) -> list[tuple[str, str]]:
-        policy = header_policy_for(route)
+        policy = header_policy_for(route, self.credential_headers)
         raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         out = filter_request_headers(raw, policy)
         out += forwarding_headers(
@@ -356,11 +361,19 @@ class Gateway:
 
 
 @functools.lru_cache(maxsize=4096)
-def header_policy_for(route: Route) -> RequestHeaderPolicy:
-    """Per-route header policy, built once per route object rather than per request."""
+def header_policy_for(route: Route, credential_headers: frozenset[str]) -> RequestHeaderPolicy:
+    """Per-route header policy, built once per route object rather than per request.
+
+    ``credential_headers`` are headers that carry a caller's credential besides
+    ``Authorization`` (the API key header): they stay at the proxy unless the
+    route passes the caller's credentials on.
+    """
+    remove = {h.lower().replace("_", "-") for h in route.remove_request_headers}
+    if not route.pass_authorization:
+        remove |= credential_headers
     return RequestHeaderPolicy(
         pass_authorization=route.pass_authorization,
-        remove=frozenset(h.lower().replace("_", "-") for h in route.remove_request_headers),
+        remove=frozenset(remove),
         set=route.set_request_headers,
     )
 
