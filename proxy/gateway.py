@@ -40,6 +40,7 @@ from proxy.http.forwarding import (
     trace_context,
 )
 from proxy.http.headers import (
+    COOKIE_PREFIXES,
     RequestHeaderPolicy,
     filter_request_headers,
     identity_headers,
@@ -80,6 +81,13 @@ class Gateway:
     credentials: CredentialBroker | None = None
     local_endpoints: tuple[LocalEndpoint, ...] = ()
     certificate_reader: CertificateReader | None = None
+
+    @functools.cached_property
+    def cookie_prefixes(self) -> tuple[str, ...]:
+        """Cookies of ours (session, login state, chunks) that never reach an upstream."""
+        browser = self.config.identity.browser
+        extra = (browser.cookie_name,) if browser is not None else ()
+        return (*COOKIE_PREFIXES, *extra)
 
     @functools.cached_property
     def credential_headers(self) -> frozenset[str]:
@@ -320,7 +328,7 @@ class Gateway:
         chain: list[str],
         extra: list[tuple[str, str]],
     ) -> list[tuple[str, str]]:
-        policy = header_policy_for(route, self.credential_headers)
+        policy = header_policy_for(route, self.credential_headers, self.cookie_prefixes)
         raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         out = filter_request_headers(raw, policy)
         out += forwarding_headers(
@@ -361,7 +369,9 @@ class Gateway:
 
 
 @functools.lru_cache(maxsize=4096)
-def header_policy_for(route: Route, credential_headers: frozenset[str]) -> RequestHeaderPolicy:
+def header_policy_for(
+    route: Route, credential_headers: frozenset[str], cookie_prefixes: tuple[str, ...]
+) -> RequestHeaderPolicy:
     """Per-route header policy, built once per route object rather than per request.
 
     ``credential_headers`` are headers that carry a caller's credential besides
@@ -375,6 +385,7 @@ def header_policy_for(route: Route, credential_headers: frozenset[str]) -> Reque
         pass_authorization=route.pass_authorization,
         remove=frozenset(remove),
         set=route.set_request_headers,
+        cookie_prefixes=cookie_prefixes,
     )
 
 

@@ -100,16 +100,17 @@ class RequestHeaderPolicy:
     remove: frozenset[str] = frozenset()  # normalised names
     set: tuple[tuple[str, str], ...] = ()
     identity_headers: frozenset[str] = DEFAULT_IDENTITY_HEADERS
+    cookie_prefixes: tuple[str, ...] = COOKIE_PREFIXES
 
 
 DEFAULT_REQUEST_POLICY = RequestHeaderPolicy()
 
 
-def _strip_gatehouse_cookies(value: str) -> str:
+def _strip_gatehouse_cookies(value: str, prefixes: tuple[str, ...]) -> str:
     kept = [
         part
         for part in (p.strip() for p in value.split(";"))
-        if part and not part.split("=", 1)[0].strip().startswith(COOKIE_PREFIXES)
+        if part and not part.split("=", 1)[0].strip().startswith(prefixes)
     ]
     return "; ".join(kept)
 
@@ -136,7 +137,7 @@ def filter_request_headers(
         if norm == "authorization" and not policy.pass_authorization:
             continue
         if norm == "cookie" and not policy.pass_cookies:
-            value = _strip_gatehouse_cookies(value)
+            value = _strip_gatehouse_cookies(value, policy.cookie_prefixes)
             if not value:
                 continue
         out.append((name, value))

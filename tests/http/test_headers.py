@@ -125,3 +125,9 @@ def test_identity_headers_are_sanitised_and_bounded() -> None:
     assert out["X-Gatehouse-Subject"] == "aliceX-Evil: 1"
     assert out["X-Gatehouse-Email"] == "a@example.com"
     assert out["X-Gatehouse-Groups"] == "eng"
+
+
+def test_a_configured_session_cookie_name_is_stripped_too() -> None:
+    policy = RequestHeaderPolicy(cookie_prefixes=("__Host-gatehouse", "gatehouse", "__Host-sso"))
+    out = filter_request_headers([("Cookie", "__Host-sso=s; __Host-sso-1=c; app=1")], policy)
+    assert out == [("Cookie", "app=1")]
