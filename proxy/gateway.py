@@ -240,12 +240,13 @@ class Gateway:
             request, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
         )
         pool = self.pools[route.backend]
-        endpoint = pool.pick()
         if route.websocket and is_websocket_upgrade(request):
+            # Picked only here: pool.send() picks for plain requests, and a
+            # second pick would skew the balancer (round robin sent all to one).
             return await proxy_websocket(
                 self.session,
                 request,
-                url=endpoint + facts.path + (f"?{query}" if query else ""),
+                url=pool.pick() + facts.path + (f"?{query}" if query else ""),
                 headers=upstream_headers,
                 record=record,
                 ssl_context=pool.ssl,

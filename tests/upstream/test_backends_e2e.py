@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from fastapi import FastAPI
 
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import public_route
 from tests.support.net import free_port
+from tests.support.uvicorn_server import serve_asgi
 
 
 async def test_a_dead_endpoint_costs_no_request_and_is_reported(
@@ -48,3 +50,34 @@ async def test_a_dead_endpoint_costs_no_request_and_is_reported(
                 reasons.append((r.status, (await r.json())["error"]))
         assert reasons[:2] == [(502, "upstream_unavailable")] * 2  # two attempts each
         assert reasons[2:] == [(502, "upstream_circuit_open")] * 4
+
+
+def named_app(name: str) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/{path:path}")
+    async def who(path: str) -> dict[str, str]:
+        return {"endpoint": name}
+
+    return app
+
+
+async def test_round_robin_spreads_requests_evenly_over_endpoints(
+    gatehouse: GatehouseFactory,
+) -> None:
+    with serve_asgi(named_app("a")) as port_a, serve_asgi(named_app("b")) as port_b:
+        gh = gatehouse(
+            backends={
+                "two": {
+                    "urls": [f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"],
+                    "load_balancing": "round_robin",
+                }
+            },
+            routes=[public_route("two", "/", "two")],
+        )
+        seen: list[str] = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(10):
+                async with s.get(gh.url + "/x") as r:
+                    seen.append((await r.json())["endpoint"])
+    assert seen.count("a") == 5 and seen.count("b") == 5
