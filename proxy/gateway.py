@@ -50,6 +50,7 @@ from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
+from proxy.policy.index import normalise_host
 from proxy.policy.model import Route
 from proxy.policy.ratelimit import RateLimiter, rate_key
 from proxy.policy.store import PolicyStore
@@ -159,7 +160,7 @@ class Gateway:
         # -- canonicalise --------------------------------------------------
         path, query = canonicalise_target(request.raw_path, cfg.path)
         record.path = path
-        host = _host_only(host_header)
+        host = normalise_host(host_header.strip())
         scheme = "https" if cfg.tls is not None else "http"
         facts = RequestFacts(
             method=request.method,
@@ -396,14 +397,6 @@ def _peer_ip(request: web.BaseRequest) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return "unknown"
-
-
-def _host_only(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    return host.rsplit(":", 1)[0] if ":" in host else host
 
 
 def _lower_headers(request: web.BaseRequest) -> dict[str, str]:

@@ -182,3 +182,30 @@ async def test_an_api_key_is_limited_to_its_route_and_stored_only_as_a_hash(
             assert r.status == 401
     log = gh.audit_path.read_text() + gh.stderr()
     assert key not in log
+
+
+async def test_host_spellings_cannot_dodge_an_exact_host_route(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    gh = gatehouse(
+        backends={"up": {"urls": [upstream_url]}},
+        routes=[
+            {
+                "name": "admin",
+                "host": "admin.example.com",
+                "path": "/",
+                "backend": "up",
+                "allow": [{"name": "admins", "groups": ["admins"]}],
+            },
+            public_route("everything-else", "/", "up"),
+        ],
+    )
+    for host in (
+        "admin.example.com",
+        "ADMIN.example.com",
+        "admin.example.com.",
+        "admin.example.com:443",
+    ):
+        status, _ = await echo_headers(gh.url + "/echo", headers={"Host": host})
+        assert status == 401, host
+    assert (await echo_headers(gh.url + "/echo", headers={"Host": "other.example.com"}))[0] == 200
