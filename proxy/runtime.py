@@ -78,6 +78,10 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, early_hangup)
+    if sock is None:
+        # Bind first: a taken port should fail start-up at once, before any
+        # component opens connections.
+        sock = bind_socket(config.listen.address, reuse_port=False, backlog=config.listen.backlog)
     audit = AuditWriter(config.audit.output)
     policies = PolicyStore(config.policy_dir, backends=set(config.backends))
     session = new_client_session()
@@ -139,8 +143,6 @@ async def serve(
 
     ssl_context = server_context(config.listen.tls) if config.listen.tls else None
     server = make_server(gateway.handle, config.listen, audit)
-    if sock is None:
-        sock = bind_socket(config.listen.address, reuse_port=False, backlog=config.listen.backlog)
     listener = await start_listener(server, sock, ssl_context)
 
     admin_runner: web.AppRunner | None = None

@@ -28,6 +28,7 @@ from proxy.credentials.config import (
 from proxy.identity.model import Identity
 from proxy.policy.model import Route
 from tests.peers.cloud.oauth import OAuthServer
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
@@ -158,9 +159,7 @@ def run_uvicorn(app: str, env: Mapping[str, str]) -> Iterator[str]:
 @contextmanager
 def run_function(source: Path, target: str, env: Mapping[str, str]) -> Iterator[str]:
     """Start a Cloud Function with the real ``functions-framework`` CLI."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "functions-framework"),

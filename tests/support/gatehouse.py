@@ -107,6 +107,33 @@ def start_gatehouse(
     env: dict[str, str] | None = None,
     port: int | None = None,
 ) -> Gatehouse:
+    # A port chosen free can still be taken by another process before gatehouse
+    # binds it; only that failure is retried, with fresh ports.
+    for attempt in range(3):
+        gh = _launch(workdir, backends, routes, listen, extra, workers, env, port)
+        try:
+            wait_for_port(gh.admin_port, timeout=30)
+            wait_for_port(gh.port, timeout=30)
+        except TimeoutError:
+            gh.stop()
+            log = gh.stderr()
+            if "Address already in use" in log and port is None and attempt < 2:
+                continue
+            raise RuntimeError(f"gatehouse did not start:\n{log}") from None
+        return gh
+    raise AssertionError("unreachable")
+
+
+def _launch(
+    workdir: Path,
+    backends: dict[str, Any],
+    routes: list[dict[str, Any]],
+    listen: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
+    workers: int,
+    env: dict[str, str] | None,
+    port: int | None,
+) -> Gatehouse:
     config, port, admin_port, audit_path = write_config(
         workdir, backends=backends, routes=routes, listen=listen, extra=extra, port=port
     )
@@ -118,7 +145,7 @@ def start_gatehouse(
         stderr=stderr_path.open("wb"),
         env={**os.environ, **(env or {})},
     )
-    gh = Gatehouse(
+    return Gatehouse(
         workdir,
         port,
         admin_port,
@@ -127,13 +154,6 @@ def start_gatehouse(
         scheme="https" if listen and "tls" in listen else "http",
         stderr_path=stderr_path,
     )
-    try:
-        wait_for_port(admin_port, timeout=30)
-        wait_for_port(port, timeout=30)
-    except TimeoutError:
-        gh.stop()
-        raise RuntimeError(f"gatehouse did not start:\n{gh.stderr()}") from None
-    return gh
 
 
 def public_route(name: str, path: str, backend: str, **options: Any) -> dict[str, Any]:
