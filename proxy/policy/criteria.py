@@ -17,6 +17,7 @@ client address.
 from __future__ import annotations
 
 import ipaddress
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -264,52 +265,24 @@ def prefix_matches(prefix: str, path: str) -> bool:
 
 
 # -- about the caller -------------------------------------------------------------
-class SubjectIn:
-    __slots__ = ("values",)
+class IdentityFieldIn:
+    """The caller's ``subject``, ``issuer`` or ``auth_method`` is one of ``values``."""
+
+    __slots__ = ("get", "label", "values")
     needs_identity = True
 
-    def __init__(self, values: frozenset[str]) -> None:
+    def __init__(self, label: str, attribute: str, values: frozenset[str]) -> None:
+        self.label = label
+        self.get = operator.attrgetter(attribute)
         self.values = values
 
     def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
         if identity is None:
             return None
-        return identity.subject in self.values
+        return self.get(identity) in self.values
 
     def describe(self) -> str:
-        return f"subject in {_fmt(self.values)}"
-
-
-class IssuerIn:
-    __slots__ = ("values",)
-    needs_identity = True
-
-    def __init__(self, values: frozenset[str]) -> None:
-        self.values = values
-
-    def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
-        if identity is None:
-            return None
-        return identity.issuer in self.values
-
-    def describe(self) -> str:
-        return f"issuer in {_fmt(self.values)}"
-
-
-class AuthMethodIn:
-    __slots__ = ("values",)
-    needs_identity = True
-
-    def __init__(self, values: frozenset[str]) -> None:
-        self.values = values
-
-    def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
-        if identity is None:
-            return None
-        return identity.method in self.values
-
-    def describe(self) -> str:
-        return f"auth_method in {_fmt(self.values)}"
+        return f"{self.label} in {_fmt(self.values)}"
 
 
 class EmailIn:

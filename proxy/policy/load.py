@@ -519,10 +519,10 @@ class _Compiler:
         return values
 
     def _c_subject(self, m: Mapping, key: str) -> c.Criterion | None:
-        return c.SubjectIn(frozenset(self._nonempty(m, key)))
+        return c.IdentityFieldIn("subject", "subject", frozenset(self._nonempty(m, key)))
 
     def _c_issuer(self, m: Mapping, key: str) -> c.Criterion | None:
-        return c.IssuerIn(frozenset(self._nonempty(m, key)))
+        return c.IdentityFieldIn("issuer", "issuer", frozenset(self._nonempty(m, key)))
 
     def _c_groups(self, m: Mapping, key: str) -> c.Criterion | None:
         return c.GroupsAny(frozenset(self._nonempty(m, key)))
@@ -564,7 +564,7 @@ class _Compiler:
                     f"{m.where}.auth_method: must be one of {', '.join(AUTH_METHODS)}, "
                     f"got {value!r}",
                 )
-        return c.AuthMethodIn(frozenset(values))
+        return c.IdentityFieldIn("auth_method", "method", frozenset(values))
 
     def _c_method(self, m: Mapping, key: str) -> c.Criterion | None:
         return c.MethodIn(frozenset(self._methods(m, key)))
