@@ -24,6 +24,7 @@ from aiohttp import web
 from proxy.config.reader import SecretRef
 from proxy.errors import GatehouseError
 from proxy.http.facts import RequestFacts
+from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.config import BrowserConfig, IdentityConfig
 from proxy.identity.session import CookieCodec, load_cookie_keys, new_cookie_key
@@ -46,15 +47,12 @@ def request_facts(request: web.BaseRequest) -> RequestFacts:
 
 
 def build_app(auth: Authenticator) -> web.Application:
-    async def handler(request: web.Request) -> web.StreamResponse:
+    async def handle(request: web.Request) -> web.StreamResponse:
         facts = request_facts(request)
         local = await auth.local_endpoint(request, facts)
         if local is not None:
             return local
-        try:
-            result = await auth.authenticate_full(facts)
-        except GatehouseError as exc:
-            return web.json_response({"reason": exc.reason}, status=exc.status)
+        result = await auth.authenticate_full(facts)
         if result.identity is None:
             response = await auth.login_response(facts)
             assert response is not None
@@ -72,6 +70,12 @@ def build_app(auth: Authenticator) -> web.Application:
         for value in result.set_cookies:
             response.headers.add("Set-Cookie", value)
         return response
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handle(request)
+        except GatehouseError as exc:
+            return error_response(exc.status, exc.reason, "test")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)

@@ -23,13 +23,11 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config.reader import SecretRef
-from proxy.errors import GatehouseError
-from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.config import BrowserConfig, IdentityConfig, IssuerConfig
 from proxy.identity.session import CookieCodec, load_cookie_keys, new_cookie_key
 from proxy.state.shared import SharedState
-from tests.identity.browser_env import HTML, follow_login, request_facts
+from tests.identity.browser_env import HTML, build_app, follow_login
 from tests.peers.cloud.tls import make_tls
 from tests.peers.oidc_provider import RESOURCE, WEB_CLIENT, OidcProvider, rsa_jwk
 from tests.state.conftest import state_config
@@ -39,41 +37,6 @@ COOKIE = "__Host-gatehouse"
 API = {"Accept": "application/json"}
 # A stuck request fails the test in seconds, with a trace, instead of at the suite timeout.
 TIMEOUT = aiohttp.ClientTimeout(total=20)
-
-
-def build_app(auth: Authenticator) -> web.Application:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        facts = request_facts(request)
-        local = await auth.local_endpoint(request, facts)
-        if local is not None:
-            return local
-        result = await auth.authenticate_full(facts)
-        if result.identity is None:
-            response = await auth.login_response(facts)
-            assert response is not None
-        else:
-            identity = result.identity
-            response = web.json_response(
-                {
-                    "sub": identity.subject,
-                    "groups": sorted(identity.groups),
-                    "method": identity.method,
-                    "has_token": identity.token is not None,
-                }
-            )
-        for value in result.set_cookies:
-            response.headers.add("Set-Cookie", value)
-        return response
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handle(request)
-        except GatehouseError as exc:
-            return error_response(exc.status, exc.reason, "test")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
 
 
 @dataclass
