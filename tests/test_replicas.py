@@ -173,14 +173,14 @@ async def deployment(
         workdirs = (tmp_path / "replica-1", tmp_path / "replica-2")
         for workdir in workdirs:
             workdir.mkdir()
-        one, two = await asyncio.gather(
-            *(
-                asyncio.to_thread(start_gatehouse, workdir, port=port, **options)
-                for workdir, port in zip(workdirs, ports, strict=True)
-            )
-        )
-        stack.callback(one.stop)
-        stack.callback(two.stop)
+        started: list[Gatehouse] = []
+        for workdir, port in zip(workdirs, ports, strict=True):
+            # One at a time, each registered for cleanup as soon as it runs, so a
+            # replica that fails to start never leaves the other one behind.
+            replica = await asyncio.to_thread(start_gatehouse, workdir, port=port, **options)
+            stack.callback(replica.stop)
+            started.append(replica)
+        one, two = started
         client_ssl = ssl.create_default_context(cafile=str(certs["ca"]))
         yield Deployment(one, two, provider, tokens, redis_server, client_ssl)
 
