@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from proxy.config.reader import Mapping as ConfigMapping
-from proxy.config.reader import Problems, load_document
 from proxy.credentials.broker import CredentialBroker
 from proxy.credentials.cache import CredentialCache
 from proxy.credentials.config import (
@@ -28,6 +27,7 @@ from proxy.credentials.config import (
 from proxy.identity.model import Identity
 from proxy.policy.model import Route
 from tests.peers.cloud.oauth import OAuthServer
+from tests.support.config import backends_of, parse_yaml
 from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,24 +38,17 @@ def parse_backends(
     tmp_path: Path, text: str
 ) -> tuple[dict[str, tuple[CredentialSpec, ...]], AssertionSigningConfig | None]:
     """Parse ``backends:`` (and ``assertions:``) from YAML the way the config loader does."""
-    path = tmp_path / "gatehouse.yaml"
-    path.write_text(text, encoding="utf-8")
-    problems = Problems()
-    doc, node = load_document(path, problems)
-    root = ConfigMapping.of(doc, node, "config")
-    assert root is not None, problems.items
-    specs: dict[str, tuple[CredentialSpec, ...]] = {}
-    backends = root.mapping("backends")
-    if backends is not None:
-        for name, value in backends.items():
-            m = ConfigMapping.of(doc, value, f"backends.{name}")
-            if m is not None:
-                specs[name] = parse_credentials(m, name)
-                m.close()
-    signing = parse_assertion_signing(root.mapping("assertions"))
-    root.close()
-    problems.raise_if_any()
-    return specs, signing
+
+    def read(
+        root: ConfigMapping,
+    ) -> tuple[dict[str, tuple[CredentialSpec, ...]], AssertionSigningConfig | None]:
+        specs: dict[str, tuple[CredentialSpec, ...]] = {}
+        for name, m in backends_of(root):
+            specs[name] = parse_credentials(m, name)
+            m.close()
+        return specs, parse_assertion_signing(root.mapping("assertions"))
+
+    return parse_yaml(tmp_path, text, read)
 
 
 def route(backend: str = "app", **kw: object) -> Route:

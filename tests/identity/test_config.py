@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
-import pytest
-
-from proxy.config.reader import ConfigError, Mapping, Problems, load_document
+from proxy.config.reader import Mapping
 from proxy.identity.config import ASYMMETRIC_ALGORITHMS, IdentityConfig, parse_identity
+from tests.support.config import parse_yaml
+from tests.support.config import problems_of as config_problems
+
+
+def read_identity(root: Mapping) -> IdentityConfig:
+    return parse_identity(root.mapping("identity"))
 
 
 def parse(tmp_path: Path, text: str) -> IdentityConfig:
-    path = tmp_path / "gatehouse.yaml"
-    path.write_text(textwrap.dedent(text))
-    problems = Problems()
-    doc, node = load_document(path, problems)
-    root = Mapping.of(doc, node, "config")
-    assert root is not None
-    config = parse_identity(root.mapping("identity"))
-    root.close()
-    problems.raise_if_any()
-    return config
+    return parse_yaml(tmp_path, text, read_identity)
 
 
 def problems_of(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse(tmp_path, text)
-    return [str(p) for p in info.value.problems]
+    return config_problems(tmp_path, text, read_identity)
 
 
 def test_absent_section_means_identity_disabled(tmp_path: Path) -> None:

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
-import pytest
-
-from proxy.config.reader import ConfigError, Mapping, Problems, SecretRef, load_document
+from proxy.config.reader import Mapping, SecretRef
 from proxy.state.config import StateConfig, parse_state
+from tests.support.config import parse_yaml
+from tests.support.config import problems_of as config_problems
+
+
+def read_state(root: Mapping) -> StateConfig | None:
+    return parse_state(root.mapping("state"))
 
 
 def parse(tmp_path: Path, text: str) -> StateConfig | None:
-    path = tmp_path / "gatehouse.yaml"
-    path.write_text(textwrap.dedent(text))
-    problems = Problems()
-    doc, node = load_document(path, problems)
-    root = Mapping.of(doc, node, "config")
-    assert root is not None
-    config = parse_state(root.mapping("state"))
-    root.close()
-    problems.raise_if_any()
-    return config
+    return parse_yaml(tmp_path, text, read_state)
 
 
 def problems_of(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse(tmp_path, text)
-    return [str(p) for p in info.value.problems]
+    return config_problems(tmp_path, text, read_state)
 
 
 def test_absent_section_means_no_shared_state(tmp_path: Path) -> None:

@@ -6,34 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config.reader import ConfigError, Mapping, Problems, load_document
+from proxy.config.reader import ConfigError, Mapping
 from proxy.upstream.config import (
     DEFAULT_RETRY_ON,
     BackendOptions,
     parse_backend_options,
 )
+from tests.support.config import backends_of, parse_yaml
+
+
+def read_backends(root: Mapping) -> dict[str, BackendOptions]:
+    """Our keys the way the loader reads them: urls first, then the options, then close()."""
+    out: dict[str, BackendOptions] = {}
+    for name, m in backends_of(root):
+        out[name] = parse_backend_options(m, name, urls=m.str_list("urls"))
+        m.close()
+    return out
 
 
 def parse(tmp_path: Path, text: str) -> dict[str, BackendOptions]:
-    """Parse ``backends:`` the way the loader will: urls first, then our keys, then close()."""
-    path = tmp_path / "gatehouse.yaml"
-    path.write_text(text, encoding="utf-8")
-    problems = Problems()
-    doc, node = load_document(path, problems)
-    root = Mapping.of(doc, node, "config")
-    assert root is not None, problems.items
-    out: dict[str, BackendOptions] = {}
-    backends = root.mapping("backends")
-    assert backends is not None
-    for name, value in backends.items():
-        m = Mapping.of(doc, value, f"backends.{name}")
-        assert m is not None
-        urls = m.str_list("urls")
-        out[name] = parse_backend_options(m, name, urls=urls)
-        m.close()
-    root.close()
-    problems.raise_if_any()
-    return out
+    return parse_yaml(tmp_path, text, read_backends)
 
 
 def problems(tmp_path: Path, text: str) -> list[str]:
