@@ -331,36 +331,24 @@ class EmailDomain:
         return f"email_domain in {_fmt(sorted(self.exact) + ['*' + s for s in self.suffixes])}"
 
 
-class GroupsAny:
-    __slots__ = ("values",)
+class IdentitySetAny:
+    """The caller has at least one of ``values`` among its ``groups`` or ``scopes``."""
+
+    __slots__ = ("get", "label", "values")
     needs_identity = True
 
-    def __init__(self, values: frozenset[str]) -> None:
+    def __init__(self, label: str, attribute: str, values: frozenset[str]) -> None:
+        self.label = label
+        self.get = operator.attrgetter(attribute)
         self.values = values
 
     def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
         if identity is None:
             return None
-        return not self.values.isdisjoint(identity.groups)
+        return not self.values.isdisjoint(self.get(identity))
 
     def describe(self) -> str:
-        return f"groups any of {_fmt(self.values)}"
-
-
-class ScopeAny:
-    __slots__ = ("values",)
-    needs_identity = True
-
-    def __init__(self, values: frozenset[str]) -> None:
-        self.values = values
-
-    def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
-        if identity is None:
-            return None
-        return not self.values.isdisjoint(identity.scopes)
-
-    def describe(self) -> str:
-        return f"scope any of {_fmt(self.values)}"
+        return f"{self.label} any of {_fmt(self.values)}"
 
 
 def claim_value(claims: Mapping[str, Any], path: str, parts: tuple[str, ...]) -> Any:

@@ -525,10 +525,10 @@ class _Compiler:
         return c.IdentityFieldIn("issuer", "issuer", frozenset(self._nonempty(m, key)))
 
     def _c_groups(self, m: Mapping, key: str) -> c.Criterion | None:
-        return c.GroupsAny(frozenset(self._nonempty(m, key)))
+        return c.IdentitySetAny("groups", "groups", frozenset(self._nonempty(m, key)))
 
     def _c_scope(self, m: Mapping, key: str) -> c.Criterion | None:
-        return c.ScopeAny(frozenset(self._nonempty(m, key)))
+        return c.IdentitySetAny("scope", "scopes", frozenset(self._nonempty(m, key)))
 
     def _c_email(self, m: Mapping, key: str) -> c.Criterion | None:
         values = [v.strip().lower() for v in self._nonempty(m, key)]

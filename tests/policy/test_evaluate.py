@@ -288,8 +288,8 @@ LEAVES: list[c.Criterion] = [
     c.Authenticated(True),
     c.Authenticated(False),
     c.MethodIn(frozenset({"GET"})),
-    c.GroupsAny(frozenset({"eng"})),
-    c.ScopeAny(frozenset({"read"})),
+    c.IdentitySetAny("groups", "groups", frozenset({"eng"})),
+    c.IdentitySetAny("scope", "scopes", frozenset({"read"})),
     c.SourceIp((ipaddress.ip_network("10.0.0.0/8"),)),
     c.PathMatch("/docs", None),
 ]
