@@ -162,6 +162,7 @@ class Gateway:
         record.path = path
         host = normalise_host(host_header.strip())
         scheme = "https" if cfg.tls is not None else "http"
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         facts = RequestFacts(
             method=request.method,
             scheme=scheme,
@@ -169,7 +170,7 @@ class Gateway:
             path=path,
             query=query,
             client_ip=client_ip,
-            headers=_lower_headers(request),
+            headers=_first_values(raw_headers),
             client_cert=self._client_certificate(request),
             request_id=rid,
         )
@@ -238,7 +239,7 @@ class Gateway:
 
         # -- forward -----------------------------------------------------------
         upstream_headers = self._upstream_headers(
-            request, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
+            raw_headers, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
         )
         pool = self.pools[route.backend]
         if route.websocket and is_websocket_upgrade(request):
@@ -300,7 +301,16 @@ class Gateway:
                     exchange.release()
                     extra = await self.credentials.headers(route.backend, route, identity)
                     upstream_headers = self._upstream_headers(
-                        request, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
+                        raw_headers,
+                        route,
+                        facts,
+                        identity,
+                        trace,
+                        rid,
+                        peer_ip,
+                        trusted,
+                        chain,
+                        extra,
                     )
                     exchange = await pool.send(
                         request.method,
@@ -319,7 +329,7 @@ class Gateway:
 
     def _upstream_headers(
         self,
-        request: web.BaseRequest,
+        raw_headers: list[tuple[str, str]],
         route: Route,
         facts: RequestFacts,
         identity: Identity | None,
@@ -331,22 +341,21 @@ class Gateway:
         extra: list[tuple[str, str]],
     ) -> list[tuple[str, str]]:
         policy = header_policy_for(route, self.credential_headers, self.cookie_prefixes)
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        out = filter_request_headers(raw, policy)
+        out = filter_request_headers(raw_headers, policy)
         out += forwarding_headers(
             peer_ip=peer_ip,
             peer_trusted=trusted,
             chain=chain,
             client_headers=facts.headers,
             scheme=facts.scheme,
-            host=request.headers.get("Host", ""),
+            host=facts.headers.get("host", ""),
         )
         out.append(("X-Request-Id", rid))
         out.append(("traceparent", trace.traceparent))
         if trace.tracestate:
             out.append(("tracestate", trace.tracestate))
-        if route.preserve_host and "Host" in request.headers:
-            out.append(("Host", request.headers["Host"]))
+        if route.preserve_host and "host" in facts.headers:
+            out.append(("Host", facts.headers["host"]))
         if identity is not None:
             out += identity_headers(identity.subject, identity.email, identity.groups)
         if extra:
@@ -399,10 +408,9 @@ def _peer_ip(request: web.BaseRequest) -> str:
     return "unknown"
 
 
-def _lower_headers(request: web.BaseRequest) -> dict[str, str]:
+def _first_values(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case name → first value: the view policy and identity read."""
     out: dict[str, str] = {}
-    for k, v in request.raw_headers:
-        name = k.decode("latin-1").lower()
-        if name not in out:
-            out[name] = v.decode("latin-1")
+    for name, value in headers:
+        out.setdefault(name.lower(), value)
     return out
