@@ -46,7 +46,7 @@ def test_write_returns_without_waiting_for_the_disk(tmp_path: Path) -> None:
         writer.write(AuditRecord(ts=float(i), request_id="r"))
     queued = time.perf_counter() - started
     writer.close()
-    # Queuing is a lock-free put; serialising and writing happen in the thread.
+    # Serialising a batch is CPU only; the disk write happens in the thread.
     assert queued < 1.0
 
 
