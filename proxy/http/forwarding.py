@@ -17,6 +17,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,16 @@ def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
+_PLAIN_HOST_ASCII = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-:[]")
+
+
 def _forwarded_host(host: str) -> str:
-    return host if all(c.isalnum() or c in ".-:[]" for c in host) else f'"{host}"'
+    if host.isascii():
+        # For ASCII, isalnum() is exactly the letters and digits of the set.
+        plain = _PLAIN_HOST_ASCII.issuperset(host)
+    else:
+        plain = all(c.isalnum() or c in ".-:[]" for c in host)
+    return host if plain else f'"{host}"'
 
 
 def forwarding_headers(
@@ -114,10 +124,10 @@ class TraceContext:
 
 def trace_context(traceparent: str | None, tracestate: str | None) -> TraceContext:
     """Continue the caller's W3C trace, or start one; every hop gets a new span id."""
-    span = os.urandom(8).hex()
     if traceparent:
         m = _TRACEPARENT.match(traceparent.strip())
-        if m and m.group(1) != "0" * 32 and m.group(2) != "0" * 16:
+        if m and m.group(1) != _ZERO_TRACE and m.group(2) != _ZERO_SPAN:
             state = tracestate if tracestate and len(tracestate) <= 512 else None
-            return TraceContext(m.group(1), span, m.group(3), state)
-    return TraceContext(os.urandom(16).hex(), span, "01", None)
+            return TraceContext(m.group(1), os.urandom(8).hex(), m.group(3), state)
+    ids = os.urandom(24).hex()  # trace id and span id from one system call
+    return TraceContext(ids[:32], ids[32:], "01", None)

@@ -12,7 +12,8 @@ Pure functions over ``(name, value)`` lists. Order matters and is fixed:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 Headers = list[tuple[str, str]]
 
@@ -83,12 +84,40 @@ def normalise_name(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+_NO_TOKENS: frozenset[str] = frozenset()
+
+
+@lru_cache(maxsize=1024)
+def _tokens_of(value: str) -> frozenset[str]:
+    # Cached: clients send the same few values ("keep-alive", "close") on every request.
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    tokens: set[str] = set()
+    tokens = _NO_TOKENS
     for name, value in headers:
-        if name.lower() == "connection":
-            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return frozenset(tokens)
+        # The length test spares a lower() for nearly every header.
+        if len(name) == 10 and name.lower() == "connection":
+            tokens = tokens | _tokens_of(value) if tokens else _tokens_of(value)
+    return tokens
+
+
+def _extra_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Connection tokens that name more than the hop-by-hop headers dropped anyway."""
+    tokens = connection_tokens(headers)
+    return _beyond_hop_by_hop(tokens) if tokens else tokens
+
+
+@lru_cache(maxsize=1024)
+def _beyond_hop_by_hop(tokens: frozenset[str]) -> frozenset[str]:
+    return tokens - HOP_BY_HOP
+
+
+# What the filter does with a header name under one policy (connection tokens aside).
+_KEEP, _DROP, _COOKIE = 0, 1, 2
+# Names remembered per policy: header names repeat across requests, but a client
+# can send any, so the memory stays bounded.
+_MAX_VERDICTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +130,34 @@ class RequestHeaderPolicy:
     set: tuple[tuple[str, str], ...] = ()
     identity_headers: frozenset[str] = DEFAULT_IDENTITY_HEADERS
     cookie_prefixes: tuple[str, ...] = COOKIE_PREFIXES
+    # Header name (as sent) → verdict: the checks below run once per distinct name.
+    _verdicts: dict[str, int] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+
+    def verdict(self, name: str) -> int:
+        found = self._verdicts.get(name)
+        if found is not None:
+            return found
+        lower = name.lower()
+        norm = lower.replace("_", "-") if "_" in lower else lower
+        if (
+            lower in HOP_BY_HOP
+            or norm in PROXY_COMPUTED
+            or norm in HOP_BY_HOP
+            or norm.startswith(NAMESPACE_PREFIX)
+            or norm in self.identity_headers
+            or norm in self.remove
+            or (norm == "authorization" and not self.pass_authorization)
+        ):
+            verdict = _DROP
+        elif norm == "cookie" and not self.pass_cookies:
+            verdict = _COOKIE
+        else:
+            verdict = _KEEP
+        if len(self._verdicts) < _MAX_VERDICTS:
+            self._verdicts[name] = verdict
+        return verdict
 
 
 DEFAULT_REQUEST_POLICY = RequestHeaderPolicy()
@@ -119,24 +176,16 @@ def filter_request_headers(
     headers: Sequence[tuple[str, str]], policy: RequestHeaderPolicy = DEFAULT_REQUEST_POLICY
 ) -> Headers:
     """The client's end-to-end headers that may travel upstream, in their order."""
-    drop_tokens = connection_tokens(headers)
+    drop_tokens = _extra_tokens(headers)
+    known = policy._verdicts
     out: Headers = []
     for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in drop_tokens:
+        action = known.get(name)
+        if action is None:
+            action = policy.verdict(name)
+        if action == _DROP or (drop_tokens and name.lower() in drop_tokens):
             continue
-        norm = lower.replace("_", "-") if "_" in lower else lower
-        if (
-            norm in PROXY_COMPUTED
-            or norm in HOP_BY_HOP
-            or norm.startswith(NAMESPACE_PREFIX)
-            or norm in policy.identity_headers
-            or norm in policy.remove
-        ):
-            continue
-        if norm == "authorization" and not policy.pass_authorization:
-            continue
-        if norm == "cookie" and not policy.pass_cookies:
+        if action == _COOKIE:
             value = _strip_gatehouse_cookies(value, policy.cookie_prefixes)
             if not value:
                 continue
@@ -147,14 +196,24 @@ def filter_request_headers(
 
 def filter_response_headers(headers: Sequence[tuple[str, str]]) -> Headers:
     """The upstream's end-to-end response headers that may travel to the client."""
-    drop_tokens = connection_tokens(headers)
-    return [
-        (name, value)
-        for name, value in headers
-        if (lower := name.lower()) not in HOP_BY_HOP
-        and lower not in drop_tokens
-        and lower != "content-length"
-    ]
+    drop_tokens = _extra_tokens(headers)
+    known = _RESPONSE_DROPS
+    out: Headers = []
+    for name, value in headers:
+        drop = known.get(name)
+        if drop is None:
+            lower = name.lower()
+            drop = lower in HOP_BY_HOP or lower == "content-length"
+            if len(known) < _MAX_VERDICTS:
+                known[name] = drop
+        if drop or (drop_tokens and name.lower() in drop_tokens):
+            continue
+        out.append((name, value))
+    return out
+
+
+# Response header name (as sent) → dropped; bounded like the request verdicts.
+_RESPONSE_DROPS: dict[str, bool] = {}
 
 
 def safe_header_value(value: str, limit: int = 4096) -> str:
@@ -164,6 +223,8 @@ def safe_header_value(value: str, limit: int = 4096) -> str:
     name); control characters would split headers, and unbounded sizes
     overflow upstream limits.
     """
+    if value.isascii() and value.isprintable():
+        return value[:limit]  # the common case: nothing to remove (printable ASCII is " "-"~")
     cleaned = "".join(c for c in value if " " <= c <= "~")
     return cleaned[:limit]
 
@@ -172,6 +233,22 @@ def identity_headers(
     subject: str, email: str | None, groups: Iterable[str], groups_budget: int = 4096
 ) -> Headers:
     """``X-Gatehouse-Subject/Email/Groups`` telling the upstream who called."""
+    if isinstance(groups, frozenset):
+        # An identity's values do not change; cached identities repeat them per request.
+        return list(_identity_headers(subject, email, groups, groups_budget))
+    return _build_identity_headers(subject, email, groups, groups_budget)
+
+
+@lru_cache(maxsize=4096)
+def _identity_headers(
+    subject: str, email: str | None, groups: frozenset[str], groups_budget: int
+) -> tuple[tuple[str, str], ...]:
+    return tuple(_build_identity_headers(subject, email, groups, groups_budget))
+
+
+def _build_identity_headers(
+    subject: str, email: str | None, groups: Iterable[str], groups_budget: int
+) -> Headers:
     out: Headers = [("X-Gatehouse-Subject", safe_header_value(subject))]
     if email:
         out.append(("X-Gatehouse-Email", safe_header_value(email)))

@@ -98,3 +98,32 @@ def test_invalid_traceparent_starts_a_new_trace() -> None:
     for bad in ("garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01", None):
         ctx = trace_context(bad, "vendor=1")
         assert len(ctx.trace_id) == 32 and ctx.tracestate is None
+
+
+def test_a_new_trace_has_distinct_well_formed_trace_and_span_ids() -> None:
+    ctx = trace_context(None, None)
+    assert len(ctx.trace_id) == 32 and len(ctx.parent_id) == 16
+    assert int(ctx.trace_id, 16) >= 0 and int(ctx.parent_id, 16) >= 0
+    assert ctx.traceparent == f"00-{ctx.trace_id}-{ctx.parent_id}-01"
+    assert len({trace_context(None, None).trace_id for _ in range(100)}) == 100
+
+
+def test_forwarded_host_is_quoted_unless_plain_letters_digits_and_separators() -> None:
+    def host_of(host: str) -> str:
+        forwarded = dict(
+            forwarding_headers(
+                peer_ip="192.0.2.1",
+                peer_trusted=False,
+                chain=["192.0.2.1"],
+                client_headers={},
+                scheme="http",
+                host=host,
+            )
+        )["Forwarded"]
+        return forwarded.partition(";host=")[2]
+
+    assert host_of("App-1.example:8443") == "App-1.example:8443"
+    assert host_of("[::1]:80") == "[::1]:80"
+    assert host_of("a b") == '"a b"'
+    assert host_of("a;for=evil") == '"a;for=evil"'
+    assert host_of("bücher.example") == "bücher.example"

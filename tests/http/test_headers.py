@@ -131,3 +131,42 @@ def test_a_configured_session_cookie_name_is_stripped_too() -> None:
     policy = RequestHeaderPolicy(cookie_prefixes=("__Host-gatehouse", "gatehouse", "__Host-sso"))
     out = filter_request_headers([("Cookie", "__Host-sso=s; __Host-sso-1=c; app=1")], policy)
     assert out == [("Cookie", "app=1")]
+
+
+def test_a_header_name_seen_under_one_policy_is_judged_afresh_under_another() -> None:
+    # Verdicts are remembered per policy: a route passing Authorization must not
+    # teach a route that strips it (or the other way round).
+    passing = RequestHeaderPolicy(pass_authorization=True)
+    stripping = RequestHeaderPolicy()
+    request = [("Authorization", "Bearer t"), ("Accept", "*/*")]
+    for _ in range(2):
+        assert names(filter_request_headers(request, passing)) == ["authorization", "accept"]
+        assert names(filter_request_headers(request, stripping)) == ["accept"]
+
+
+def test_connection_tokens_apply_per_request_even_for_names_seen_before() -> None:
+    policy = RequestHeaderPolicy()
+    kept = filter_request_headers([("X-Secret", "1"), ("Connection", "keep-alive")], policy)
+    dropped = filter_request_headers([("X-Secret", "1"), ("Connection", "x-secret")], policy)
+    assert names(kept) == ["x-secret"] and dropped == []
+    response = [("X-Private", "1"), ("Connection", "X-Private")]
+    assert filter_response_headers(response) == []
+    assert filter_response_headers([("X-Private", "1")]) == [("X-Private", "1")]
+
+
+def test_a_flood_of_distinct_header_names_is_still_filtered_once_the_memory_is_full() -> None:
+    policy = RequestHeaderPolicy()
+    flood = [(f"X-Junk-{i}", "1") for i in range(3000)]
+    assert len(filter_request_headers(flood, policy)) == 3000
+    late = [("X-Gatehouse-Subject", "admin"), ("Authorization", "Bearer t"), ("X-Ok", "1")]
+    assert filter_request_headers(late, policy) == [("X-Ok", "1")]
+
+
+def test_identity_headers_drop_tab_and_delete_characters_and_return_a_fresh_list() -> None:
+    groups = frozenset({"eng"})
+    first = identity_headers("al\tice\x7f", None, groups)
+    first.append(("X-Mine", "1"))
+    assert identity_headers("al\tice\x7f", None, groups) == [
+        ("X-Gatehouse-Subject", "alice"),
+        ("X-Gatehouse-Groups", "eng"),
+    ]
