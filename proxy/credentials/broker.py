@@ -161,6 +161,9 @@ class CredentialBroker:
     def invalidate(self, backend: str, identity: Identity | None) -> None:
         """Forget ``backend``'s shared tokens and ``identity``'s own ones after an upstream 401."""
         dropped = self.cache.invalidate(backend, caller_key(identity))
+        for provider in self._providers.get(backend, ()):
+            if isinstance(provider, AssertionProvider):
+                provider.forget()
         log.info("upstream credentials invalidated", extra={"backend": backend, "count": dropped})
 
     def jwks_document(self) -> bytes:

@@ -8,6 +8,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ import pytest
 from aiohttp import web
 
 from proxy.credentials.broker import CredentialBroker
-from proxy.credentials.providers.assertion import claims_within_budget
+from proxy.credentials.config import AssertionSigningConfig, AssertionSpec
+from proxy.credentials.providers.assertion import (
+    MAX_CACHED_ASSERTIONS,
+    AssertionProvider,
+    AssertionSigner,
+    claims_within_budget,
+)
 from proxy.credentials.signing import load_signing_keys, rotate_key_file
 from tests.credentials.conftest import caller, make_broker, parse_backends, route, run_uvicorn
 from tests.peers.cloud.server import PeerServer
@@ -214,3 +221,93 @@ async def test_no_assertion_or_caller_token_appears_in_any_log_record(
         assert token not in text
         assert "caller-bearer-token-value" not in text
         assert "x" * 100 not in text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def signed_by(keys_file: Path, clock: Clock) -> AssertionProvider:
+    signing = AssertionSigningConfig("test", keys_file, lifetime=120.0)
+    signer = AssertionSigner(signing, "https://gatehouse.test")
+    signer.load()
+    return AssertionProvider(AssertionSpec("app", "test", "app"), signer, clock=clock)
+
+
+def token_of(headers: list[tuple[str, str]]) -> str:
+    ((_, token),) = headers
+    return token
+
+
+def test_one_caller_gets_the_same_assertion_while_more_than_half_its_lifetime_is_left(
+    keys_file: Path,
+) -> None:
+    clock = Clock()
+    provider = signed_by(keys_file, clock)
+    first = token_of(provider.headers(route("app"), caller("alice")))
+    clock.now += 59
+    assert token_of(provider.headers(route("app"), caller("alice"))) == first
+    clock.now += 1  # half of the 120 s lifetime gone: sign a fresh one
+    fresh = token_of(provider.headers(route("app"), caller("alice")))
+    assert fresh != first
+    claims = jwt.decode(fresh, options={"verify_signature": False})
+    assert claims["iat"] == int(clock.now) and claims["exp"] == int(clock.now) + 120
+
+
+def test_a_different_caller_or_different_claims_never_share_an_assertion(
+    keys_file: Path,
+) -> None:
+    provider = signed_by(keys_file, Clock())
+    r = route("app", pass_claims=("department",))
+    alice = caller("alice", claims={"department": "payments"})
+    callers = [
+        alice,
+        caller("bob", claims={"department": "payments"}),
+        caller("alice", claims={"department": "risk"}),
+        replace(alice, groups=frozenset({"ops"})),
+        replace(alice, email="other@example.com"),
+        replace(alice, issuer="https://other.test"),
+        None,
+    ]
+    tokens = [token_of(provider.headers(r, who)) for who in callers]
+    assert len(set(tokens)) == len(callers)
+    decoded = [jwt.decode(t, options={"verify_signature": False}) for t in tokens]
+    subjects = [d.get("sub") for d in decoded]
+    assert subjects == ["alice", "bob", "alice", "alice", "alice", "alice", None]
+    assert decoded[2]["department"] == "risk" and decoded[3]["groups"] == ["ops"]
+    assert decoded[4]["email"] == "other@example.com"
+    assert decoded[5]["idp"] == "https://other.test"
+    # The same caller again is served from the cache, whichever route shows the same claims.
+    again = token_of(provider.headers(route("app", pass_claims=("department",)), callers[0]))
+    assert again == tokens[0]
+
+
+def test_a_clock_stepped_back_signs_afresh(keys_file: Path) -> None:
+    clock = Clock()
+    provider = signed_by(keys_file, clock)
+    first = token_of(provider.headers(route("app"), caller()))
+    clock.now -= 3600
+    stepped = token_of(provider.headers(route("app"), caller()))
+    assert stepped != first
+    assert jwt.decode(stepped, options={"verify_signature": False})["iat"] == int(clock.now)
+
+
+def test_the_assertion_cache_is_bounded(keys_file: Path) -> None:
+    provider = signed_by(keys_file, Clock())
+    for i in range(MAX_CACHED_ASSERTIONS + 10):
+        provider.headers(route("app"), caller(f"user{i}"))
+    assert provider.cached == MAX_CACHED_ASSERTIONS
+
+
+async def test_an_upstream_401_makes_the_broker_sign_a_new_assertion(
+    gatehouse: tuple[CredentialBroker, JwksServer],
+) -> None:
+    broker, _ = gatehouse
+    first = dict(await broker.headers("app", route("app"), caller()))
+    assert dict(await broker.headers("app", route("app"), caller())) == first
+    broker.invalidate("app", caller())
+    assert dict(await broker.headers("app", route("app"), caller())) != first

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 RESERVED = frozenset({"iss", "aud", "sub", "exp", "iat", "nbf", "jti", "email", "groups"})
 RECHECK_SECONDS = 1.0
+# Signed assertions kept per provider (one backend): callers active within half a lifetime.
+MAX_CACHED_ASSERTIONS = 4096
 
 
 def claims_within_budget(
@@ -120,33 +123,98 @@ class AssertionSigner:
                 return key
         return self._keys[0]
 
-    def sign(self, claims: dict[str, Any]) -> str:
+    def current_key(self) -> SigningKey:
+        """The key :meth:`sign` would use now (after the periodic key-file check)."""
         self._maybe_reload()
         if not self._keys:
             raise UpstreamCredentialsUnavailable(detail="no assertion signing key loaded")
-        key = self.signing_key()
+        return self.signing_key()
+
+    def sign(self, claims: dict[str, Any], key: SigningKey | None = None) -> str:
+        if key is None:
+            key = self.current_key()
         return jwt.encode(
             claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
         )
 
 
 class AssertionProvider(HeaderProvider):
+    """One signed assertion per caller, reused while more than half its lifetime is left.
+
+    Signing costs far more than the rest of a request, and the assertion says
+    nothing about the request itself: only who the caller is. So it is cached
+    under everything it does say (signing key, subject, issuer, email, groups
+    and the route's ``pass_claims`` values): a different caller, or the same
+    caller with different claims, gets its own. Its ``jti`` therefore names
+    one assertion that may travel with several requests of that caller, not
+    one request; backends must not treat it as a one-time nonce.
+    """
+
     type = "assertion"
 
-    def __init__(self, spec: AssertionSpec, signer: AssertionSigner | None) -> None:
+    def __init__(
+        self,
+        spec: AssertionSpec,
+        signer: AssertionSigner | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.spec = spec
         self.signer = signer
+        self._clock = clock
+        # key → (assertion, issued at, reuse until); insertion order evicts the oldest.
+        self._cache: dict[tuple[Any, ...], tuple[str, float, float]] = {}
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def forget(self) -> None:
+        """Sign afresh from now on (after the backend refused an assertion)."""
+        self._cache.clear()
 
     def headers(self, route: Route, identity: Identity | None) -> list[tuple[str, str]]:
-        if self.signer is None:
+        signer = self.signer
+        if signer is None:
             raise UpstreamCredentialsUnavailable(detail="assertions are not configured")
-        now = int(time.time())
+        key = signer.current_key()
+        extra: dict[str, Any] = {}
+        dropped: list[str] = []
+        if identity is None:
+            cache_key: tuple[Any, ...] = (key.kid,)
+        else:
+            shown = b""
+            if route.pass_claims:
+                extra, dropped = claims_within_budget(
+                    identity, route.pass_claims, route.pass_claims_max_bytes
+                )
+                shown = json.dumps(extra, separators=(",", ":"), default=str).encode()
+            cache_key = (
+                key.kid,
+                identity.subject,
+                identity.issuer,
+                identity.email,
+                identity.groups,
+                shown,
+            )
+        now = self._clock()
+        cached = self._cache.get(cache_key)
+        # A clock stepped back must not hand out an assertion issued "in the future".
+        if cached is not None and cached[1] <= now < cached[2]:
+            return [(self.spec.header, cached[0])]
+        if dropped:
+            log.info(
+                "pass_claims over budget, dropped",
+                extra={"route": route.name, "claims": dropped},
+            )
+        issued = int(now)
+        lifetime = int(signer.config.lifetime)
         claims: dict[str, Any] = {
-            "iss": self.signer.issuer,
+            "iss": signer.issuer,
             "aud": self.spec.audience,
-            "iat": now,
-            "nbf": now,
-            "exp": now + int(self.signer.config.lifetime),
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + lifetime,
             "jti": uuid.uuid4().hex,
         }
         if identity is not None:
@@ -155,14 +223,12 @@ class AssertionProvider(HeaderProvider):
             if identity.email:
                 claims["email"] = identity.email
             claims["groups"] = sorted(identity.groups)
-            extra, dropped = claims_within_budget(
-                identity, route.pass_claims, route.pass_claims_max_bytes
-            )
-            if dropped:
-                log.info(
-                    "pass_claims over budget, dropped",
-                    extra={"route": route.name, "claims": dropped},
-                )
             for name, value in extra.items():
                 claims.setdefault(name, value)
-        return [(self.spec.header, self.signer.sign(claims))]
+        assertion = signer.sign(claims, key)
+        cache = self._cache
+        cache.pop(cache_key, None)
+        if len(cache) >= MAX_CACHED_ASSERTIONS:
+            del cache[next(iter(cache))]
+        cache[cache_key] = (assertion, float(issued), issued + lifetime / 2)
+        return [(self.spec.header, assertion)]
