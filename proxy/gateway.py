@@ -54,6 +54,7 @@ from proxy.policy.index import normalise_host
 from proxy.policy.model import Route
 from proxy.policy.ratelimit import RateLimiter, rate_key
 from proxy.policy.store import PolicyStore
+from proxy.upstream.client import UpstreamClient, UpstreamResponse
 from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
@@ -75,7 +76,8 @@ class Gateway:
     config: Config
     policies: PolicyStore
     audit: AuditWriter
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # websocket upgrades only
+    client: UpstreamClient
     pools: dict[str, EndpointPool]
     authenticator: Authenticator | None = None
     rate_limiter: RateLimiter | SharedRateLimiter | None = None
@@ -261,10 +263,10 @@ class Gateway:
 
         def attempt_with(
             headers: list[tuple[str, str]],
-        ) -> Callable[[str, float | None], Awaitable[aiohttp.ClientResponse]]:
-            async def attempt(base_url: str, remaining: float | None) -> aiohttp.ClientResponse:
+        ) -> Callable[[str, float | None], Awaitable[UpstreamResponse]]:
+            async def attempt(base_url: str, remaining: float | None) -> UpstreamResponse:
                 return await send(
-                    self.session,
+                    self.client,
                     request,
                     backend=backend,
                     base_url=base_url,

@@ -41,9 +41,10 @@ from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
 from proxy.policy.ratelimit import RateLimiter
 from proxy.policy.store import PolicyStore
-from proxy.upstream.forward import new_client_session
+from proxy.upstream.client import UpstreamClient
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.reachability import Reachability
+from proxy.upstream.websocket import new_client_session
 
 log = logging.getLogger("gatehouse")
 
@@ -85,6 +86,7 @@ async def serve(
     audit = AuditWriter(config.audit.output)
     policies = PolicyStore(config.policy_dir, backends=set(config.backends))
     session = new_client_session()
+    client = UpstreamClient()
     state = None
     local_limiter = RateLimiter()
     if config.state is not None:
@@ -101,6 +103,7 @@ async def serve(
         policies=policies,
         audit=audit,
         session=session,
+        client=client,
         pools=pools,
         certificate_reader=certificate_from_der,
         rate_limiter=state.rate_limiter(local_limiter) if state is not None else local_limiter,
@@ -203,6 +206,7 @@ async def serve(
         if admin_runner is not None:
             await admin_runner.cleanup()
         await session.close()
+        await client.close()
         if board is not None:
             board.forget(os.getpid())
         audit.close()

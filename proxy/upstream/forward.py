@@ -15,10 +15,7 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
 from proxy.config.schema import BackendConfig
 from proxy.errors import (
@@ -30,6 +27,14 @@ from proxy.errors import (
 )
 from proxy.http.headers import filter_response_headers
 from proxy.observability.audit import AuditRecord
+from proxy.upstream.client import (
+    ClientFailure,
+    MalformedResponse,
+    ResponseTimeout,
+    UpstreamClient,
+    UpstreamResponse,
+    parse_origin,
+)
 
 log = logging.getLogger("gatehouse.upstream")
 
@@ -42,33 +47,6 @@ class _BodyState:
     limit: int
     sent: int = 0
     too_large: bool = False
-
-
-def new_client_session(max_connections: int = 0) -> aiohttp.ClientSession:
-    """The one upstream client a worker uses.
-
-    No cookie jar (one caller's upstream cookies must never reach another
-    caller), no redirects followed, no decompression, no headers invented.
-    """
-    connector = aiohttp.TCPConnector(
-        limit=max_connections,
-        limit_per_host=0,
-        ttl_dns_cache=60,
-        keepalive_timeout=30,
-        enable_cleanup_closed=False,
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        timeout=aiohttp.ClientTimeout(total=None),
-        trust_env=False,
-    )
-    # aiohttp repeats an idempotent request once on a reset, outside any retry
-    # policy or budget; EndpointPool.send is the only layer that retries.
-    session._retry_connection = False
-    return session
 
 
 async def _stream_body(
@@ -87,17 +65,15 @@ def _classify(exc: BaseException) -> GatehouseError:
     """Map a client-side failure to the phase error that names it."""
     if isinstance(exc, GatehouseError):
         return exc
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamTimeout(detail=type(exc).__name__)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamConnectError(detail=str(exc.os_error))
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return UpstreamProtocolError(detail=type(exc).__name__)
-    return UpstreamConnectError(detail=type(exc).__name__)
+    if isinstance(exc, ResponseTimeout | TimeoutError):
+        return UpstreamTimeout(detail=str(exc) or type(exc).__name__)
+    if isinstance(exc, MalformedResponse):
+        return UpstreamProtocolError(detail=str(exc))
+    return UpstreamConnectError(detail=str(exc) or type(exc).__name__)
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     request: web.BaseRequest,
     *,
     backend: BackendConfig,
@@ -110,15 +86,15 @@ async def send(
     record: AuditRecord,
     ssl_context: ssl.SSLContext | bool = True,
     server_hostname: str | None = None,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """Send the request to ``base_url + path_qs`` and return once response headers arrive.
 
     ``path_qs`` is the canonical path plus the raw query: it is sent exactly,
     never re-encoded. ``headers`` are the final upstream request headers.
     The caller must :func:`relay` or release the response.
     """
-    out_headers = CIMultiDict(headers)
-    data: AsyncIterator[bytes] | None = None
+    body: AsyncIterator[bytes] | None = None
+    length: int | None = None
     state = _BodyState(max_body)
     length_text = request.headers.get("Content-Length")
     if length_text is not None:
@@ -126,34 +102,28 @@ async def send(
         length = int(length_text)
         if length > max_body:
             raise BodyTooLarge(detail="declared Content-Length over the route limit")
-        out_headers["Content-Length"] = length_text
     if request.body_exists:
         if request.headers.get("Expect", "").lower() == "100-continue":
             # Only now, after authorisation, invite the client to send the body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        data = _stream_body(request, state, record)
-
+        body = _stream_body(request, state, record)
     timeouts = backend.timeouts
-    client_timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-    )
-    url = URL(base_url + path_qs, encoded=True)
     if deadline is None:
         deadline = timeouts.total
     try:
-        async with asyncio.timeout(deadline):
-            upstream = await session.request(
-                method,
-                url,
-                headers=out_headers,
-                data=data,
-                allow_redirects=False,
-                timeout=client_timeout,
-                compress=None,
-                chunked=None,
-                ssl=ssl_context,
-                server_hostname=server_hostname,
-            )
+        upstream = await client.request(
+            parse_origin(base_url),
+            method,
+            path_qs,
+            headers,
+            body=body,
+            body_length=length,
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
+            deadline=deadline,
+            ssl_context=ssl_context if isinstance(ssl_context, ssl.SSLContext) else None,
+            server_hostname=server_hostname,
+        )
     except BaseException as exc:
         if state.too_large:
             raise BodyTooLarge(detail="request body over the route limit") from None
@@ -166,7 +136,7 @@ async def send(
 
 async def relay(
     request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str] = (),
 ) -> web.StreamResponse:
@@ -183,26 +153,26 @@ async def relay(
 
 async def _relay(
     request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str],
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-    for name, value in filter_response_headers(raw):
-        response.headers.add(name, value)
-    for cookie in set_cookies:
-        response.headers.add("Set-Cookie", cookie)
-    if "Server" not in response.headers:
-        response.headers["Server"] = "gatehouse"  # not aiohttp's default naming its version
-    response.headers["X-Request-Id"] = record.request_id
-    no_body = (
-        request.method == "HEAD"
-        or upstream.status in _NO_BODY_STATUS
-        or (100 <= upstream.status < 200)
-    )
+    status = upstream.status
+    no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200
+    if not no_body and upstream.complete and upstream.content_length is not None:
+        # The whole body arrived with the head (the common small answer):
+        # hand the connection back first, then answer in one write. (A
+        # chunked answer stays chunked: the upstream chose to stream it.)
+        body = upstream.content.read_nowait(-1)
+        upstream.release()
+        whole = web.Response(status=status, reason=upstream.reason, body=body)
+        _copy_headers(whole, upstream, record, set_cookies)
+        record.bytes_out = len(body)
+        return whole
+    response = web.StreamResponse(status=status, reason=upstream.reason)
+    _copy_headers(response, upstream, record, set_cookies)
     if upstream.content_length is not None and not (
-        upstream.status in _NO_BODY_STATUS or 100 <= upstream.status < 200
+        status in _NO_BODY_STATUS or 100 <= status < 200
     ):
         response.content_length = upstream.content_length
     sent = 0
@@ -216,9 +186,9 @@ async def _relay(
     except ConnectionError:
         # The client went away (reset, broken pipe, lost while draining): not a
         # failure of ours or the upstream's. The unread upstream body makes
-        # aiohttp close that upstream connection on release.
+        # the release close that upstream connection.
         record.reason = "client_disconnected"
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, ClientFailure) as exc:
         # The status line is gone already: cut the connection so the client
         # sees a truncated response instead of a complete-looking one.
         err = _classify(exc)
@@ -229,3 +199,20 @@ async def _relay(
     finally:
         record.bytes_out = sent
     return response
+
+
+def _copy_headers(
+    response: web.StreamResponse,
+    upstream: UpstreamResponse,
+    record: AuditRecord,
+    set_cookies: Sequence[str],
+) -> None:
+    raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+    headers = response.headers
+    for name, value in filter_response_headers(raw):
+        headers.add(name, value)
+    for cookie in set_cookies:
+        headers.add("Set-Cookie", cookie)
+    if "Server" not in headers:
+        headers["Server"] = "gatehouse"  # not aiohttp's default naming its version
+    headers["X-Request-Id"] = record.request_id

@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 
@@ -28,6 +29,7 @@ from proxy.errors import (
 from proxy.observability import metrics
 from proxy.upstream.balancer import Balancer
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome, Permit
+from proxy.upstream.client import ClientFailure
 from proxy.upstream.config import BackendOptions
 from proxy.upstream.health import HealthBoard, HealthChecker, publish_gauge
 from proxy.upstream.retry import (
@@ -41,9 +43,21 @@ from proxy.upstream.tls import UpstreamTLS, reload_files, upstream_tls
 
 log = logging.getLogger("gatehouse.upstream")
 
+
+class Answer(Protocol):
+    """What an attempt returns: a response whose head has arrived."""
+
+    @property
+    def status(self) -> int: ...
+
+    def release(self) -> Any: ...
+
+
+A = TypeVar("A", bound=Answer)
+
 # One attempt: send to this endpoint (base URL) within ``remaining`` seconds
 # (None = the backend's own timeouts), return once response headers arrived.
-Attempt = Callable[[str, float | None], Awaitable[aiohttp.ClientResponse]]
+Attempt = Callable[[str, float | None], Awaitable[A]]
 
 _BUDGET_LOG_EVERY = 10.0
 NO_HEALTHY_ENDPOINT = "no_healthy_upstream"
@@ -53,14 +67,18 @@ CIRCUIT_OPEN = "upstream_circuit_open"
 def classify(exc: BaseException) -> tuple[Failure, bool]:
     """The failure an attempt ended with, and whether the request may have reached the upstream.
 
-    The forwarder re-raises aiohttp's exception as a phase error ``from None``;
+    The forwarder re-raises the client's exception as a phase error ``from None``;
     the original stays on ``__context__`` (or ``__cause__``), and only it says
     whether the failure happened before anything was sent. Anything not
     provably "before sending" counts as reached: unknown means unsafe to repeat.
+    (aiohttp's exceptions are understood too: tests and the websocket path use
+    its client.)
     """
     original: BaseException | None = exc
     if isinstance(exc, GatehouseError):
         original = exc.__cause__ or exc.__context__
+    if isinstance(original, ClientFailure):
+        return original.failure, original.reached
     if isinstance(original, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         # Covers refused, unreachable, DNS, TLS handshake and certificate
         # failures, and sock_connect timeouts: no request byte was written.
@@ -73,10 +91,10 @@ def classify(exc: BaseException) -> tuple[Failure, bool]:
 
 
 @dataclass(slots=True)
-class Exchange:
+class Exchange(Generic[A]):
     """A response from one endpoint; call :meth:`release` once it has been relayed."""
 
-    response: aiohttp.ClientResponse
+    response: A
     endpoint: str
     attempts: int
     _release: Callable[[], None] = field(repr=False)
@@ -189,11 +207,11 @@ class EndpointPool:
     async def send(
         self,
         method: str,
-        attempt: Attempt,
+        attempt: Attempt[A],
         *,
         body_replayable: Callable[[], bool] = lambda: True,
         deadline: float | None = None,
-    ) -> Exchange:
+    ) -> Exchange[A]:
         """Send via ``attempt``, retrying where :func:`should_retry` and the budget allow.
 
         Raises the last attempt's error, or ``UpstreamConnectError`` (502) with

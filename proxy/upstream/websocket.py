@@ -18,6 +18,33 @@ _HANDSHAKE_TIMEOUT = 10.0
 _MAX_MESSAGE = 16 * 2**20
 
 
+def new_client_session(max_connections: int = 0) -> aiohttp.ClientSession:
+    """The aiohttp client a worker uses for websocket upgrades (plain requests use UpstreamClient).
+
+    No cookie jar (one caller's upstream cookies must never reach another
+    caller), no redirects followed, no decompression, no headers invented.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        limit_per_host=0,
+        ttl_dns_cache=60,
+        keepalive_timeout=30,
+        enable_cleanup_closed=False,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+    )
+    # aiohttp repeats an idempotent request once on a reset, outside any retry
+    # policy or budget; EndpointPool.send is the only layer that retries.
+    session._retry_connection = False
+    return session
+
+
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     return (
         request.method == "GET"

@@ -22,6 +22,7 @@ from proxy.config.schema import BackendConfig, Timeouts
 from proxy.errors import GatehouseError, UpstreamConnectError
 from proxy.observability.audit import AuditRecord
 from proxy.upstream.circuit import CircuitState
+from proxy.upstream.client import UpstreamClient, UpstreamResponse
 from proxy.upstream.config import (
     RETRY_ON,
     BackendOptions,
@@ -200,12 +201,7 @@ Front = Callable[[EndpointPool], Awaitable[str]]
 async def front() -> AsyncIterator[Front]:
     """Start a front server that forwards through a given pool, exactly as the gateway should."""
     runners: list[web.AppRunner] = []
-    session = aiohttp.ClientSession(
-        cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False
-    )
-    # aiohttp silently repeats an idempotent request once on a reset, outside
-    # any policy or budget; the pool must be the only layer that retries.
-    session._retry_connection = False
+    client = UpstreamClient()
 
     async def start(pool: EndpointPool) -> str:
         backend = BackendConfig("b", pool.urls, Timeouts(connect=1.0, read=2.0, total=3.0))
@@ -213,9 +209,9 @@ async def front() -> AsyncIterator[Front]:
         async def handle(request: web.Request) -> web.StreamResponse:
             record = AuditRecord(ts=0.0, request_id="test")
 
-            async def attempt(endpoint: str, remaining: float | None) -> aiohttp.ClientResponse:
+            async def attempt(endpoint: str, remaining: float | None) -> UpstreamResponse:
                 return await send(
-                    session,
+                    client,
                     request,
                     backend=backend,
                     base_url=endpoint,
@@ -250,7 +246,7 @@ async def front() -> AsyncIterator[Front]:
     yield start
     for runner in runners:
         await runner.cleanup()
-    await session.close()
+    await client.close()
 
 
 @pytest.fixture
