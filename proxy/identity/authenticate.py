@@ -9,15 +9,15 @@ and an IdP that cannot be consulted raises IdentityProviderUnavailable (503).
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from cachetools import TLRUCache
 
 from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable
 from proxy.http.facts import RequestFacts
@@ -52,20 +52,65 @@ _CACHE_MISS = TOKEN_CACHE.labels(result="miss")
 
 
 @dataclass(frozen=True, slots=True)
+class Authentication:
+    """An identity plus cookies the response must set (a refreshed browser session)."""
+
+    identity: Identity | None
+    set_cookies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class _Cached:
     identity: Identity
     issuer: str
     cache_id: str
     kid: str | None
     expires_at: float
+    # Earliest time the time claims (nbf, iat, with clock skew) admit the token.
+    # Every other claim check depends only on the claims and the issuer config,
+    # both fixed for an entry (``cache_id``), and passed when it was stored.
+    valid_from: float
+    authentication: Authentication
 
 
-@dataclass(frozen=True, slots=True)
-class Authentication:
-    """An identity plus cookies the response must set (a refreshed browser session)."""
+def _valid_from(claims: Mapping[str, object], skew: float) -> float:
+    times = [v for v in (claims.get("nbf"), claims.get("iat")) if isinstance(v, int | float)]
+    return max(times) - skew if times else -math.inf
 
-    identity: Identity | None
-    set_cookies: tuple[str, ...] = ()
+
+class _TokenCache:
+    """Verified tokens by the token itself: LRU, an entry never outliving its ``exp``.
+
+    Keyed by the token string rather than a digest of it: the entry's identity
+    holds the token anyway, and a dict lookup is cheaper than hashing it again.
+    """
+
+    __slots__ = ("_entries", "_maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, now: float) -> _Cached | None:
+        entries = self._entries
+        hit = entries.get(token)
+        if hit is None:
+            return None
+        if now >= hit.expires_at:
+            del entries[token]
+            return None
+        entries.move_to_end(token)
+        return hit
+
+    def put(self, token: str, entry: _Cached) -> None:
+        entries = self._entries
+        entries[token] = entry
+        entries.move_to_end(token)
+        while len(entries) > self._maxsize:
+            entries.popitem(last=False)
 
 
 class _Issuer:
@@ -92,11 +137,9 @@ class Authenticator:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._issuers: dict[str, _Issuer] = {}
-        self._cache: TLRUCache[bytes, _Cached] | None = None
+        self._cache: _TokenCache | None = None
         if config.token_cache_size > 0:
-            self._cache = TLRUCache(
-                config.token_cache_size, ttu=lambda _k, v, _now: v.expires_at, timer=clock
-            )
+            self._cache = _TokenCache(config.token_cache_size)
         self.api_keys = ApiKeyStore(config.api_keys.file) if config.api_keys else None
         self.browser: BrowserLogin | None = None
 
@@ -181,7 +224,11 @@ class Authenticator:
         if authorization is not None:
             scheme, _, credential = authorization.strip().partition(" ")
             if scheme.lower() == "bearer":
-                return Authentication(await self._bearer(credential.strip()))
+                token = credential.strip()
+                hot = self._hot(token)
+                if hot is not None:
+                    return hot
+                return Authentication(await self._bearer(token))
         if self.browser is not None:
             session = await self.browser.authenticate(facts)
             if session is not None:
@@ -224,11 +271,30 @@ class Authenticator:
             return await self._jwt(token)
         return await self._opaque(token)
 
+    def _hot(self, token: str) -> Authentication | None:
+        """A cached verification that holds now, without leaving the caller's frame.
+
+        Anything short of a clean hit returns None and the full path (which
+        counts misses and failures) runs instead; this path counts only hits.
+        """
+        cache = self._cache
+        if cache is None:
+            return None
+        now = self._clock()
+        hit = cache.get(token, now)
+        if hit is None or now < hit.valid_from:
+            return None
+        issuer = self._issuers.get(hit.issuer)
+        if issuer is None or issuer.cache_id != hit.cache_id or not self._still_keyed(hit, issuer):
+            return None
+        _CACHE_HIT.inc()
+        issuer.ok.inc()
+        return hit.authentication
+
     async def _jwt(self, token: str) -> Identity:
         now = self._clock()
-        digest = hashlib.sha256(token.encode()).digest()
         if self._cache is not None:
-            hit = self._cache.get(digest)
+            hit = self._cache.get(token, now)
             if hit is not None:
                 issuer = self._issuers.get(hit.issuer)
                 # The entry counts only for the exact config that produced it, and only
@@ -262,8 +328,17 @@ class Authenticator:
             AUTH.labels(issuer=label, method="jwt", result=exc.reason).inc()
             raise
         if self._cache is not None and identity.expires_at is not None:
-            self._cache[digest] = _Cached(
-                identity, found.cfg.issuer, found.cache_id, key.kid, identity.expires_at
+            self._cache.put(
+                token,
+                _Cached(
+                    identity,
+                    found.cfg.issuer,
+                    found.cache_id,
+                    key.kid,
+                    identity.expires_at,
+                    _valid_from(claims, found.cfg.clock_skew),
+                    Authentication(identity),
+                ),
             )
         found.ok.inc()
         return identity

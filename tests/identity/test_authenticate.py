@@ -90,6 +90,42 @@ async def test_cached_token_still_expires(provider: OidcProvider) -> None:
         await auth.close()
 
 
+async def test_cached_token_is_refused_when_the_clock_steps_back_before_its_iat(
+    provider: OidcProvider,
+) -> None:
+    clock = [time.time()]
+    auth = Authenticator(identity_config(issuer_config(provider.issuer)), clock=lambda: clock[0])
+    await auth.start()
+    try:
+        token = await asyncio.to_thread(provider.client_credentials_token)
+        assert await auth.authenticate(bearer(token)) is not None
+        clock[0] -= 3600  # far beyond the clock skew: the token is "issued in the future"
+        with pytest.raises(AuthenticationError) as info:
+            await auth.authenticate(bearer(token))
+        assert info.value.reason == "invalid_token"
+        clock[0] += 3600
+        assert await auth.authenticate(bearer(token)) is not None
+    finally:
+        await auth.close()
+
+
+async def test_token_cache_keeps_only_the_most_recently_used_tokens(
+    provider: OidcProvider,
+) -> None:
+    auth = await started(identity_config(issuer_config(provider.issuer), token_cache_size=2))
+    try:
+        tokens = [await asyncio.to_thread(provider.client_credentials_token) for _ in range(3)]
+        for token in tokens:
+            await auth.authenticate(bearer(token))
+        hits, misses = metric(TOKEN_CACHE, result="hit"), metric(TOKEN_CACHE, result="miss")
+        await auth.authenticate(bearer(tokens[2]))  # still cached
+        await auth.authenticate(bearer(tokens[0]))  # pushed out by the third
+        assert metric(TOKEN_CACHE, result="hit") == hits + 1
+        assert metric(TOKEN_CACHE, result="miss") == misses + 1
+    finally:
+        await auth.close()
+
+
 async def test_token_for_another_audience_is_rejected(provider: OidcProvider) -> None:
     auth = await started(identity_config(issuer_config(provider.issuer, audiences=("other",))))
     try:
