@@ -32,6 +32,10 @@ class Balancer:
         self._rng = rng or random.Random()  # noqa: S311 (spreading load, not security)
         self._next = 0
         self._inflight = dict.fromkeys(self.endpoints, 0)
+        # Candidates for the last healthy set seen without exclusions: the health
+        # board hands out the same set object until something changes.
+        self._seen: Collection[str] | None = None
+        self._seen_candidates: list[str] = []
 
     def inflight(self, endpoint: str) -> int:
         return self._inflight[endpoint]
@@ -45,7 +49,12 @@ class Balancer:
 
     def pick(self, healthy: Collection[str], exclude: Collection[str] = ()) -> str | None:
         """A healthy endpoint, avoiding ``exclude`` (endpoints already tried) when possible."""
-        candidates = [e for e in self.endpoints if e in healthy and e not in exclude]
+        if not exclude and healthy is self._seen:
+            candidates = self._seen_candidates
+        else:
+            candidates = [e for e in self.endpoints if e in healthy and e not in exclude]
+            if not exclude and isinstance(healthy, frozenset):
+                self._seen, self._seen_candidates = healthy, candidates
         if not candidates:
             # A retry may go back to an endpoint that failed if it is all we have.
             candidates = [e for e in self.endpoints if e in healthy]

@@ -51,6 +51,8 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probes_out = 0
         self._probe_successes = 0
+        # Permits are immutable: one per generation serves every ordinary request.
+        self._permit = Permit(0, probe=False)
 
     @property
     def state(self) -> CircuitState:
@@ -70,10 +72,10 @@ class CircuitBreaker:
     def admit(self) -> Permit | None:
         """A permit to send one request, or None: fail fast."""
         if not self.options.enabled:
-            return Permit(self._generation, probe=False)
+            return self._permit
         state = self.state
         if state is CircuitState.CLOSED:
-            return Permit(self._generation, probe=False)
+            return self._permit
         slots = self.options.half_open_probes - self._probes_out - self._probe_successes
         if state is CircuitState.HALF_OPEN and slots > 0:
             self._probes_out += 1
@@ -102,6 +104,7 @@ class CircuitBreaker:
     def _enter(self, state: CircuitState) -> None:
         self._state = state
         self._generation += 1
+        self._permit = Permit(self._generation, probe=False)
         self._failures = 0
         self._probes_out = 0
         self._probe_successes = 0

@@ -62,10 +62,15 @@ class HealthBoard:
         self._clock = clock
         self._on_change = on_change
         self._state = {e: _Endpoint() for e in endpoints}
+        # The healthy set, asked for on every request, changes only on a probe, an
+        # ejection, or when an ejection runs out: kept until one of those.
+        self._healthy: frozenset[str] | None = None
+        self._healthy_until = 0.0
 
     def _settle(self, endpoint: str, state: _Endpoint, now: float) -> bool:
         healthy = state.active_ok and now >= state.ejected_until
         if healthy != state.healthy:
+            self._healthy = None
             state.healthy = healthy
             log.warning(
                 "upstream endpoint %s is now %s", endpoint, "healthy" if healthy else "UNHEALTHY"
@@ -79,9 +84,21 @@ class HealthBoard:
 
     def healthy_endpoints(self) -> frozenset[str]:
         now = self._clock()
-        return frozenset(e for e, s in self._state.items() if self._settle(e, s, now))
+        healthy = self._healthy
+        if healthy is not None and now < self._healthy_until:
+            return healthy
+        healthy = frozenset(e for e, s in self._state.items() if self._settle(e, s, now))
+        # Valid until the next passive ejection runs out (an endpoint then returns).
+        states = self._state.values()
+        self._healthy_until = min(
+            (s.ejected_until for s in states if s.active_ok and s.ejected_until > now),
+            default=math.inf,
+        )
+        self._healthy = healthy
+        return healthy
 
     def record_probe(self, endpoint: str, ok: bool) -> None:
+        self._healthy = None
         state = self._state[endpoint]
         first = not state.probed
         state.probed = True
@@ -121,6 +138,7 @@ class HealthBoard:
         state.ejected_until = (
             math.inf if self.options.enabled else now + self.options.passive_ejection
         )
+        self._healthy = None
         self._settle(endpoint, state, now)
 
 

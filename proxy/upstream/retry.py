@@ -91,6 +91,8 @@ class RetryBudget:
         self._requests = [0] * buckets
         self._retries = [0] * buckets
         self._epoch = [-1] * buckets  # which bucket number each slot currently holds
+        # The bucket number the last call landed in, and its slot: most calls land there too.
+        self._current = (-1, 0)
 
     @classmethod
     def from_options(cls, options: RetryOptions, clock: Callable[[], float]) -> RetryBudget:
@@ -98,11 +100,15 @@ class RetryBudget:
 
     def _slot(self) -> int:
         number = int(self._clock() // self._width)
+        current, index = self._current
+        if number == current:
+            return index
         index = number % self._slots
         if self._epoch[index] != number:
             self._epoch[index] = number
             self._requests[index] = 0
             self._retries[index] = 0
+        self._current = (number, index)
         return index
 
     def _totals(self) -> tuple[int, int]:

@@ -163,3 +163,14 @@ async def test_least_request_sends_most_traffic_to_the_less_loaded_endpoint(
     hits.clear()
     await drive(EndpointPool([slow, fast], BackendOptions(load_balancing="round_robin")), 4, 0.6)
     assert abs(hits["fast"] - hits["slow"]) <= 4, hits
+
+
+def test_a_healthy_set_changed_in_place_between_picks_is_read_afresh() -> None:
+    balancer = Balancer([A, B, C])
+    healthy = {A, B, C}
+    balancer.pick(healthy)
+    healthy.discard(A)
+    assert A not in {balancer.pick(healthy) for _ in range(6)}
+    frozen = frozenset({A, C})
+    assert {balancer.pick(frozen) for _ in range(4)} == {A, C}
+    assert {balancer.pick(frozenset({B})) for _ in range(3)} == {B}

@@ -275,3 +275,17 @@ def test_passive_detection_never_ejects_the_last_healthy_endpoint() -> None:
     for _ in range(10):
         b.record_traffic(B, ok=False)
     assert b.healthy_endpoints() == {B}  # the circuit breaker's job from here
+
+
+def test_the_healthy_set_is_reused_until_a_probe_or_an_ejection_changes_it() -> None:
+    clock = Clock()
+    b = board(clock, enabled=True, passive_failures=1, healthy_threshold=1)
+    first = b.healthy_endpoints()
+    clock.now += 10
+    assert b.healthy_endpoints() is first  # nothing changed: no new set per request
+    b.record_probe(A, ok=False)
+    assert b.healthy_endpoints() == {B}
+    b.record_probe(A, ok=True)
+    assert b.healthy_endpoints() == {A, B}
+    b.record_traffic(B, ok=False)
+    assert b.healthy_endpoints() == {A}
