@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import os
+from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -125,10 +127,67 @@ UPSTREAM_HEALTHY = Gauge(
 )
 
 
+class _CounterChild:
+    """A counter child's ``inc`` without the checks that cannot fail for a child.
+
+    prometheus_client re-checks on every call that the metric has its labels
+    (a child always has) and looks for an exemplar; on the request path that
+    is most of the cost. The value object updated is the child's own, so the
+    exposition is exactly what ``labels(...).inc()`` produces.
+    """
+
+    __slots__ = ("_add",)
+
+    def __init__(self, add: Callable[[float], None]) -> None:
+        self._add = add
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self._add(amount)
+
+
+class _HistogramChild:
+    """A histogram child's ``observe``: the bucket found by bisection, not a linear scan."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, bounds: list[float], buckets: list[Any], add_sum: Callable[[float], None]):
+        self._bounds = bounds
+        self._buckets = buckets
+        self._sum = add_sum
+
+    def observe(self, amount: float) -> None:
+        self._sum(amount)
+        bounds = self._bounds
+        i = bisect_left(bounds, amount)
+        # The same bucket as the library's first ``amount <= bound`` (none for NaN).
+        if i < len(bounds) and amount <= bounds[i]:
+            self._buckets[i].inc(1)
+
+
+def _fast(metric: Any, labelled: Any) -> Any:
+    try:
+        if isinstance(metric, Counter):
+            return _CounterChild(labelled._value.inc)
+        if isinstance(metric, Histogram):
+            bounds = list(labelled._upper_bounds)
+            buckets = list(labelled._buckets)
+            if len(bounds) == len(buckets):
+                return _HistogramChild(bounds, buckets, labelled._sum.inc)
+    except AttributeError:  # another prometheus_client layout: the plain child still works
+        pass
+    return labelled
+
+
 @functools.lru_cache(maxsize=65536)
 def child(metric: Any, *values: str) -> Any:
-    """``metric.labels(*values)``, looked up once: label values are bounded by design."""
-    return metric.labels(*values)
+    """``metric.labels(*values)``, looked up once: label values are bounded by design.
+
+    Counters and histograms come back as thin objects with the same ``inc`` /
+    ``observe`` updating the same child; gauges as the child itself.
+    """
+    return _fast(metric, metric.labels(*values))
 
 
 def render() -> tuple[bytes, str]:
