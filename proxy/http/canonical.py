@@ -73,7 +73,7 @@ def canonical_path(raw: str, options: PathOptions = DEFAULT_OPTIONS) -> str:
     if not raw.startswith("/"):
         raise _bad("path must start with '/'")
     # Fast path for the common case: nothing encoded, no dots, no empty segments.
-    if "//" not in raw and "/." not in raw and all(c in _PLAIN for c in raw):
+    if "//" not in raw and "/." not in raw and _PLAIN.issuperset(raw):
         return raw
     decoded = _normalise_escapes(raw, options)
     return _resolve_segments(decoded)
