@@ -13,7 +13,7 @@ The clock is passed in, so the state is a pure function of calls and times.
 
 from __future__ import annotations
 
-from cachetools import LRUCache, TTLCache
+from collections import OrderedDict
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
@@ -28,41 +28,69 @@ def rate_key(identity: Identity | None, facts: RequestFacts) -> str:
 
 
 class _Buckets:
-    __slots__ = ("cache", "capacity", "now", "rate")
+    """One route's buckets: an LRU dict whose entries lapse ``ttl`` after their last take.
+
+    The same behaviour as a ``cachetools.TTLCache`` (entry lifetime from the
+    last write on a clock that only moves forward, least recently used out
+    first when full), without its per-call bookkeeping: a bucket is updated
+    in place, and lapsed entries are dropped from the old end when a new
+    caller arrives.
+    """
+
+    __slots__ = ("cache", "capacity", "maxsize", "now", "rate", "ttl")
 
     def __init__(self, limit: RateLimit, maxsize: int) -> None:
         self.rate = limit.requests / limit.per
         self.capacity = float(limit.burst)
+        self.ttl = self.capacity / self.rate
+        self.maxsize = maxsize
         self.now = 0.0
-        self.cache: TTLCache[str, list[float]] = TTLCache(
-            maxsize, ttl=self.capacity / self.rate, timer=self._clock
-        )
+        # key → [tokens, last refill, lapses at]
+        self.cache: OrderedDict[str, list[float]] = OrderedDict()
 
-    def _clock(self) -> float:
-        return self.now
+    def _live(self, key: str) -> list[float] | None:
+        bucket = self.cache.get(key)
+        if bucket is None:
+            return None
+        if not self.now < bucket[2]:
+            del self.cache[key]  # lapsed: indistinguishable from a fresh full bucket
+            return None
+        self.cache.move_to_end(key)
+        return bucket
 
     def take(self, key: str, now: float) -> bool:
-        # TTLCache reads the timer on access; move it forward only (monotonic for the cache).
-        self.now = max(self.now, now)
-        bucket = self.cache.get(key)
+        # The lapse clock moves forward only (monotonic for the entries).
+        if now > self.now:
+            self.now = now
+        bucket = self._live(key)
         if bucket is None:
             tokens, last = self.capacity, now
         else:
-            tokens, last = bucket
+            tokens, last = bucket[0], bucket[1]
             if now > last:
                 tokens = min(self.capacity, tokens + (now - last) * self.rate)
                 last = now
-        if tokens >= 1.0:
-            self.cache[key] = [tokens - 1.0, last]
-            return True
-        self.cache[key] = [tokens, last]
-        return False
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        lapses = self.now + self.ttl
+        if bucket is not None:
+            bucket[0], bucket[1], bucket[2] = tokens, last, lapses
+            return allowed
+        cache = self.cache
+        # Takes keep the oldest-written entries first, so lapsed ones sit at that end.
+        while cache and not self.now < next(iter(cache.values()))[2]:
+            cache.popitem(last=False)
+        if len(cache) >= self.maxsize:
+            cache.popitem(last=False)
+        cache[key] = [tokens, last, lapses]
+        return allowed
 
     def tokens(self, key: str, now: float) -> float:
-        bucket = self.cache.get(key)
+        bucket = self._live(key)
         if bucket is None:
             return self.capacity
-        tokens, last = bucket
+        tokens, last = bucket[0], bucket[1]
         return min(self.capacity, tokens + max(0.0, now - last) * self.rate)
 
 
@@ -71,14 +99,20 @@ class RateLimiter:
 
     def __init__(self, max_keys_per_route: int = 100_000, max_routes: int = 10_000) -> None:
         self._max_keys = max_keys_per_route
+        self._max_routes = max_routes
         # Keyed by the limit too: a reload that changes a route's limit starts fresh buckets.
-        self._routes: LRUCache[tuple[str, RateLimit], _Buckets] = LRUCache(max_routes)
+        self._routes: OrderedDict[tuple[str, RateLimit], _Buckets] = OrderedDict()
 
     def _buckets(self, route: Route, limit: RateLimit) -> _Buckets:
         ident = (route.name, limit)
-        buckets = self._routes.get(ident)
+        routes = self._routes
+        buckets = routes.get(ident)
         if buckets is None:
-            buckets = self._routes[ident] = _Buckets(limit, self._max_keys)
+            if len(routes) >= self._max_routes:
+                routes.popitem(last=False)
+            buckets = routes[ident] = _Buckets(limit, self._max_keys)
+        else:
+            routes.move_to_end(ident)
         return buckets
 
     def allow(self, route: Route, key: str, now: float) -> bool:

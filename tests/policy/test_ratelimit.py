@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cachetools import TTLCache
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.policy.model import RateLimit, Route
 from proxy.policy.ratelimit import RateLimiter, rate_key
@@ -75,3 +78,69 @@ def test_rate_key_uses_issuer_and_subject_or_client_address() -> None:
         caller("alice", issuer="https://a"), facts()
     )
     assert rate_key(None, facts(client_ip="192.0.2.9")) == "ip:192.0.2.9"
+
+
+class TtlCacheBuckets:
+    """The buckets as first written on ``cachetools.TTLCache``: the behaviour to keep."""
+
+    def __init__(self, limit: RateLimit, maxsize: int) -> None:
+        self.rate = limit.requests / limit.per
+        self.capacity = float(limit.burst)
+        self.now = 0.0
+        self.cache: TTLCache[str, list[float]] = TTLCache(
+            maxsize, ttl=self.capacity / self.rate, timer=lambda: self.now
+        )
+
+    def take(self, key: str, now: float) -> bool:
+        self.now = max(self.now, now)
+        bucket = self.cache.get(key)
+        if bucket is None:
+            tokens, last = self.capacity, now
+        else:
+            tokens, last = bucket
+            if now > last:
+                tokens = min(self.capacity, tokens + (now - last) * self.rate)
+                last = now
+        if tokens >= 1.0:
+            self.cache[key] = [tokens - 1.0, last]
+            return True
+        self.cache[key] = [tokens, last]
+        return False
+
+    def tokens(self, key: str, now: float) -> float:
+        bucket = self.cache.get(key)
+        if bucket is None:
+            return self.capacity
+        tokens, last = bucket
+        return min(self.capacity, tokens + max(0.0, now - last) * self.rate)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.builds(
+        RateLimit,
+        requests=st.integers(1, 5),
+        per=st.sampled_from([0.5, 1.0, 4.0]),
+        burst=st.integers(1, 4),
+    ),
+    maxsize=st.integers(1, 4),
+    calls=st.lists(
+        st.tuples(
+            st.booleans(),
+            st.sampled_from(["a", "b", "c", "d", "e"]),
+            st.floats(0.0, 20.0, allow_nan=False),
+        ),
+        max_size=60,
+    ),
+)
+def test_answers_match_a_ttl_cache_whatever_the_order_of_callers_and_times(
+    limit: RateLimit, maxsize: int, calls: list[tuple[bool, str, float]]
+) -> None:
+    limiter = RateLimiter(max_keys_per_route=maxsize)
+    r = Route(name="r", backend="b", source="t:1", rate_limit=limit)
+    reference = TtlCacheBuckets(limit, maxsize)
+    for take, key, now in calls:
+        if take:
+            assert limiter.allow(r, key, now) == reference.take(key, now)
+        else:
+            assert limiter.remaining(r, key, now) == reference.tokens(key, now)
