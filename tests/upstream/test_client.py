@@ -7,7 +7,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -456,33 +456,43 @@ async def test_a_refused_connection_is_connect_failed_and_not_reached(
     assert classify(phase) == (Failure.CONNECT_ERROR, False)
 
 
-async def test_a_connect_timeout_is_connect_failed_and_not_reached(
-    client: UpstreamClient,
-) -> None:
-    # A listening socket whose backlog is full never completes the handshake.
+@pytest.fixture
+def unanswering_port() -> Iterator[int]:
+    """A listening port whose backlog is full: a new connection's handshake never completes."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
+    port = listener.getsockname()[1]
     fillers: list[socket.socket] = []
     try:
-        port = listener.getsockname()[1]
         for _ in range(8):
             filler = socket.socket()
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
-        with pytest.raises(ConnectFailed) as err:
-            await client.request(
-                parse_origin(f"http://127.0.0.1:{port}"), "GET", "/", [], connect_timeout=0.2
-            )
-        assert 0.15 < time.monotonic() - started < 1.5
-        assert classify(forwarded(err.value)) == (Failure.CONNECT_ERROR, False)
+        yield port
     finally:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+@pytest.mark.parametrize(
+    ("connect_timeout", "deadline"), [(0.2, 5.0), (5.0, 0.2)], ids=["connect-timeout", "deadline"]
+)
+async def test_a_connect_timeout_is_connect_failed_and_not_reached(
+    client: UpstreamClient, unanswering_port: int, connect_timeout: float, deadline: float
+) -> None:
+    origin = parse_origin(f"http://127.0.0.1:{unanswering_port}")
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(ConnectFailed) as err:
+        await client.request(
+            origin, "GET", "/", [], connect_timeout=connect_timeout, deadline=deadline
+        )
+    assert 0.15 < time.monotonic() - started < 1.5
+    assert isinstance(forwarded(err.value), UpstreamConnectError)
+    assert classify(forwarded(err.value)) == (Failure.CONNECT_ERROR, False)
 
 
 async def test_an_untrusted_tls_certificate_is_connect_failed_and_not_reached(
@@ -1147,6 +1157,21 @@ async def test_tls_with_the_trusted_ca_and_server_name_works_and_reuses_the_conn
     assert pki.sni_seen == ["localhost"]
     assert server.received[0].request_line == "GET /tls/x HTTP/1.1"
     assert server.received[0].header_values("Host") == [f"127.0.0.1:{server.port}"]
+
+
+async def test_connections_are_pooled_per_tls_context_and_server_name(
+    raw_server: Start, client: UpstreamClient, pki: Pki
+) -> None:
+    server = await raw_server(each_request(answer_ok), tls=pki.server_context())
+    origin = parse_origin(server.url(tls=True))
+    first, second = pki.client_context(), pki.client_context()
+    # A connection verified for one backend's TLS settings never serves another's.
+    for context, name in [(first, "localhost"), (second, "localhost"), (first, None)]:
+        await get(client, origin, ssl_context=context, server_hostname=name)
+    assert server.connections == 3
+    for context, name in [(first, "localhost"), (second, "localhost"), (first, None)]:
+        await get(client, origin, ssl_context=context, server_hostname=name)
+    assert server.connections == 3
 
 
 async def test_tls_with_a_server_name_the_certificate_does_not_cover_is_refused(
