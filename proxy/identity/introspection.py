@@ -26,10 +26,13 @@ from proxy.identity.model import Identity
 _NEGATIVE_TTL = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Result:
     claims: Mapping[str, Any] | None  # None: inactive
     until: float
+    # Built from ``claims`` on the first request that passes the checks: the
+    # same answer gives the same identity, so later hits reuse it.
+    identity: Identity | None = None
 
 
 def check_introspection(claims: Mapping[str, Any], cfg: IssuerConfig, now: float) -> None:
@@ -88,11 +91,14 @@ class Introspector:
         if result.claims is None:
             raise AuthenticationError("invalid_token", detail="token is not active")
         check_introspection(result.claims, self.cfg, now)
+        if result.identity is not None:
+            return result.identity
         claims = dict(result.claims)
         if claim_at(claims, self.cfg.claims.subject) is None and "client_id" in claims:
             # Client-credentials tokens often carry no sub: the client is the caller.
             claims.setdefault("sub", claims["client_id"])
-        return identity_from_claims(claims, self.cfg, "opaque", token)
+        result.identity = identity_from_claims(claims, self.cfg, "opaque", token)
+        return result.identity
 
     async def _ask(self, token: str, now: float) -> _Result:
         self.requests += 1

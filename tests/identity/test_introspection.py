@@ -115,6 +115,23 @@ async def test_result_is_cached_until_the_ttl(
     assert len(server.calls) == 2
 
 
+async def test_a_cached_answer_gives_the_same_identity_and_is_still_rechecked(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
+) -> None:
+    server, http, cfg = env
+    server.answers["tok"] = active(client_id="svc", exp=NOW + 30, groups=["eng"])
+    del server.answers["tok"]["sub"]  # the client is the caller
+    clock = Clock()
+    introspector = Introspector(cfg, http, clock=clock)
+    first = await introspector.introspect("tok")
+    assert first.subject == "svc" and first.groups == frozenset({"eng"})
+    assert await introspector.introspect("tok") is first
+    clock.now += 30 + cfg.clock_skew + 1  # past exp and the skew: never an identity again
+    with pytest.raises(AuthenticationError) as info:
+        await introspector.introspect("tok")
+    assert info.value.reason == "expired_token"
+
+
 async def test_result_is_cached_no_longer_than_the_token_exp(
     env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
 ) -> None:
