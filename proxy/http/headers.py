@@ -115,9 +115,11 @@ def _beyond_hop_by_hop(tokens: frozenset[str]) -> frozenset[str]:
 
 # What the filter does with a header name under one policy (connection tokens aside).
 _KEEP, _DROP, _COOKIE = 0, 1, 2
-# Names remembered per policy: header names repeat across requests, but a client
-# can send any, so the memory stays bounded.
-_MAX_VERDICTS = 1024
+# Names remembered per policy (one per route) and for responses: header names
+# repeat across requests, but a client can send any, so both the count and the
+# length of what is kept are bounded (worst case: routes x 128 short names).
+_MAX_VERDICTS = 128
+_MAX_REMEMBERED_NAME = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,7 @@ class RequestHeaderPolicy:
             verdict = _COOKIE
         else:
             verdict = _KEEP
-        if len(self._verdicts) < _MAX_VERDICTS:
+        if len(self._verdicts) < _MAX_VERDICTS and len(name) <= _MAX_REMEMBERED_NAME:
             self._verdicts[name] = verdict
         return verdict
 
@@ -204,7 +206,7 @@ def filter_response_headers(headers: Sequence[tuple[str, str]]) -> Headers:
         if drop is None:
             lower = name.lower()
             drop = lower in HOP_BY_HOP or lower == "content-length"
-            if len(known) < _MAX_VERDICTS:
+            if len(known) < _MAX_VERDICTS and len(name) <= _MAX_REMEMBERED_NAME:
                 known[name] = drop
         if drop or (drop_tokens and name.lower() in drop_tokens):
             continue
