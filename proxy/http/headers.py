@@ -87,10 +87,17 @@ def normalise_name(name: str) -> str:
 _NO_TOKENS: frozenset[str] = frozenset()
 
 
-@lru_cache(maxsize=1024)
-def _tokens_of(value: str) -> frozenset[str]:
-    # Cached: clients send the same few values ("keep-alive", "close") on every request.
+def _parse_tokens(value: str) -> frozenset[str]:
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+# Clients send the same few short values ("keep-alive", "close") on every request;
+# long ones are parsed each time rather than kept.
+_common_tokens = lru_cache(maxsize=256)(_parse_tokens)
+
+
+def _tokens_of(value: str) -> frozenset[str]:
+    return _common_tokens(value) if len(value) <= 64 else _parse_tokens(value)
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
@@ -105,12 +112,7 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 def _extra_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     """Connection tokens that name more than the hop-by-hop headers dropped anyway."""
     tokens = connection_tokens(headers)
-    return _beyond_hop_by_hop(tokens) if tokens else tokens
-
-
-@lru_cache(maxsize=1024)
-def _beyond_hop_by_hop(tokens: frozenset[str]) -> frozenset[str]:
-    return tokens - HOP_BY_HOP
+    return tokens - HOP_BY_HOP if tokens else tokens
 
 
 # What the filter does with a header name under one policy (connection tokens aside).
