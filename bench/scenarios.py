@@ -302,7 +302,9 @@ def _start_profiler(
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"profile-{live.name}.txt"
-    argv = [ctx.tools.py_spy, "record", "--format", "raw", "--nonblocking", "--subprocesses"]
+    # Blocking sampling (the default): --nonblocking tears stacks apart while
+    # they change, which scatters a third of the samples over partial stacks.
+    argv = [ctx.tools.py_spy, "record", "--format", "raw", "--subprocesses"]
     argv += ["--rate", "250"]
     argv += ["--duration", str(max(1, round(secs))), "--pid", str(live.target.proc.pid)]
     argv += ["--output", str(out)]

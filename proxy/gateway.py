@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import aiohttp
 from aiohttp import web
@@ -45,6 +45,7 @@ from proxy.http.headers import (
     filter_request_headers,
     identity_headers,
 )
+from proxy.http.protocol import Request, RequestView, Written
 from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import ClientCertificate, Identity
@@ -65,9 +66,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("gatehouse.gateway")
 
 
+# A request from the lean server, or from aiohttp's (a connection handed over
+# for a WebSocket upgrade): the gateway reads the same attributes of both.
+Incoming = Request | web.BaseRequest
+
 # A hook for endpoints the proxy serves itself (login callback, JWKS): returns
-# a response, or None to carry on down the normal request path.
-LocalEndpoint = Callable[[web.BaseRequest, RequestFacts], Awaitable[web.StreamResponse | None]]
+# a response, or None to carry on down the normal request path. They all live
+# under these prefixes, so other requests skip the hooks altogether.
+LOCAL_PREFIXES = ("/.gatehouse/", "/.well-known/gatehouse/")
+LocalEndpoint = Callable[[RequestView, RequestFacts], Awaitable[web.StreamResponse | None]]
 CertificateReader = Callable[[bytes], ClientCertificate]
 
 
@@ -97,12 +104,19 @@ class Gateway:
         api_keys = self.config.identity.api_keys
         return frozenset({api_keys.header.lower().replace("_", "-")}) if api_keys else frozenset()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    @overload
+    async def handle(self, request: Request) -> web.StreamResponse | Written: ...
+
+    @overload
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse: ...
+
+    async def handle(self, request: Incoming) -> web.StreamResponse | Written:
         started = time.perf_counter()
         record = AuditRecord(ts=time.time(), request_id="")
-        request["gatehouse.audited"] = True
+        if not isinstance(request, Request):
+            request["gatehouse.audited"] = True  # aiohttp's error page hook must not audit again
         metrics.INFLIGHT.inc()
-        response: web.StreamResponse | None = None
+        response: web.StreamResponse | Written | None = None
         try:
             response = await self._handle(request, record)
         except GatehouseError as exc:
@@ -142,7 +156,7 @@ class Gateway:
             headers["WWW-Authenticate"] = f'Bearer realm="gatehouse", error="{exc.reason}"'
         return error_response(exc.status, exc.reason, record.request_id, headers)
 
-    async def _handle(self, request: web.BaseRequest, record: AuditRecord) -> web.StreamResponse:
+    async def _handle(self, request: Incoming, record: AuditRecord) -> web.StreamResponse | Written:
         cfg = self.config.listen
         peer_ip = _peer_ip(request)
         trusted = cfg.trusted_proxies.contains(peer_ip)
@@ -176,13 +190,14 @@ class Gateway:
             client_cert=self._client_certificate(request),
             request_id=rid,
         )
-        for serve_local in self.local_endpoints:
-            local = await serve_local(request, facts)
-            if local is not None:
-                record.decision = "allow"
-                record.reason = "gatehouse_endpoint"
-                local.headers["X-Request-Id"] = rid
-                return local
+        if path.startswith(LOCAL_PREFIXES):
+            for serve_local in self.local_endpoints:
+                local = await serve_local(request, facts)
+                if local is not None:
+                    record.decision = "allow"
+                    record.reason = "gatehouse_endpoint"
+                    local.headers["X-Request-Id"] = rid
+                    return local
 
         # -- route -----------------------------------------------------------
         policy = self.policies.current
@@ -244,7 +259,9 @@ class Gateway:
             raw_headers, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
         )
         pool = self.pools[route.backend]
-        if route.websocket and is_websocket_upgrade(request):
+        # Only aiohttp's server can upgrade; the lean server hands upgrades over to it.
+        upgrade = isinstance(request, web.BaseRequest) and is_websocket_upgrade(request)
+        if route.websocket and upgrade and isinstance(request, web.BaseRequest):
             # Picked only here: pool.send() picks for plain requests, and a
             # second pick would skew the balancer (round robin sent all to one).
             return await proxy_websocket(
@@ -368,7 +385,7 @@ class Gateway:
             out += extra
         return out
 
-    def _client_certificate(self, request: web.BaseRequest) -> ClientCertificate | None:
+    def _client_certificate(self, request: Incoming) -> ClientCertificate | None:
         if self.config.listen.tls is None or self.certificate_reader is None:
             return None
         transport = request.transport
@@ -402,7 +419,7 @@ def header_policy_for(
     )
 
 
-def _peer_ip(request: web.BaseRequest) -> str:
+def _peer_ip(request: Incoming) -> str:
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and peer:

@@ -32,6 +32,7 @@ from proxy.credentials.broker import CredentialBroker
 from proxy.credentials.cache import CredentialCache
 from proxy.gateway import Gateway, LocalEndpoint
 from proxy.http.facts import RequestFacts
+from proxy.http.protocol import HttpServer, RequestView
 from proxy.http.server import bind_socket, make_server, start_listener
 from proxy.http.tls import reload_certificates, server_context
 from proxy.identity.authenticate import Authenticator
@@ -145,7 +146,8 @@ async def serve(
         return out
 
     ssl_context = server_context(config.listen.tls) if config.listen.tls else None
-    server = make_server(gateway.handle, config.listen, audit)
+    upgrades = make_server(gateway.handle, config.listen, audit)
+    server = HttpServer(gateway.handle, config.listen, audit, upgrades)
     listener = await start_listener(server, sock, ssl_context)
 
     admin_runner: web.AppRunner | None = None
@@ -221,7 +223,7 @@ JWKS_PATH = "/.well-known/gatehouse/jwks.json"
 def jwks_endpoint(broker: CredentialBroker) -> LocalEndpoint:
     """Serve the public keys upstreams use to verify ``X-Gatehouse-Assertion``."""
 
-    async def serve_jwks(_request: web.BaseRequest, facts: RequestFacts) -> web.Response | None:
+    async def serve_jwks(_request: RequestView, facts: RequestFacts) -> web.Response | None:
         if facts.path != JWKS_PATH or facts.method not in ("GET", "HEAD"):
             return None
         return web.Response(

@@ -1,13 +1,16 @@
-"""The listening edge: aiohttp's low-level server with Gatehouse's error answers.
+"""Sockets, and aiohttp's low-level server for connections that upgrade to WebSocket.
 
-aiohttp's C parser (llhttp) rejects malformed framing (Content-Length with
-Transfer-Encoding, duplicate Content-Length or Host, bad header bytes). Those
-rejections never reach the gateway's handler, so :class:`_Protocol` answers
-them itself: short JSON, the connection closed, and one audit record each.
+Plain HTTP is served by :mod:`proxy.http.protocol`; a WebSocket upgrade is
+handed over to :class:`GatehouseServer` (aiohttp's ``web.Server``), which
+owns ``WebSocketResponse``. aiohttp's C parser (llhttp) rejects malformed
+framing; those rejections never reach the gateway's handler, so
+:class:`_Protocol` answers them itself, like the lean server does: short
+JSON, the connection closed, and one audit record each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -30,7 +33,8 @@ log = logging.getLogger("gatehouse.server")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def _rejection(exc: BaseException | None, status: int) -> tuple[int, str]:
+def rejection(exc: BaseException | None, status: int) -> tuple[int, str]:
+    """The status and reason code for a request the parser (or aiohttp) refused."""
     if isinstance(exc, LineTooLong) or (
         isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message)
     ):
@@ -54,7 +58,7 @@ class _Protocol(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        status, reason = _rejection(exc, status)
+        status, reason = rejection(exc, status)
         if status == 500:
             log.error("internal error handling a request", exc_info=exc)
         else:
@@ -71,16 +75,21 @@ class _Protocol(RequestHandler):
     ) -> None:
         assert self.audit is not None
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        record = AuditRecord(
-            ts=time.time(),
-            request_id=rid,
-            client_ip=str(peer[0]) if isinstance(peer, tuple) else None,
-            decision="deny",
-            reason=reason,
-            status=status,
-        )
-        metrics.REQUESTS.labels("none", f"{status // 100}xx").inc()
-        self.audit.write(record)
+        audit_rejection(self.audit, peer, status, reason, rid)
+
+
+def audit_rejection(audit: AuditWriter, peer: Any, status: int, reason: str, rid: str) -> None:
+    """The one audit record of a request refused before it reached the gateway."""
+    record = AuditRecord(
+        ts=time.time(),
+        request_id=rid,
+        client_ip=str(peer[0]) if isinstance(peer, tuple) else None,
+        decision="deny",
+        reason=reason,
+        status=status,
+    )
+    metrics.REQUESTS.labels("none", f"{status // 100}xx").inc()
+    audit.write(record)
 
 
 class GatehouseServer(web.Server):
@@ -125,10 +134,10 @@ def bind_socket(address: Address, *, reuse_port: bool, backlog: int) -> socket.s
 
 
 async def start_listener(
-    server: GatehouseServer, sock: socket.socket, ssl_context: ssl.SSLContext | None
-) -> Any:
-    import asyncio
-
+    server: Callable[[], asyncio.BaseProtocol],
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         server, sock=sock, ssl=ssl_context, ssl_handshake_timeout=10.0 if ssl_context else None

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable
 from proxy.http.facts import RequestFacts
+from proxy.http.protocol import RequestView
 from proxy.identity.apikeys import KEY_PREFIX, ApiKeyStore
 from proxy.identity.browser import BrowserLogin
 from proxy.identity.config import HMAC_ALGORITHMS, IdentityConfig, IssuerConfig
@@ -188,7 +189,7 @@ class Authenticator:
 
     # -- browser login hooks for the core's handler -----------------------------------
     async def local_endpoint(
-        self, request: web.BaseRequest, facts: RequestFacts
+        self, request: RequestView, facts: RequestFacts
     ) -> web.StreamResponse | None:
         """``/.gatehouse/*`` login endpoints; None when not ours (or no browser login)."""
         if self.browser is None:

@@ -53,6 +53,7 @@ from proxy.errors import (
     StateUnavailable,
 )
 from proxy.http.facts import RequestFacts
+from proxy.http.protocol import RequestView
 from proxy.http.responses import error_response
 from proxy.identity.config import BrowserConfig, IssuerConfig
 from proxy.identity.fetch import FetchError, ProviderMetadata, basic_auth, discover, post_form
@@ -238,7 +239,7 @@ class BrowserLogin:
 
     # -- /.gatehouse/* -----------------------------------------------------------
     async def handle(
-        self, request: web.BaseRequest, facts: RequestFacts | None = None
+        self, request: RequestView, facts: RequestFacts | None = None
     ) -> web.StreamResponse | None:
         """Serve ``/.gatehouse/{callback,login,logout}``; None for any other path."""
         path = facts.path if facts is not None else request.path
@@ -255,7 +256,7 @@ class BrowserLogin:
         return None
 
     async def _callback(
-        self, request: web.BaseRequest, host: str, request_id: str
+        self, request: RequestView, host: str, request_id: str
     ) -> web.StreamResponse:
         cookies = parse_cookie_header(request.headers.get("Cookie"))
         clear_login = clear_cookie(self.login_cookie)
@@ -531,7 +532,7 @@ class BrowserLogin:
             claims = fresh
         return {**session, **self._token_fields(tokens, claims, session)}
 
-    async def _logout(self, request: web.BaseRequest, host: str) -> web.StreamResponse:
+    async def _logout(self, request: RequestView, host: str) -> web.StreamResponse:
         cookies = parse_cookie_header(request.headers.get("Cookie"))
         content = self.read_session(cookies)
         if self._store is not None and content is not None and isinstance(content.get("ref"), str):

@@ -159,6 +159,7 @@ class _Connection(BaseProtocol):
             max_field_size=_MAX_LINE,
             max_headers=_MAX_HEADERS,
             response_with_body=method != "HEAD",
+            read_until_eof=True,
             auto_decompress=False,
         )
         self._head = waiter = self._loop.create_future()
@@ -221,6 +222,18 @@ class _Connection(BaseProtocol):
         self._cancel_timer()
         if self.transport is not None:
             self.transport.close()
+
+    # -- back-pressure -----------------------------------------------------------
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        # The silence while we hold the upstream back is ours, not the upstream's.
+        self._cancel_timer()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        super().resume_reading(resume_parser)
+        if self._read_timeout and self._head is not None and self._timer is None:
+            self._last_read = self._loop.time()
+            self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._on_timer)
 
     # -- timers ----------------------------------------------------------------
     def _cancel_timer(self) -> None:
@@ -310,7 +323,7 @@ class _Connection(BaseProtocol):
                 parser.feed_eof()
             except Exception:
                 payload = self._payload
-                if payload is not None and not payload.is_eof():
+                if payload is not None and not payload.is_eof() and payload.exception() is None:
                     payload.set_exception(ConnectionDropped("upstream closed mid-body"))
         head = self._head
         if head is not None and not head.done():
@@ -436,7 +449,7 @@ class UpstreamClient:
         waiter = conn.start(method, head, read_timeout, head_deadline)
         sender: asyncio.Task[None] | None = None
         if body is not None:
-            sender = loop.create_task(_send_body(conn, body, chunked=body_length is None))
+            sender = loop.create_task(_send_body(conn, body, length=body_length))
             sender.add_done_callback(functools.partial(_sender_done, conn))
         try:
             message, payload = await waiter
@@ -520,17 +533,24 @@ class UpstreamClient:
         self._idle.clear()
 
 
-async def _send_body(conn: _Connection, body: AsyncIterator[bytes], *, chunked: bool) -> None:
+async def _send_body(conn: _Connection, body: AsyncIterator[bytes], *, length: int | None) -> None:
+    sent = 0
     async for chunk in body:
         if not chunk:
             continue
-        if chunked:
+        sent += len(chunk)
+        if length is None:
             conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        elif sent > length:
+            # The excess would be read upstream as the start of another request.
+            raise ValueError("request body longer than its Content-Length")
         else:
             conn.write(chunk)
         await conn.drain()
-    if chunked:
+    if length is None:
         conn.write(b"0\r\n\r\n")
+    elif sent < length:
+        raise ValueError("request body shorter than its Content-Length")
 
 
 def _sender_done(conn: _Connection, task: asyncio.Task[None]) -> None:

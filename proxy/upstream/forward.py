@@ -14,6 +14,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.http.headers import filter_response_headers
+from proxy.http.protocol import Request, Written
 from proxy.observability.audit import AuditRecord
 from proxy.upstream.client import (
     ClientFailure,
@@ -50,7 +52,7 @@ class _BodyState:
 
 
 async def _stream_body(
-    request: web.BaseRequest, state: _BodyState, record: AuditRecord
+    request: Request | web.BaseRequest, state: _BodyState, record: AuditRecord
 ) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_any():
         state.sent += len(chunk)
@@ -74,7 +76,7 @@ def _classify(exc: BaseException) -> GatehouseError:
 
 async def send(
     client: UpstreamClient,
-    request: web.BaseRequest,
+    request: Request | web.BaseRequest,
     *,
     backend: BackendConfig,
     base_url: str,
@@ -105,7 +107,10 @@ async def send(
     if request.body_exists:
         if request.headers.get("Expect", "").lower() == "100-continue":
             # Only now, after authorisation, invite the client to send the body.
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if isinstance(request, Request):
+                request.send_continue()
+            else:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = _stream_body(request, state, record)
     timeouts = backend.timeouts
     if deadline is None:
@@ -134,43 +139,100 @@ async def send(
     return upstream
 
 
+@overload
+async def relay(
+    request: Request,
+    upstream: UpstreamResponse,
+    record: AuditRecord,
+    set_cookies: Sequence[str] = (),
+) -> Written: ...
+
+
+@overload
 async def relay(
     request: web.BaseRequest,
     upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str] = (),
-) -> web.StreamResponse:
+) -> web.StreamResponse: ...
+
+
+async def relay(
+    request: Request | web.BaseRequest,
+    upstream: UpstreamResponse,
+    record: AuditRecord,
+    set_cookies: Sequence[str] = (),
+) -> web.StreamResponse | Written:
     """Stream ``upstream``'s response to the client, then release it.
 
     ``set_cookies`` are the proxy's own cookies (a refreshed session), added
     next to whatever the upstream sets.
     """
     try:
-        return await _relay(request, upstream, record, set_cookies)
+        if isinstance(request, Request):
+            return await _relay(request, upstream, record, set_cookies)
+        return await _relay_aiohttp(request, upstream, record, set_cookies)
     finally:
         upstream.release()
 
 
+def _no_body(method: str, status: int) -> bool:
+    return method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200
+
+
 async def _relay(
+    request: Request,
+    upstream: UpstreamResponse,
+    record: AuditRecord,
+    set_cookies: Sequence[str],
+) -> Written:
+    status = upstream.status
+    headers = response_headers(upstream, record, set_cookies)
+    sent = 0
+    try:
+        whole = upstream.content_length is not None and upstream.complete
+        if whole and not _no_body(request.method, status):
+            # The whole body arrived with the head (the common small answer):
+            # hand the connection back first, then answer in one write. (A
+            # chunked answer stays chunked: the upstream chose to stream it.)
+            body = upstream.content.read_nowait(-1)
+            upstream.release()
+            sent = len(body)
+            return request.send_whole(status, upstream.reason, headers, body)
+        if not request.start_stream(status, upstream.reason, headers, upstream.content_length):
+            return Written(status)
+        async for chunk in upstream.content.iter_any():
+            await request.write(chunk)
+            sent += len(chunk)
+        return request.end_stream(status)
+    except ConnectionError:
+        # The client went away (reset, broken pipe, lost while draining): not a
+        # failure of ours or the upstream's. The unread upstream body makes
+        # the release close that upstream connection.
+        record.reason = "client_disconnected"
+        request.abort()
+    except (TimeoutError, ClientFailure) as exc:
+        # The status line is gone already: cut the connection so the client
+        # sees a truncated response instead of a complete-looking one.
+        record.reason = _classify(exc).reason
+        upstream.close()
+        request.abort()
+    finally:
+        record.bytes_out = sent
+    return Written(status)
+
+
+async def _relay_aiohttp(
     request: web.BaseRequest,
     upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str],
 ) -> web.StreamResponse:
+    """The same for a request on aiohttp's server (a connection handed over for an upgrade)."""
     status = upstream.status
-    no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200
-    if not no_body and upstream.complete and upstream.content_length is not None:
-        # The whole body arrived with the head (the common small answer):
-        # hand the connection back first, then answer in one write. (A
-        # chunked answer stays chunked: the upstream chose to stream it.)
-        body = upstream.content.read_nowait(-1)
-        upstream.release()
-        whole = web.Response(status=status, reason=upstream.reason, body=body)
-        _copy_headers(whole, upstream, record, set_cookies)
-        record.bytes_out = len(body)
-        return whole
     response = web.StreamResponse(status=status, reason=upstream.reason)
-    _copy_headers(response, upstream, record, set_cookies)
+    for name, value in response_headers(upstream, record, set_cookies):
+        response.headers.add(name, value)
     if upstream.content_length is not None and not (
         status in _NO_BODY_STATUS or 100 <= status < 200
     ):
@@ -178,21 +240,15 @@ async def _relay(
     sent = 0
     try:
         await response.prepare(request)
-        if no_body:
+        if _no_body(request.method, status):
             return response
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
             sent += len(chunk)
     except ConnectionError:
-        # The client went away (reset, broken pipe, lost while draining): not a
-        # failure of ours or the upstream's. The unread upstream body makes
-        # the release close that upstream connection.
         record.reason = "client_disconnected"
     except (TimeoutError, ClientFailure) as exc:
-        # The status line is gone already: cut the connection so the client
-        # sees a truncated response instead of a complete-looking one.
-        err = _classify(exc)
-        record.reason = err.reason
+        record.reason = _classify(exc).reason
         upstream.close()
         if request.transport is not None:
             request.transport.close()
@@ -201,18 +257,22 @@ async def _relay(
     return response
 
 
-def _copy_headers(
-    response: web.StreamResponse,
-    upstream: UpstreamResponse,
-    record: AuditRecord,
-    set_cookies: Sequence[str],
-) -> None:
+def response_headers(
+    upstream: UpstreamResponse, record: AuditRecord, set_cookies: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The headers the client gets: the upstream's end-to-end ones plus the proxy's own."""
     raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-    headers = response.headers
+    out: list[tuple[str, str]] = []
+    has_server = False
     for name, value in filter_response_headers(raw):
-        headers.add(name, value)
-    for cookie in set_cookies:
-        headers.add("Set-Cookie", cookie)
-    if "Server" not in headers:
-        headers["Server"] = "gatehouse"  # not aiohttp's default naming its version
-    headers["X-Request-Id"] = record.request_id
+        size = len(name)
+        if size == 12 and name.lower() == "x-request-id":
+            continue  # ours replaces the upstream's: one id per exchange
+        if size == 6 and name.lower() == "server":
+            has_server = True
+        out.append((name, value))
+    out += [("Set-Cookie", cookie) for cookie in set_cookies]
+    if not has_server:
+        out.append(("Server", "gatehouse"))  # not a default naming our software's version
+    out.append(("X-Request-Id", record.request_id))
+    return out

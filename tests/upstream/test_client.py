@@ -574,11 +574,6 @@ async def test_a_body_stalling_longer_than_the_read_timeout_fails_the_read(
     await closed_by_client(server.peers[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py: connection_lost after the timer's close() overwrites the payload's "
-    "ResponseTimeout with ConnectionDropped when no read was waiting",
-)
 async def test_a_body_stall_is_a_response_timeout_even_when_nobody_was_reading(
     raw_server: Start, client: UpstreamClient
 ) -> None:
@@ -763,11 +758,6 @@ async def test_a_protocol_switch_nobody_asked_for_is_malformed(
     await closed_by_client(server.peers[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py: HttpResponseParser is built without read_until_eof=True, "
-    "so a body delimited by the close (RFC 9112 6.3 rule 8) comes out empty",
-)
 async def test_a_body_delimited_by_the_close_is_read_whole_and_not_reused(
     raw_server: Start, client: UpstreamClient
 ) -> None:
@@ -1007,10 +997,6 @@ async def test_the_request_body_waits_for_the_upstream_to_read_it(
     assert produced == total
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py: _send_body writes whatever the body yields, past body_length",
-)
 async def test_a_body_longer_than_its_declared_length_never_reaches_the_upstream_as_a_request(
     raw_server: Start, client: UpstreamClient
 ) -> None:
@@ -1030,10 +1016,6 @@ async def test_a_body_longer_than_its_declared_length_never_reaches_the_upstream
     assert [r.request_line for r in server.received] == ["POST / HTTP/1.1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py: _send_body ends a body shorter than body_length as if it were whole",
-)
 async def test_a_body_shorter_than_its_declared_length_fails_at_once_not_at_the_timeout(
     raw_server: Start, client: UpstreamClient
 ) -> None:
@@ -1092,10 +1074,6 @@ async def test_a_slowly_read_large_body_keeps_the_clients_buffer_bounded(
     await closed_by_client(server.peers[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py: the read timer keeps running while reading is paused by back-pressure",
-)
 async def test_a_reader_slower_than_the_read_timeout_is_not_timed_out_while_paused(
     raw_server: Start, client: UpstreamClient
 ) -> None:

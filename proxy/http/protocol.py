@@ -1,0 +1,551 @@
+"""The listening edge: a lean HTTP/1.1 server on asyncio protocols with aiohttp's C parser.
+
+Why not aiohttp's ``web.Server``: per request it builds a ``BaseRequest``, a
+``StreamWriter`` and a ``StreamResponse``, runs the response through
+``prepare()`` and a chain of awaits, and that machinery cost about a third
+of the proxy's CPU per request. Gatehouse needs one thing from a server:
+bytes in, parsed by llhttp with strict limits, and bytes out. So:
+
+* requests are parsed by aiohttp's ``HttpRequestParser`` (llhttp, the same
+  parser, limits and rejections as before: malformed framing never reaches
+  the gateway; it gets a short JSON 400/431, one audit record, and the
+  connection is closed);
+* pipelined requests are answered in order, one at a time per connection;
+* a response goes out in one ``transport.write`` when its body is known
+  (:meth:`Request.send_whole`), or streamed with back-pressure
+  (:meth:`Request.start_stream`), framed by Content-Length or chunked;
+* a connection is kept alive only when the exchange ended cleanly and the
+  request body was read to its end; otherwise the response says
+  ``Connection: close`` and the rest of the client's bytes are drained
+  briefly before closing, so the client reads the answer instead of a reset;
+* a WebSocket upgrade is handed, with the bytes already received, to
+  aiohttp's own server protocol (:mod:`proxy.http.server`), which owns the
+  connection from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDictProxy, MultiDictProxy, MultiMapping
+from yarl import URL
+
+from proxy.config.schema import ListenConfig
+from proxy.http.forwarding import new_request_id
+from proxy.http.responses import error_response
+from proxy.http.server import GatehouseServer, audit_rejection, rejection
+from proxy.observability.audit import AuditWriter
+
+log = logging.getLogger("gatehouse.server")
+
+_READ_LIMIT = 2**16
+_MAX_QUEUED = 32  # pipelined requests buffered before reading pauses
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 2**20
+_SWEEP_EVERY = 1.0
+_NO_BODY_STATUS = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+class RequestView(Protocol):
+    """What the proxy's own endpoints (login, JWKS) read of a request, on either server."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def query(self) -> MultiMapping[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The response already went out through the request (the gateway reads ``status``)."""
+
+    status: int
+
+
+class Request:
+    """One parsed request: what the gateway reads, and the way to answer it.
+
+    Carries the same read-only attributes the gateway and the login
+    endpoints use on aiohttp's ``BaseRequest`` (``method``, ``raw_path``,
+    ``headers``, ``raw_headers``, ``content``, ``body_exists``, ``transport``,
+    ``path``, ``host``, ``query``), so both servers feed one gateway.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_query",
+        "_started",
+        "_version_11",
+        "content",
+        "headers",
+        "method",
+        "raw_headers",
+        "raw_path",
+        "should_close",
+    )
+
+    def __init__(self, conn: _Connection, message: Any, payload: StreamReader) -> None:
+        self._conn = conn
+        self.method: str = message.method
+        self.raw_path: str = message.path
+        self.headers: CIMultiDictProxy[str] = message.headers
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
+        self.content = payload
+        self.should_close: bool = message.should_close
+        self._version_11: bool = message.version >= (1, 1)
+        self._query: MultiDictProxy[str] | None = None
+        self._started = False
+        self._chunked = False
+
+    # -- what the gateway reads ------------------------------------------------
+    @property
+    def body_exists(self) -> bool:
+        return self.content is not EMPTY_PAYLOAD
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._conn.transport
+
+    @property
+    def path(self) -> str:
+        return self.raw_path.partition("?")[0]
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host", "")
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        if self._query is None:
+            self._query = URL(self.raw_path, encoded=True).query
+        return self._query
+
+    # -- answering -------------------------------------------------------------
+    def send_continue(self) -> None:
+        """Invite the client to send the body it announced with ``Expect: 100-continue``."""
+        if not self._started:
+            self._conn.write(_CONTINUE)
+
+    def send_whole(
+        self, status: int, reason: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> Written:
+        """The whole response in one write (HEAD, 204 and 304 get no body)."""
+        self._started = True
+        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        length = None if status in _NO_BODY_STATUS or status < 200 else len(body)
+        head = self._head(status, reason, headers, length)
+        self._conn.write(head if no_body or not body else head + body)
+        self._conn.response_done()
+        return Written(status)
+
+    def start_stream(
+        self,
+        status: int,
+        reason: str,
+        headers: Iterable[tuple[str, str]],
+        length: int | None,
+    ) -> bool:
+        """Send the head of a streamed response; False when no body may follow (HEAD, 204, 304)."""
+        self._started = True
+        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        if status in _NO_BODY_STATUS or status < 200:
+            length = None
+        elif length is None and not no_body:
+            if self._version_11:
+                self._chunked = True
+            else:
+                self._conn.closing = True  # HTTP/1.0: the close delimits the body
+        self._conn.write(self._head(status, reason, headers, length))
+        if no_body:
+            self._conn.response_done()
+        return not no_body
+
+    async def write(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._chunked:
+            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        await self._conn.write_drained(chunk)
+
+    def end_stream(self, status: int) -> Written:
+        if self._chunked:
+            self._conn.write(b"0\r\n\r\n")
+        self._conn.response_done()
+        return Written(status)
+
+    def abort(self) -> None:
+        """A streamed response cannot be completed: cut the connection, never fake an end."""
+        self._conn.abort()
+
+    def _head(
+        self,
+        status: int,
+        reason: str,
+        headers: Iterable[tuple[str, str]],
+        length: int | None,
+    ) -> bytes:
+        conn = self._conn
+        if self.should_close or not self.content.is_eof() or conn.server.closing:
+            # An unread request body cannot be skipped safely: end the connection.
+            conn.closing = True
+        lines = [f"HTTP/1.1 {status} {reason or _phrase(status)}"]
+        has_date = False
+        for name, value in headers:
+            if not has_date and len(name) == 4 and name.lower() == "date":
+                has_date = True
+            lines.append(f"{name}: {value}")
+        if not has_date:
+            lines.append(f"Date: {_http_date()}")
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        elif self._chunked:
+            lines.append("Transfer-Encoding: chunked")
+        if conn.closing:
+            lines.append("Connection: close")
+        text = "\r\n".join(lines)
+        # A CR or LF inside a value would let an upstream split the response.
+        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+            raise ValueError("line break inside a response header")
+        return (text + "\r\n\r\n").encode("latin-1")
+
+
+Handler = Callable[[Request], Awaitable["web.StreamResponse | Written"]]
+
+
+class HttpServer:
+    """The protocol factory for the listener: connections, keep-alive sweep, shutdown."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        listen: ListenConfig,
+        audit: AuditWriter | None,
+        upgrades: GatehouseServer,
+    ) -> None:
+        self.handler = handler
+        self.audit = audit
+        self.upgrades = upgrades
+        self.keepalive = listen.keepalive_timeout
+        self.max_line = listen.max_header_size
+        self.max_headers = listen.max_headers
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained: asyncio.Event | None = None
+
+    def __call__(self) -> _Connection:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(_SWEEP_EVERY, self._sweep)
+        return _Connection(self, loop)
+
+    def _sweep(self) -> None:
+        """Close keep-alive connections idle for longer than the timeout (one timer for all)."""
+        assert self._loop is not None
+        stale_before = self._loop.time() - self.keepalive
+        for conn in [c for c in self.connections if c.idle_since and c.idle_since < stale_before]:
+            conn.abort()
+        self._sweeper = self._loop.call_later(_SWEEP_EVERY, self._sweep)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking requests, let in-flight ones finish (up to ``grace`` s), close the rest."""
+        self.closing = True
+        self._drained = asyncio.Event()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.abort()
+        started = time.monotonic()
+        if any(c.busy for c in self.connections):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), grace)
+        for conn in list(self.connections):
+            conn.abort()
+        await self.upgrades.shutdown(max(0.0, grace - (time.monotonic() - started)))
+
+    def connection_idle(self) -> None:
+        """A connection finished its queue: during shutdown, the last one ends the wait."""
+        if self._drained is not None and not any(c.busy for c in self.connections):
+            self._drained.set()
+
+
+class _Connection(BaseProtocol):
+    """One client connection: parse, queue, answer in order."""
+
+    __slots__ = (
+        "_lingering",
+        "_queue",
+        "_task",
+        "_upgrade_tail",
+        "busy",
+        "closing",
+        "idle_since",
+        "server",
+    )
+
+    def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
+        parser = HttpRequestParser(
+            self,
+            loop,
+            _READ_LIMIT,
+            max_line_size=server.max_line,
+            max_field_size=server.max_line,
+            max_headers=server.max_headers,
+            payload_exception=web.HTTPBadRequest,
+            auto_decompress=False,
+        )
+        super().__init__(loop, parser)
+        self.server = server
+        self._queue: deque[tuple[Any, StreamReader] | BaseException] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._upgrade_tail: bytearray | None = None
+        self._lingering = 0
+        self.busy = False
+        self.closing = False
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        self.idle_since = self._loop.time()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.server.connections.discard(self)
+        parser = self._parser
+        if parser is not None:
+            with contextlib.suppress(Exception):  # a cut request body: the payload says so
+                parser.feed_eof()
+        self._parser = None
+        super().connection_lost(exc)
+        if self.busy is False and self.server.closing:
+            self.server.connection_idle()
+
+    def eof_received(self) -> bool:
+        # Half-close from the client: answer what is queued, then close.
+        self.closing = True
+        if not self.busy:
+            self.abort()
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingering -= len(data)
+            if self._lingering <= 0:
+                self.abort()
+            return
+        if self._upgrade_tail is not None:
+            self._upgrade_tail += data
+            return
+        parser = self._parser
+        if parser is None:
+            return
+        self.idle_since = 0.0
+        try:
+            messages, upgraded, tail = parser.feed_data(data)
+        except HttpProcessingError as exc:
+            self._queue.append(exc)
+            self._parser = None  # nothing after a framing error can be trusted
+            messages, upgraded, tail = [], False, b""
+        if messages:
+            self._queue.extend(messages)
+        if upgraded:
+            self._upgrade_tail = bytearray(tail)
+        if self._queue and not self.busy:
+            self.busy = True
+            self._task = self._loop.create_task(self._serve())
+        if len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
+            self._pause_reading_for_buffer()
+
+    # -- writing ---------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client connection closed")
+        transport.write(data)
+
+    async def write_drained(self, data: bytes) -> None:
+        self.write(data)
+        if self._paused:
+            await self._drain_helper()
+
+    def response_done(self) -> None:
+        """Called when the last byte of a response has been handed to the transport."""
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- answering the queue ---------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            while self._queue and self.transport is not None:
+                item = self._queue.popleft()
+                if self._buffer_paused and len(self._queue) < _MAX_QUEUED // 2:
+                    self._resume_reading_for_buffer()
+                if isinstance(item, BaseException):
+                    self._reject(item)
+                    return
+                message, payload = item
+                if message.upgrade and self._upgrade_tail is not None and not self._queue:
+                    self._hand_over(message)
+                    return
+                await self._answer(Request(self, message, payload))
+                if self.closing:
+                    self._finish_closing(payload)
+                    return
+        finally:
+            self.busy = False
+            if self.transport is not None and not self._queue:
+                self.idle_since = self._loop.time()
+            if self.server.closing:
+                self.server.connection_idle()
+                self.abort()
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            result = await self.server.handler(request)
+        except Exception:
+            log.exception("unexpected failure answering a request")
+            self.abort()
+            return
+        if isinstance(result, Written):
+            return
+        if request._started:
+            # A response began through the request but was not finished.
+            self.abort()
+            return
+        self._send_web_response(request, result)
+
+    def _send_web_response(self, request: Request, response: web.StreamResponse) -> None:
+        """Serialise an (unprepared) aiohttp response: errors, redirects, local endpoints."""
+        body = response.body if isinstance(response, web.Response) else None
+        if body is not None and not isinstance(body, bytes | bytearray):
+            log.error("cannot serialise a %s body", type(body).__name__)
+            self.abort()
+            return
+        if response.keep_alive is False:
+            self.closing = True
+        # Framing is the server's to set, from the body it actually sends.
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _FRAMING]
+        for cookie in response.cookies.values():
+            headers.append(("Set-Cookie", cookie.output(header="")[1:]))
+        if body and "Content-Type" not in response.headers:
+            headers.append(("Content-Type", "application/octet-stream"))
+        if "Server" not in response.headers:
+            headers.append(("Server", "gatehouse"))
+        with contextlib.suppress(ConnectionError):
+            request.send_whole(response.status, response.reason, headers, bytes(body or b""))
+
+    def _finish_closing(self, payload: StreamReader) -> None:
+        """Close after a response, draining an unread request body for a moment first."""
+        transport = self.transport
+        if transport is None:
+            return
+        if payload.is_eof():
+            transport.close()
+            return
+        # The client may still be sending a body we did not read; closing now
+        # would reset the connection and could destroy the response in flight.
+        self._parser = None
+        self._lingering = _LINGER_BYTES
+        if self._reading_paused or self._buffer_paused:
+            self._reading_paused = self._buffer_paused = False
+            self._resume_transport_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(_LINGER_SECONDS, self.abort)
+
+    def _reject(self, exc: BaseException) -> None:
+        """A framing error: JSON 400/431, one audit record, then close."""
+        status, reason = rejection(exc, 400)
+        rid = new_request_id()
+        log.debug("rejected request: %s", reason)
+        response = error_response(status, reason, rid)
+        if self.server.audit is not None:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            audit_rejection(self.server.audit, peer, status, reason, rid)
+        self.closing = True
+        headers = list(response.headers.items())
+        body = response.body
+        assert isinstance(body, bytes)
+        head = [f"HTTP/1.1 {status} {_phrase(status)}"]
+        head += [f"{k}: {v}" for k, v in headers]
+        head += [f"Content-Length: {len(body)}", f"Date: {_http_date()}", "Connection: close"]
+        try:
+            self.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        except ConnectionError:
+            return
+        self._lingering = _LINGER_BYTES
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(_LINGER_SECONDS, self.abort)
+
+    def _hand_over(self, message: Any) -> None:
+        """Give the connection to aiohttp's server protocol (WebSocket upgrades)."""
+        transport = self.transport
+        assert transport is not None and self._upgrade_tail is not None
+        version = message.version
+        head = [f"{message.method} {message.path} HTTP/{version.major}.{version.minor}".encode()]
+        head += [name + b": " + value for name, value in message.raw_headers]
+        replay = b"\r\n".join(head) + b"\r\n\r\n" + bytes(self._upgrade_tail)
+        self._upgrade_tail = None
+        self._parser = None
+        self.server.connections.discard(self)
+        protocol = self.server.upgrades()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._reading_paused or self._buffer_paused:
+            self._resume_transport_reading()
+        protocol.data_received(replay)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
