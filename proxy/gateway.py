@@ -259,9 +259,13 @@ class Gateway:
             raw_headers, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
         )
         pool = self.pools[route.backend]
+        # The client's Host when the route preserves it; else the endpoint's.
+        upstream_host = facts.headers.get("host") if route.preserve_host else None
         # Only aiohttp's server can upgrade; the lean server hands upgrades over to it.
         upgrade = isinstance(request, web.BaseRequest) and is_websocket_upgrade(request)
         if route.websocket and upgrade and isinstance(request, web.BaseRequest):
+            if upstream_host is not None:
+                upstream_headers.append(("Host", upstream_host))
             # Picked only here: pool.send() picks for plain requests, and a
             # second pick would skew the balancer (round robin sent all to one).
             return await proxy_websocket(
@@ -295,6 +299,7 @@ class Gateway:
                     record=record,
                     ssl_context=pool.ssl,
                     server_hostname=pool.server_hostname,
+                    host=upstream_host,
                 )
 
             return attempt
@@ -373,8 +378,6 @@ class Gateway:
         out.append(("traceparent", trace.traceparent))
         if trace.tracestate:
             out.append(("tracestate", trace.tracestate))
-        if route.preserve_host and "host" in facts.headers:
-            out.append(("Host", facts.headers["host"]))
         if identity is not None:
             out += identity_headers(identity.subject, identity.email, identity.groups)
         if extra:

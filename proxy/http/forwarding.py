@@ -8,7 +8,7 @@ and the proxy writes its own (Oathkeeper 26.2.0, oauth2-proxy default).
 from __future__ import annotations
 
 import ipaddress
-import os
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,7 +100,16 @@ def forwarding_headers(
 
 
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    return _random_hex(128)
+
+
+def _random_hex(bits: int) -> str:
+    """Unique ids, not secrets: request and trace ids are shown to clients and in logs.
+
+    The ``random`` module's generator is seeded from the OS at start and
+    reseeded in every forked worker, and costs no system call per request.
+    """
+    return f"{random.getrandbits(bits):0{bits // 4}x}"
 
 
 def request_id(client_value: str | None, peer_trusted: bool) -> str:
@@ -128,6 +137,6 @@ def trace_context(traceparent: str | None, tracestate: str | None) -> TraceConte
         m = _TRACEPARENT.match(traceparent.strip())
         if m and m.group(1) != _ZERO_TRACE and m.group(2) != _ZERO_SPAN:
             state = tracestate if tracestate and len(tracestate) <= 512 else None
-            return TraceContext(m.group(1), os.urandom(8).hex(), m.group(3), state)
-    ids = os.urandom(24).hex()  # trace id and span id from one system call
+            return TraceContext(m.group(1), _random_hex(64), m.group(3), state)
+    ids = _random_hex(192)  # trace id and span id from one draw
     return TraceContext(ids[:32], ids[32:], "01", None)

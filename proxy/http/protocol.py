@@ -387,6 +387,10 @@ class _Connection(BaseProtocol):
         if len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
             self._pause_reading_for_buffer()
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        if self._reading_paused:  # the body reader calls this after every read
+            super().resume_reading(resume_parser)
+
     # -- writing ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
         transport = self.transport

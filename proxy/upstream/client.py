@@ -103,10 +103,18 @@ def parse_origin(base_url: str) -> Origin:
     return Origin(host, port, tls, host_header, parts.path.rstrip("/"))
 
 
-def request_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
+def request_head(
+    method: str,
+    target: str,
+    host: str,
+    headers: Sequence[tuple[str, str]],
+    framing: str | None = None,
+) -> bytes:
     """The request line and header block, refusing any line break inside a name or value."""
-    lines = [f"{method} {target} HTTP/1.1"]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines += [f"{name}: {value}" for name, value in headers]
+    if framing is not None:
+        lines.append(framing)
     text = "\r\n".join(lines)
     # A CR or LF smuggled into a value (a credential from a token endpoint,
     # say) would start a header or a request of its own.
@@ -230,6 +238,8 @@ class _Connection(BaseProtocol):
         self._cancel_timer()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
+        if not self._reading_paused:
+            return  # the body reader calls this after every read; only a pause needs undoing
         super().resume_reading(resume_parser)
         if self._read_timeout and self._head is not None and self._timer is None:
             self._last_read = self._loop.time()
@@ -422,26 +432,28 @@ class UpstreamClient:
         deadline: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        host: str | None = None,
     ) -> UpstreamResponse:
         """Send one request; return once the response head has arrived.
 
-        ``headers`` are final except for ``Host`` (added unless present) and
-        the body framing (``Content-Length`` when ``body_length`` is known,
-        else chunked). ``deadline`` bounds the wait for the response head, in
-        seconds from now; ``read_timeout`` any silence while reading.
+        ``headers`` are final except for ``Host`` (``host``, by default the
+        origin's; ``headers`` must not carry one) and the body framing
+        (``Content-Length`` when ``body_length`` is known, else chunked).
+        ``deadline`` bounds the wait for the response head, in seconds from
+        now; ``read_timeout`` any silence while reading.
         """
         loop = asyncio.get_running_loop()
         head_deadline = None if deadline is None else loop.time() + deadline
-        out = list(headers)
-        if not any(name.lower() == "host" for name, _ in out):
-            out.insert(0, ("Host", origin.host_header))
+        framing = None
         if body_length is not None:
-            out.append(("Content-Length", str(body_length)))
+            framing = f"Content-Length: {body_length}"
         elif body is not None:
-            out.append(("Transfer-Encoding", "chunked"))
+            framing = "Transfer-Encoding: chunked"
         elif method in _BODYLESS_DEFAULT_LENGTH:
-            out.append(("Content-Length", "0"))
-        head = request_head(method, origin.prefix + target, out)
+            framing = "Content-Length: 0"
+        head = request_head(
+            method, origin.prefix + target, host or origin.host_header, headers, framing
+        )
 
         conn = await self._connection(
             loop, origin, connect_timeout, head_deadline, ssl_context, server_hostname

@@ -88,11 +88,13 @@ async def send(
     record: AuditRecord,
     ssl_context: ssl.SSLContext | bool = True,
     server_hostname: str | None = None,
+    host: str | None = None,
 ) -> UpstreamResponse:
     """Send the request to ``base_url + path_qs`` and return once response headers arrive.
 
     ``path_qs`` is the canonical path plus the raw query: it is sent exactly,
-    never re-encoded. ``headers`` are the final upstream request headers.
+    never re-encoded. ``headers`` are the final upstream request headers
+    except ``Host``: ``host`` (a preserved client Host), else the endpoint's.
     The caller must :func:`relay` or release the response.
     """
     body: AsyncIterator[bytes] | None = None
@@ -128,6 +130,7 @@ async def send(
             deadline=deadline,
             ssl_context=ssl_context if isinstance(ssl_context, ssl.SSLContext) else None,
             server_hostname=server_hostname,
+            host=host,
         )
     except BaseException as exc:
         if state.too_large:

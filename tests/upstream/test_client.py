@@ -179,7 +179,8 @@ async def test_a_callers_host_header_is_sent_instead_of_the_origins(
     raw_server: Start, client: UpstreamClient
 ) -> None:
     server = await raw_server(each_request(answer_ok))
-    await get_with(client, server, [("host", "backend.internal")])
+    resp = await client.request(parse_origin(server.url()), "GET", "/", [], host="backend.internal")
+    await read_all(resp)
     assert server.received[0].header_values("Host") == ["backend.internal"]
 
 
