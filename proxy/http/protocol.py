@@ -307,6 +307,7 @@ class _Connection(BaseProtocol):
         "_queue",
         "_task",
         "_upgrade_tail",
+        "_wakeup",
         "busy",
         "closing",
         "idle_since",
@@ -328,6 +329,7 @@ class _Connection(BaseProtocol):
         self.server = server
         self._queue: deque[tuple[Any, StreamReader] | BaseException] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
         self._upgrade_tail: bytearray | None = None
         self._lingering = 0
         self.busy = False
@@ -348,6 +350,8 @@ class _Connection(BaseProtocol):
                 parser.feed_eof()
         self._parser = None
         super().connection_lost(exc)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)  # ends the waiting task
         if self.busy is False and self.server.closing:
             self.server.connection_idle()
 
@@ -383,7 +387,12 @@ class _Connection(BaseProtocol):
             self._upgrade_tail = bytearray(tail)
         if self._queue and not self.busy:
             self.busy = True
-            self._task = self._loop.create_task(self._serve())
+            wakeup = self._wakeup
+            if wakeup is not None:
+                if not wakeup.done():
+                    wakeup.set_result(None)
+            elif self._task is None:
+                self._task = self._loop.create_task(self._serve())
         if len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
             self._pause_reading_for_buffer()
 
@@ -413,26 +422,42 @@ class _Connection(BaseProtocol):
 
     # -- answering the queue ---------------------------------------------------
     async def _serve(self) -> None:
+        """The connection's one task: answer the queue in order, then wait for more.
+
+        One long-lived task per connection rather than one per request: a
+        task's creation and registration cost more than waking a future.
+        """
+        loop = self._loop
         try:
-            while self._queue and self.transport is not None:
-                item = self._queue.popleft()
-                if self._buffer_paused and len(self._queue) < _MAX_QUEUED // 2:
-                    self._resume_reading_for_buffer()
-                if isinstance(item, BaseException):
-                    self._reject(item)
+            while True:
+                while self._queue and self.transport is not None:
+                    item = self._queue.popleft()
+                    if self._buffer_paused and len(self._queue) < _MAX_QUEUED // 2:
+                        self._resume_reading_for_buffer()
+                    if isinstance(item, BaseException):
+                        self._reject(item)
+                        return
+                    message, payload = item
+                    if message.upgrade and self._upgrade_tail is not None and not self._queue:
+                        self._hand_over(message)
+                        return
+                    await self._answer(Request(self, message, payload))
+                    if self.closing:
+                        self._finish_closing(payload)
+                        return
+                if self.transport is None or self.server.closing:
                     return
-                message, payload = item
-                if message.upgrade and self._upgrade_tail is not None and not self._queue:
-                    self._hand_over(message)
-                    return
-                await self._answer(Request(self, message, payload))
-                if self.closing:
-                    self._finish_closing(payload)
-                    return
+                self.busy = False
+                self.idle_since = loop.time()
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                self._wakeup = None
+                self.busy = True
         finally:
             self.busy = False
+            self._task = self._wakeup = None
             if self.transport is not None and not self._queue:
-                self.idle_since = self._loop.time()
+                self.idle_since = loop.time()
             if self.server.closing:
                 self.server.connection_idle()
                 self.abort()
