@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-stream", action="store_true", help="skip the streaming section")
     p.add_argument("--no-policy", action="store_true", help="skip the policy micro-benchmark")
     p.add_argument("--no-jwt", action="store_true", help="skip the JWT micro-benchmark")
+    p.add_argument(
+        "--no-stages", action="store_true", help="skip the per-stage CPU micro-benchmark"
+    )
     p.add_argument("--idle-connections", type=int, default=10_000)
     p.add_argument("--stream-bytes", type=int, help="bytes each way (default 1 GiB)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -134,6 +137,9 @@ def run(a: argparse.Namespace, workdir: Path) -> str:
         if not a.no_jwt:
             _say("section: JWT verification")
             sections.append(micro.jwt(ctx, a.quick))
+        if not a.no_stages:
+            _say("section: per-stage CPU of the full identity path")
+            sections.append(micro.stages(ctx, a.quick))
     pinned = (
         f"proxy pinned to CPU {sorted(proxy_cpus)[0]}, load+upstream to CPU {sorted(load_cpus)[0]}"
         if proxy_cpus and load_cpus

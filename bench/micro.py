@@ -59,3 +59,13 @@ def jwt(ctx: Context, quick: bool) -> Section:
         ["--quick"] if quick else [],
         timeout=180,
     )
+
+
+def stages(ctx: Context, quick: bool) -> Section:
+    return run_module(
+        ctx,
+        "Per-stage CPU of the full identity path (real components, no HTTP I/O)",
+        "bench.stages_micro",
+        ["--quick"] if quick else [],
+        timeout=300,
+    )

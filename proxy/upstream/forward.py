@@ -208,6 +208,10 @@ async def _relay(
             await request.write(chunk)
             sent += len(chunk)
         return request.end_stream(status)
+    except ValueError as exc:
+        # A header value with a line break (llhttp is lenient with upstreams):
+        # nothing was written yet, so the client gets a clean 502 instead.
+        raise UpstreamProtocolError(detail=str(exc)) from None
     except ConnectionError:
         # The client went away (reset, broken pipe, lost while draining): not a
         # failure of ours or the upstream's. The unread upstream body makes
@@ -242,7 +246,10 @@ async def _relay_aiohttp(
         response.content_length = upstream.content_length
     sent = 0
     try:
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ValueError as exc:  # a line break in a header value, as above
+            raise UpstreamProtocolError(detail=str(exc)) from None
         if _no_body(request.method, status):
             return response
         async for chunk in upstream.content.iter_any():

@@ -214,6 +214,7 @@ def _tiny_run_args() -> list[str]:
         "--no-stream",
         "--no-policy",
         "--no-jwt",
+        "--no-stages",
     ]
 
 

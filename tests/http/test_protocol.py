@@ -1,0 +1,222 @@
+"""The lean HTTP/1.1 server: ordering, keep-alive, closing safely, 100-continue, response hygiene.
+
+Framing rejections are pinned in ``test_server.py``; these pin what the
+server itself decides about connections, through a real gatehouse process
+and raw sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.gatehouse import Gatehouse, public_route, start_gatehouse
+
+
+@pytest.fixture(scope="module")
+def gh(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatehouse]:
+    proc = start_gatehouse(
+        tmp_path_factory.mktemp("protocol"),
+        backends={"up": {"urls": [upstream_url]}},
+        routes=[public_route("echo", "/echo", "up")],
+        listen={"keepalive_timeout": "1s"},
+    )
+    yield proc
+    proc.stop()
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:
+    """Read ``count`` Content-Length framed responses off one connection."""
+    sock.settimeout(timeout)
+    buf = b""
+    out: list[bytes] = []
+    while len(out) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(out)} responses: {buf[:200]!r}")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed mid-body")
+            rest += chunk
+        out.append(head + b"\r\n\r\n" + rest[:length])
+        buf = rest[length:]
+    return out
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def header(response: bytes, name: str) -> str | None:
+    head = response.partition(b"\r\n\r\n")[0].decode("latin-1")
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def body_json(response: bytes) -> dict[str, object]:
+    data: dict[str, object] = json.loads(response.partition(b"\r\n\r\n")[2])
+    return data
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(gh: Gatehouse) -> None:
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.sendall(
+            b"GET /echo?n=1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /echo?n=2 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /echo?n=3 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        answers = read_responses(s, 3)
+    assert [body_json(r)["query"] for r in answers] == ["n=1", "n=2", "n=3"]
+    assert len({header(r, "X-Request-Id") for r in answers}) == 3
+
+
+def test_an_http_1_0_request_is_answered_then_the_connection_closes(gh: Gatehouse) -> None:
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.sendall(b"GET /echo HTTP/1.0\r\nHost: a\r\n\r\n")
+        (answer,) = read_responses(s, 1)
+        assert status_of(answer) == 200
+        assert header(answer, "Connection") == "close"
+        assert closed_by_peer(s, timeout=2.0)
+
+
+def test_connection_close_from_the_client_is_honoured(gh: Gatehouse) -> None:
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        (answer,) = read_responses(s, 1)
+        assert header(answer, "Connection") == "close"
+        assert closed_by_peer(s, timeout=2.0)
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(gh: Gatehouse) -> None:
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        (answer,) = read_responses(s, 1)
+        assert status_of(answer) == 200 and header(answer, "Connection") is None
+        assert not closed_by_peer(s, timeout=0.3)  # kept alive at first
+        started = time.monotonic()
+        assert closed_by_peer(s, timeout=5.0)
+        assert time.monotonic() - started < 4.0  # timeout 1 s, swept every second
+
+
+def test_an_answer_before_the_body_was_read_closes_the_connection_cleanly(
+    gh: Gatehouse,
+) -> None:
+    # 404 before any of the announced 8 MiB is read: the client must still get
+    # the whole answer (no reset), told that the connection ends.
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.sendall(b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 8388608\r\n\r\n")
+        s.sendall(b"x" * 65536)
+        (answer,) = read_responses(s, 1)
+        assert status_of(answer) == 404
+        assert header(answer, "Connection") == "close"
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "route_not_found"
+
+
+def test_100_continue_is_sent_only_once_the_request_is_routed_and_allowed(
+    gh: Gatehouse,
+) -> None:
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.settimeout(5.0)
+        s.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = s.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        (answer,) = read_responses(s, 1)
+        assert status_of(answer) == 200 and body_json(answer)["body_size"] == 5
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.settimeout(5.0)
+        s.sendall(
+            b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        (answer,) = read_responses(s, 1)
+        assert status_of(answer) == 404  # never invited to send the body
+
+
+class _RawUpstream:
+    """Answers every connection with fixed bytes (what no well-behaved server sends)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_upstream_header_value_with_a_bare_cr_is_a_502_never_relayed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # llhttp is lenient with upstreams and keeps the CR inside the value; sent
+    # on as is, the client could read it as the start of another header.
+    # (A bare LF is a line end for llhttp: two headers, both legitimate.)
+    upstream = _RawUpstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Split: a\rInjected: yes\r\n\r\nok"
+    )
+    proc = start_gatehouse(
+        tmp_path_factory.mktemp("badheader"),
+        backends={"up": {"urls": [f"http://127.0.0.1:{upstream.port}"]}},
+        routes=[public_route("all", "/", "up")],
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", proc.port)) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            (answer,) = read_responses(s, 1)
+        head_lines = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
+        assert not any(line.lower().startswith(b"injected") for line in head_lines)
+        assert status_of(answer) == 502
+        assert body_json(answer)["error"] == "upstream_protocol_error"
+    finally:
+        proc.stop()
+        upstream.close()
