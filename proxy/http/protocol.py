@@ -441,7 +441,15 @@ class _Connection(BaseProtocol):
                     if message.upgrade and self._upgrade_tail is not None and not self._queue:
                         self._hand_over(message)
                         return
-                    await self._answer(Request(self, message, payload))
+                    request = Request(self, message, payload)
+                    try:
+                        result = await self.server.handler(request)
+                    except Exception:
+                        log.exception("unexpected failure answering a request")
+                        self.abort()
+                        return
+                    if not isinstance(result, Written):
+                        self._answer(request, result)
                     if self.closing:
                         self._finish_closing(payload)
                         return
@@ -462,20 +470,13 @@ class _Connection(BaseProtocol):
                 self.server.connection_idle()
                 self.abort()
 
-    async def _answer(self, request: Request) -> None:
-        try:
-            result = await self.server.handler(request)
-        except Exception:
-            log.exception("unexpected failure answering a request")
-            self.abort()
-            return
-        if isinstance(result, Written):
-            return
+    def _answer(self, request: Request, response: web.StreamResponse) -> None:
+        """Send an aiohttp response the handler returned instead of writing its own."""
         if request._started:
             # A response began through the request but was not finished.
             self.abort()
             return
-        self._send_web_response(request, result)
+        self._send_web_response(request, response)
 
     def _send_web_response(self, request: Request, response: web.StreamResponse) -> None:
         """Serialise an (unprepared) aiohttp response: errors, redirects, local endpoints."""

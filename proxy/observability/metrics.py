@@ -166,6 +166,29 @@ class _HistogramChild:
             self._buckets[i].inc(1)
 
 
+class _GaugeValue:
+    """An unlabelled gauge's ``inc``/``dec`` on its value, without the per-call label check."""
+
+    __slots__ = ("_add",)
+
+    def __init__(self, add: Callable[[float], None]) -> None:
+        self._add = add
+
+    def inc(self, amount: float = 1) -> None:
+        self._add(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._add(-amount)
+
+
+def fast_gauge(metric: Gauge) -> Any:
+    """``metric`` itself, or a thin object updating the very same value (see ``child``)."""
+    try:
+        return _GaugeValue(metric._value.inc)
+    except AttributeError:  # another prometheus_client layout: the gauge still works
+        return metric
+
+
 def _fast(metric: Any, labelled: Any) -> Any:
     try:
         if isinstance(metric, Counter):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -143,40 +143,37 @@ async def send(
 
 
 @overload
-async def relay(
+def relay(
     request: Request,
     upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str] = (),
-) -> Written: ...
+) -> Awaitable[Written]: ...
 
 
 @overload
-async def relay(
+def relay(
     request: web.BaseRequest,
     upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str] = (),
-) -> web.StreamResponse: ...
+) -> Awaitable[web.StreamResponse]: ...
 
 
-async def relay(
+def relay(
     request: Request | web.BaseRequest,
     upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str] = (),
-) -> web.StreamResponse | Written:
+) -> Awaitable[web.StreamResponse | Written]:
     """Stream ``upstream``'s response to the client, then release it.
 
     ``set_cookies`` are the proxy's own cookies (a refreshed session), added
     next to whatever the upstream sets.
     """
-    try:
-        if isinstance(request, Request):
-            return await _relay(request, upstream, record, set_cookies)
-        return await _relay_aiohttp(request, upstream, record, set_cookies)
-    finally:
-        upstream.release()
+    if isinstance(request, Request):
+        return _relay(request, upstream, record, set_cookies)
+    return _relay_aiohttp(request, upstream, record, set_cookies)
 
 
 def _no_body(method: str, status: int) -> bool:
@@ -190,9 +187,9 @@ async def _relay(
     set_cookies: Sequence[str],
 ) -> Written:
     status = upstream.status
-    headers = response_headers(upstream, record, set_cookies)
     sent = 0
     try:
+        headers = response_headers(upstream, record, set_cookies)
         whole = upstream.content_length is not None and upstream.complete
         if whole and not _no_body(request.method, status):
             # The whole body arrived with the head (the common small answer):
@@ -226,6 +223,7 @@ async def _relay(
         request.abort()
     finally:
         record.bytes_out = sent
+        upstream.release()
     return Written(status)
 
 
@@ -238,14 +236,14 @@ async def _relay_aiohttp(
     """The same for a request on aiohttp's server (a connection handed over for an upgrade)."""
     status = upstream.status
     response = web.StreamResponse(status=status, reason=upstream.reason)
-    for name, value in response_headers(upstream, record, set_cookies):
-        response.headers.add(name, value)
-    if upstream.content_length is not None and not (
-        status in _NO_BODY_STATUS or 100 <= status < 200
-    ):
-        response.content_length = upstream.content_length
     sent = 0
     try:
+        for name, value in response_headers(upstream, record, set_cookies):
+            response.headers.add(name, value)
+        if upstream.content_length is not None and not (
+            status in _NO_BODY_STATUS or 100 <= status < 200
+        ):
+            response.content_length = upstream.content_length
         try:
             await response.prepare(request)
         except ValueError as exc:  # a line break in a header value, as above
@@ -264,6 +262,7 @@ async def _relay_aiohttp(
             request.transport.close()
     finally:
         record.bytes_out = sent
+        upstream.release()
     return response
 
 
