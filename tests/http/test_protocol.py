@@ -7,7 +7,10 @@ and raw sockets.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -23,7 +26,10 @@ def gh(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     proc = start_gatehouse(
         tmp_path_factory.mktemp("protocol"),
         backends={"up": {"urls": [upstream_url]}},
-        routes=[public_route("echo", "/echo", "up")],
+        routes=[
+            public_route("echo", "/echo", "up"),
+            public_route("ws", "/ws", "up", websocket=True),
+        ],
         listen={"keepalive_timeout": "1s"},
     )
     yield proc
@@ -220,3 +226,58 @@ def test_an_upstream_header_value_with_a_bare_cr_is_a_502_never_relayed(
     finally:
         proc.stop()
         upstream.close()
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """A masked client text frame (RFC 6455 §5.2), short payloads only."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+def _read_ws_text(sock: socket.socket, buf: bytes) -> tuple[str, bytes]:
+    """One unmasked server text frame (short or 16-bit length); returns it and what follows."""
+    while len(buf) < 4:
+        buf += sock.recv(65536)
+    assert buf[0] == 0x81, buf[:2]
+    length, offset = buf[1] & 0x7F, 2
+    if length == 126:
+        length, offset = int.from_bytes(buf[2:4], "big"), 4
+    while len(buf) < offset + length:
+        buf += sock.recv(65536)
+    return buf[offset : offset + length].decode(), buf[offset + length :]
+
+
+def test_a_keep_alive_connection_upgrades_to_websocket_after_a_plain_request(
+    gh: Gatehouse,
+) -> None:
+    # One socket: a plain request first, then the upgrade on the same
+    # connection, handed from the lean server to aiohttp's with the bytes read.
+    before = len(gh.audit_records())
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        (answer,) = read_responses(s, 1)
+        assert status_of(answer) == 200
+        key = base64.b64encode(os.urandom(16))
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
+        )
+        s.settimeout(5.0)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()  # noqa: S324
+        )
+        assert accept in head
+        hello, buf = _read_ws_text(s, buf)
+        assert json.loads(hello)["request_id"]
+        s.sendall(_ws_frame(b"ping"))
+        echoed, buf = _read_ws_text(s, buf)
+        assert echoed == "echo:ping"
+    records = gh.wait_audit(before + 2)
+    routes = sorted(r["route"] for r in records[before:])
+    assert routes == ["echo", "ws"]  # one record each, the upgrade included
