@@ -108,6 +108,7 @@ class CredentialCache:
         backoff_max: float = 60.0,
         clock: Callable[[], float] = time.time,
         shared: SharedFetch | None = None,
+        invalidations_per_minute: int = 3,
     ) -> None:
         self._refresh_ratio = refresh_ratio
         self._expiry_margin = expiry_margin
@@ -119,6 +120,10 @@ class CredentialCache:
         self._shared = shared
         # Values an upstream refused, per key, until a different one has been obtained.
         self._rejected: dict[CacheKey, str] = {}
+        # When each key was recently invalidated: an upstream that refuses
+        # every token must not turn each request into a token-endpoint call.
+        self._invalidations_per_minute = invalidations_per_minute
+        self._invalidated: dict[CacheKey, list[float]] = {}
 
     # -- public -------------------------------------------------------------
     async def get(self, key: CacheKey, fetch: Fetch) -> Credential:
@@ -165,12 +170,22 @@ class CredentialCache:
 
         The core calls this after the upstream answered 401, then retries once.
         An in-flight fetch is left to finish: it started after the rejected
-        token was issued, so its result is fresh.
+        token was issued, so its result is fresh. A key is invalidated at most
+        ``invalidations_per_minute`` times a minute: an upstream that rejects
+        every token (a wrong audience, say) then gets the same token for a
+        while, rather than a fetch from the token endpoint for each request.
         """
         dropped = 0
+        now = self._clock()
         for key, entry in list(self._entries.items()):
             if key.backend != backend or (key.caller is not None and key.caller != caller):
                 continue
+            recent = [t for t in self._invalidated.get(key, ()) if 0 <= now - t < 60.0]
+            if len(recent) >= self._invalidations_per_minute:
+                continue
+            self._invalidated[key] = [*recent, now]
+            if len(self._invalidated) > _MAX_REJECTED:
+                del self._invalidated[next(iter(self._invalidated))]
             if entry.timer is not None:
                 entry.timer.cancel()
             if self._shared is not None and entry.credential is not None:

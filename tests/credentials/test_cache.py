@@ -154,6 +154,35 @@ async def test_invalidate_makes_the_next_request_fetch_a_new_token(
     assert second != first
 
 
+async def test_an_upstream_refusing_every_token_gets_a_few_refetches_a_minute(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    # A misconfigured upstream answers 401 to every token: each request would
+    # invalidate and refetch, turning the caller's traffic into token requests.
+    now = [1000.0]
+    specs, _ = parse_backends(tmp_path, _yaml(oauth, secret_file))
+    cache = CredentialCache(clock=lambda: now[0], invalidations_per_minute=3)
+    broker = await make_broker(specs, cache=cache)
+    try:
+        seen = [await broker.headers("app", route(), None)]
+        for _ in range(3):  # genuine revocations, one after another: each refetched
+            broker.invalidate("app", None)
+            seen.append(await broker.headers("app", route(), None))
+            now[0] += 1.0
+        assert oauth.calls["token"] == 4
+        for _ in range(20):  # then the same token, no fetch, until the minute is over
+            broker.invalidate("app", None)
+            assert await broker.headers("app", route(), None) == seen[-1]
+        assert oauth.calls["token"] == 4
+        now[0] += 60.0
+        broker.invalidate("app", None)
+        seen.append(await broker.headers("app", route(), None))
+    finally:
+        await broker.close()
+    assert oauth.calls["token"] == 5
+    assert len({str(h) for h in seen}) == 5
+
+
 async def test_repeat_failures_inside_the_backoff_window_do_not_hit_the_endpoint() -> None:
     calls = 0
 
