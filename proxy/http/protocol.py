@@ -212,7 +212,8 @@ class Request:
         length: int | None,
     ) -> bytes:
         conn = self._conn
-        if self.should_close or not self.content.is_eof() or conn.server.closing:
+        last = conn.client_eof and not conn.has_queued
+        if self.should_close or not self.content.is_eof() or conn.server.closing or last:
             # An unread request body cannot be skipped safely: end the connection.
             conn.closing = True
         lines = [f"HTTP/1.1 {status} {reason or _phrase(status)}"]
@@ -309,6 +310,7 @@ class _Connection(BaseProtocol):
         "_upgrade_tail",
         "_wakeup",
         "busy",
+        "client_eof",
         "closing",
         "idle_since",
         "server",
@@ -334,6 +336,7 @@ class _Connection(BaseProtocol):
         self._lingering = 0
         self.busy = False
         self.closing = False
+        self.client_eof = False
         self.idle_since = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------
@@ -356,11 +359,11 @@ class _Connection(BaseProtocol):
             self.server.connection_idle()
 
     def eof_received(self) -> bool:
-        # Half-close from the client: answer what is queued, then close.
-        self.closing = True
-        if not self.busy:
+        # Half-close from the client: answer what it sent before, then close.
+        self.client_eof = True
+        if not self.busy and not self._queue:
             self.abort()
-        return True
+        return True  # keep our half open for those answers
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -399,6 +402,10 @@ class _Connection(BaseProtocol):
     def resume_reading(self, resume_parser: bool = True) -> None:
         if self._reading_paused:  # the body reader calls this after every read
             super().resume_reading(resume_parser)
+
+    @property
+    def has_queued(self) -> bool:
+        return bool(self._queue)
 
     # -- writing ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -454,6 +461,9 @@ class _Connection(BaseProtocol):
                         self._finish_closing(payload)
                         return
                 if self.transport is None or self.server.closing:
+                    return
+                if self.client_eof:  # half-closed and all answered
+                    self.abort()
                     return
                 self.busy = False
                 self.idle_since = loop.time()

@@ -103,6 +103,18 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(gh: Gatehous
     assert len({header(r, "X-Request-Id") for r in answers}) == 3
 
 
+def test_requests_sent_before_a_half_close_are_all_answered(gh: Gatehouse) -> None:
+    with socket.create_connection(("127.0.0.1", gh.port)) as s:
+        s.sendall(
+            b"GET /echo?n=1 HTTP/1.1\r\nHost: a\r\n\r\nGET /echo?n=2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        s.shutdown(socket.SHUT_WR)  # e.g. `printf ... | nc`: nothing more will come
+        answers = read_responses(s, 2)
+        assert [body_json(r)["query"] for r in answers] == ["n=1", "n=2"]
+        assert header(answers[-1], "Connection") == "close"
+        assert closed_by_peer(s, timeout=2.0)
+
+
 def test_an_http_1_0_request_is_answered_then_the_connection_closes(gh: Gatehouse) -> None:
     with socket.create_connection(("127.0.0.1", gh.port)) as s:
         s.sendall(b"GET /echo HTTP/1.0\r\nHost: a\r\n\r\n")
