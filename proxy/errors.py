@@ -37,6 +37,12 @@ class BodyTooLarge(RequestRejected):
     status, reason = 413, "body_too_large"
 
 
+class RequestTimeout(RequestRejected):
+    """The request head did not arrive whole within ``listen.header_timeout``."""
+
+    status, reason = 408, "request_timeout"
+
+
 # -- route ----------------------------------------------------------------
 class RouteNotFound(GatehouseError):
     status, reason = 404, "route_not_found"

@@ -78,6 +78,7 @@ def _listen(m: Mapping | None) -> ListenConfig:
         max_header_size=m.size("max_header_size", 8190),
         max_headers=m.int("max_headers", 100, minimum=1),
         keepalive_timeout=m.duration("keepalive_timeout", 75.0),
+        header_timeout=m.duration("header_timeout", 30.0),
         max_body=m.size("max_body", 10 * 2**20),
         path=PathOptions(
             allow_encoded_slash=m.bool("allow_encoded_slash", False),

@@ -40,6 +40,7 @@ class ListenConfig:
     max_header_size: int = 8190  # per header line / field
     max_headers: int = 100
     keepalive_timeout: float = 75.0
+    header_timeout: float = 30.0  # a request head must arrive whole within this
     max_body: int = 10 * 2**20  # default per-route request body limit
     path: PathOptions = PathOptions()
     backlog: int = 1024

@@ -45,6 +45,7 @@ from multidict import CIMultiDictProxy, MultiDictProxy, MultiMapping
 from yarl import URL
 
 from proxy.config.schema import ListenConfig
+from proxy.errors import RequestTimeout
 from proxy.http.forwarding import new_request_id
 from proxy.http.responses import error_response
 from proxy.http.server import GatehouseServer, audit_rejection, rejection
@@ -254,6 +255,7 @@ class HttpServer:
         self.audit = audit
         self.upgrades = upgrades
         self.keepalive = listen.keepalive_timeout
+        self.header_timeout = listen.header_timeout
         self.max_line = listen.max_header_size
         self.max_headers = listen.max_headers
         self.connections: set[_Connection] = set()
@@ -270,11 +272,18 @@ class HttpServer:
         return _Connection(self, loop)
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than the timeout (one timer for all)."""
+        """One timer for all connections: idle ones past the keep-alive timeout are
+        closed, and so are clients that take longer than ``header_timeout`` to send
+        one request head (a slowloris holds connections open with a trickle)."""
         assert self._loop is not None
-        stale_before = self._loop.time() - self.keepalive
-        for conn in [c for c in self.connections if c.idle_since and c.idle_since < stale_before]:
-            conn.abort()
+        now = self._loop.time()
+        stale_before = now - self.keepalive
+        slow_before = now - self.header_timeout
+        for conn in list(self.connections):
+            if conn.head_since and conn.head_since < slow_before:
+                conn.time_out_head()
+            elif conn.idle_since and conn.idle_since < stale_before:
+                conn.abort()
         self._sweeper = self._loop.call_later(_SWEEP_EVERY, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
@@ -312,6 +321,7 @@ class _Connection(BaseProtocol):
         "busy",
         "client_eof",
         "closing",
+        "head_since",
         "idle_since",
         "server",
     )
@@ -338,6 +348,7 @@ class _Connection(BaseProtocol):
         self.closing = False
         self.client_eof = False
         self.idle_since = 0.0
+        self.head_since = 0.0  # when the bytes of a still-incomplete request head began
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -378,6 +389,8 @@ class _Connection(BaseProtocol):
         if parser is None:
             return
         self.idle_since = 0.0
+        if not self.head_since and data and not self.busy and not self._queue:
+            self.head_since = self._loop.time()
         try:
             messages, upgraded, tail = parser.feed_data(data)
         except HttpProcessingError as exc:
@@ -386,6 +399,7 @@ class _Connection(BaseProtocol):
             messages, upgraded, tail = [], False, b""
         if messages:
             self._queue.extend(messages)
+            self.head_since = 0.0
         if upgraded:
             self._upgrade_tail = bytearray(tail)
         if self._queue and not self.busy:
@@ -421,6 +435,14 @@ class _Connection(BaseProtocol):
 
     def response_done(self) -> None:
         """Called when the last byte of a response has been handed to the transport."""
+
+    def time_out_head(self) -> None:
+        """The client took too long to send a request head: 408, then close."""
+        self.head_since = 0.0
+        if self.busy or self._queue or self._parser is None:
+            return
+        self._parser = None
+        self._reject_with(RequestTimeout.status, RequestTimeout.reason)
 
     def abort(self) -> None:
         self.closing = True
@@ -530,6 +552,9 @@ class _Connection(BaseProtocol):
     def _reject(self, exc: BaseException) -> None:
         """A framing error: JSON 400/431, one audit record, then close."""
         status, reason = rejection(exc, 400)
+        self._reject_with(status, reason)
+
+    def _reject_with(self, status: int, reason: str) -> None:
         rid = new_request_id()
         log.debug("rejected request: %s", reason)
         response = error_response(status, reason, rid)

@@ -293,3 +293,35 @@ def test_a_keep_alive_connection_upgrades_to_websocket_after_a_plain_request(
     records = gh.wait_audit(before + 2)
     routes = sorted(r["route"] for r in records[before:])
     assert routes == ["echo", "ws"]  # one record each, the upgrade included
+
+
+def test_a_request_head_trickled_past_the_header_timeout_gets_408_and_is_closed(
+    upstream_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    proc = start_gatehouse(
+        tmp_path_factory.mktemp("slowloris"),
+        backends={"up": {"urls": [upstream_url]}},
+        routes=[public_route("echo", "/echo", "up")],
+        listen={"header_timeout": "1s"},
+    )
+    try:
+        before = len(proc.audit_records())
+        with socket.create_connection(("127.0.0.1", proc.port)) as s:
+            started = time.monotonic()
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n")
+            for _ in range(3):  # a trickle keeps bytes coming, never the end of the head
+                time.sleep(0.4)
+                s.sendall(b"X-Slow: 1\r\n")
+            (answer,) = read_responses(s, 1)
+            assert time.monotonic() - started < 4.0
+            assert status_of(answer) == 408
+            assert body_json(answer)["error"] == "request_timeout"
+            assert closed_by_peer(s, timeout=3.0)
+        records = proc.wait_audit(before + 1)
+        assert records[-1]["status"] == 408 and records[-1]["reason"] == "request_timeout"
+        # A prompt client on the same proxy is unaffected.
+        with socket.create_connection(("127.0.0.1", proc.port)) as s:
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert status_of(read_responses(s, 1)[0]) == 200
+    finally:
+        proc.stop()
