@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +59,10 @@ class ConnectFailed(ClientFailure):
     """Refused, unreachable, unresolved, TLS refused or connect timeout: nothing was sent."""
 
     failure, reached = Failure.CONNECT_ERROR, False
+
+
+class ConnectTimeout(ConnectFailed):
+    """No connection within the connect timeout (504 like other timeouts; still never sent)."""
 
 
 class ConnectionDropped(ClientFailure):
@@ -137,12 +142,14 @@ class _Connection(BaseProtocol):
         "_timer",
         "idle_since",
         "key",
+        "on_lost",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[Any, ...]) -> None:
         super().__init__(loop)
         self.key = key
         self.idle_since = 0.0
+        self.on_lost: Callable[[_Connection], None] | None = None
         self._head: asyncio.Future[tuple[Any, StreamReader]] | None = None
         self._payload: StreamReader | None = None
         self._read_timeout: float | None = None
@@ -339,6 +346,8 @@ class _Connection(BaseProtocol):
         if head is not None and not head.done():
             head.set_exception(ConnectionDropped("upstream closed the connection"))
         super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost(self)
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -417,6 +426,10 @@ class UpstreamClient:
         self._idle: dict[tuple[Any, ...], collections.deque[_Connection]] = {}
         self._keepalive = keepalive
         self._closed = False
+        # Per origin: connections open (idle or in use), and requests waiting
+        # for one when a backend's max_connections is reached.
+        self._open: dict[tuple[Any, ...], int] = {}
+        self._waiting: dict[tuple[Any, ...], collections.deque[asyncio.Future[None]]] = {}
 
     async def request(
         self,
@@ -433,6 +446,7 @@ class UpstreamClient:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         host: str | None = None,
+        max_connections: int = 0,
     ) -> UpstreamResponse:
         """Send one request; return once the response head has arrived.
 
@@ -440,7 +454,9 @@ class UpstreamClient:
         origin's; ``headers`` must not carry one) and the body framing
         (``Content-Length`` when ``body_length`` is known, else chunked).
         ``deadline`` bounds the wait for the response head, in seconds from
-        now; ``read_timeout`` any silence while reading.
+        now; ``read_timeout`` any silence while reading. With
+        ``max_connections``, at most that many connections to the origin are
+        open at once; a request waits (within ``deadline``) for one to free up.
         """
         loop = asyncio.get_running_loop()
         head_deadline = None if deadline is None else loop.time() + deadline
@@ -456,7 +472,13 @@ class UpstreamClient:
         )
 
         conn = await self._connection(
-            loop, origin, connect_timeout, head_deadline, ssl_context, server_hostname
+            loop,
+            origin,
+            connect_timeout,
+            head_deadline,
+            ssl_context,
+            server_hostname,
+            max_connections,
         )
         waiter = conn.start(method, head, read_timeout, head_deadline)
         sender: asyncio.Task[None] | None = None
@@ -486,25 +508,31 @@ class UpstreamClient:
         head_deadline: float | None,
         ssl_context: ssl.SSLContext | None,
         server_hostname: str | None,
+        limit: int = 0,
     ) -> _Connection:
         context = ssl_context if origin.tls else None
         if origin.tls and context is None:
             context = _default_context()
         key = (origin.host, origin.port, context, server_hostname)
-        idle = self._idle.get(key)
-        if idle:
-            stale_before = time.monotonic() - self._keepalive
-            while idle:
-                conn = idle.pop()
-                transport = conn.transport
-                fresh = conn.idle_since > stale_before
-                if fresh and transport is not None and not transport.is_closing():
-                    return conn
-                conn.close()
+        while True:
+            idle = self._idle.get(key)
+            if idle:
+                stale_before = time.monotonic() - self._keepalive
+                while idle:
+                    conn = idle.pop()
+                    transport = conn.transport
+                    fresh = conn.idle_since > stale_before
+                    if fresh and transport is not None and not transport.is_closing():
+                        return conn
+                    conn.close()
+            if not limit or self._open.get(key, 0) < limit:
+                break
+            await self._wait_for_room(loop, key, head_deadline)
         timeout = connect_timeout
         if head_deadline is not None:
             remaining = head_deadline - loop.time()
             timeout = remaining if timeout is None else min(timeout, remaining)
+        self._open[key] = self._open.get(key, 0) + 1
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
@@ -514,11 +542,55 @@ class UpstreamClient:
                     ssl=context,
                     server_hostname=(server_hostname or origin.host) if context else None,
                 )
-        except TimeoutError:
-            raise ConnectFailed("connect timed out") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(_describe(exc)) from None
+        except BaseException as exc:
+            self._closed_one(key)
+            if isinstance(exc, TimeoutError):
+                raise ConnectTimeout("connect timed out") from None
+            if isinstance(exc, OSError | ssl.SSLError):
+                raise ConnectFailed(_describe(exc)) from None
+            raise
+        conn.on_lost = self._lost
         return conn
+
+    async def _wait_for_room(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[Any, ...], head_deadline: float | None
+    ) -> None:
+        """Wait until a connection to ``key`` comes back idle or closes."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        queue = self._waiting.setdefault(key, collections.deque())
+        queue.append(waiter)
+        remaining = None if head_deadline is None else max(0.0, head_deadline - loop.time())
+        try:
+            async with asyncio.timeout(remaining):
+                await waiter
+        except TimeoutError:
+            raise ConnectFailed("connection limit reached: none came free in time") from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+            if not queue:
+                self._waiting.pop(key, None)
+
+    def _wake(self, key: tuple[Any, ...]) -> None:
+        queue = self._waiting.get(key)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _closed_one(self, key: tuple[Any, ...]) -> None:
+        left = self._open.get(key, 0) - 1
+        if left > 0:
+            self._open[key] = left
+        else:
+            self._open.pop(key, None)
+        self._wake(key)
+
+    def _lost(self, conn: _Connection) -> None:
+        self._closed_one(conn.key)
 
     def put_back(self, conn: _Connection) -> None:
         reusable = conn.reusable and not self._closed
@@ -536,6 +608,8 @@ class UpstreamClient:
         while idle and (idle[0].idle_since < stale_before or len(idle) >= _MAX_IDLE_PER_ORIGIN):
             idle.popleft().close()
         idle.append(conn)
+        if self._waiting:
+            self._wake(conn.key)
 
     async def close(self) -> None:
         self._closed = True

@@ -31,6 +31,7 @@ from proxy.http.protocol import Request, Written
 from proxy.observability.audit import AuditRecord
 from proxy.upstream.client import (
     ClientFailure,
+    ConnectTimeout,
     MalformedResponse,
     ResponseTimeout,
     UpstreamClient,
@@ -67,7 +68,7 @@ def _classify(exc: BaseException) -> GatehouseError:
     """Map a client-side failure to the phase error that names it."""
     if isinstance(exc, GatehouseError):
         return exc
-    if isinstance(exc, ResponseTimeout | TimeoutError):
+    if isinstance(exc, ResponseTimeout | ConnectTimeout | TimeoutError):
         return UpstreamTimeout(detail=str(exc) or type(exc).__name__)
     if isinstance(exc, MalformedResponse):
         return UpstreamProtocolError(detail=str(exc))
@@ -131,6 +132,7 @@ async def send(
             ssl_context=ssl_context if isinstance(ssl_context, ssl.SSLContext) else None,
             server_hostname=server_hostname,
             host=host,
+            max_connections=backend.max_connections,
         )
     except BaseException as exc:
         if state.too_large:

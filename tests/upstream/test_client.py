@@ -23,6 +23,7 @@ from proxy.upstream.client import (
     ClientFailure,
     ConnectFailed,
     ConnectionDropped,
+    ConnectTimeout,
     MalformedResponse,
     Origin,
     ResponseTimeout,
@@ -301,6 +302,43 @@ async def test_concurrent_requests_use_their_own_connections_which_are_then_pool
     assert server.connections == 2
 
 
+async def test_max_connections_makes_requests_wait_for_a_connection_to_come_back(
+    raw_server: Start, client: UpstreamClient
+) -> None:
+    server = await raw_server(each_request(answer_ok))
+    origin = parse_origin(server.url())
+
+    async def limited() -> tuple[int, bytes]:
+        resp = await client.request(origin, "GET", "/", [], max_connections=1, deadline=5.0)
+        await asyncio.sleep(0.05)  # hold the connection a moment
+        return resp.status, await read_all(resp)
+
+    answers = await asyncio.gather(*(limited() for _ in range(4)))
+    assert sorted(status for status, _ in answers) == [200] * 4
+    assert server.connections == 1  # the four took turns on one connection
+
+
+async def test_max_connections_reached_until_the_deadline_is_a_connect_failure(
+    raw_server: Start, client: UpstreamClient
+) -> None:
+    server = await raw_server(each_request(answer_ok))
+    origin = parse_origin(server.url())
+    held = await client.request(origin, "GET", "/", [], max_connections=1)
+    with pytest.raises(ConnectFailed, match="connection limit"):
+        await client.request(origin, "GET", "/", [], max_connections=1, deadline=0.2)
+    await read_all(held)
+    # A closed connection frees its place too.
+    closing = await client.request(origin, "GET", "/", [], max_connections=1)
+    closing.close()
+    assert (await get_limited(client, origin))[0] == 200
+    assert server.connections == 2
+
+
+async def get_limited(client: UpstreamClient, origin: Origin) -> tuple[int, bytes]:
+    resp = await client.request(origin, "GET", "/", [], max_connections=1, deadline=2.0)
+    return resp.status, await read_all(resp)
+
+
 async def test_connection_close_from_the_upstream_means_a_new_connection_next_time(
     raw_server: Start, client: UpstreamClient
 ) -> None:
@@ -481,18 +519,19 @@ def unanswering_port() -> Iterator[int]:
 @pytest.mark.parametrize(
     ("connect_timeout", "deadline"), [(0.2, 5.0), (5.0, 0.2)], ids=["connect-timeout", "deadline"]
 )
-async def test_a_connect_timeout_is_connect_failed_and_not_reached(
+async def test_a_connect_timeout_is_a_504_never_sent_so_safe_to_retry(
     client: UpstreamClient, unanswering_port: int, connect_timeout: float, deadline: float
 ) -> None:
     origin = parse_origin(f"http://127.0.0.1:{unanswering_port}")
     await asyncio.sleep(0.05)
     started = time.monotonic()
-    with pytest.raises(ConnectFailed) as err:
+    with pytest.raises(ConnectTimeout) as err:
         await client.request(
             origin, "GET", "/", [], connect_timeout=connect_timeout, deadline=deadline
         )
     assert 0.15 < time.monotonic() - started < 1.5
-    assert isinstance(forwarded(err.value), UpstreamConnectError)
+    assert isinstance(err.value, ConnectFailed)
+    assert isinstance(forwarded(err.value), UpstreamTimeout)
     assert classify(forwarded(err.value)) == (Failure.CONNECT_ERROR, False)
 
 
