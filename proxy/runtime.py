@@ -133,11 +133,12 @@ async def serve(
         closers.append(state.close)  # last: the authenticator and broker use it until closed
     reach = Reachability(config.backends)
     await reach.probe_once(limit=1.0)
+    required = [name for name, b in config.backends.items() if b.required_for_readiness]
 
     def checks() -> dict[str, bool]:
         out = {
             "config": True,
-            "upstreams": reach.ok() and all(pool.ready() for pool in pools.values()),
+            "upstreams": all(reach.state[n] and pools[n].ready() for n in required),
         }
         if gateway.authenticator is not None:
             out["identity"] = gateway.authenticator.ready()

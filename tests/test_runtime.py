@@ -179,6 +179,27 @@ async def test_readiness_fails_while_no_upstream_is_reachable(gatehouse: Gatehou
         assert (await r.json())["checks"]["upstreams"] is False
 
 
+async def test_a_backend_not_required_for_readiness_can_be_down_while_ready(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    # A gateway in front of many services must not leave the load balancer
+    # because one of them is down: that backend's routes answer 502 instead.
+    gh = gatehouse(
+        backends={
+            "up": {"urls": [upstream_url]},
+            "gone": {"urls": ["http://127.0.0.1:9"], "required_for_readiness": False},
+        },
+        routes=[public_route("gone", "/gone", "gone"), public_route("all", "/", "up")],
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gh.admin_url + "/readyz") as r:
+            assert r.status == 200 and (await r.json())["checks"]["upstreams"] is True
+        async with s.get(gh.url + "/gone") as r:
+            assert r.status == 502
+        async with s.get(gh.url + "/echo") as r:
+            assert r.status == 200
+
+
 async def test_workers_share_the_port_and_metrics_are_aggregated(
     gatehouse: GatehouseFactory, upstream_url: str
 ) -> None:

@@ -114,11 +114,18 @@ def _backend(name: str, m: Mapping) -> BackendConfig | None:
         )
         t.close()
     max_connections = m.int("max_connections", 0, minimum=0)
+    required = m.bool("required_for_readiness", True)
     credentials = parse_credentials(m, name)
     options = parse_backend_options(m, name, urls=urls)
     m.close()
     return BackendConfig(
-        name, tuple(u.rstrip("/") for u in urls), timeouts, max_connections, credentials, options
+        name,
+        tuple(u.rstrip("/") for u in urls),
+        timeouts,
+        max_connections,
+        credentials,
+        options,
+        required_for_readiness=required,
     )
 
 

@@ -71,6 +71,8 @@ class BackendConfig:
     max_connections: int = 0  # 0 = unlimited
     credentials: tuple[CredentialSpec, ...] = ()
     options: BackendOptions = BackendOptions()
+    # False: a gateway stays ready while this backend is down (its routes 502).
+    required_for_readiness: bool = True
 
 
 @dataclass(frozen=True, slots=True)

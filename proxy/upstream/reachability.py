@@ -40,6 +40,3 @@ class Reachability:
         while True:
             await self.probe_once()
             await asyncio.sleep(interval)
-
-    def ok(self) -> bool:
-        return all(self.state.values())
