@@ -163,7 +163,6 @@ class Request:
         length = None if status in _NO_BODY_STATUS or status < 200 else len(body)
         head = self._head(status, reason, headers, length)
         self._conn.write(head if no_body or not body else head + body)
-        self._conn.response_done()
         return Written(status)
 
     def start_stream(
@@ -184,8 +183,6 @@ class Request:
             else:
                 self._conn.closing = True  # HTTP/1.0: the close delimits the body
         self._conn.write(self._head(status, reason, headers, length))
-        if no_body:
-            self._conn.response_done()
         return not no_body
 
     async def write(self, chunk: bytes) -> None:
@@ -198,7 +195,6 @@ class Request:
     def end_stream(self, status: int) -> Written:
         if self._chunked:
             self._conn.write(b"0\r\n\r\n")
-        self._conn.response_done()
         return Written(status)
 
     def abort(self) -> None:
@@ -432,9 +428,6 @@ class _Connection(BaseProtocol):
         self.write(data)
         if self._paused:
             await self._drain_helper()
-
-    def response_done(self) -> None:
-        """Called when the last byte of a response has been handed to the transport."""
 
     def time_out_head(self) -> None:
         """The client took too long to send a request head: 408, then close."""
