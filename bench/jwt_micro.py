@@ -16,9 +16,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-
-from bench.tokens import AUDIENCE, new_issuer
+from bench.tokens import AUDIENCE, jwks_server, new_issuer
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -42,41 +40,47 @@ def _line(name: str, samples: list[float]) -> tuple[str, list[str]]:
 
 
 async def run(quick: bool) -> int:
+    published: dict[str, object] = {}
     try:
-        from proxy.http.facts import RequestFacts
-        from proxy.identity.authenticate import Authenticator
-        from proxy.identity.config import IdentityConfig, IssuerConfig
-        from proxy.identity.jwt_verify import keys_from_jwks, verify_token
+        async with jwks_server(published) as url:
+            results = await _measure(quick, url, published)
     except ImportError as e:
         print(f"skipped: identity package not available ({e})")
         return 0
+    except Exception as e:  # an API that changed must not sink the whole benchmark
+        print(f"skipped: identity API not usable here ({type(e).__name__}: {e})")
+        return 0
+    if results is None:
+        print("skipped: the authenticator returned no identity for a valid token")
+        return 0
+    for human, _ in results:
+        print(human)
+    for _, machine in results:
+        for line in machine:
+            print(line)
+    return 0
 
-    runner: web.AppRunner | None = None
+
+async def _measure(
+    quick: bool, url: str, published: dict[str, object]
+) -> list[tuple[str, list[str]]] | None:
+    from proxy.http.facts import RequestFacts
+    from proxy.identity.authenticate import Authenticator
+    from proxy.identity.config import IdentityConfig, IssuerConfig
+    from proxy.identity.jwt_verify import keys_from_jwks, verify_token
+
+    issuer = new_issuer(url)
+    jwks = issuer.jwks()
+    published.update(jwks)
+    cfg = IssuerConfig(
+        issuer=issuer.url,
+        audiences=(AUDIENCE,),
+        jwks_uri=f"{issuer.url}/jwks.json",
+        algorithms=("RS256",),
+    )
+    auth = Authenticator(IdentityConfig(issuers=(cfg,)))
+    await auth.start()
     try:
-        published: dict[str, object] = {}
-
-        async def serve_jwks(_: web.Request) -> web.Response:
-            return web.json_response(published)
-
-        app = web.Application()
-        app.router.add_get("/jwks.json", serve_jwks)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        issuer = new_issuer(f"http://127.0.0.1:{port}")
-        jwks = issuer.jwks()
-        published.update(jwks)
-
-        cfg = IssuerConfig(
-            issuer=issuer.url,
-            audiences=(AUDIENCE,),
-            jwks_uri=f"{issuer.url}/jwks.json",
-            algorithms=("RS256",),
-        )
-        auth = Authenticator(IdentityConfig(issuers=(cfg,)))
-        await auth.start()
         n_cold, n_hot = (300, 3000) if quick else (2000, 20000)
         tokens = [issuer.token(jti=f"t{i}") for i in range(n_cold)]
 
@@ -106,26 +110,14 @@ async def run(quick: bool) -> int:
             return verify_token(tokens[i], cfg, keys)
 
         if await auth.authenticate(hot) is None:
-            print("skipped: the authenticator returned no identity for a valid token")
-            return 0
-        results = [
+            return None
+        return [
             _line("cold", await _timed(n_cold, cold)),
             _line("hot", await _timed(n_hot, warm)),
             _line("verify_token", await _timed(n_cold, pure)),
         ]
-        await auth.close()
-    except Exception as e:  # an API that changed must not sink the whole benchmark
-        print(f"skipped: identity API not usable here ({type(e).__name__}: {e})")
-        return 0
     finally:
-        if runner is not None:
-            await runner.cleanup()
-    for human, _ in results:
-        print(human)
-    for _, machine in results:
-        for line in machine:
-            print(line)
-    return 0
+        await auth.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,12 +23,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.gatehouse import IdentityParams, full_identity
-from bench.tokens import AUDIENCE, SUBJECT, new_issuer
+from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
 from proxy.config.load import load_config
 from proxy.credentials.broker import CredentialBroker
 from proxy.gateway import header_policy_for
@@ -293,20 +292,14 @@ _SUCCESS = _Outcome.SUCCESS
 
 async def run(quick: bool, profile: bool) -> int:
     published: dict[str, Any] = {}
+    async with jwks_server(published) as jwks_url:
+        return await _measure(quick, profile, jwks_url, published)
 
-    async def serve_jwks(_: web.Request) -> web.Response:
-        return web.json_response(published)
 
-    app = web.Application()
-    app.router.add_get("/jwks.json", serve_jwks)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+async def _measure(quick: bool, profile: bool, jwks_url: str, published: dict[str, Any]) -> int:
     n, repeats = (2000, 3) if quick else (20000, 5)
     with tempfile.TemporaryDirectory(prefix="gatehouse-stages-") as tmp:
-        stages = Stages(Path(tmp), f"http://127.0.0.1:{port}", published)
+        stages = Stages(Path(tmp), jwks_url, published)
         try:
             await stages.start()
             if profile:
@@ -334,7 +327,6 @@ async def run(quick: bool, profile: bool) -> int:
             rows.append(("credentials_assertion", await _per_call_async(stages.credentials, n, 3)))
         finally:
             await stages.close()
-            await runner.cleanup()
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value:8.2f} us/call")

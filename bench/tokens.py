@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -44,3 +47,24 @@ class Issuer:
 
 def new_issuer(url: str) -> Issuer:
     return Issuer(url, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+@contextlib.asynccontextmanager
+async def jwks_server(published: dict[str, Any]) -> AsyncIterator[str]:
+    """Serve ``published`` (filled in by the caller) at ``<url>/jwks.json`` in this process.
+
+    For the micro-benchmarks, which verify tokens in-process: yields the base URL.
+    """
+
+    async def serve_jwks(_: web.Request) -> web.Response:
+        return web.json_response(published)
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", serve_jwks)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
