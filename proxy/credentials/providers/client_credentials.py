@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import ClientCredentialsSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer, ssl_context
-from proxy.credentials.providers.oauth import basic_auth, token_request
+from proxy.credentials.providers.oauth import authenticate_with_secret, token_request
 from proxy.identity.model import Identity
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -74,24 +74,17 @@ class ClientCredentialsProvider(FetchingProvider):
         if s.resource:
             form["resource"] = s.resource
         headers: dict[str, str] = {}
-        try:
-            if s.auth_method == "private_key_jwt":
-                assert s.private_key is not None
-                form["client_id"] = s.client_id
-                form["client_assertion_type"] = ASSERTION_TYPE
-                form["client_assertion"] = client_assertion(
-                    s.client_id, s.token_url, s.private_key.read(), s.key_id
-                )
-            else:
-                assert s.client_secret is not None
-                secret = s.client_secret.read()
-                if s.auth_method == "client_secret_post":
-                    form["client_id"] = s.client_id
-                    form["client_secret"] = secret
-                else:
-                    headers["Authorization"] = basic_auth(s.client_id, secret)
-        except (OSError, KeyError):
-            raise CredentialFetchError("client secret or key is unreadable") from None
+        if s.auth_method == "private_key_jwt":
+            assert s.private_key is not None
+            try:
+                key_pem = s.private_key.read()
+            except (OSError, KeyError):
+                raise CredentialFetchError("private key is unreadable") from None
+            form["client_id"] = s.client_id
+            form["client_assertion_type"] = ASSERTION_TYPE
+            form["client_assertion"] = client_assertion(s.client_id, s.token_url, key_pem, s.key_id)
+        else:
+            authenticate_with_secret(s.client_id, s.auth_method, s.client_secret, form, headers)
         token, expires_at, _ = await token_request(
             self._http, s.token_url, form, headers=headers, ssl_ctx=self._ssl
         )

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from proxy.config.reader import SecretRef
 from proxy.credentials.cache import CredentialFetchError
 
 TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -24,6 +25,30 @@ def basic_auth(client_id: str, secret: str) -> str:
     # aiohttp.BasicAuth does not do (secrets with ':' or '%' would break).
     raw = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
     return "Basic " + base64.b64encode(raw.encode()).decode("ascii")
+
+
+def authenticate_with_secret(
+    client_id: str,
+    auth_method: str,
+    secret_ref: SecretRef | None,
+    form: dict[str, str],
+    headers: dict[str, str],
+) -> None:
+    """Add client authentication by secret (RFC 6749 2.3.1) to a token request.
+
+    ``client_secret_post`` puts the pair in the form; anything else is HTTP
+    Basic. The secret is read now, so a rotated file is picked up.
+    """
+    try:
+        assert secret_ref is not None
+        secret = secret_ref.read()
+    except (OSError, KeyError):
+        raise CredentialFetchError("client secret is unreadable") from None
+    if auth_method == "client_secret_post":
+        form["client_id"] = client_id
+        form["client_secret"] = secret
+    else:
+        headers["Authorization"] = basic_auth(client_id, secret)
 
 
 def jwt_expiry(token: str) -> float | None:

@@ -9,7 +9,7 @@ import aiohttp
 from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import TokenExchangeSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer, ssl_context
-from proxy.credentials.providers.oauth import basic_auth, token_request
+from proxy.credentials.providers.oauth import authenticate_with_secret, token_request
 from proxy.identity.model import Identity
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -58,16 +58,7 @@ class TokenExchangeProvider(FetchingProvider):
         if s.requested_token_type:
             form["requested_token_type"] = s.requested_token_type
         headers: dict[str, str] = {}
-        try:
-            assert s.client_secret is not None
-            secret = s.client_secret.read()
-        except (OSError, KeyError):
-            raise CredentialFetchError("client secret is unreadable") from None
-        if s.auth_method == "client_secret_post":
-            form["client_id"] = s.client_id
-            form["client_secret"] = secret
-        else:
-            headers["Authorization"] = basic_auth(s.client_id, secret)
+        authenticate_with_secret(s.client_id, s.auth_method, s.client_secret, form, headers)
         token, expires_at, _ = await token_request(
             self._http, s.token_url, form, headers=headers, ssl_ctx=self._ssl,
             what="token exchange endpoint",
