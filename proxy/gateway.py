@@ -321,9 +321,10 @@ class Gateway:
             )
             if exchange.response.status == 401 and extra and self.credentials is not None:
                 # Our credential may have been revoked before its expiry: fetch a
-                # new one and try once more, when the body can still be replayed.
-                self.credentials.invalidate(route.backend, identity)
-                if not request.body_exists:
+                # new one and try once more, when the body can still be replayed
+                # and there is a new one to try.
+                renewed = self.credentials.invalidate(route.backend, identity)
+                if renewed and not request.body_exists:
                     exchange.response.release()
                     exchange.release()
                     extra = await self.credentials.headers(route.backend, route, identity)

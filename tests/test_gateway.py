@@ -359,6 +359,35 @@ async def test_upstream_401_refreshes_the_credential_and_retries_once(
         assert token_server.calls["token"] == 3
 
 
+async def test_an_upstream_rejecting_every_token_is_not_retried_once_the_limit_holds(
+    gatehouse: GatehouseFactory, token_server: OAuthServer, tmp_path: Path
+) -> None:
+    # A wrong audience, say: every token gets 401. The first three 401s each
+    # fetch a new token and retry; after that the token stays and the 401 is
+    # passed on at once, neither the token endpoint nor the upstream hit twice.
+    rejecting = FastAPI()
+    rejecting.state.seen = []
+
+    @rejecting.api_route("/{path:path}", methods=["GET"])
+    async def refuse(request: Request) -> JSONResponse:
+        rejecting.state.seen.append(request.headers.get("authorization", ""))
+        return JSONResponse({"detail": "bad token"}, status_code=401)
+
+    with serve_asgi(rejecting) as port:
+        gh = gatehouse(
+            backends={
+                "api": credential_backend(
+                    f"http://127.0.0.1:{port}", token_server, tmp_path / "secret"
+                )
+            },
+            routes=[public_route("api", "/", "api")],
+        )
+        statuses = [(await call(gh, f"/n{i}"))[0] for i in range(6)]
+    assert statuses == [401] * 6
+    assert token_server.calls["token"] == 1 + 3
+    assert len(rejecting.state.seen) == 3 * 2 + 3 * 1
+
+
 async def test_credentials_unavailable_after_expiry_is_503(
     gatehouse: GatehouseFactory, token_server: OAuthServer, upstream_url: str, tmp_path: Path
 ) -> None:

@@ -158,13 +158,20 @@ class CredentialBroker:
         cred = await self.cache.get(key, lambda: provider.fetch(identity))
         return provider.header_for(route) or cred.header, cred.value
 
-    def invalidate(self, backend: str, identity: Identity | None) -> None:
-        """Forget ``backend``'s shared tokens and ``identity``'s own ones after an upstream 401."""
+    def invalidate(self, backend: str, identity: Identity | None) -> bool:
+        """Forget ``backend``'s shared tokens and ``identity``'s own ones after an upstream 401.
+
+        False when nothing was forgotten (the cache's per-minute limit held the
+        token): a retry would only send the same credential again.
+        """
         dropped = self.cache.invalidate(backend, caller_key(identity))
+        forgot = False
         for provider in self._providers.get(backend, ()):
             if isinstance(provider, AssertionProvider):
                 provider.forget()
+                forgot = True
         log.info("upstream credentials invalidated", extra={"backend": backend, "count": dropped})
+        return dropped > 0 or forgot
 
     def jwks_document(self) -> bytes:
         """Body for ``/.well-known/gatehouse/jwks.json`` (``application/json``)."""
