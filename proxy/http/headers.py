@@ -269,3 +269,16 @@ def _build_identity_headers(
     if joined:
         out.append(("X-Gatehouse-Groups", ",".join(joined)))
     return out
+
+
+def serialise_head(lines: list[str]) -> bytes:
+    """A start line and header lines as the bytes of an HTTP/1.1 head.
+
+    Refuses a CR or LF inside any line: one smuggled into a value (a token
+    from an endpoint, a header an upstream sent) would start a header, or a
+    message, of its own.
+    """
+    text = "\r\n".join(lines)
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+        raise ValueError("line break inside a header")
+    return (text + "\r\n\r\n").encode("latin-1")

@@ -47,6 +47,7 @@ from yarl import URL
 from proxy.config.schema import ListenConfig
 from proxy.errors import RequestTimeout
 from proxy.http.forwarding import new_request_id
+from proxy.http.headers import serialise_head
 from proxy.http.responses import error_response
 from proxy.http.server import GatehouseServer, audit_rejection, rejection
 from proxy.observability.audit import AuditWriter
@@ -213,25 +214,36 @@ class Request:
         if self.should_close or not self.content.is_eof() or conn.server.closing or last:
             # An unread request body cannot be skipped safely: end the connection.
             conn.closing = True
-        lines = [f"HTTP/1.1 {status} {reason or _phrase(status)}"]
-        has_date = False
-        for name, value in headers:
-            if not has_date and len(name) == 4 and name.lower() == "date":
-                has_date = True
-            lines.append(f"{name}: {value}")
-        if not has_date:
-            lines.append(f"Date: {_http_date()}")
-        if length is not None:
-            lines.append(f"Content-Length: {length}")
-        elif self._chunked:
-            lines.append("Transfer-Encoding: chunked")
-        if conn.closing:
-            lines.append("Connection: close")
-        text = "\r\n".join(lines)
-        # A CR or LF inside a value would let an upstream split the response.
-        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
-            raise ValueError("line break inside a response header")
-        return (text + "\r\n\r\n").encode("latin-1")
+        return response_head(
+            status, reason, headers, length, chunked=self._chunked, close=conn.closing
+        )
+
+
+def response_head(
+    status: int,
+    reason: str,
+    headers: Iterable[tuple[str, str]],
+    length: int | None,
+    *,
+    chunked: bool = False,
+    close: bool = False,
+) -> bytes:
+    """A response head: the given headers plus Date (unless present) and the framing."""
+    lines = [f"HTTP/1.1 {status} {reason or _phrase(status)}"]
+    has_date = False
+    for name, value in headers:
+        if not has_date and len(name) == 4 and name.lower() == "date":
+            has_date = True
+        lines.append(f"{name}: {value}")
+    if not has_date:
+        lines.append(f"Date: {_http_date()}")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    elif chunked:
+        lines.append("Transfer-Encoding: chunked")
+    if close:
+        lines.append("Connection: close")
+    return serialise_head(lines)
 
 
 Handler = Callable[[Request], Awaitable["web.StreamResponse | Written"]]
@@ -531,8 +543,17 @@ class _Connection(BaseProtocol):
         if payload.is_eof():
             transport.close()
             return
-        # The client may still be sending a body we did not read; closing now
-        # would reset the connection and could destroy the response in flight.
+        self._linger()
+
+    def _linger(self) -> None:
+        """Read and discard what the client still sends, briefly, then close.
+
+        The client may still be sending a body we did not read; closing at once
+        would reset the connection and could destroy the answer in flight.
+        """
+        transport = self.transport
+        if transport is None:
+            return
         self._parser = None
         self._lingering = _LINGER_BYTES
         if self._reading_paused or self._buffer_paused:
@@ -555,21 +576,14 @@ class _Connection(BaseProtocol):
             peer = self.transport.get_extra_info("peername") if self.transport else None
             audit_rejection(self.server.audit, peer, status, reason, rid)
         self.closing = True
-        headers = list(response.headers.items())
         body = response.body
         assert isinstance(body, bytes)
-        head = [f"HTTP/1.1 {status} {_phrase(status)}"]
-        head += [f"{k}: {v}" for k, v in headers]
-        head += [f"Content-Length: {len(body)}", f"Date: {_http_date()}", "Connection: close"]
+        head = response_head(status, "", response.headers.items(), len(body), close=True)
         try:
-            self.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+            self.write(head + body)
         except ConnectionError:
             return
-        self._lingering = _LINGER_BYTES
-        transport = self.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
-        self._loop.call_later(_LINGER_SECONDS, self.abort)
+        self._linger()
 
     def _hand_over(self, message: Any) -> None:
         """Give the connection to aiohttp's server protocol (WebSocket upgrades)."""

@@ -38,6 +38,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
+from proxy.http.headers import serialise_head
 from proxy.upstream.retry import Failure
 
 _READ_LIMIT = 2**16
@@ -120,12 +121,7 @@ def request_head(
     lines += [f"{name}: {value}" for name, value in headers]
     if framing is not None:
         lines.append(framing)
-    text = "\r\n".join(lines)
-    # A CR or LF smuggled into a value (a credential from a token endpoint,
-    # say) would start a header or a request of its own.
-    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
-        raise ValueError("line break inside a request header")
-    return (text + "\r\n\r\n").encode("latin-1")
+    return serialise_head(lines)
 
 
 class _Connection(BaseProtocol):

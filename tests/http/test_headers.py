@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from proxy.http.headers import (
     RequestHeaderPolicy,
     filter_request_headers,
     filter_response_headers,
     identity_headers,
+    serialise_head,
 )
 
 
@@ -173,3 +176,14 @@ def test_identity_headers_drop_tab_and_delete_characters_and_return_a_fresh_list
         ("X-Gatehouse-Subject", "alice"),
         ("X-Gatehouse-Groups", "eng"),
     ]
+
+
+def test_a_head_is_its_lines_joined_by_crlf_and_ended_by_an_empty_line() -> None:
+    head = serialise_head(["HTTP/1.1 200 OK", "X-A: 1", "X-B: \xe9"])
+    assert head == b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: \xe9\r\n\r\n"
+
+
+@pytest.mark.parametrize("value", ["a\rInjected: 1", "a\nInjected: 1", "a\r\nInjected: 1"])
+def test_a_line_break_inside_a_header_line_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        serialise_head(["GET / HTTP/1.1", f"X-A: {value}"])
