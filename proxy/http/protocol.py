@@ -59,9 +59,18 @@ _MAX_QUEUED = 32  # pipelined requests buffered before reading pauses
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 2**20
 _SWEEP_EVERY = 1.0
-_NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+def status_has_body(status: int) -> bool:
+    """RFC 9110 §6.4.1: 1xx, 204 and 304 answers never carry content (nor a length)."""
+    return status >= 200 and status != 204 and status != 304
+
+
+def response_has_body(method: str, status: int) -> bool:
+    """A HEAD answer carries the length of the body it omits, but never the body."""
+    return method != "HEAD" and status_has_body(status)
 
 
 class RequestView(Protocol):
@@ -160,8 +169,8 @@ class Request:
     ) -> Written:
         """The whole response in one write (HEAD, 204 and 304 get no body)."""
         self._started = True
-        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
-        length = None if status in _NO_BODY_STATUS or status < 200 else len(body)
+        no_body = not response_has_body(self.method, status)
+        length = len(body) if status_has_body(status) else None
         head = self._head(status, reason, headers, length)
         self._conn.write(head if no_body or not body else head + body)
         return Written(status)
@@ -175,8 +184,8 @@ class Request:
     ) -> bool:
         """Send the head of a streamed response; False when no body may follow (HEAD, 204, 304)."""
         self._started = True
-        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
-        if status in _NO_BODY_STATUS or status < 200:
+        no_body = not response_has_body(self.method, status)
+        if not status_has_body(status):
             length = None
         elif length is None and not no_body:
             if self._version_11:

@@ -129,7 +129,6 @@ class _Connection(BaseProtocol):
 
     __slots__ = (
         "_broken",
-        "_exchanges",
         "_head",
         "_head_deadline",
         "_last_read",
@@ -153,7 +152,6 @@ class _Connection(BaseProtocol):
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._broken = False
-        self._exchanges = 0
 
     # -- the exchange --------------------------------------------------------
     def start(
@@ -161,7 +159,6 @@ class _Connection(BaseProtocol):
     ) -> asyncio.Future[tuple[Any, StreamReader]]:
         """Write the request head; the future resolves with the response's (message, body)."""
         assert self.transport is not None
-        self._exchanges += 1
         self._parser = HttpResponseParser(
             self,
             self._loop,

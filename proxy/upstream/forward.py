@@ -10,7 +10,6 @@ is done deliberately so a truncated body is never mistaken for a whole one.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.http.headers import filter_response_headers
-from proxy.http.protocol import Request, Written
+from proxy.http.protocol import Request, Written, response_has_body, status_has_body
 from proxy.observability.audit import AuditRecord
 from proxy.upstream.client import (
     ClientFailure,
@@ -38,11 +37,6 @@ from proxy.upstream.client import (
     UpstreamResponse,
     parse_origin,
 )
-
-log = logging.getLogger("gatehouse.upstream")
-
-_CHUNK = 64 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
 
 
 @dataclass(slots=True)
@@ -178,10 +172,6 @@ def relay(
     return _relay_aiohttp(request, upstream, record, set_cookies)
 
 
-def _no_body(method: str, status: int) -> bool:
-    return method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200
-
-
 async def _relay(
     request: Request,
     upstream: UpstreamResponse,
@@ -193,7 +183,7 @@ async def _relay(
     try:
         headers = response_headers(upstream, record, set_cookies)
         whole = upstream.content_length is not None and upstream.complete
-        if whole and not _no_body(request.method, status):
+        if whole and response_has_body(request.method, status):
             # The whole body arrived with the head (the common small answer):
             # hand the connection back first, then answer in one write. (A
             # chunked answer stays chunked: the upstream chose to stream it.)
@@ -242,15 +232,13 @@ async def _relay_aiohttp(
     try:
         for name, value in response_headers(upstream, record, set_cookies):
             response.headers.add(name, value)
-        if upstream.content_length is not None and not (
-            status in _NO_BODY_STATUS or 100 <= status < 200
-        ):
+        if upstream.content_length is not None and status_has_body(status):
             response.content_length = upstream.content_length
         try:
             await response.prepare(request)
         except ValueError as exc:  # a line break in a header value, as above
             raise UpstreamProtocolError(detail=str(exc)) from None
-        if _no_body(request.method, status):
+        if not response_has_body(request.method, status):
             return response
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)

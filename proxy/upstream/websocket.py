@@ -18,14 +18,14 @@ _HANDSHAKE_TIMEOUT = 10.0
 _MAX_MESSAGE = 16 * 2**20
 
 
-def new_client_session(max_connections: int = 0) -> aiohttp.ClientSession:
+def new_client_session() -> aiohttp.ClientSession:
     """The aiohttp client a worker uses for websocket upgrades (plain requests use UpstreamClient).
 
     No cookie jar (one caller's upstream cookies must never reach another
     caller), no redirects followed, no decompression, no headers invented.
     """
     connector = aiohttp.TCPConnector(
-        limit=max_connections,
+        limit=0,
         limit_per_host=0,
         ttl_dns_cache=60,
         keepalive_timeout=30,
