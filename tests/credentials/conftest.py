@@ -136,17 +136,8 @@ def run_uvicorn(app: str, env: Mapping[str, str]) -> Iterator[str]:
         cwd=REPO,
     )
     sock.close()  # the child holds its own copy
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url + "/", proc)
+    with _serving(proc, port) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager
@@ -165,6 +156,13 @@ def run_function(source: Path, target: str, env: Mapping[str, str]) -> Iterator[
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    with _serving(proc, port) as url:
+        yield url
+
+
+@contextmanager
+def _serving(proc: subprocess.Popen[bytes], port: int) -> Iterator[str]:
+    """The server ``proc`` started on ``port``, once it answers; stopped afterwards."""
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_http(url + "/", proc)
