@@ -18,7 +18,7 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.http.devcert import Issued, issue, make_ca
+from proxy.http.devcert import make_ca
 from proxy.upstream.client import (
     ClientFailure,
     ConnectFailed,
@@ -35,6 +35,7 @@ from proxy.upstream.forward import _classify
 from proxy.upstream.pool import classify
 from proxy.upstream.retry import Failure
 from tests.support.net import free_port
+from tests.support.pki import loopback_server
 from tests.support.raw_server import (
     Handler,
     Peer,
@@ -1134,14 +1135,7 @@ async def test_a_reader_slower_than_the_read_timeout_is_not_timed_out_while_paus
 class Pki:
     def __init__(self, directory: Path) -> None:
         self.ca = make_ca(directory, "client-test-ca")
-        self.server: Issued = issue(
-            self.ca,
-            directory,
-            "server",
-            common_name="localhost",
-            dns=("localhost",),
-            ips=("127.0.0.1",),
-        )
+        self.server = loopback_server(self.ca, directory)
         self.sni_seen: list[str | None] = []
 
     def server_context(self) -> ssl.SSLContext:

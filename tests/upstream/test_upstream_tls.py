@@ -16,20 +16,14 @@ from proxy.upstream.config import BackendOptions, HealthCheckOptions, UpstreamTL
 from proxy.upstream.pool import EndpointPool, classify
 from proxy.upstream.retry import Failure
 from proxy.upstream.tls import client_context, upstream_tls
+from tests.support.pki import loopback_server
 
 
 class Pki:
     def __init__(self, directory: Path) -> None:
         self.ca = make_ca(directory, "upstream-ca")
         self.other_ca = make_ca(directory, "other-ca")
-        self.server = issue(
-            self.ca,
-            directory,
-            "server",
-            common_name="localhost",
-            dns=("localhost",),
-            ips=("127.0.0.1",),
-        )
+        self.server = loopback_server(self.ca, directory)
         self.named = issue(
             self.ca, directory, "named", common_name="backend.internal", dns=("backend.internal",)
         )
