@@ -43,13 +43,13 @@ from proxy.identity.jwt_verify import (
 )
 from proxy.identity.model import AuthMethod, Identity
 from proxy.identity.mtls import MTLS_ISSUER, identity_from_certificate
-from proxy.observability.metrics import AUTH, TOKEN_CACHE
+from proxy.observability.metrics import AUTH, TOKEN_CACHE, child
 
 log = logging.getLogger(__name__)
 
 _UNKNOWN_ISSUER = "unknown"
-_CACHE_HIT = TOKEN_CACHE.labels(result="hit")
-_CACHE_MISS = TOKEN_CACHE.labels(result="miss")
+_CACHE_HIT = child(TOKEN_CACHE, "hit")
+_CACHE_MISS = child(TOKEN_CACHE, "miss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ class _Issuer:
     def __init__(self, cfg: IssuerConfig, session: aiohttp.ClientSession, cache_size: int) -> None:
         self.cfg = cfg
         self.cache_id = cfg.cache_identity
-        self.ok = AUTH.labels(issuer=cfg.issuer, method="jwt", result="ok")
+        self.ok = child(AUTH, cfg.issuer, "jwt", "ok")
         self.jwks = JwksClient(cfg, session)
         # An HMAC-only issuer has no JWKS to fetch (and must not need one to be ready).
         self.needs_jwks = any(a not in HMAC_ALGORITHMS for a in cfg.algorithms)

@@ -26,6 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client import values as _values
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -181,9 +182,50 @@ class _GaugeValue:
         self._add(-amount)
 
 
+class _LoopValue:
+    """A metric value that only the event loop's thread updates: no lock.
+
+    prometheus_client locks every update because any thread may make one; the
+    values behind :func:`child` and :func:`fast_gauge` are updated on the
+    request path only, which is the loop's thread, and a scrape reads one
+    float. Nine lock round trips per request add up to a microsecond.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: float) -> None:
+        self._value = value
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def get(self) -> float:
+        return self._value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        raise NotImplementedError("exemplars are not used")
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+def _loop_value(value: Any) -> Any:
+    """The lock-free twin of a single-process value; shared-file values stay as they are."""
+    if type(value) is _values.MutexValue:
+        return _LoopValue(value.get())  # type: ignore[no-untyped-call]
+    return value
+
+
 def fast_gauge(metric: Gauge) -> Any:
-    """``metric`` itself, or a thin object updating the very same value (see ``child``)."""
+    """``metric`` itself, or a thin object updating the very same value (see ``child``).
+
+    For the event loop's thread only.
+    """
     try:
+        metric._value = _loop_value(metric._value)
         return _GaugeValue(metric._value.inc)
     except AttributeError:  # another prometheus_client layout: the gauge still works
         return metric
@@ -192,12 +234,14 @@ def fast_gauge(metric: Gauge) -> Any:
 def _fast(metric: Any, labelled: Any) -> Any:
     try:
         if isinstance(metric, Counter):
+            labelled._value = _loop_value(labelled._value)
             return _CounterChild(labelled._value.inc)
         if isinstance(metric, Histogram):
             bounds = list(labelled._upper_bounds)
-            buckets = list(labelled._buckets)
-            if len(bounds) == len(buckets):
-                return _HistogramChild(bounds, buckets, labelled._sum.inc)
+            if len(bounds) == len(labelled._buckets):
+                labelled._sum = _loop_value(labelled._sum)
+                labelled._buckets = [_loop_value(b) for b in labelled._buckets]
+                return _HistogramChild(bounds, list(labelled._buckets), labelled._sum.inc)
     except AttributeError:  # another prometheus_client layout: the plain child still works
         pass
     return labelled
@@ -208,7 +252,8 @@ def child(metric: Any, *values: str) -> Any:
     """``metric.labels(*values)``, looked up once: label values are bounded by design.
 
     Counters and histograms come back as thin objects with the same ``inc`` /
-    ``observe`` updating the same child; gauges as the child itself.
+    ``observe`` updating the same child; gauges as the child itself. For the
+    event loop's thread only: their values are not locked (see ``_LoopValue``).
     """
     return _fast(metric, metric.labels(*values))
 

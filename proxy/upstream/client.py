@@ -423,6 +423,9 @@ class UpstreamClient:
         # for one when a backend's max_connections is reached.
         self._open: dict[tuple[Any, ...], int] = {}
         self._waiting: dict[tuple[Any, ...], collections.deque[asyncio.Future[None]]] = {}
+        # Found on first use and kept: the pooled connections belong to that loop
+        # anyway, and Python 3.11's get_running_loop() costs a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def request(
         self,
@@ -451,7 +454,9 @@ class UpstreamClient:
         ``max_connections``, at most that many connections to the origin are
         open at once; a request waits (within ``deadline``) for one to free up.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         head_deadline = None if deadline is None else loop.time() + deadline
         framing = None
         if body_length is not None:

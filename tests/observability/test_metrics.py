@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from proxy.observability import metrics
 
@@ -55,3 +55,22 @@ def test_gauge_children_are_the_library_children() -> None:
     child = metrics.child(metrics.UPSTREAM_HEALTHY, "b", "http://e")
     child.set(1)
     assert child is metrics.UPSTREAM_HEALTHY.labels("b", "http://e")
+
+
+def test_library_calls_on_a_looked_up_child_add_to_the_same_value() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("t_mixed", "h", ["route"], registry=registry)
+    metrics.child(counter, "r").inc()
+    counter.labels("r").inc(2)  # the library's own path, on the value child() took over
+    assert 't_mixed_total{route="r"} 3.0' in samples(registry)
+
+
+def test_a_fast_gauge_moves_the_gauge_itself() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("t_inflight", "h", registry=registry)
+    fast = metrics.fast_gauge(gauge)
+    fast.inc()
+    fast.inc()
+    fast.dec()
+    gauge.inc(5)
+    assert "t_inflight 6.0" in samples(registry)

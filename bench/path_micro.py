@@ -1,0 +1,235 @@
+"""CPU per request of the whole proxy path in one process, without sockets.
+
+``python -m bench.path_micro [--requests N] [--profile]``. The real listener
+protocol, gateway, upstream client and relay of the full-identity scenario
+(JWT RS256, 100 routes, audit to a file, metrics) run on uvloop; only the
+transports are in memory: 32 client connections each send their next request
+as soon as the previous answer is written, and the upstream connections answer
+every request head with a canned nginx response on the next loop turn. So the
+figure is the Python (and event-loop) work per request with no system calls,
+the part of ``make bench``'s proxy CPU that code changes move; it is far
+steadier than the socket benchmark on a shared machine, which makes it the
+tool for A/B-ing a change. ``--profile`` runs it under cProfile instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import gc
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench.gatehouse import IdentityParams, full_identity
+from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
+from proxy.config.load import load_config
+from proxy.gateway import Gateway
+from proxy.http.protocol import HttpServer
+from proxy.http.server import make_server
+from proxy.identity.authenticate import Authenticator
+from proxy.observability.audit import AuditWriter
+from proxy.policy.store import PolicyStore
+from proxy.upstream.client import UpstreamClient, parse_origin
+from proxy.upstream.client import _Connection as UpstreamConnection
+from proxy.upstream.pool import EndpointPool
+from proxy.upstream.websocket import new_client_session
+
+CONNECTIONS = 32
+UPSTREAM = "http://127.0.0.1:9"  # never dialled: its pool is filled with in-memory connections
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 21 Nov 2026 20:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 50\r\nConnection: keep-alive\r\n\r\n"
+    + b'{"ok":true,"service":"bench","padding":"xxxxxxx"}\n'
+)
+
+
+class _Transport(asyncio.Transport):
+    """An in-memory transport: ``on_write`` sees every write."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_write: Any) -> None:
+        super().__init__()
+        self._loop = loop
+        self._on_write = on_write
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._on_write(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def abort(self) -> None:
+        self._closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class Run:
+    def __init__(self, gateway: Gateway, server: HttpServer, client: UpstreamClient, token: str):
+        self.loop = asyncio.get_running_loop()
+        self.server = server
+        self.client = client
+        self.request = (
+            b"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+        )
+        self.answered = 0
+        self.failed = 0
+        self.target = 0
+        self.done: asyncio.Future[None] | None = None
+        origin = parse_origin(UPSTREAM)
+        key = (origin.host, origin.port, None, None)
+        idle = client._idle.setdefault(key, collections.deque())
+        for _ in range(CONNECTIONS):
+            conn = UpstreamConnection(self.loop, key)
+            conn.connection_made(_Transport(self.loop, self._upstream_write(conn)))
+            conn.on_lost = client._lost
+            conn.idle_since = time.monotonic() + 1e9
+            idle.append(conn)
+        client._open[key] = CONNECTIONS
+        self.clients = []
+        for _ in range(CONNECTIONS):
+            proto = server()
+            proto.connection_made(_Transport(self.loop, self._client_write(proto)))
+            self.clients.append(proto)
+
+    def _upstream_write(self, conn: Any) -> Any:
+        call_soon = self.loop.call_soon
+
+        def on_write(data: bytes) -> None:
+            call_soon(conn.data_received, RESPONSE)
+
+        return on_write
+
+    def _client_write(self, proto: Any) -> Any:
+        call_soon = self.loop.call_soon
+
+        def on_write(data: bytes) -> None:
+            if data.startswith(b"HTTP/1.1 200 "):
+                self.answered += 1
+            else:
+                self.failed += 1
+            if self.answered + self.failed >= self.target:
+                if self.done is not None and not self.done.done():
+                    self.done.set_result(None)
+                return
+            call_soon(proto.data_received, self.request)
+
+        return on_write
+
+    async def go(self, n: int) -> float:
+        """CPU µs per request over ``n`` requests."""
+        self.answered = self.failed = 0
+        self.target = n
+        self.done = self.loop.create_future()
+        started = time.process_time()
+        for proto in self.clients:
+            proto.data_received(self.request)
+        await self.done
+        spent = time.process_time() - started
+        await asyncio.sleep(0.05)  # let the last in-flight requests finish
+        if self.failed:
+            raise SystemExit(f"{self.failed} of {n} requests were not answered 200")
+        return spent / n * 1e6
+
+
+async def _measure(n: int, repeats: int, profile: bool) -> int:
+    published: dict[str, Any] = {}
+    async with jwks_server(published) as jwks_url:
+        issuer = new_issuer(jwks_url)
+        published.update(issuer.jwks())
+        token = issuer.token()
+        with tempfile.TemporaryDirectory(prefix="gatehouse-path-") as tmp:
+            ident = IdentityParams(issuer.url, AUDIENCE, token, SUBJECT)
+            setup = full_identity(Path(tmp), "path", UPSTREAM, ident)
+            config = load_config(setup.config)
+            audit = AuditWriter(config.audit.output)
+            client = UpstreamClient()
+            session = new_client_session()
+            gateway = Gateway(
+                config=config,
+                policies=PolicyStore(config.policy_dir, backends=set(config.backends)),
+                audit=audit,
+                session=session,
+                client=client,
+                pools={
+                    n: EndpointPool(b.urls, b.options, name=n) for n, b in config.backends.items()
+                },
+            )
+            auth = Authenticator(config.identity)
+            await auth.start()
+            gateway.authenticator = auth
+            gateway.local_endpoints += (auth.local_endpoint,)
+            server = HttpServer(
+                gateway.handle,
+                config.listen,
+                audit,
+                make_server(gateway.handle, config.listen, audit),
+            )
+            run = Run(gateway, server, client, token)
+            try:
+                await run.go(max(1000, n // 10))  # warm-up: caches, JWT verified once
+                # Start-up objects (modules, keys, policies) out of the collector's
+                # sight: in process with its own load loop, the collector runs far
+                # more often than in the proxy (measured), and would dominate.
+                gc.collect()
+                gc.freeze()
+                if profile:
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    await run.go(n)
+                    prof.disable()
+                    stats = pstats.Stats(prof, stream=sys.stdout)
+                    stats.sort_stats("tottime").print_stats(40)
+                    return 0
+                runs = [await run.go(n) for _ in range(repeats)]
+            finally:
+                await auth.close()
+                await session.close()
+                audit.close()
+    value = statistics.median(runs)
+    print("runs: " + " ".join(f"{r:.1f}" for r in runs) + " us/request")
+    print(f"path_cpu_us_per_req={value:.1f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.path_micro", description=__doc__)
+    parser.add_argument("--requests", type=int, default=50000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    uvloop.install()
+    return asyncio.run(_measure(args.requests, args.repeats, args.profile))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
