@@ -131,7 +131,12 @@ class Gateway:
             record.duration_ms = elapsed * 1000.0
             if response is not None:
                 record.status = response.status
-                if isinstance(response, web.Response) and response.body is not None:
+                # Written first: aiohttp's responses are ABCs, slow to test against.
+                if (
+                    not isinstance(response, Written)
+                    and isinstance(response, web.Response)
+                    and response.body is not None
+                ):
                     record.bytes_out = len(response.body)  # type: ignore[arg-type]
             else:
                 # Cancelled (client gone during shutdown): still exactly one record.
@@ -214,7 +219,9 @@ class Gateway:
         set_cookies: tuple[str, ...] = ()
         if self.authenticator is not None:
             try:
-                auth = await self.authenticator.authenticate_full(facts)
+                auth = self.authenticator.cached(facts)
+                if auth is None:
+                    auth = await self.authenticator.authenticate_full(facts)
             except AuthenticationError:
                 metrics.child(metrics.DECISIONS, route.name, "deny", "unauthenticated").inc()
                 raise
@@ -263,8 +270,8 @@ class Gateway:
         # The client's Host when the route preserves it; else the endpoint's.
         upstream_host = facts.headers.get("host") if route.preserve_host else None
         # Only aiohttp's server can upgrade; the lean server hands upgrades over to it.
-        upgrade = isinstance(request, web.BaseRequest) and is_websocket_upgrade(request)
-        if route.websocket and upgrade and isinstance(request, web.BaseRequest):
+        # (Tested as "not a Request": aiohttp's BaseRequest is an ABC, slow to test against.)
+        if route.websocket and not isinstance(request, Request) and is_websocket_upgrade(request):
             if upstream_host is not None:
                 upstream_headers.append(("Host", upstream_host))
             # Picked only here: pool.send() picks for plain requests, and a

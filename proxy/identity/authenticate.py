@@ -209,6 +209,22 @@ class Authenticator:
     async def authenticate(self, facts: RequestFacts) -> Identity | None:
         return (await self.authenticate_full(facts)).identity
 
+    def cached(self, facts: RequestFacts) -> Authentication | None:
+        """What :meth:`authenticate_full` would answer, when that is a cached bearer
+        verification that still holds; else None. Synchronous, so the common
+        request needs no coroutine here; the credential precedence is the same."""
+        if self.config.mtls.enabled and facts.client_cert is not None:
+            return None
+        headers = facts.headers
+        api_keys = self.config.api_keys
+        if self.api_keys is not None and api_keys is not None and api_keys.header in headers:
+            return None
+        authorization = headers.get("authorization")
+        if authorization is None:
+            return None
+        scheme, _, credential = authorization.strip().partition(" ")
+        return self._hot(credential.strip()) if scheme.lower() == "bearer" else None
+
     async def authenticate_full(self, facts: RequestFacts) -> Authentication:
         """Like :meth:`authenticate`, plus Set-Cookie values for a refreshed session."""
         cert = facts.client_cert

@@ -12,8 +12,14 @@ import pytest
 
 from proxy.config.reader import SecretRef
 from proxy.errors import AuthenticationError, IdentityProviderUnavailable
+from proxy.identity.apikeys import create_key
 from proxy.identity.authenticate import Authenticator
-from proxy.identity.config import IdentityConfig, IntrospectionConfig, JwksCacheConfig
+from proxy.identity.config import (
+    ApiKeysConfig,
+    IdentityConfig,
+    IntrospectionConfig,
+    JwksCacheConfig,
+)
 from proxy.observability.metrics import AUTH, TOKEN_CACHE
 from tests.identity.conftest import bearer, facts, identity_config, issuer_config
 from tests.identity.jwks_server import LocalIssuer, local_issuer
@@ -73,6 +79,28 @@ async def test_verified_token_cache_hits_on_the_second_request(
     assert first == second
     assert metric(TOKEN_CACHE, result="miss") == misses + 1
     assert metric(TOKEN_CACHE, result="hit") == hits + 1
+
+
+async def test_cached_answers_a_verified_bearer_and_defers_to_an_api_key_header(
+    provider: OidcProvider, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.yaml"
+    key = create_key(keys, name="ci", subject="svc-key", groups=[])
+    config = identity_config(issuer_config(provider.issuer), api_keys=ApiKeysConfig(file=keys))
+    auth = await started(config)
+    try:
+        token = await asyncio.to_thread(provider.client_credentials_token)
+        assert auth.cached(bearer(token)) is None  # never verified: the full path runs
+        verified = await auth.authenticate_full(bearer(token))
+        assert auth.cached(bearer(token)) == verified
+        assert auth.cached(facts({"Authorization": f"Basic {token}"})) is None
+        # The API key header comes first in authenticate_full; cached() must not skip it.
+        both = facts({"Authorization": f"Bearer {token}", "X-Api-Key": key})
+        assert auth.cached(both) is None
+        identity = await auth.authenticate(both)
+        assert identity is not None and identity.subject == "svc-key"
+    finally:
+        await auth.close()
 
 
 async def test_cached_token_still_expires(provider: OidcProvider) -> None:
