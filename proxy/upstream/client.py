@@ -5,8 +5,10 @@ Why not ``aiohttp.ClientSession``: it builds a ``ClientRequest`` and a
 runs a trace machinery on every request, and it was the single largest cost
 of the proxy's request path (about half the CPU of a pass-through). A proxy
 needs none of it: the request head is already final, so this client writes it
-with one ``transport.write`` and parses the answer with aiohttp's own C
-parser (llhttp, the same parser and the same limits as before).
+with one ``transport.write`` and parses the answer with llhttp through
+``httptools`` (the parser aiohttp also builds on, strict mode), keeping the
+header bytes as they came and handing over a body that arrived with its head
+as bytes: no header multidict, message tuple or stream object per response.
 
 What it keeps from a full client, because a proxy depends on it:
 
@@ -34,9 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httptools
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpResponseParser
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.streams import StreamReader
 
 from proxy.http.headers import serialise_head
 from proxy.upstream.retry import Failure
@@ -44,6 +46,8 @@ from proxy.upstream.retry import Failure
 _READ_LIMIT = 2**16
 _MAX_LINE = 8190
 _MAX_HEADERS = 128
+# The whole response head, 1xx heads included: llhttp itself sets no limit.
+_MAX_HEAD = _MAX_HEADERS * _MAX_LINE
 _KEEPALIVE = 30.0
 _MAX_IDLE_PER_ORIGIN = 256
 _BODYLESS_DEFAULT_LENGTH = frozenset({"POST", "PUT", "PATCH"})
@@ -124,16 +128,47 @@ def request_head(
     return serialise_head(lines)
 
 
+# What the head future resolves with: status, reason, raw headers, Content-Length,
+# and the body: all of it (bytes) when it came with the head, else the stream.
+Head = tuple[int, str, list[tuple[bytes, bytes]], int | None, bytes | None, StreamReader | None]
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback; ``data_received`` reports ``failure``."""
+
+    def __init__(self, failure: ClientFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
 class _Connection(BaseProtocol):
-    """One upstream connection, carrying one exchange at a time."""
+    """One upstream connection, carrying one exchange at a time.
+
+    The parser's callbacks (``on_status`` ... ``on_message_complete``) collect
+    the response; at the end of the ``data_received`` call that completed the
+    head, the head future gets it, with the body as bytes when that call also
+    completed the body (the common small answer), else with a stream that the
+    later callbacks feed.
+    """
 
     __slots__ = (
+        "_body",
         "_broken",
+        "_complete",
+        "_framed",
         "_head",
+        "_head_bytes",
         "_head_deadline",
+        "_headers",
         "_last_read",
+        "_length",
+        "_method_head",
         "_payload",
         "_read_timeout",
+        "_reason",
+        "_refusal",
+        "_response",
+        "_status",
         "_timer",
         "idle_since",
         "key",
@@ -145,31 +180,37 @@ class _Connection(BaseProtocol):
         self.key = key
         self.idle_since = 0.0
         self.on_lost: Callable[[_Connection], None] | None = None
-        self._head: asyncio.Future[tuple[Any, StreamReader]] | None = None
+        self._head: asyncio.Future[Head] | None = None
         self._payload: StreamReader | None = None
         self._read_timeout: float | None = None
         self._head_deadline: float | None = None
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._broken = False
+        self._response: httptools.HttpResponseParser | None = None
+        self._reset_response()
+        self._method_head = False
+
+    def _reset_response(self) -> None:
+        self._status = 0  # the final (non-1xx) status, once its head is complete
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._length: int | None = None
+        self._framed = False  # Content-Length or chunked: the close does not end the body
+        self._body: list[bytes] = []
+        self._complete = False
+        self._refusal: ClientFailure | None = None
 
     # -- the exchange --------------------------------------------------------
     def start(
         self, method: str, head: bytes, read_timeout: float | None, head_deadline: float | None
-    ) -> asyncio.Future[tuple[Any, StreamReader]]:
-        """Write the request head; the future resolves with the response's (message, body)."""
+    ) -> asyncio.Future[Head]:
+        """Write the request head; the future resolves with the response's :data:`Head`."""
         assert self.transport is not None
-        self._parser = HttpResponseParser(
-            self,
-            self._loop,
-            _READ_LIMIT,
-            max_line_size=_MAX_LINE,
-            max_field_size=_MAX_LINE,
-            max_headers=_MAX_HEADERS,
-            response_with_body=method != "HEAD",
-            read_until_eof=True,
-            auto_decompress=False,
-        )
+        self._response = httptools.HttpResponseParser(self)
+        self._reset_response()
+        self._method_head = method == "HEAD"
         self._head = waiter = self._loop.create_future()
         self._payload = None
         self._read_timeout = read_timeout
@@ -203,18 +244,18 @@ class _Connection(BaseProtocol):
 
     @property
     def reusable(self) -> bool:
+        head = self._head
         payload = self._payload
         return (
             not self._broken
+            and self._complete
             and self.transport is not None
             and not self.transport.is_closing()
-            and self._head is not None
-            and self._head.done()
-            and not self._head.cancelled()
-            and self._head.exception() is None
-            and payload is not None
-            and payload.is_eof()
-            and payload.exception() is None
+            and head is not None
+            and head.done()
+            and not head.cancelled()
+            and head.exception() is None
+            and (payload is None or (payload.is_eof() and payload.exception() is None))
             and not self._reading_paused
         )
 
@@ -223,7 +264,9 @@ class _Connection(BaseProtocol):
         self._cancel_timer()
         self._head = None
         self._payload = None
-        self._parser = None
+        self._response = None
+        self._body = []
+        self._headers = []
 
     def close(self) -> None:
         self._broken = True
@@ -233,14 +276,19 @@ class _Connection(BaseProtocol):
 
     # -- back-pressure -----------------------------------------------------------
     def pause_reading(self) -> None:
-        super().pause_reading()
+        # The body stream is full. The parser is not paused: the rest of the
+        # chunk at hand goes to the stream, and the socket stays unread.
+        self._reading_paused = True
+        self._pause_transport_reading()
         # The silence while we hold the upstream back is ours, not the upstream's.
         self._cancel_timer()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         if not self._reading_paused:
             return  # the body reader calls this after every read; only a pause needs undoing
-        super().resume_reading(resume_parser)
+        self._reading_paused = False
+        if not self._buffer_paused:
+            self._resume_transport_reading()
         if self._read_timeout and self._head is not None and self._timer is None:
             self._last_read = self._loop.time()
             self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._on_timer)
@@ -276,40 +324,106 @@ class _Connection(BaseProtocol):
             return
         self.close()
 
+    # -- parser callbacks (httptools) ----------------------------------------------
+    def _refuse(self, failure: ClientFailure) -> None:
+        self._refusal = failure
+        raise _Refused(failure)
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason  # may come in pieces
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= _MAX_HEADERS or len(name) > _MAX_LINE or len(value) > _MAX_LINE:
+            self._refuse(MalformedResponse("response head over the limits"))
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._response
+        assert parser is not None
+        if self._status:
+            # A second answer to one request: the framing cannot be trusted.
+            self._refuse(MalformedResponse("unsolicited response from upstream"))
+        code = parser.get_status_code()
+        if code < 200:
+            if code == 101:
+                self._refuse(MalformedResponse("unexpected protocol switch"))
+            # Informational (100 Continue, 103 Early Hints): the answer follows.
+            self._headers = []
+            self._reason = b""
+            return
+        self._status = code
+        if not parser.should_keep_alive():
+            self._broken = True
+        for name, value in self._headers:
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                self._length = int(value)  # llhttp accepted exactly one, all digits
+                self._framed = True
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                self._framed = True
+                self._length = None
+        if self._method_head or code in (204, 304):
+            # No body, whatever the head announces (llhttp is told about 204/304
+            # only): the exchange ends with the head.
+            self._length = None if code in (204, 304) else self._length
+            self._complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            self._refuse(MalformedResponse("body bytes after a bodiless response"))
+        payload = self._payload
+        if payload is not None:
+            payload.feed_data(body)
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self._status:
+            return  # the end of an informational answer
+        self._complete = True
+        payload = self._payload
+        if payload is not None:
+            payload.feed_eof()
+            self._cancel_timer()
+
     # -- asyncio.Protocol ------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
+        parser = self._response
         if parser is None:
             # Bytes nobody asked for (an idle connection): never trust it again.
             self.close()
             return
-        if data:
-            self._last_read = self._loop.time()
-        try:
-            messages, _upgraded, _tail = parser.feed_data(data)
-        except Exception:
-            self._fail_read(MalformedResponse("malformed response from upstream"))
-            return
-        for message, payload in messages:
-            code = message.code
-            if 100 <= code < 200:
-                if code == 101:
-                    self._fail_read(MalformedResponse("unexpected protocol switch"))
-                    return
-                continue  # informational (100 Continue, 103 Early Hints): the answer follows
-            head = self._head
-            if head is None or head.done():
-                # A second answer to one request: the framing cannot be trusted.
-                self._fail_read(MalformedResponse("unsolicited response from upstream"))
+        self._last_read = self._loop.time()
+        if not self._status:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD:
+                self._fail_read(MalformedResponse("response head over the limits"))
                 return
-            if message.should_close or message.upgrade:
-                self._broken = True
-            if code in (204, 304):
-                payload = EMPTY_PAYLOAD
-            self._payload = payload
-            if payload.is_eof() and self._timer is not None:
-                self._cancel_timer()
-            head.set_result((message, payload))
+        try:
+            parser.feed_data(data)
+        except Exception:
+            if not self._complete:
+                failure = self._refusal or MalformedResponse("malformed response from upstream")
+                self._fail_read(failure)
+                return
+            # The answer is whole; what follows it (a second answer, garbage)
+            # breaks the framing: the answer stands, the connection goes.
+            self.close()
+        head = self._head
+        if not self._status or head is None or head.done():
+            return
+        body: bytes | None = None
+        if self._complete:
+            body = b"".join(self._body) if self._body else b""
+            self._cancel_timer()
+        else:
+            self._payload = StreamReader(self, _READ_LIMIT, loop=self._loop)
+            for chunk in self._body:
+                self._payload.feed_data(chunk)
+        self._body = []
+        reason = self._reason.decode("latin-1")
+        head.set_result((self._status, reason, self._headers, self._length, body, self._payload))
 
     def _fail_read(self, exc: ClientFailure) -> None:
         head = self._head
@@ -325,16 +439,15 @@ class _Connection(BaseProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._broken = True
         self._cancel_timer()
-        parser = self._parser
-        self._parser = None
-        if parser is not None:
-            try:
-                # Completes a body delimited by the close; raises on a cut one.
-                parser.feed_eof()
-            except Exception:
-                payload = self._payload
-                if payload is not None and not payload.is_eof() and payload.exception() is None:
-                    payload.set_exception(ConnectionDropped("upstream closed mid-body"))
+        self._response = None
+        payload = self._payload
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            if self._framed:
+                payload.set_exception(ConnectionDropped("upstream closed mid-body"))
+            else:
+                # A body without Content-Length or chunking ends with the connection.
+                self._complete = True
+                payload.feed_eof()
         head = self._head
         if head is not None and not head.done():
             head.set_exception(ConnectionDropped("upstream closed the connection"))
@@ -351,6 +464,16 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return a if a < b else b
 
 
+class _Inert(BaseProtocol):
+    """The flow-control peer of a stream over bytes already received: nothing to pause."""
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
 class UpstreamResponse:
     """The status and headers of an upstream answer, and its body as a stream.
 
@@ -359,10 +482,11 @@ class UpstreamResponse:
     """
 
     __slots__ = (
+        "_body",
         "_client",
         "_conn",
+        "_content",
         "_sender",
-        "content",
         "content_length",
         "raw_headers",
         "reason",
@@ -371,26 +495,43 @@ class UpstreamResponse:
 
     def __init__(
         self,
-        message: Any,
-        payload: StreamReader,
+        head: Head,
         conn: _Connection,
         client: UpstreamClient,
         sender: asyncio.Task[None] | None,
     ) -> None:
-        self.status: int = message.code
-        self.reason: str = message.reason
-        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
-        length = message.headers.get("Content-Length")
-        self.content_length = int(length) if length is not None and length.isdigit() else None
-        self.content = payload
+        self.status, self.reason, raw_headers, self.content_length, body, stream = head
+        self.raw_headers: list[tuple[bytes, bytes]] = raw_headers
+        self._body = body
+        self._content = stream
         self._conn: _Connection | None = conn
         self._client = client
         self._sender = sender
 
     @property
     def complete(self) -> bool:
-        """The whole body is already buffered (read it with ``content.read_nowait()``)."""
-        return self.content.is_eof()
+        """The whole body is already here (take it with :meth:`take_body`)."""
+        return self._body is not None or (self._content is not None and self._content.is_eof())
+
+    def take_body(self) -> bytes:
+        """The whole body, when :attr:`complete`."""
+        body = self._body
+        if body is None:
+            return self.content.read_nowait(-1)
+        self._body = b""
+        return body
+
+    @property
+    def content(self) -> StreamReader:
+        """The body as a stream (built on demand when it all came with the head)."""
+        if self._content is None:
+            loop = self._client._loop or asyncio.get_running_loop()
+            self._content = StreamReader(_Inert(loop), _READ_LIMIT, loop=loop)
+            if self._body:
+                self._content.feed_data(self._body)
+            self._content.feed_eof()
+            self._body = None
+        return self._content
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
@@ -484,7 +625,7 @@ class UpstreamClient:
             sender = loop.create_task(_send_body(conn, body, length=body_length))
             sender.add_done_callback(functools.partial(_sender_done, conn))
         try:
-            message, payload = await waiter
+            answer = await waiter
         except BaseException:
             if sender is not None and not sender.done():
                 sender.cancel()
@@ -496,7 +637,7 @@ class UpstreamClient:
                     # The body's own failure (too large, client gone) names the problem.
                     raise failed from None
             raise
-        return UpstreamResponse(message, payload, conn, self, sender)
+        return UpstreamResponse(answer, conn, self, sender)
 
     async def _connection(
         self,

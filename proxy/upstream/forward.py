@@ -187,7 +187,7 @@ async def _relay(
             # The whole body arrived with the head (the common small answer):
             # hand the connection back first, then answer in one write. (A
             # chunked answer stays chunked: the upstream chose to stream it.)
-            body = upstream.content.read_nowait(-1)
+            body = upstream.take_body()
             upstream.release()
             sent = len(body)
             return request.send_whole(status, upstream.reason, headers, body)
