@@ -29,7 +29,7 @@ from typing import Any
 
 import uvloop
 
-from bench.gatehouse import IdentityParams, full_identity
+from bench.gatehouse import IdentityParams, full_identity, public_route
 from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
 from proxy.config.load import load_config
 from proxy.gateway import Gateway
@@ -161,7 +161,7 @@ class Run:
         return spent / n * 1e6
 
 
-async def _measure(n: int, repeats: int, profile: bool) -> int:
+async def _measure(n: int, repeats: int, profile: bool, public: bool) -> int:
     published: dict[str, Any] = {}
     async with jwks_server(published) as jwks_url:
         issuer = new_issuer(jwks_url)
@@ -169,7 +169,10 @@ async def _measure(n: int, repeats: int, profile: bool) -> int:
         token = issuer.token()
         with tempfile.TemporaryDirectory(prefix="gatehouse-path-") as tmp:
             ident = IdentityParams(issuer.url, AUDIENCE, token, SUBJECT)
-            setup = full_identity(Path(tmp), "path", UPSTREAM, ident)
+            if public:
+                setup = public_route(Path(tmp), "path", UPSTREAM)
+            else:
+                setup = full_identity(Path(tmp), "path", UPSTREAM, ident)
             config = load_config(setup.config)
             audit = AuditWriter(config.audit.output)
             client = UpstreamClient()
@@ -186,8 +189,9 @@ async def _measure(n: int, repeats: int, profile: bool) -> int:
             )
             auth = Authenticator(config.identity)
             await auth.start()
-            gateway.authenticator = auth
-            gateway.local_endpoints += (auth.local_endpoint,)
+            if config.identity.enabled:
+                gateway.authenticator = auth
+                gateway.local_endpoints += (auth.local_endpoint,)
             server = HttpServer(
                 gateway.handle,
                 config.listen,
@@ -226,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=50000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--public", action="store_true", help="the public-route scenario instead (no identity)"
+    )
     args = parser.parse_args(argv)
     uvloop.install()
-    return asyncio.run(_measure(args.requests, args.repeats, args.profile))
+    return asyncio.run(_measure(args.requests, args.repeats, args.profile, args.public))
 
 
 if __name__ == "__main__":

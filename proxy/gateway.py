@@ -166,13 +166,14 @@ class Gateway:
         cfg = self.config.listen
         peer_ip = _peer_ip(request)
         trusted = cfg.trusted_proxies.contains(peer_ip)
-        headers = request.headers
-        rid = request_id(headers.get("X-Request-Id"), trusted)
-        trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        first = _first_values(raw_headers)  # also the policy's view (facts.headers)
+        rid = request_id(first.get("x-request-id"), trusted)
+        trace = trace_context(first.get("traceparent"), first.get("tracestate"))
         client_ip, chain = client_address(
-            peer_ip, headers.get("X-Forwarded-For"), cfg.trusted_proxies
+            peer_ip, first.get("x-forwarded-for"), cfg.trusted_proxies
         )
-        host_header = headers.get("Host", "")
+        host_header = request.headers.get("Host", "")  # decoded as the parser did (UTF-8)
         record.request_id = rid
         record.trace_id = trace.trace_id
         record.client_ip = client_ip
@@ -184,7 +185,6 @@ class Gateway:
         record.path = path
         host = normalise_host(host_header.strip())
         scheme = "https" if cfg.tls is not None else "http"
-        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         facts = RequestFacts(
             method=request.method,
             scheme=scheme,
@@ -192,7 +192,7 @@ class Gateway:
             path=path,
             query=query,
             client_ip=client_ip,
-            headers=_first_values(raw_headers),
+            headers=first,
             client_cert=self._client_certificate(request),
             request_id=rid,
         )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.identity.model import ClientCertificate
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+class RequestFacts(NamedTuple):
     """What routing and policy may look at.
+
+    Immutable like a frozen dataclass; a named tuple because one is built per
+    request and a frozen dataclass takes more than twice as long to build.
 
     ``path`` is the canonical path (see :mod:`proxy.http.canonical`): the one
     used for matching and the one the upstream receives. ``client_ip`` is the

