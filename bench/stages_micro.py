@@ -50,11 +50,11 @@ from proxy.upstream.pool import EndpointPool
 
 RAW_PATH = "/api/items?page=2"
 RESPONSE_HEADERS = [
-    ("Server", "nginx"),
-    ("Date", "Sat, 21 Nov 2026 19:00:00 GMT"),
-    ("Content-Type", "application/json"),
-    ("Content-Length", "50"),
-    ("Connection", "keep-alive"),
+    (b"Server", b"nginx"),
+    (b"Date", b"Sat, 21 Nov 2026 19:00:00 GMT"),
+    (b"Content-Type", b"application/json"),
+    (b"Content-Length", b"50"),
+    (b"Connection", b"keep-alive"),
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 Headers = list[tuple[str, str]]
 
@@ -198,26 +199,84 @@ def filter_request_headers(
     return out
 
 
-def filter_response_headers(headers: Sequence[tuple[str, str]]) -> Headers:
-    """The upstream's end-to-end response headers that may travel to the client."""
-    drop_tokens = _extra_tokens(headers)
-    known = _RESPONSE_DROPS
-    out: Headers = []
+class ResponseHeaders(NamedTuple):
+    """The upstream's headers that go on to the client, as ``Name: value`` head lines."""
+
+    lines: list[bytes]
+    has_server: bool
+    has_date: bool
+
+
+# What the response filter does with a header name (connection tokens aside).
+_PASS, _HOP, _SERVER, _DATE, _CONNECTION = range(5)
+# Response header name (as sent) → verdict; bounded like the request verdicts.
+_RESPONSE_VERDICTS: dict[bytes, int] = {}
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+# Dropped besides hop-by-hop: the proxy frames what it sends, and its request id
+# replaces the upstream's (one id per exchange).
+_RESPONSE_REPLACED = frozenset({b"content-length", b"x-request-id"})
+
+
+def _response_verdict(name: bytes) -> int:
+    lower = name.lower()
+    if lower == b"connection":
+        verdict = _CONNECTION
+    elif lower in _HOP_BY_HOP_BYTES or lower in _RESPONSE_REPLACED:
+        verdict = _HOP
+    elif lower == b"server":
+        verdict = _SERVER
+    elif lower == b"date":
+        verdict = _DATE
+    else:
+        verdict = _PASS
+    if len(_RESPONSE_VERDICTS) < _MAX_VERDICTS and len(name) <= _MAX_REMEMBERED_NAME:
+        _RESPONSE_VERDICTS[name] = verdict
+    return verdict
+
+
+def _parse_response_tokens(value: bytes) -> frozenset[bytes]:
+    """The names a ``Connection`` value adds to the hop-by-hop ones."""
+    tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens - _HOP_BY_HOP_BYTES
+
+
+_common_response_tokens = lru_cache(maxsize=256)(_parse_response_tokens)
+
+
+def filter_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> ResponseHeaders:
+    """The upstream's end-to-end response headers that may travel to the client.
+
+    Works on the bytes as received, in one pass: a response's headers are
+    copied, not read, so they are never decoded and encoded again. Dropped:
+    hop-by-hop headers and those the upstream's ``Connection`` names, its
+    ``Content-Length`` (the proxy frames what it sends) and its
+    ``X-Request-Id`` (the proxy's replaces it: one id per exchange).
+    """
+    known = _RESPONSE_VERDICTS
+    lines: list[bytes] = []
+    has_server = has_date = False
+    extra: frozenset[bytes] = frozenset()
     for name, value in headers:
-        drop = known.get(name)
-        if drop is None:
-            lower = name.lower()
-            drop = lower in HOP_BY_HOP or lower == "content-length"
-            if len(known) < _MAX_VERDICTS and len(name) <= _MAX_REMEMBERED_NAME:
-                known[name] = drop
-        if drop or (drop_tokens and name.lower() in drop_tokens):
-            continue
-        out.append((name, value))
-    return out
-
-
-# Response header name (as sent) → dropped; bounded like the request verdicts.
-_RESPONSE_DROPS: dict[str, bool] = {}
+        verdict = known.get(name)
+        if verdict is None:
+            verdict = _response_verdict(name)
+        if verdict == _PASS:
+            lines.append(name + b": " + value)
+        elif verdict == _SERVER:
+            has_server = True
+            lines.append(name + b": " + value)
+        elif verdict == _DATE:
+            has_date = True
+            lines.append(name + b": " + value)
+        elif verdict == _CONNECTION:
+            parse = _common_response_tokens if len(value) <= 64 else _parse_response_tokens
+            extra |= parse(value)
+    if extra:
+        # Connection named end-to-end headers, maybe ahead of it: drop those too
+        # (and Connection itself, dropped anyway, so this recursion ends here).
+        extra |= {b"connection"}
+        return filter_response_headers([(n, v) for n, v in headers if n.lower() not in extra])
+    return ResponseHeaders(lines, has_server, has_date)
 
 
 def safe_header_value(value: str, limit: int = 4096) -> str:
@@ -271,14 +330,21 @@ def _build_identity_headers(
     return out
 
 
-def serialise_head(lines: list[str]) -> bytes:
+def serialise_head(lines: list[str] | list[bytes]) -> bytes:
     """A start line and header lines as the bytes of an HTTP/1.1 head.
 
     Refuses a CR or LF inside any line: one smuggled into a value (a token
     from an endpoint, a header an upstream sent) would start a header, or a
-    message, of its own.
+    message, of its own. Requests are built as text, responses relayed as
+    bytes; the rule is the same.
     """
-    text = "\r\n".join(lines)
-    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+    breaks = len(lines) - 1
+    if lines and isinstance(lines[0], bytes):
+        head = b"\r\n".join(lines)
+        if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+            raise ValueError("line break inside a header")
+        return head + b"\r\n\r\n"
+    text = "\r\n".join(lines)  # type: ignore[arg-type]
+    if text.count("\n") != breaks or text.count("\r") != breaks:
         raise ValueError("line break inside a header")
     return (text + "\r\n\r\n").encode("latin-1")

@@ -165,13 +165,17 @@ class Request:
             self._conn.write(_CONTINUE)
 
     def send_whole(
-        self, status: int, reason: str, headers: Iterable[tuple[str, str]], body: bytes
+        self, status: int, reason: str, lines: list[bytes], body: bytes, *, has_date: bool = False
     ) -> Written:
-        """The whole response in one write (HEAD, 204 and 304 get no body)."""
+        """The whole response in one write (HEAD, 204 and 304 get no body).
+
+        ``lines`` are the header lines (``b"Name: value"``) besides Date
+        (added unless ``has_date``) and the framing, which is the server's.
+        """
         self._started = True
         no_body = not response_has_body(self.method, status)
         length = len(body) if status_has_body(status) else None
-        head = self._head(status, reason, headers, length)
+        head = self._head(status, reason, lines, length, has_date)
         self._conn.write(head if no_body or not body else head + body)
         return Written(status)
 
@@ -179,8 +183,10 @@ class Request:
         self,
         status: int,
         reason: str,
-        headers: Iterable[tuple[str, str]],
+        lines: list[bytes],
         length: int | None,
+        *,
+        has_date: bool = False,
     ) -> bool:
         """Send the head of a streamed response; False when no body may follow (HEAD, 204, 304)."""
         self._started = True
@@ -192,7 +198,7 @@ class Request:
                 self._chunked = True
             else:
                 self._conn.closing = True  # HTTP/1.0: the close delimits the body
-        self._conn.write(self._head(status, reason, headers, length))
+        self._conn.write(self._head(status, reason, lines, length, has_date))
         return not no_body
 
     async def write(self, chunk: bytes) -> None:
@@ -212,11 +218,7 @@ class Request:
         self._conn.abort()
 
     def _head(
-        self,
-        status: int,
-        reason: str,
-        headers: Iterable[tuple[str, str]],
-        length: int | None,
+        self, status: int, reason: str, lines: list[bytes], length: int | None, has_date: bool
     ) -> bytes:
         conn = self._conn
         last = conn.client_eof and not conn.has_queued
@@ -224,35 +226,48 @@ class Request:
             # An unread request body cannot be skipped safely: end the connection.
             conn.closing = True
         return response_head(
-            status, reason, headers, length, chunked=self._chunked, close=conn.closing
+            status,
+            reason,
+            lines,
+            length,
+            chunked=self._chunked,
+            close=conn.closing,
+            has_date=has_date,
         )
 
 
 def response_head(
     status: int,
     reason: str,
-    headers: Iterable[tuple[str, str]],
+    lines: list[bytes],
     length: int | None,
     *,
     chunked: bool = False,
     close: bool = False,
+    has_date: bool = False,
 ) -> bytes:
-    """A response head: the given headers plus Date (unless present) and the framing."""
-    lines = [f"HTTP/1.1 {status} {reason or _phrase(status)}"]
+    """A response head: the header lines plus Date (unless ``has_date``) and the framing."""
+    head = [b"HTTP/1.1 %d %s" % (status, (reason or _phrase(status)).encode("latin-1"))]
+    head += lines
+    if not has_date:
+        head.append(_http_date())
+    if length is not None:
+        head.append(b"Content-Length: %d" % length)
+    elif chunked:
+        head.append(b"Transfer-Encoding: chunked")
+    if close:
+        head.append(b"Connection: close")
+    return serialise_head(head)
+
+
+def header_lines(headers: Iterable[tuple[str, str]]) -> tuple[list[bytes], bool]:
+    """Text headers (an aiohttp response's) as head lines, and whether Date is among them."""
+    lines = []
     has_date = False
     for name, value in headers:
-        if not has_date and len(name) == 4 and name.lower() == "date":
-            has_date = True
-        lines.append(f"{name}: {value}")
-    if not has_date:
-        lines.append(f"Date: {_http_date()}")
-    if length is not None:
-        lines.append(f"Content-Length: {length}")
-    elif chunked:
-        lines.append("Transfer-Encoding: chunked")
-    if close:
-        lines.append("Connection: close")
-    return serialise_head(lines)
+        has_date = has_date or name.lower() == "date"
+        lines.append(f"{name}: {value}".encode("latin-1"))
+    return lines, has_date
 
 
 Handler = Callable[[Request], Awaitable["web.StreamResponse | Written"]]
@@ -541,8 +556,11 @@ class _Connection(BaseProtocol):
             headers.append(("Content-Type", "application/octet-stream"))
         if "Server" not in response.headers:
             headers.append(("Server", "gatehouse"))
+        lines, has_date = header_lines(headers)
         with contextlib.suppress(ConnectionError):
-            request.send_whole(response.status, response.reason, headers, bytes(body or b""))
+            request.send_whole(
+                response.status, response.reason, lines, bytes(body or b""), has_date=has_date
+            )
 
     def _finish_closing(self, payload: StreamReader) -> None:
         """Close after a response, draining an unread request body for a moment first."""
@@ -587,7 +605,8 @@ class _Connection(BaseProtocol):
         self.closing = True
         body = response.body
         assert isinstance(body, bytes)
-        head = response_head(status, "", response.headers.items(), len(body), close=True)
+        lines, has_date = header_lines(response.headers.items())
+        head = response_head(status, "", lines, len(body), close=True, has_date=has_date)
         try:
             self.write(head + body)
         except ConnectionError:
@@ -613,15 +632,15 @@ class _Connection(BaseProtocol):
         protocol.data_received(replay)
 
 
-_date_cache: tuple[int, str] = (0, "")
+_date_cache: tuple[int, bytes] = (0, b"")
 
 
-def _http_date() -> str:
-    """The Date header, formatted once per second."""
+def _http_date() -> bytes:
+    """The Date header line, formatted once per second."""
     global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+        _date_cache = (now, b"Date: " + email.utils.formatdate(now, usegmt=True).encode())
     return _date_cache[1]
 
 

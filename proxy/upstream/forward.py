@@ -181,7 +181,7 @@ async def _relay(
     status = upstream.status
     sent = 0
     try:
-        headers = response_headers(upstream, record, set_cookies)
+        lines, has_date = response_headers(upstream, record, set_cookies)
         whole = upstream.content_length is not None and upstream.complete
         if whole and response_has_body(request.method, status):
             # The whole body arrived with the head (the common small answer):
@@ -190,8 +190,9 @@ async def _relay(
             body = upstream.take_body()
             upstream.release()
             sent = len(body)
-            return request.send_whole(status, upstream.reason, headers, body)
-        if not request.start_stream(status, upstream.reason, headers, upstream.content_length):
+            return request.send_whole(status, upstream.reason, lines, body, has_date=has_date)
+        length = upstream.content_length
+        if not request.start_stream(status, upstream.reason, lines, length, has_date=has_date):
             return Written(status)
         async for chunk in upstream.content.iter_any():
             await request.write(chunk)
@@ -230,7 +231,8 @@ async def _relay_aiohttp(
     response = web.StreamResponse(status=status, reason=upstream.reason)
     sent = 0
     try:
-        for name, value in response_headers(upstream, record, set_cookies):
+        for line in response_headers(upstream, record, set_cookies)[0]:
+            name, _, value = line.decode("latin-1").partition(": ")
             response.headers.add(name, value)
         if upstream.content_length is not None and status_has_body(status):
             response.content_length = upstream.content_length
@@ -258,20 +260,13 @@ async def _relay_aiohttp(
 
 def response_headers(
     upstream: UpstreamResponse, record: AuditRecord, set_cookies: Sequence[str]
-) -> list[tuple[str, str]]:
-    """The headers the client gets: the upstream's end-to-end ones plus the proxy's own."""
-    raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-    out: list[tuple[str, str]] = []
-    has_server = False
-    for name, value in filter_response_headers(raw):
-        size = len(name)
-        if size == 12 and name.lower() == "x-request-id":
-            continue  # ours replaces the upstream's: one id per exchange
-        if size == 6 and name.lower() == "server":
-            has_server = True
-        out.append((name, value))
-    out += [("Set-Cookie", cookie) for cookie in set_cookies]
+) -> tuple[list[bytes], bool]:
+    """The header lines the client gets: the upstream's end-to-end ones plus the
+    proxy's own; and whether the upstream sent Date."""
+    lines, has_server, has_date = filter_response_headers(upstream.raw_headers)
+    for cookie in set_cookies:
+        lines.append(b"Set-Cookie: " + cookie.encode("latin-1"))
     if not has_server:
-        out.append(("Server", "gatehouse"))  # not a default naming our software's version
-    out.append(("X-Request-Id", record.request_id))
-    return out
+        lines.append(b"Server: gatehouse")  # not a default naming our software's version
+    lines.append(b"X-Request-Id: " + record.request_id.encode("latin-1"))
+    return lines, has_date

@@ -110,15 +110,45 @@ def test_client_forwarding_and_request_id_headers_are_never_passed_through() -> 
 def test_response_hop_by_hop_and_connection_tokens_are_removed() -> None:
     out = filter_response_headers(
         [
-            ("Connection", "X-Upstream-Private"),
-            ("X-Upstream-Private", "s"),
-            ("Transfer-Encoding", "chunked"),
-            ("Content-Length", "3"),
-            ("Set-Cookie", "a=b"),
-            ("Content-Encoding", "gzip"),
+            (b"Connection", b"X-Upstream-Private"),
+            (b"X-Upstream-Private", b"s"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Content-Length", b"3"),
+            (b"Set-Cookie", b"a=b"),
+            (b"Content-Encoding", b"gzip"),
         ]
     )
-    assert out == [("Set-Cookie", "a=b"), ("Content-Encoding", "gzip")]
+    assert out.lines == [b"Set-Cookie: a=b", b"Content-Encoding: gzip"]
+
+
+def test_a_connection_token_named_ahead_of_its_header_still_removes_it() -> None:
+    out = filter_response_headers(
+        [
+            (b"x-upstream-private", b"s"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Connection", b"keep-alive, X-Upstream-PRIVATE"),
+        ]
+    )
+    assert out.lines == []
+
+
+def test_the_upstreams_request_id_is_dropped_and_its_server_and_date_are_noted() -> None:
+    out = filter_response_headers(
+        [
+            (b"Server", b"nginx"),
+            (b"date", b"Sat, 21 Nov 2026 20:00:00 GMT"),
+            (b"X-Request-Id", b"theirs"),
+            (b"Content-Type", b"application/json"),
+        ]
+    )
+    assert out.lines == [
+        b"Server: nginx",
+        b"date: Sat, 21 Nov 2026 20:00:00 GMT",
+        b"Content-Type: application/json",
+    ]
+    assert out.has_server and out.has_date
+    bare = filter_response_headers([(b"Content-Type", b"text/plain")])
+    assert not bare.has_server and not bare.has_date
 
 
 def test_identity_headers_are_sanitised_and_bounded() -> None:
@@ -152,9 +182,9 @@ def test_connection_tokens_apply_per_request_even_for_names_seen_before() -> Non
     kept = filter_request_headers([("X-Secret", "1"), ("Connection", "keep-alive")], policy)
     dropped = filter_request_headers([("X-Secret", "1"), ("Connection", "x-secret")], policy)
     assert names(kept) == ["x-secret"] and dropped == []
-    response = [("X-Private", "1"), ("Connection", "X-Private")]
-    assert filter_response_headers(response) == []
-    assert filter_response_headers([("X-Private", "1")]) == [("X-Private", "1")]
+    response = [(b"X-Private", b"1"), (b"Connection", b"X-Private")]
+    assert filter_response_headers(response).lines == []
+    assert filter_response_headers([(b"X-Private", b"1")]).lines == [b"X-Private: 1"]
 
 
 def test_a_flood_of_distinct_header_names_is_still_filtered_once_the_memory_is_full() -> None:
@@ -179,11 +209,14 @@ def test_identity_headers_drop_tab_and_delete_characters_and_return_a_fresh_list
 
 
 def test_a_head_is_its_lines_joined_by_crlf_and_ended_by_an_empty_line() -> None:
-    head = serialise_head(["HTTP/1.1 200 OK", "X-A: 1", "X-B: \xe9"])
-    assert head == b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: \xe9\r\n\r\n"
+    expected = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: \xe9\r\n\r\n"
+    assert serialise_head(["HTTP/1.1 200 OK", "X-A: 1", "X-B: \xe9"]) == expected
+    assert serialise_head([b"HTTP/1.1 200 OK", b"X-A: 1", b"X-B: \xe9"]) == expected
 
 
 @pytest.mark.parametrize("value", ["a\rInjected: 1", "a\nInjected: 1", "a\r\nInjected: 1"])
 def test_a_line_break_inside_a_header_line_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="line break"):
         serialise_head(["GET / HTTP/1.1", f"X-A: {value}"])
+    with pytest.raises(ValueError, match="line break"):
+        serialise_head([b"HTTP/1.1 200 OK", f"X-A: {value}".encode()])
