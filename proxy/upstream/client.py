@@ -610,15 +610,16 @@ class UpstreamClient:
             method, origin.prefix + target, host or origin.host_header, headers, framing
         )
 
-        conn = await self._connection(
-            loop,
-            origin,
-            connect_timeout,
-            head_deadline,
-            ssl_context,
-            server_hostname,
-            max_connections,
-        )
+        context = ssl_context if origin.tls else None
+        if origin.tls and context is None:
+            context = _default_context()
+        key = (origin.host, origin.port, context, server_hostname)
+        # The common case, a pooled connection, without a coroutine.
+        conn = self._idle_connection(key)
+        if conn is None:
+            conn = await self._connection(
+                loop, origin, key, connect_timeout, head_deadline, max_connections
+            )
         waiter = conn.start(method, head, read_timeout, head_deadline)
         sender: asyncio.Task[None] | None = None
         if body is not None:
@@ -639,34 +640,38 @@ class UpstreamClient:
             raise
         return UpstreamResponse(answer, conn, self, sender)
 
+    def _idle_connection(self, key: tuple[Any, ...]) -> _Connection | None:
+        """The most recently used idle connection to ``key`` still fit for use, if any."""
+        idle = self._idle.get(key)
+        if idle:
+            stale_before = time.monotonic() - self._keepalive
+            while idle:
+                conn = idle.pop()
+                transport = conn.transport
+                fresh = conn.idle_since > stale_before
+                if fresh and transport is not None and not transport.is_closing():
+                    return conn
+                conn.close()
+        return None
+
     async def _connection(
         self,
         loop: asyncio.AbstractEventLoop,
         origin: Origin,
+        key: tuple[Any, ...],
         connect_timeout: float | None,
         head_deadline: float | None,
-        ssl_context: ssl.SSLContext | None,
-        server_hostname: str | None,
         limit: int = 0,
     ) -> _Connection:
-        context = ssl_context if origin.tls else None
-        if origin.tls and context is None:
-            context = _default_context()
-        key = (origin.host, origin.port, context, server_hostname)
-        while True:
-            idle = self._idle.get(key)
-            if idle:
-                stale_before = time.monotonic() - self._keepalive
-                while idle:
-                    conn = idle.pop()
-                    transport = conn.transport
-                    fresh = conn.idle_since > stale_before
-                    if fresh and transport is not None and not transport.is_closing():
-                        return conn
-                    conn.close()
-            if not limit or self._open.get(key, 0) < limit:
-                break
+        """A new connection to ``key``, waiting first for room under ``limit`` (reusing
+        a connection that comes back idle meanwhile)."""
+        context: ssl.SSLContext | None = key[2]
+        server_hostname: str | None = key[3]
+        while limit and self._open.get(key, 0) >= limit:
             await self._wait_for_room(loop, key, head_deadline)
+            conn = self._idle_connection(key)
+            if conn is not None:
+                return conn
         timeout = connect_timeout
         if head_deadline is not None:
             remaining = head_deadline - loop.time()

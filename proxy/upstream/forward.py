@@ -94,7 +94,7 @@ async def send(
     """
     body: AsyncIterator[bytes] | None = None
     length: int | None = None
-    state = _BodyState(max_body)
+    state: _BodyState | None = None
     length_text = request.headers.get("Content-Length")
     if length_text is not None:
         # aiohttp's parser already rejected malformed or duplicate lengths.
@@ -108,6 +108,7 @@ async def send(
                 request.send_continue()
             else:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        state = _BodyState(max_body)
         body = _stream_body(request, state, record)
     timeouts = backend.timeouts
     if deadline is None:
@@ -129,7 +130,7 @@ async def send(
             max_connections=backend.max_connections,
         )
     except BaseException as exc:
-        if state.too_large:
+        if state is not None and state.too_large:
             raise BodyTooLarge(detail="request body over the route limit") from None
         if isinstance(exc, asyncio.CancelledError):
             raise
