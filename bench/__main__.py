@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-stages", action="store_true", help="skip the per-stage CPU micro-benchmark"
     )
+    p.add_argument(
+        "--no-path", action="store_true", help="skip the in-process whole-path CPU benchmark"
+    )
     p.add_argument("--idle-connections", type=int, default=10_000)
     p.add_argument("--stream-bytes", type=int, help="bytes each way (default 1 GiB)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -140,6 +143,9 @@ def run(a: argparse.Namespace, workdir: Path) -> str:
         if not a.no_stages:
             _say("section: per-stage CPU of the full identity path")
             sections.append(micro.stages(ctx, a.quick))
+        if not a.no_path:
+            _say("section: CPU per request of the whole path in process")
+            sections.append(micro.path(ctx, a.quick))
     pinned = (
         f"proxy pinned to CPU {sorted(proxy_cpus)[0]}, load+upstream to CPU {sorted(load_cpus)[0]}"
         if proxy_cpus and load_cpus

@@ -69,3 +69,13 @@ def stages(ctx: Context, quick: bool) -> Section:
         ["--quick"] if quick else [],
         timeout=300,
     )
+
+
+def path(ctx: Context, quick: bool) -> Section:
+    return run_module(
+        ctx,
+        "CPU per request of the whole proxy path in process (no sockets: the part code moves)",
+        "bench.path_micro",
+        ["--scenario", "all", *(["--quick"] if quick else [])],
+        timeout=300,
+    )

@@ -1,8 +1,9 @@
 """CPU per request of the whole proxy path in one process, without sockets.
 
-``python -m bench.path_micro [--requests N] [--profile]``. The real listener
+``python -m bench.path_micro [--scenario full_identity|gatehouse_public|all]
+[--requests N] [--profile]``. The real listener
 protocol, gateway, upstream client and relay of the full-identity scenario
-(JWT RS256, 100 routes, audit to a file, metrics) run on uvloop; only the
+(JWT RS256, 100 routes, audit to a file, metrics; or the public route) run on uvloop; only the
 transports are in memory: 32 client connections each send their next request
 as soon as the previous answer is written, and the upstream connections answer
 every request head with a canned nginx response on the next loop turn. So the
@@ -32,6 +33,7 @@ import uvloop
 from bench.gatehouse import IdentityParams, full_identity, public_route
 from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
 from proxy.config.load import load_config
+from proxy.config.schema import Config
 from proxy.gateway import Gateway
 from proxy.http.protocol import HttpServer
 from proxy.http.server import make_server
@@ -161,81 +163,87 @@ class Run:
         return spent / n * 1e6
 
 
-async def _measure(n: int, repeats: int, profile: bool, public: bool) -> int:
+SCENARIOS = ("full_identity", "gatehouse_public")
+
+
+async def _measure(n: int, repeats: int, profile: bool, scenarios: list[str]) -> int:
     published: dict[str, Any] = {}
     async with jwks_server(published) as jwks_url:
         issuer = new_issuer(jwks_url)
         published.update(issuer.jwks())
         token = issuer.token()
-        with tempfile.TemporaryDirectory(prefix="gatehouse-path-") as tmp:
-            ident = IdentityParams(issuer.url, AUDIENCE, token, SUBJECT)
-            if public:
-                setup = public_route(Path(tmp), "path", UPSTREAM)
-            else:
-                setup = full_identity(Path(tmp), "path", UPSTREAM, ident)
-            config = load_config(setup.config)
-            audit = AuditWriter(config.audit.output)
-            client = UpstreamClient()
-            session = new_client_session()
-            gateway = Gateway(
-                config=config,
-                policies=PolicyStore(config.policy_dir, backends=set(config.backends)),
-                audit=audit,
-                session=session,
-                client=client,
-                pools={
-                    n: EndpointPool(b.urls, b.options, name=n) for n, b in config.backends.items()
-                },
-            )
-            auth = Authenticator(config.identity)
-            await auth.start()
-            if config.identity.enabled:
-                gateway.authenticator = auth
-                gateway.local_endpoints += (auth.local_endpoint,)
-            server = HttpServer(
-                gateway.handle,
-                config.listen,
-                audit,
-                make_server(gateway.handle, config.listen, audit),
-            )
-            run = Run(gateway, server, client, token)
-            try:
-                await run.go(max(1000, n // 10))  # warm-up: caches, JWT verified once
-                # Start-up objects (modules, keys, policies) out of the collector's
-                # sight: in process with its own load loop, the collector runs far
-                # more often than in the proxy (measured), and would dominate.
-                gc.collect()
-                gc.freeze()
-                if profile:
-                    prof = cProfile.Profile()
-                    prof.enable()
-                    await run.go(n)
-                    prof.disable()
-                    stats = pstats.Stats(prof, stream=sys.stdout)
-                    stats.sort_stats("tottime").print_stats(40)
-                    return 0
-                runs = [await run.go(n) for _ in range(repeats)]
-            finally:
-                await auth.close()
-                await session.close()
-                audit.close()
-    value = statistics.median(runs)
-    print("runs: " + " ".join(f"{r:.1f}" for r in runs) + " us/request")
-    print(f"path_cpu_us_per_req={value:.1f}")
+        for scenario in scenarios:
+            with tempfile.TemporaryDirectory(prefix="gatehouse-path-") as tmp:
+                if scenario == "gatehouse_public":
+                    setup = public_route(Path(tmp), "path", UPSTREAM)
+                else:
+                    ident = IdentityParams(issuer.url, AUDIENCE, token, SUBJECT)
+                    setup = full_identity(Path(tmp), "path", UPSTREAM, ident)
+                runs = await _scenario(load_config(setup.config), token, n, repeats, profile)
+            if runs:
+                print(f"{scenario}: runs " + " ".join(f"{r:.1f}" for r in runs) + " us/request")
+                print(f"path_cpu_us_per_req_{scenario}={statistics.median(runs):.1f}")
     return 0
+
+
+async def _scenario(config: Config, token: str, n: int, repeats: int, profile: bool) -> list[float]:
+    """CPU µs per request of each measured run (none when profiling)."""
+    audit = AuditWriter(config.audit.output)
+    client = UpstreamClient()
+    session = new_client_session()
+    gateway = Gateway(
+        config=config,
+        policies=PolicyStore(config.policy_dir, backends=set(config.backends)),
+        audit=audit,
+        session=session,
+        client=client,
+        pools={
+            name: EndpointPool(b.urls, b.options, name=name) for name, b in config.backends.items()
+        },
+    )
+    auth = Authenticator(config.identity)
+    try:
+        await auth.start()
+        if config.identity.enabled:
+            gateway.authenticator = auth
+            gateway.local_endpoints += (auth.local_endpoint,)
+        upgrades = make_server(gateway.handle, config.listen, audit)
+        server = HttpServer(gateway.handle, config.listen, audit, upgrades)
+        run = Run(gateway, server, client, token)
+        await run.go(max(1000, n // 10))  # warm-up: caches, JWT verified once
+        # Start-up objects (modules, keys, policies) out of the collector's sight:
+        # in process with its own load loop, the collector runs far more often
+        # than in the proxy (measured), and would dominate.
+        gc.collect()
+        gc.freeze()
+        if profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            await run.go(n)
+            prof.disable()
+            pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(40)
+            return []
+        return [await run.go(n) for _ in range(repeats)]
+    finally:
+        gc.unfreeze()
+        await auth.close()
+        await session.close()
+        audit.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.path_micro", description=__doc__)
     parser.add_argument("--requests", type=int, default=50000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="10,000 requests, 3 repeats")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument(
-        "--public", action="store_true", help="the public-route scenario instead (no identity)"
-    )
+    parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="full_identity")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.repeats = 10000, 3
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     uvloop.install()
-    return asyncio.run(_measure(args.requests, args.repeats, args.profile, args.public))
+    return asyncio.run(_measure(args.requests, args.repeats, args.profile, scenarios))
 
 
 if __name__ == "__main__":

@@ -215,6 +215,7 @@ def _tiny_run_args() -> list[str]:
         "--no-policy",
         "--no-jwt",
         "--no-stages",
+        "--no-path",
     ]
 
 
@@ -233,6 +234,27 @@ def test_harness_reports_tiny_run_and_leaves_no_child_processes(
     assert float(rps["aiohttp_passthrough"]) > 0
     assert "| direct to upstream |" in printed
     assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()
+
+
+def test_the_in_process_path_benchmark_answers_every_request_of_both_scenarios() -> None:
+    # path_micro exits non-zero when any request is not answered 200.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.path_micro",
+            "--scenario=all",
+            "--requests=2000",
+            "--repeats=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = dict(line.split("=") for line in done.stdout.splitlines() if "=" in line)
+    assert float(figures["path_cpu_us_per_req_full_identity"]) > 0
+    assert float(figures["path_cpu_us_per_req_gatehouse_public"]) > 0
 
 
 def _processes_with_marker(marker: str) -> list[psutil.Process]:
