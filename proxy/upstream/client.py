@@ -208,7 +208,10 @@ class _Connection(BaseProtocol):
     ) -> asyncio.Future[Head]:
         """Write the request head; the future resolves with the response's :data:`Head`."""
         assert self.transport is not None
-        self._response = httptools.HttpResponseParser(self)
+        if self._response is None:
+            # Kept across exchanges: llhttp is ready for the next message once
+            # one completed cleanly (see finish).
+            self._response = httptools.HttpResponseParser(self)
         self._reset_response()
         self._method_head = method == "HEAD"
         self._head = waiter = self._loop.create_future()
@@ -264,7 +267,9 @@ class _Connection(BaseProtocol):
         self._cancel_timer()
         self._head = None
         self._payload = None
-        self._response = None
+        if self._broken or not self._complete or self._method_head:
+            # Mid-message (a HEAD answer's announced body included): start afresh.
+            self._response = None
         self._body = []
         self._headers = []
 
@@ -390,7 +395,7 @@ class _Connection(BaseProtocol):
     # -- asyncio.Protocol ------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         parser = self._response
-        if parser is None:
+        if parser is None or self._head is None:
             # Bytes nobody asked for (an idle connection): never trust it again.
             self.close()
             return
