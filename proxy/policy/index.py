@@ -20,6 +20,7 @@ with the number of routes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,10 +125,13 @@ class _Bucket:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
 def normalise_host(host: str) -> str:
-    """Lower-case, without port and trailing dot; IPv6 literals keep their brackets."""
-    if host.islower() and ":" not in host and not host.endswith("."):
-        return host  # the common case, without allocating
+    """Lower-case, without port and trailing dot; IPv6 literals keep their brackets.
+
+    Remembered: a deployment sees a handful of Host values, nearly always with
+    a port or digits, which the string methods below would redo per request.
+    """
     host = host.lower()
     if host.startswith("["):
         end = host.find("]")
