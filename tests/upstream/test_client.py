@@ -921,6 +921,35 @@ async def test_a_bodiless_status_has_an_empty_body_and_keeps_the_connection(
     assert server.connections == 1
 
 
+async def test_one_connection_carries_answers_of_every_framing_in_a_row(
+    raw_server: Start, client: UpstreamClient
+) -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nsec\r\n3\r\nond\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfifth",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast",
+    ]
+
+    async def respond(peer: Peer, request: Received) -> None:
+        peer.send(answers[len(peer.server.received) - 1])
+
+    server = await raw_server(each_request(respond))
+    origin = parse_origin(server.url())
+    got = [await get(client, origin) for _ in answers]
+    assert got == [
+        (200, b"first"),
+        (200, b"second"),
+        (204, b""),
+        (200, b"fifth"),
+        (304, b""),
+        (200, b"last"),
+    ]
+    assert server.connections == 1
+
+
 async def test_a_head_response_has_an_empty_body_whatever_its_length_says(
     raw_server: Start, client: UpstreamClient
 ) -> None:
