@@ -730,6 +730,10 @@ async def test_a_chunked_body_cut_short_fails_the_read(
         b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n0\r\n\r\n",
+        # Strict parsing (aiohttp's client parser was lenient with these):
+        b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 0\r\n\r\n",
     ],
     ids=[
         "status",
@@ -739,6 +743,9 @@ async def test_a_chunked_body_cut_short_fails_the_read(
         "many-headers",
         "bad-length",
         "length-and-chunked",
+        "bare-lf",
+        "control-char-in-value",
+        "space-before-colon",
     ],
 )
 async def test_a_malformed_head_is_malformed_response_and_the_connection_not_reused(
