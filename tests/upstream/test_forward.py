@@ -259,6 +259,25 @@ async def test_websocket_upgrade_is_proxied_both_ways(gh: Gatehouse) -> None:
             assert ws.protocol == "chat"
 
 
+async def test_an_upgrade_to_a_route_without_websockets_is_relayed_as_a_plain_request(
+    gh: Gatehouse,
+) -> None:
+    # The lean server hands upgrades to aiohttp's; its relay filters the same way.
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    status, headers, data = await get_json(gh.url + "/echo/plain", headers=upgrade)
+    assert status == 200
+    assert data["raw_path"] == "/echo/plain"
+    assert "upgrade" not in upstream_headers(data)
+    assert "x-upstream-private" not in headers  # named by the upstream's Connection
+    assert headers["x-request-id"] and headers["server"] == "uvicorn"
+    assert headers["content-type"] == "application/json"
+
+
 async def test_every_request_is_audited_once_including_failures(gh: Gatehouse) -> None:
     # Tag this test's requests with one trace id: other tests' records may still be in flight.
     trace_id = os.urandom(16).hex()
