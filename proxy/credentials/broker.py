@@ -32,7 +32,7 @@ from proxy.credentials.providers.gcp import GcpProvider
 from proxy.credentials.providers.static import StaticProvider
 from proxy.credentials.providers.token_exchange import TokenExchangeProvider
 from proxy.credentials.signing import SigningKeyError
-from proxy.errors import UpstreamCredentialsUnavailable
+from proxy.errors import AuthenticationError, UpstreamCredentialsUnavailable
 from proxy.identity.model import Identity
 from proxy.policy.model import Route
 
@@ -149,6 +149,13 @@ class CredentialBroker:
     async def _fetched(
         self, backend: str, provider: FetchingProvider, route: Route, identity: Identity | None
     ) -> tuple[str, str]:
+        if provider.needs_caller_token and (identity is None or not identity.token):
+            # The caller signed in without a token (API key, client certificate):
+            # what is missing is the caller's credential, not ours, so 401, not 503.
+            raise AuthenticationError(
+                "bearer_token_required",
+                detail=f"backend {backend} exchanges the caller's token; the caller sent none",
+            )
         key = CacheKey(
             provider.type,
             backend,

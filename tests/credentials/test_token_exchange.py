@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxy.credentials.broker import CredentialBroker
-from proxy.errors import UpstreamCredentialsUnavailable
+from proxy.errors import AuthenticationError, UpstreamCredentialsUnavailable
 from tests.credentials.conftest import caller, make_broker, parse_backends, route
 from tests.peers.cloud.keys import Issuer
 from tests.peers.cloud.oauth import OAuthServer
@@ -90,11 +90,19 @@ async def test_invalidate_after_401_refetches_only_that_callers_token(
     assert sts.calls["exchange"] == 3
 
 
-async def test_a_caller_without_a_token_or_with_a_rejected_one_gets_503(
-    broker: CredentialBroker,
+async def test_a_caller_without_a_token_gets_401_and_the_exchange_endpoint_is_not_called(
+    broker: CredentialBroker, sts: OAuthServer
 ) -> None:
-    with pytest.raises(UpstreamCredentialsUnavailable):
-        await broker.headers("jobs", route("jobs"), caller("carol"))
+    # Signed in with an API key or a client certificate: nothing to exchange.
+    for who in (caller("carol"), None):
+        with pytest.raises(AuthenticationError) as err:
+            await broker.headers("jobs", route("jobs"), who)
+        assert (err.value.status, err.value.reason) == (401, "bearer_token_required")
+    assert sum(sts.attempts.values()) == 0
+    assert broker.ready()  # one caller's missing token says nothing about the backend
+
+
+async def test_a_caller_with_a_rejected_token_gets_503(broker: CredentialBroker) -> None:
     forged = Issuer("https://idp.test").mint({"sub": "mallory"})  # right iss, wrong key
     with pytest.raises(UpstreamCredentialsUnavailable) as err:
         await broker.headers("jobs", route("jobs"), caller("mallory", token=forged))

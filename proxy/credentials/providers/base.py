@@ -38,6 +38,8 @@ class FetchingProvider(Provider, ABC):
 
     #: Tokens that carry the caller's identity are cached per caller.
     per_caller: bool = False
+    #: The fetch starts from the caller's own token (a token exchange).
+    needs_caller_token: bool = False
 
     @abstractmethod
     def shape(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 class TokenExchangeProvider(FetchingProvider):
     type = "token_exchange"
     per_caller = True
+    needs_caller_token = True
 
     def __init__(self, spec: TokenExchangeSpec) -> None:
         self.spec = spec
