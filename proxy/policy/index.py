@@ -125,13 +125,18 @@ class _Bucket:
         return None
 
 
-@functools.lru_cache(maxsize=1024)
 def normalise_host(host: str) -> str:
     """Lower-case, without port and trailing dot; IPv6 literals keep their brackets.
 
     Remembered: a deployment sees a handful of Host values, nearly always with
     a port or digits, which the string methods below would redo per request.
+    Only plausible lengths are kept (a DNS name has at most 253 characters),
+    so odd Host values a client makes up cannot fill the memory with big keys.
     """
+    return _normalise_remembered(host) if len(host) <= 300 else _normalise(host)
+
+
+def _normalise(host: str) -> str:
     host = host.lower()
     if host.startswith("["):
         end = host.find("]")
@@ -139,6 +144,9 @@ def normalise_host(host: str) -> str:
     if ":" in host:
         host = host.rpartition(":")[0]
     return host.rstrip(".")
+
+
+_normalise_remembered = functools.lru_cache(maxsize=1024)(_normalise)
 
 
 class RouteIndex:
