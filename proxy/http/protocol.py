@@ -556,11 +556,18 @@ class _Connection(BaseProtocol):
             headers.append(("Content-Type", "application/octet-stream"))
         if "Server" not in response.headers:
             headers.append(("Server", "gatehouse"))
-        lines, has_date = header_lines(headers)
-        with contextlib.suppress(ConnectionError):
+        try:
+            lines, has_date = header_lines(headers)
             request.send_whole(
                 response.status, response.reason, lines, bytes(body or b""), has_date=has_date
             )
+        except ConnectionError:
+            pass
+        except ValueError:
+            # A value that is not latin-1 text or holds a line break (echoed
+            # request data): nothing was sent, and nothing safe can be.
+            log.error("cannot serialise the headers of a %d response", response.status)
+            self.abort()
 
     def _finish_closing(self, payload: StreamReader) -> None:
         """Close after a response, draining an unread request body for a moment first."""
