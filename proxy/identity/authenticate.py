@@ -209,43 +209,44 @@ class Authenticator:
     async def authenticate(self, facts: RequestFacts) -> Identity | None:
         return (await self.authenticate_full(facts)).identity
 
-    def cached(self, facts: RequestFacts) -> Authentication | None:
-        """What :meth:`authenticate_full` would answer, when that is a cached bearer
-        verification that still holds; else None. Synchronous, so the common
-        request needs no coroutine here; the credential precedence is the same."""
+    def _credential(self, facts: RequestFacts) -> tuple[str, str] | None:
+        """The credential that counts, by precedence: the client certificate (with
+        mTLS on), then the API key header, then a bearer token; None: none of them."""
         if self.config.mtls.enabled and facts.client_cert is not None:
-            return None
-        headers = facts.headers
-        api_keys = self.config.api_keys
-        if self.api_keys is not None and api_keys is not None and api_keys.header in headers:
-            return None
-        authorization = headers.get("authorization")
-        if authorization is None:
-            return None
-        scheme, _, credential = authorization.strip().partition(" ")
-        return self._hot(credential.strip()) if scheme.lower() == "bearer" else None
-
-    async def authenticate_full(self, facts: RequestFacts) -> Authentication:
-        """Like :meth:`authenticate`, plus Set-Cookie values for a refreshed session."""
-        cert = facts.client_cert
-        if self.config.mtls.enabled and cert is not None:
-            return Authentication(
-                self._counted(MTLS_ISSUER, "mtls", lambda: identity_from_certificate(cert))
-            )
+            return "mtls", ""
         headers = facts.headers
         if self.api_keys is not None and self.config.api_keys is not None:
             key = headers.get(self.config.api_keys.header)
             if key is not None:
-                return Authentication(await self._api_key(key.strip()))
+                return "apikey", key.strip()
         authorization = headers.get("authorization")
         if authorization is not None:
             scheme, _, credential = authorization.strip().partition(" ")
             if scheme.lower() == "bearer":
-                token = credential.strip()
-                hot = self._hot(token)
-                if hot is not None:
-                    return hot
-                return Authentication(await self._bearer(token))
+                return "bearer", credential.strip()
+        return None
+
+    def cached(self, facts: RequestFacts) -> Authentication | None:
+        """What :meth:`authenticate_full` would answer, when that is a cached bearer
+        verification that still holds; else None. Synchronous, so the common
+        request needs no coroutine here."""
+        found = self._credential(facts)
+        return self._hot(found[1]) if found is not None and found[0] == "bearer" else None
+
+    async def authenticate_full(self, facts: RequestFacts) -> Authentication:
+        """Like :meth:`authenticate`, plus Set-Cookie values for a refreshed session."""
+        found = self._credential(facts)
+        if found is not None:
+            kind, value = found
+            cert = facts.client_cert
+            if kind == "mtls" and cert is not None:
+                return Authentication(
+                    self._counted(MTLS_ISSUER, "mtls", lambda: identity_from_certificate(cert))
+                )
+            if kind == "apikey":
+                return Authentication(await self._api_key(value))
+            hot = self._hot(value)
+            return hot if hot is not None else Authentication(await self._bearer(value))
         if self.browser is not None:
             session = await self.browser.authenticate(facts)
             if session is not None:
