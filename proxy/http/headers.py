@@ -208,7 +208,7 @@ class ResponseHeaders(NamedTuple):
 
 
 # What the response filter does with a header name (connection tokens aside).
-_PASS, _HOP, _SERVER, _DATE, _CONNECTION = range(5)
+_PASS, _OMIT, _SERVER, _DATE, _CONNECTION = range(5)
 # Response header name (as sent) → verdict; bounded like the request verdicts.
 _RESPONSE_VERDICTS: dict[bytes, int] = {}
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
@@ -222,7 +222,7 @@ def _response_verdict(name: bytes) -> int:
     if lower == b"connection":
         verdict = _CONNECTION
     elif lower in _HOP_BY_HOP_BYTES or lower in _RESPONSE_REPLACED:
-        verdict = _HOP
+        verdict = _OMIT
     elif lower == b"server":
         verdict = _SERVER
     elif lower == b"date":

@@ -133,14 +133,6 @@ def request_head(
 Head = tuple[int, str, list[tuple[bytes, bytes]], int | None, bytes | None, StreamReader | None]
 
 
-class _Refused(Exception):
-    """Raised inside a parser callback; ``data_received`` reports ``failure``."""
-
-    def __init__(self, failure: ClientFailure) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
-
-
 class _Connection(BaseProtocol):
     """One upstream connection, carrying one exchange at a time.
 
@@ -331,8 +323,10 @@ class _Connection(BaseProtocol):
 
     # -- parser callbacks (httptools) ----------------------------------------------
     def _refuse(self, failure: ClientFailure) -> None:
+        # httptools wraps whatever a callback raises in its own error; the
+        # failure is kept here for data_received to report.
         self._refusal = failure
-        raise _Refused(failure)
+        raise failure
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason  # may come in pieces
@@ -368,10 +362,11 @@ class _Connection(BaseProtocol):
             elif size == 17 and name.lower() == b"transfer-encoding":
                 self._framed = True
                 self._length = None
+        if code in (204, 304):
+            self._length = None  # never a body, whatever the head says
         if self._method_head or code in (204, 304):
-            # No body, whatever the head announces (llhttp is told about 204/304
-            # only): the exchange ends with the head.
-            self._length = None if code in (204, 304) else self._length
+            # The exchange ends with the head (llhttp knows this of 204/304 but
+            # not of an answer to HEAD, so its announced body is never read).
             self._complete = True
 
     def on_body(self, body: bytes) -> None:

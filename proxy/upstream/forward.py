@@ -200,8 +200,9 @@ async def _relay(
             sent += len(chunk)
         return request.end_stream(status)
     except ValueError as exc:
-        # A header value with a line break (llhttp is lenient with upstreams):
-        # nothing was written yet, so the client gets a clean 502 instead.
+        # A line break in a header value (the strict parser already refuses
+        # them from upstreams; this guards the head we build): nothing was
+        # written yet, so the client gets a clean 502 instead.
         raise UpstreamProtocolError(detail=str(exc)) from None
     except ConnectionError:
         # The client went away (reset, broken pipe, lost while draining): not a
