@@ -388,6 +388,38 @@ async def test_an_upstream_rejecting_every_token_is_not_retried_once_the_limit_h
     assert len(rejecting.state.seen) == 3 * 2 + 3 * 1
 
 
+async def test_a_token_exchange_backend_answers_401_to_a_caller_without_a_bearer_token(
+    gatehouse: GatehouseFactory, token_server: OAuthServer, upstream_url: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value")
+    gh = gatehouse(
+        backends={
+            "jobs": {
+                "urls": [upstream_url],
+                "credentials": {
+                    "type": "token_exchange",
+                    "token_url": token_server.token_url,
+                    "client_id": "gatehouse-backend",
+                    "client_secret_file": str(secret),
+                    "audience": "https://jobs.test",
+                },
+            }
+        },
+        routes=[public_route("jobs", "/", "jobs")],
+    )
+    status, headers, data = await call(gh, "/echo")
+    assert (status, data["error"]) == (401, "bearer_token_required")
+    assert 'error="bearer_token_required"' in headers["www-authenticate"]
+    assert sum(token_server.attempts.values()) == 0  # nothing to exchange: never asked
+    record = next(r for r in gh.wait_audit(1) if r["request_id"] == data["request_id"])
+    assert (record["status"], record["reason"], record["route"]) == (
+        401,
+        "bearer_token_required",
+        "jobs",
+    )
+
+
 async def test_credentials_unavailable_after_expiry_is_503(
     gatehouse: GatehouseFactory, token_server: OAuthServer, upstream_url: str, tmp_path: Path
 ) -> None:
