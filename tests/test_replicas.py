@@ -20,13 +20,10 @@ from tests.identity.browser_env import HTML, follow_login
 from tests.peers.cloud.oauth import OAuthServer
 from tests.peers.oidc_provider import RESOURCE, WEB_CLIENT, OidcProvider, rsa_jwk
 from tests.state.redis_server import RedisServer, running_redis
+from tests.state.replica_env import API, COOKIE, api_get, browser_client
 from tests.support.gatehouse import Gatehouse, public_route, start_gatehouse
 from tests.support.net import free_port
 
-COOKIE = "__Host-gatehouse"
-API = {"Accept": "application/json"}
-# A stuck request fails the test in seconds, with a trace, instead of at the suite timeout.
-TIMEOUT = aiohttp.ClientTimeout(total=20)
 BACKEND_SECRET = "backend-client-secret"
 LIMIT = {"requests": 10, "per": "1m", "burst": 10}
 
@@ -44,11 +41,7 @@ class Deployment:
         return f"https://localhost:{gh.port}"
 
     def client(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.client_ssl, limit=200),
-            timeout=TIMEOUT,
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-        )
+        return browser_client(self.client_ssl, limit=200)
 
     async def login(self, http: aiohttp.ClientSession, via: Gatehouse) -> str:
         """Log in as alice through ``via``; the session cookie's value."""
@@ -66,20 +59,8 @@ class Deployment:
     async def get(
         self, via: Gatehouse, path: str, *, cookie: str | None = None, token: str | None = None
     ) -> tuple[int, dict[str, Any]]:
-        headers = dict(API)
-        if cookie is not None:
-            headers["Cookie"] = f"{COOKIE}={cookie}"
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.client_ssl),
-                timeout=TIMEOUT,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            ) as http,
-            http.get(self.base(via) + path, headers=headers, allow_redirects=False) as r,
-        ):
-            return r.status, await r.json(content_type=None)
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        return await api_get(self.base(via) + path, self.client_ssl, cookie=cookie, headers=headers)
 
     async def metric(self, via: Gatehouse, name: str) -> float | None:
         async with (

@@ -39,6 +39,37 @@ API = {"Accept": "application/json"}
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 
 
+def browser_client(client_ssl: ssl.SSLContext, limit: int = 100) -> aiohttp.ClientSession:
+    """A browser: keeps cookies, trusts the test CA."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=client_ssl, limit=limit),
+        timeout=TIMEOUT,
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+    )
+
+
+async def api_get(
+    url: str,
+    client_ssl: ssl.SSLContext,
+    *,
+    cookie: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """An API call with exactly the given session cookie (no jar); status and JSON body."""
+    sent = {**API, **(headers or {})}
+    if cookie is not None:
+        sent["Cookie"] = f"{COOKIE}={cookie}"
+    async with (
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=client_ssl),
+            timeout=TIMEOUT,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        ) as http,
+        http.get(url, headers=sent, allow_redirects=False) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
 @dataclass
 class Replica:
     url: str
@@ -55,11 +86,7 @@ class Replicas:
     cookie_keys_file: Path
 
     def client(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.client_ssl),
-            timeout=TIMEOUT,
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-        )
+        return browser_client(self.client_ssl)
 
     async def login(self, http: aiohttp.ClientSession, via: Replica, user: str = "alice") -> None:
         callback = await follow_login(
@@ -84,18 +111,7 @@ class Replicas:
         self, via: Replica, cookie: str | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any]]:
         """A request with exactly the given session cookie (no jar), as API call."""
-        sent = {**API, **(headers or {})}
-        if cookie is not None:
-            sent["Cookie"] = f"{COOKIE}={cookie}"
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.client_ssl),
-                timeout=TIMEOUT,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            ) as http,
-            http.get(f"{via.url}/api", headers=sent, allow_redirects=False) as response,
-        ):
-            return response.status, await response.json(content_type=None)
+        return await api_get(f"{via.url}/api", self.client_ssl, cookie=cookie, headers=headers)
 
 
 def _bound() -> tuple[socket.socket, str]:
