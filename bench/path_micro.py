@@ -99,9 +99,7 @@ class Run:
         self.loop = asyncio.get_running_loop()
         # The request the socket benchmark's load generator sends for the scenario.
         credential = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
-        self.request = (
-            b"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n" + credential + b"\r\n"
-        )
+        self.request = b"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n" + credential + b"\r\n"
         self.answered = 0
         self.failed = 0
         self.target = 0
