@@ -41,7 +41,7 @@ def parse_address(text: str) -> Address | None:
 
 
 def _address(m: Mapping, key: str, default: str | None) -> Address | None:
-    text = m.str(key, default, required=default is None)
+    text = m.text(key, default, required=default is None)
     if text is None:
         return None
     address = parse_address(text)
@@ -76,15 +76,15 @@ def _listen(m: Mapping | None) -> ListenConfig:
         tls=tls,
         trusted_proxies=TrustedProxies(m.cidr_list("trusted_proxies")),
         max_header_size=m.size("max_header_size", 8190),
-        max_headers=m.int("max_headers", 100, minimum=1),
+        max_headers=m.integer("max_headers", 100, minimum=1),
         keepalive_timeout=m.duration("keepalive_timeout", 75.0),
         header_timeout=m.duration("header_timeout", 30.0),
         max_body=m.size("max_body", 10 * 2**20),
         path=PathOptions(
-            allow_encoded_slash=m.bool("allow_encoded_slash", False),
-            allow_semicolon=m.bool("allow_semicolon", False),
+            allow_encoded_slash=m.flag("allow_encoded_slash", False),
+            allow_semicolon=m.flag("allow_semicolon", False),
         ),
-        backlog=m.int("backlog", 1024, minimum=1),
+        backlog=m.integer("backlog", 1024, minimum=1),
     )
     m.close()
     return listen
@@ -113,8 +113,8 @@ def _backend(name: str, m: Mapping) -> BackendConfig | None:
             total=t.duration("total", 60.0),
         )
         t.close()
-    max_connections = m.int("max_connections", 0, minimum=0)
-    required = m.bool("required_for_readiness", True)
+    max_connections = m.integer("max_connections", 0, minimum=0)
+    required = m.flag("required_for_readiness", True)
     credentials = parse_credentials(m, name)
     options = parse_backend_options(m, name, urls=urls)
     m.close()
@@ -167,7 +167,7 @@ def load_config(path: Path) -> Config:
     audit_m = root.mapping("audit")
     audit = AuditConfig()
     if audit_m is not None:
-        output = audit_m.str("output", "stdout")
+        output = audit_m.text("output", "stdout")
         if output not in ("stdout", "-"):
             out_path = doc.resolve_path(output)
             if not out_path.parent.is_dir():
@@ -196,7 +196,7 @@ def load_config(path: Path) -> Config:
             "add an 'assertions:' section with signing_keys_file",
         )
     default_url = f"{'https' if listen.tls else 'http'}://{listen.address}"
-    public_url = root.str("public_url", default_url) or default_url
+    public_url = root.text("public_url", default_url) or default_url
     if urlsplit(public_url).scheme not in ("http", "https"):
         root.error("public_url", f"public_url: expected an http(s) URL, got {public_url!r}")
     state = parse_state(root.mapping("state"))

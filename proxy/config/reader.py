@@ -8,7 +8,6 @@ tree because only nodes carry line numbers.
 
 from __future__ import annotations
 
-import builtins
 import ipaddress
 import os
 import re
@@ -182,12 +181,12 @@ class Mapping:
     default, so validation carries on and reports everything in one pass.
     """
 
-    def __init__(self, doc: Doc, node: yaml.Node, where: builtins.str) -> None:
+    def __init__(self, doc: Doc, node: yaml.Node, where: str) -> None:
         self.doc = doc
         self.node = node
         self.where = where
-        self._items: dict[builtins.str, tuple[yaml.Node, yaml.Node]] = {}
-        self._used: set[builtins.str] = set()
+        self._items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        self._used: set[str] = set()
         for key_node, value_node in node.value:
             key = _scalar_value(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
@@ -199,7 +198,7 @@ class Mapping:
             self._items[key] = (key_node, value_node)
 
     @classmethod
-    def of(cls, doc: Doc, node: yaml.Node | None, where: builtins.str) -> Mapping | None:
+    def of(cls, doc: Doc, node: yaml.Node | None, where: str) -> Mapping | None:
         if node is None:
             return None
         if not isinstance(node, yaml.MappingNode):
@@ -209,30 +208,30 @@ class Mapping:
 
     # -- basics -----------------------------------------------------------
     @property
-    def line(self) -> builtins.int:
+    def line(self) -> int:
         return int(self.node.start_mark.line) + 1
 
-    def keys(self) -> builtins.list[builtins.str]:
+    def keys(self) -> list[str]:
         return list(self._items)
 
-    def has(self, key: builtins.str) -> builtins.bool:
+    def has(self, key: str) -> bool:
         return key in self._items
 
-    def node_of(self, key: builtins.str) -> yaml.Node | None:
+    def node_of(self, key: str) -> yaml.Node | None:
         item = self._items.get(key)
         return item[1] if item else None
 
-    def error(self, key: builtins.str | None, message: builtins.str) -> None:
+    def error(self, key: str | None, message: str) -> None:
         """Report at the value of ``key`` (or at the mapping itself)."""
         node = self.node_of(key) if key else self.node
         self.doc.error(node if node is not None else self.node, message)
 
-    def key_error(self, key: builtins.str, message: builtins.str) -> None:
+    def key_error(self, key: str, message: str) -> None:
         """Report at the line of the key itself (for problems with a name)."""
         item = self._items.get(key)
         self.doc.error(item[0] if item else self.node, message)
 
-    def _take(self, key: builtins.str, required: builtins.bool) -> yaml.Node | None:
+    def _take(self, key: str, required: bool) -> yaml.Node | None:
         self._used.add(key)
         item = self._items.get(key)
         if item is None:
@@ -246,7 +245,7 @@ class Mapping:
             return None
         return value
 
-    def close(self, allowed_extra: tuple[builtins.str, ...] = ()) -> None:
+    def close(self, allowed_extra: tuple[str, ...] = ()) -> None:
         for key, (key_node, _) in self._items.items():
             if key not in self._used and key not in allowed_extra:
                 known = sorted(self._used | set(allowed_extra))
@@ -255,7 +254,7 @@ class Mapping:
 
     # -- scalars ----------------------------------------------------------
     def _typed(
-        self, key: builtins.str, required: builtins.bool, want: tuple[type, ...], what: builtins.str
+        self, key: str, required: bool, want: tuple[type, ...], what: str
     ) -> tuple[object, yaml.Node] | None:
         node = self._take(key, required)
         if node is None:
@@ -270,32 +269,32 @@ class Mapping:
             return None
         return value, node
 
-    def str(
+    def text(
         self,
-        key: builtins.str,
+        key: str,
         default: T = None,  # type: ignore[assignment]
         *,
-        required: builtins.bool = False,
-    ) -> builtins.str | T:
+        required: bool = False,
+    ) -> str | T:
         got = self._typed(key, required, (str,), "a string")
         return default if got is None else str(got[0])
 
-    def bool(self, key: builtins.str, default: builtins.bool = False) -> builtins.bool:
+    def flag(self, key: str, default: bool = False) -> bool:
         got = self._typed(key, False, (bool,), "true or false")
         return default if got is None else bool(got[0])
 
-    def int(
+    def integer(
         self,
-        key: builtins.str,
+        key: str,
         default: T = None,  # type: ignore[assignment]
         *,
-        minimum: builtins.int | None = None,
-    ) -> builtins.int | T:
+        minimum: int | None = None,
+    ) -> int | T:
         got = self._typed(key, False, (int,), "an integer")
         if got is None:
             return default
         value = got[0]
-        assert isinstance(value, builtins.int)
+        assert isinstance(value, int)
         if minimum is not None and value < minimum:
             self.doc.error(got[1], f"{self.where}.{key}: must be at least {minimum}")
             return default
@@ -303,10 +302,10 @@ class Mapping:
 
     def duration(
         self,
-        key: builtins.str,
+        key: str,
         default: T = None,  # type: ignore[assignment]
         *,
-        required: builtins.bool = False,
+        required: bool = False,
     ) -> float | T:
         got = self._typed(key, required, (str, int, float), "a duration like 30s, 5m or 250ms")
         if got is None:
@@ -321,7 +320,7 @@ class Mapping:
             return default
         return seconds
 
-    def size(self, key: builtins.str, default: T = None) -> builtins.int | T:  # type: ignore[assignment]
+    def size(self, key: str, default: T = None) -> int | T:  # type: ignore[assignment]
         got = self._typed(key, False, (str, int), "a size like 10MiB")
         if got is None:
             return default
@@ -332,9 +331,7 @@ class Mapping:
             return default
         return int(size)
 
-    def choice(
-        self, key: builtins.str, choices: tuple[builtins.str, ...], default: builtins.str
-    ) -> builtins.str:
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         got = self._typed(key, False, (str,), "a string")
         if got is None:
             return default
@@ -348,10 +345,10 @@ class Mapping:
 
     def path(
         self,
-        key: builtins.str,
+        key: str,
         *,
-        required: builtins.bool = False,
-        must_exist: builtins.bool = True,
+        required: bool = False,
+        must_exist: bool = True,
     ) -> Path | None:
         """A file path, relative to the YAML file's directory, optionally checked to exist."""
         got = self._typed(key, required, (str,), "a file path")
@@ -362,7 +359,7 @@ class Mapping:
             self.doc.error(got[1], f"{self.where}.{key}: file not found: {path}")
         return path
 
-    def secret(self, key: builtins.str, *, required: builtins.bool = False) -> SecretRef | None:
+    def secret(self, key: str, *, required: bool = False) -> SecretRef | None:
         """A secret by reference only: ``<key>_file: PATH`` or ``<key>: env:NAME``.
 
         Inline values are refused so secrets never live in config files, in
@@ -394,13 +391,11 @@ class Mapping:
         return None
 
     # -- collections ------------------------------------------------------
-    def mapping(self, key: builtins.str, *, required: builtins.bool = False) -> Mapping | None:
+    def mapping(self, key: str, *, required: bool = False) -> Mapping | None:
         node = self._take(key, required)
         return Mapping.of(self.doc, node, f"{self.where}.{key}")
 
-    def list(
-        self, key: builtins.str, *, required: builtins.bool = False
-    ) -> builtins.list[yaml.Node]:
+    def nodes(self, key: str, *, required: bool = False) -> list[yaml.Node]:
         node = self._take(key, required)
         if node is None:
             return []
@@ -411,16 +406,16 @@ class Mapping:
 
     def str_list(
         self,
-        key: builtins.str,
+        key: str,
         *,
-        required: builtins.bool = False,
-        allow_scalar: builtins.bool = True,
-    ) -> builtins.list[builtins.str]:
+        required: bool = False,
+        allow_scalar: bool = True,
+    ) -> list[str]:
         """A list of strings; a single string is accepted as a one-item list."""
         node = self._take(key, required)
         if node is None:
             return []
-        items: builtins.list[yaml.Node]
+        items: list[yaml.Node]
         if isinstance(node, yaml.ScalarNode) and allow_scalar:
             items = [node]
         elif isinstance(node, yaml.SequenceNode):
@@ -428,7 +423,7 @@ class Mapping:
         else:
             self.doc.error(node, f"{self.where}.{key}: expected a list of strings")
             return []
-        out: builtins.list[builtins.str] = []
+        out: list[str] = []
         for item in items:
             value = _scalar_value(item) if isinstance(item, yaml.ScalarNode) else None
             if isinstance(value, str):
@@ -439,9 +434,7 @@ class Mapping:
                 )
         return out
 
-    def cidr_list(
-        self, key: builtins.str
-    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def cidr_list(self, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         nets = []
         for text in self.str_list(key):
             try:
@@ -450,7 +443,7 @@ class Mapping:
                 self.error(key, f"{self.where}.{key}: not an IP network: {text!r}")
         return tuple(nets)
 
-    def items(self) -> Iterator[tuple[builtins.str, yaml.Node]]:
+    def items(self) -> Iterator[tuple[str, yaml.Node]]:
         """Iterate a mapping used as a dictionary of named entries (e.g. backends)."""
         for key, (_, value) in self._items.items():
             self._used.add(key)

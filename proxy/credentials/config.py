@@ -155,7 +155,7 @@ def _where(m: Mapping) -> str:
 
 
 def _header_name(m: Mapping, key: str, default: str) -> str:
-    value = m.str(key, default)
+    value = m.text(key, default)
     if not value or any(c in value for c in " :\r\n\t") or not value.isascii():
         m.error(key, f"{m.where}.{key}: not a valid header name: {value!r}")
         return default
@@ -163,7 +163,7 @@ def _header_name(m: Mapping, key: str, default: str) -> str:
 
 
 def _url(m: Mapping, key: str, *, required: bool) -> str | None:
-    value = m.str(key, None, required=required)
+    value = m.text(key, None, required=required)
     if value is None:
         return None
     if not value.startswith(("https://", "http://")):
@@ -201,7 +201,7 @@ def _client_auth(m: Mapping, *, allow_jwt: bool) -> tuple[str, SecretRef | None,
 def _static(m: Mapping, backend: str) -> StaticSpec | None:
     value = m.secret("value", required=True)
     header = _header_name(m, "header", "Authorization")
-    prefix = m.str("prefix", "")
+    prefix = m.text("prefix", "")
     if value is None:
         return None
     return StaticSpec(backend, _where(m), value, header, prefix)
@@ -209,12 +209,12 @@ def _static(m: Mapping, backend: str) -> StaticSpec | None:
 
 def _client_credentials(m: Mapping, backend: str) -> ClientCredentialsSpec | None:
     token_url = _url(m, "token_url", required=True)
-    client_id = m.str("client_id", None, required=True)
+    client_id = m.text("client_id", None, required=True)
     method, secret, key = _client_auth(m, allow_jwt=True)
-    spec_key_id = m.str("key_id", None)
+    spec_key_id = m.text("key_id", None)
     scope = _scopes(m)
-    audience = m.str("audience", None)
-    resource = m.str("resource", None)
+    audience = m.text("audience", None)
+    resource = m.text("resource", None)
     ca = m.path("ca_bundle")
     header = _header_name(m, "header", "Authorization")
     if token_url is None or client_id is None:
@@ -227,9 +227,9 @@ def _client_credentials(m: Mapping, backend: str) -> ClientCredentialsSpec | Non
 
 def _azure(m: Mapping, backend: str) -> AzureSpec | None:
     mode = m.choice("mode", AZURE_MODES, "managed_identity")
-    scope = m.str("scope", None)
-    resource = m.str("resource", None)
-    app_id = m.str("app_id", None)
+    scope = m.text("scope", None)
+    resource = m.text("resource", None)
+    app_id = m.text("app_id", None)
     given = [k for k, v in (("scope", scope), ("resource", resource), ("app_id", app_id)) if v]
     if len(given) != 1:
         m.error(None, f"{m.where}: give exactly one of 'scope', 'resource' or 'app_id'")
@@ -238,8 +238,8 @@ def _azure(m: Mapping, backend: str) -> AzureSpec | None:
         scope = f"api://{app_id}/.default"
     elif resource:
         scope = resource.rstrip("/") + "/.default"
-    client_id = m.str("client_id", None, required=mode != "managed_identity")
-    tenant_id = m.str("tenant_id", None, required=mode != "managed_identity")
+    client_id = m.text("client_id", None, required=mode != "managed_identity")
+    tenant_id = m.text("tenant_id", None, required=mode != "managed_identity")
     secret = m.secret("client_secret", required=mode == "client_secret")
     cert = m.path("certificate_file", required=mode == "certificate")
     token_file = m.path("token_file", required=mode == "workload_identity", must_exist=False)
@@ -257,14 +257,14 @@ def _azure(m: Mapping, backend: str) -> AzureSpec | None:
 
 
 def _gcp(m: Mapping, backend: str) -> GcpSpec | None:
-    audience = m.str("audience", None, required=True)
+    audience = m.text("audience", None, required=True)
     key_file = m.path("service_account_key_file")
     mode = "service_account_key" if key_file is not None else "metadata"
-    metadata_host = m.str("metadata_host", None)
+    metadata_host = m.text("metadata_host", None)
     if key_file is not None and metadata_host is not None:
         m.error("metadata_host", f"{m.where}: a key file and a metadata host exclude each other")
     send_as = m.choice("send_as", GCP_SEND_AS, "auto")
-    impersonate = m.str("impersonate_service_account", None)
+    impersonate = m.text("impersonate_service_account", None)
     if impersonate is not None and "@" not in impersonate:
         m.error(
             "impersonate_service_account",
@@ -284,13 +284,13 @@ def _gcp(m: Mapping, backend: str) -> GcpSpec | None:
 
 
 def _assertion(m: Mapping, backend: str) -> AssertionSpec:
-    audience = m.str("audience", backend)
+    audience = m.text("audience", backend)
     header = _header_name(m, "header", "X-Gatehouse-Assertion")
     return AssertionSpec(backend, _where(m), audience, header)
 
 
 def _token_type(m: Mapping, key: str, default: str | None) -> str | None:
-    value = m.str(key, None)
+    value = m.text(key, None)
     if value is None:
         return default
     if value in _TOKEN_TYPES:
@@ -303,10 +303,10 @@ def _token_type(m: Mapping, key: str, default: str | None) -> str | None:
 
 def _token_exchange(m: Mapping, backend: str) -> TokenExchangeSpec | None:
     token_url = _url(m, "token_url", required=True)
-    client_id = m.str("client_id", None, required=True)
+    client_id = m.text("client_id", None, required=True)
     method, secret, _ = _client_auth(m, allow_jwt=False)
-    audience = m.str("audience", None)
-    resource = m.str("resource", None)
+    audience = m.text("audience", None)
+    resource = m.text("resource", None)
     scope = _scopes(m)
     subject_type = _token_type(m, "subject_token_type", TOKEN_TYPE_ACCESS) or TOKEN_TYPE_ACCESS
     requested = _token_type(m, "requested_token_type", None)
@@ -331,7 +331,7 @@ _PARSERS = {
 
 
 def _one(m: Mapping, backend: str) -> CredentialSpec | None:
-    kind = m.str("type", None, required=True)
+    kind = m.text("type", None, required=True)
     if kind is None:
         m.close(allowed_extra=tuple(m.keys()))
         return None

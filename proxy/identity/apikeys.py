@@ -103,7 +103,7 @@ def parse_key(presented: str) -> tuple[str, str] | None:
 
 
 def _timestamp(m: Mapping, key: str) -> float | None:
-    text = m.str(key)
+    text = m.text(key)
     if text is None:
         return None
     try:
@@ -117,13 +117,13 @@ def _timestamp(m: Mapping, key: str) -> float | None:
 
 
 def _entry(m: Mapping, _index: int) -> ApiKeyEntry | None:
-    key_id = m.str("id", required=True)
-    name = m.str("name", "")
-    subject = m.str("subject", required=True)
+    key_id = m.text("id", required=True)
+    name = m.text("name", "")
+    subject = m.text("subject", required=True)
     listed: Any = m.str_list("groups")
     groups = frozenset(str(g) for g in listed)
-    digest = m.str("hash", required=True)
-    m.str("created")
+    digest = m.text("hash", required=True)
+    m.text("created")
     expires = _timestamp(m, "expires")
     m.close()
     if key_id is None or subject is None or digest is None:
@@ -141,7 +141,7 @@ def load_key_file(path: Path) -> dict[str, ApiKeyEntry]:
     entries: dict[str, ApiKeyEntry] = {}
     root = Mapping.of(doc, node, "api key file") if node is not None else None
     if root is not None:
-        for entry in each_mapping(doc, root.list("keys"), "keys", _entry):
+        for entry in each_mapping(doc, root.nodes("keys"), "keys", _entry):
             if entry.id in entries:
                 root.error("keys", f"keys: duplicate id {entry.id}")
             entries[entry.id] = entry

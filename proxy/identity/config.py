@@ -173,7 +173,7 @@ def _str_list(m: Mapping, key: str, *, required: bool = False) -> list[str]:
 
 
 def _url(m: Mapping, key: str, *, required: bool = False) -> str | None:
-    value = m.str(key, required=required)
+    value = m.text(key, required=required)
     if value is None:
         return None
     problem = url_problem(value)
@@ -186,8 +186,8 @@ def _url(m: Mapping, key: str, *, required: bool = False) -> str | None:
 def _claims(m: Mapping | None) -> ClaimMapping:
     if m is None:
         return ClaimMapping()
-    subject = m.str("subject", "sub")
-    email = m.str("email", "email")
+    subject = m.text("subject", "sub")
+    email = m.text("email", "email")
     groups = tuple(_str_list(m, "groups")) or ("groups",)
     m.close()
     return ClaimMapping(subject=subject, email=email, groups=groups)
@@ -214,7 +214,7 @@ def _introspection(m: Mapping | None) -> IntrospectionConfig | None:
     if m is None:
         return None
     endpoint = _url(m, "endpoint", required=True)
-    client_id = m.str("client_id", required=True)
+    client_id = m.text("client_id", required=True)
     secret = m.secret("client_secret", required=True)
     ttl = m.duration("cache_ttl", 60.0)
     m.close()
@@ -271,9 +271,9 @@ def _browser(m: Mapping | None) -> BrowserConfig | None:
         return None
     d_scopes = ("openid", "email", "profile")
     issuer = _url(m, "issuer", required=True)
-    client_id = m.str("client_id", required=True)
+    client_id = m.text("client_id", required=True)
     secret = m.secret("client_secret")
-    redirect_path = m.str("redirect_path", "/.gatehouse/callback")
+    redirect_path = m.text("redirect_path", "/.gatehouse/callback")
     if not redirect_path.startswith("/.gatehouse/"):
         m.error("redirect_path", f"{m.where}.redirect_path must start with /.gatehouse/")
     scopes = tuple(_str_list(m, "scopes")) or d_scopes
@@ -309,7 +309,7 @@ def parse_identity(m: Mapping | None) -> IdentityConfig:
     """Build the identity configuration, recording every problem on ``m``'s document."""
     if m is None:
         return IdentityConfig()
-    issuers = tuple(each_mapping(m.doc, m.list("issuers"), f"{m.where}.issuers", _issuer))
+    issuers = tuple(each_mapping(m.doc, m.nodes("issuers"), f"{m.where}.issuers", _issuer))
     seen: set[str] = set()
     for cfg in issuers:
         if cfg.issuer in seen:
@@ -318,13 +318,13 @@ def parse_identity(m: Mapping | None) -> IdentityConfig:
     max_token_bytes = m.size("max_token_bytes", 8192)
     if not 512 <= max_token_bytes <= 1 << 20:
         m.error("max_token_bytes", f"{m.where}.max_token_bytes must be between 512B and 1MiB")
-    token_cache_size = m.int("token_cache_size", 10000, minimum=0)
+    token_cache_size = m.integer("token_cache_size", 10000, minimum=0)
 
     api_keys: ApiKeysConfig | None = None
     ak = m.mapping("api_keys")
     if ak is not None:
         path = ak.path("file", required=True, must_exist=False)
-        header = ak.str("header", "x-api-key").lower()
+        header = ak.text("header", "x-api-key").lower()
         if header in ("authorization", "cookie", "host"):
             ak.error("header", f"{ak.where}.header must not be {header!r}")
         ak.close()
@@ -334,7 +334,7 @@ def parse_identity(m: Mapping | None) -> IdentityConfig:
     mtls = MtlsConfig()
     mm = m.mapping("mtls")
     if mm is not None:
-        mtls = MtlsConfig(enabled=mm.bool("enabled", False))
+        mtls = MtlsConfig(enabled=mm.flag("enabled", False))
         mm.close()
 
     browser = _browser(m.mapping("browser"))

@@ -356,20 +356,20 @@ def parse_fixtures(path: Path, problems: Problems) -> list[_Case]:
 
 def _case(doc: Doc, m: Mapping) -> _Case | None:
     case = _Case()
-    case.name = m.str("name", "", required=True)
+    case.name = m.text("name", "", required=True)
     case.source = f"{doc.path}:{m.line}"
     where = f"case '{case.name}'"
     req = m.mapping("request", required=True)
     if req is not None:
         req.where = f"{where}.request"
-        method = req.str("method", "GET")
-        url = req.str("url", "/", required=True)
-        source_ip = req.str("source_ip", "127.0.0.1")
+        method = req.text("method", "GET")
+        url = req.text("url", "/", required=True)
+        source_ip = req.text("source_ip", "127.0.0.1")
         headers: dict[str, str] = {}
         hm = req.mapping("headers")
         if hm is not None:
             for key in list(hm.keys()):
-                headers[key] = hm.str(key, "", required=True)
+                headers[key] = hm.text(key, "", required=True)
             hm.close()
         time_node = req.node_of("time")
         case.now = time.time()
@@ -396,13 +396,13 @@ def _case(doc: Doc, m: Mapping) -> _Case | None:
         if not ex.has("decision"):
             ex.error(None, f"{ex.where}: missing required key 'decision'")
         if ex.has("reason"):
-            case.expect["reason"] = ex.str("reason")
+            case.expect["reason"] = ex.text("reason")
         if ex.has("route"):
             route_node = ex.node_of("route")
             case.expect["route"] = (
                 None
                 if route_node is not None and plain_value(route_node) is None
-                else ex.str("route")
+                else ex.text("route")
             )
         if ex.has("audit"):
             audit: Any = ex.str_list("audit")
@@ -418,7 +418,7 @@ def _client_cert(req: Mapping) -> ClientCertificate | None:
         return None
     uris: Any = cm.str_list("san_uris")
     dns: Any = cm.str_list("san_dns")
-    fingerprint = cm.str("fingerprint", "0" * 64)
+    fingerprint = cm.text("fingerprint", "0" * 64)
     cm.close()
     return ClientCertificate(
         subject_cn=None,
@@ -430,10 +430,10 @@ def _client_cert(req: Mapping) -> ClientCertificate | None:
 
 
 def _identity(im: Mapping) -> Identity | None:
-    subject = im.str("subject", "", required=True)
-    issuer = im.str("issuer", "https://issuer.example")
+    subject = im.text("subject", "", required=True)
+    issuer = im.text("issuer", "https://issuer.example")
     method = im.choice("method", AUTH_METHODS, "jwt")
-    email = im.str("email")
+    email = im.text("email")
     groups: Any = im.str_list("groups")
     scopes: Any = im.str_list("scopes")
     claims_node = im.node_of("claims")

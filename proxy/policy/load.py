@@ -222,7 +222,7 @@ class _Compiler:
         for _, named in sorted(self.named.items()):
             self._resolve(named)
         for doc, top in tops:
-            for index, node in enumerate(top.list("routes", required=True)):
+            for index, node in enumerate(top.nodes("routes", required=True)):
                 m = Mapping.of(doc, node, f"routes[{index}]")
                 if m is not None:
                     self._route(doc, m)
@@ -274,7 +274,7 @@ class _Compiler:
     def _route(self, doc: Doc, m: Mapping) -> None:
         before = len(self.problems.items)
         source = f"{doc.path}:{m.line}"
-        name = m.str("name", "", required=True)
+        name = m.text("name", "", required=True)
         if name and not NAME.match(name):
             m.error("name", f"{m.where}.name: invalid route name {name!r} (letters, digits, _ . -)")
         elif name in self.route_sources:
@@ -288,7 +288,7 @@ class _Compiler:
         host = self._host(m)
         prefix, exact, regex = self._paths(m)
         methods = self._methods(m, "methods")
-        backend = m.str("backend", "", required=True)
+        backend = m.text("backend", "", required=True)
         if backend and self.backends is not None and backend not in self.backends:
             m.error("backend", f"{where}.backend: undefined backend '{backend}'")
         timeout = m.duration("timeout")
@@ -308,9 +308,9 @@ class _Compiler:
             methods=frozenset(methods) if methods else None,
             timeout=timeout,
             max_body=m.size("max_body"),
-            websocket=m.bool("websocket"),
-            preserve_host=m.bool("preserve_host"),
-            pass_authorization=m.bool("pass_authorization"),
+            websocket=m.flag("websocket"),
+            preserve_host=m.flag("preserve_host"),
+            pass_authorization=m.flag("pass_authorization"),
             set_request_headers=headers,
             remove_request_headers=remove,
             pass_claims=claims,
@@ -325,7 +325,7 @@ class _Compiler:
             self.routes.append(route)
 
     def _host(self, m: Mapping) -> str | None:
-        host = m.str("host")
+        host = m.text("host")
         if host is None:
             return None
         host = host.strip().lower().rstrip(".")
@@ -343,7 +343,7 @@ class _Compiler:
 
     def _paths(self, m: Mapping) -> tuple[str | None, str | None, str | None]:
         given = [k for k in ("path", "path_exact", "path_regex") if m.has(k)]
-        prefix, exact, regex = m.str("path"), m.str("path_exact"), m.str("path_regex")
+        prefix, exact, regex = m.text("path"), m.text("path_exact"), m.text("path_regex")
         if len(given) != 1:
             m.error(
                 given[1] if len(given) > 1 else None,
@@ -379,7 +379,7 @@ class _Compiler:
             return ()
         out: list[tuple[str, str]] = []
         for key in list(hm.keys()):
-            value = hm.str(key, required=True)
+            value = hm.text(key, required=True)
             if not _TOKEN.match(key):
                 hm.error(key, f"{hm.where}: not a header name: {key!r}")
             elif isinstance(value, str):
@@ -402,7 +402,7 @@ class _Compiler:
         if pm is None:
             return (), 4096
         claims = tuple(_strs(pm, "claims", required=True))
-        budget = pm.int("max_bytes", 4096, minimum=1)
+        budget = pm.integer("max_bytes", 4096, minimum=1)
         pm.close()
         return claims, budget
 
@@ -410,9 +410,9 @@ class _Compiler:
         rm = m.mapping("rate_limit")
         if rm is None:
             return None
-        requests = rm.int("requests", None, minimum=1)
+        requests = rm.integer("requests", None, minimum=1)
         per = rm.duration("per", required=True)
-        burst = rm.int("burst", None, minimum=1)
+        burst = rm.integer("burst", None, minimum=1)
         rm.close()
         if requests is None:
             if not rm.has("requests"):
@@ -431,7 +431,7 @@ class _Compiler:
         seen: set[str] = set()
         kind: Literal["allow", "deny"] = "allow" if effect == "allow" else "deny"
         verb = "allowed" if kind == "allow" else "denied"
-        for index, node in enumerate(m.list(effect)):
+        for index, node in enumerate(m.nodes(effect)):
             where = f"{m.where}.{effect}[{index}]"
             source = f"{doc.path}:{node.start_mark.line + 1}"
             mode: Literal["enforce", "audit"]
@@ -447,7 +447,7 @@ class _Compiler:
                 rm = Mapping.of(doc, node, where)
                 if rm is None:
                     continue
-                name = rm.str("name", "", required=True)
+                name = rm.text("name", "", required=True)
                 if name and not NAME.match(name):
                     rm.error("name", f"{where}.name: invalid rule name {name!r}")
                 rm.where = f"{m.where}.{effect} '{name}'" if name else where
@@ -499,7 +499,7 @@ class _Compiler:
     def _c_public(self, m: Mapping, key: str) -> c.Criterion | None:
         node = m.node_of(key)
         value = plain_value(node) if node is not None else None
-        m.bool(key)
+        m.flag(key)
         if value is True:
             return c.Public()
         if value is False:
@@ -509,7 +509,7 @@ class _Compiler:
     def _c_authenticated(self, m: Mapping, key: str) -> c.Criterion | None:
         node = m.node_of(key)
         value = plain_value(node) if node is not None else None
-        m.bool(key)
+        m.flag(key)
         return c.Authenticated(value) if isinstance(value, bool) else None
 
     def _nonempty(self, m: Mapping, key: str) -> list[str]:
@@ -608,7 +608,7 @@ class _Compiler:
             a = _WEEKDAYS.index(first)
             b = _WEEKDAYS.index(last) if last else a
             days.update(d % 7 for d in range(a, b + 1 if b >= a else b + 8))
-        hours = tm.str("hours", "00:00-24:00")
+        hours = tm.text("hours", "00:00-24:00")
         start = end = 0
         match = _HOURS.match(hours)
         if match is None:
@@ -618,7 +618,7 @@ class _Compiler:
             start, end = h1 * 60 + m1, h2 * 60 + m2
             if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or end > 1440 or start == end:
                 tm.error("hours", f"{tm.where}.hours: not a valid time range: {hours!r}")
-        tz = tm.str("tz", "UTC")
+        tz = tm.text("tz", "UTC")
         zone = None
         try:
             zone = ZoneInfo(tz)
@@ -645,7 +645,7 @@ class _Compiler:
                 mm.error(None, f"{mm.where}: give 'amr' and/or 'acr'")
             return c.Mfa(amr, acr)
         value = plain_value(node) if node is not None else None
-        m.bool(key)
+        m.flag(key)
         if value is True:
             return c.Mfa(frozenset({"mfa"}), frozenset())
         if value is False:
@@ -684,7 +684,7 @@ class _Compiler:
     def _c_claim(self, m: Mapping, key: str) -> c.Criterion | None:
         node = m.node_of(key)
         if isinstance(node, yaml.SequenceNode):
-            items = m.list(key)
+            items = m.nodes(key)
             parts = [
                 self._one_claim(Mapping.of(m.doc, n, f"{m.where}.claim[{i}]"))
                 for i, n in enumerate(items)
@@ -699,9 +699,9 @@ class _Compiler:
     def _one_claim(self, cm: Mapping | None) -> c.Criterion | None:
         if cm is None:
             return None
-        path = cm.str("path", "", required=True)
+        path = cm.text("path", "", required=True)
         if cm.has("exists"):
-            exists = cm.bool("exists")
+            exists = cm.flag("exists")
             if any(cm.has(k) for k in _MATCHERS):
                 cm.error(None, f"{cm.where}: 'exists' cannot be combined with a matcher")
             cm.close(_MATCHERS)
@@ -718,7 +718,7 @@ class _Compiler:
             matcher = self._matcher(pm, ("regex",))
             pm.close((*_MATCHERS, "regex"))
             return c.PathMatch(None, matcher) if matcher else None
-        prefix = m.str(key)
+        prefix = m.text(key)
         if prefix is None:
             return None
         if not _is_canonical(prefix):
@@ -735,7 +735,7 @@ class _Compiler:
         return c.All(tuple(parts)) if parts is not None else None
 
     def _list_of_bodies(self, m: Mapping, key: str) -> list[c.Criterion] | None:
-        nodes = m.list(key)
+        nodes = m.nodes(key)
         if not nodes:
             if m.has(key):
                 m.error(key, f"{m.where}.{key}: must be a non-empty list")

@@ -74,14 +74,14 @@ def parse_state(m: Mapping | None) -> StateConfig | None:
     if importlib.util.find_spec("redis") is None:
         # Reported with the config, not as an ImportError once workers start.
         m.error(None, f"{m.where}: needs the Redis client: pip install 'gatehouse[redis]'")
-    url = m.str("redis_url", required=True)
+    url = m.text("redis_url", required=True)
     if url is not None:
         _check_url(m, url)
     key = m.secret("encryption_key", required=True)
-    prefix = m.str("key_prefix", DEFAULT_PREFIX)
+    prefix = m.text("key_prefix", DEFAULT_PREFIX)
     if not prefix or any(c.isspace() for c in prefix):
         m.error("key_prefix", f"{m.where}.key_prefix: must be non-empty without spaces")
-    username = m.str("username")
+    username = m.text("username")
     password = m.secret("password")
     ca_file = m.path("tls_ca_file")
     if ca_file is not None and url is not None and not url.startswith("rediss://"):
@@ -89,7 +89,7 @@ def parse_state(m: Mapping | None) -> StateConfig | None:
     timeout = m.duration("timeout", 0.5)
     lock_ttl = m.duration("lock_ttl", 10.0)
     reconnect = m.duration("reconnect_interval", 1.0)
-    max_connections = m.int("max_connections", 64, minimum=1)
+    max_connections = m.integer("max_connections", 64, minimum=1)
     for name, value in (("timeout", timeout), ("lock_ttl", lock_ttl)):
         if value <= 0:
             m.error(name, f"{m.where}.{name}: must be more than zero")

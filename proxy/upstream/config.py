@@ -166,8 +166,8 @@ def _tls(m: Mapping | None) -> UpstreamTLSOptions:
     ca = m.path("ca_file")
     cert = m.path("client_cert_file")
     key = m.path("client_key_file")
-    server_name: str | None = m.str("server_name")
-    verify = m.bool("verify", True)
+    server_name: str | None = m.text("server_name")
+    verify = m.flag("verify", True)
     min_version = m.choice("min_version", ("1.2", "1.3"), "1.2")
     if (cert is None) != (key is None):
         m.error(
@@ -187,8 +187,8 @@ def _health(m: Mapping | None, default: HealthCheckOptions) -> HealthCheckOption
     if m is None:
         return default
     # Writing the section at all means "check it", unless it says otherwise.
-    enabled = m.bool("enabled", True)
-    path = m.str("path", default.path) or default.path
+    enabled = m.flag("enabled", True)
+    path = m.text("path", default.path) or default.path
     if not path.startswith("/") or any(c in path for c in " #\r\n"):
         m.error("path", f"{m.where}.path: expected an absolute path like /healthz, got {path!r}")
         path = default.path
@@ -202,10 +202,12 @@ def _health(m: Mapping | None, default: HealthCheckOptions) -> HealthCheckOption
         path=path,
         interval=interval,
         timeout=timeout,
-        healthy_threshold=m.int("healthy_threshold", default.healthy_threshold, minimum=1),
-        unhealthy_threshold=m.int("unhealthy_threshold", default.unhealthy_threshold, minimum=1),
+        healthy_threshold=m.integer("healthy_threshold", default.healthy_threshold, minimum=1),
+        unhealthy_threshold=m.integer(
+            "unhealthy_threshold", default.unhealthy_threshold, minimum=1
+        ),
         expected_status=_status_ranges(m, "expected_status") or default.expected_status,
-        passive_failures=m.int("passive_failures", default.passive_failures, minimum=0),
+        passive_failures=m.integer("passive_failures", default.passive_failures, minimum=0),
         passive_ejection=_positive(m, "passive_ejection", default.passive_ejection),
     )
     m.close()
@@ -216,7 +218,7 @@ def _retries(m: Mapping | None) -> RetryOptions:
     default = RetryOptions()
     if m is None:
         return default
-    attempts = m.int("attempts", default.attempts, minimum=1)
+    attempts = m.integer("attempts", default.attempts, minimum=1)
     if attempts > 10:
         m.error("attempts", f"{m.where}.attempts: at most 10")
         attempts = default.attempts
@@ -260,7 +262,7 @@ def _retries(m: Mapping | None) -> RetryOptions:
         backoff_max=maximum,
         budget_ratio=ratio,
         budget_window=_positive(m, "budget_window", default.budget_window),
-        budget_min_retries=m.int("budget_min_retries", default.budget_min_retries, minimum=0),
+        budget_min_retries=m.integer("budget_min_retries", default.budget_min_retries, minimum=0),
         retry_on=retry_on,
     )
     m.close()
@@ -272,10 +274,12 @@ def _circuit(m: Mapping | None) -> CircuitOptions:
     if m is None:
         return default
     options = CircuitOptions(
-        enabled=m.bool("enabled", True),
-        consecutive_failures=m.int("consecutive_failures", default.consecutive_failures, minimum=1),
+        enabled=m.flag("enabled", True),
+        consecutive_failures=m.integer(
+            "consecutive_failures", default.consecutive_failures, minimum=1
+        ),
         open_for=_positive(m, "open_for", default.open_for),
-        half_open_probes=m.int("half_open_probes", default.half_open_probes, minimum=1),
+        half_open_probes=m.integer("half_open_probes", default.half_open_probes, minimum=1),
     )
     m.close()
     return options
