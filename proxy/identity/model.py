@@ -27,6 +27,13 @@ class Identity:
     ``claims`` is the verified claim set (JWT/introspection/session) or a small
     synthesised one (API key, mTLS); policy matches on it. ``token`` is the
     caller's own credential, kept only for token exchange and never logged.
+
+    ``unknown_claims`` names claims whose value cannot be known from what was
+    received (dropped from a size-bounded browser session, or cut by the IdP's
+    group overage, ``_claim_names``): a criterion on one of them evaluates to
+    unknown, never to "absent", so a deny rule on it fails closed.
+    ``email_verified`` is the issuer's ``email_verified`` claim (None when the
+    issuer did not say).
     """
 
     subject: str
@@ -38,4 +45,6 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=dict)
     expires_at: float | None = None
     client_cert: ClientCertificate | None = None
+    unknown_claims: frozenset[str] = frozenset()
+    email_verified: bool | None = None
     token: str | None = field(default=None, repr=False, compare=False)
