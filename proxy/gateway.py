@@ -45,13 +45,13 @@ from proxy.http.headers import (
     filter_request_headers,
     identity_headers,
 )
+from proxy.http.host import normalise_host
 from proxy.http.protocol import Request, RequestView, Written
 from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
-from proxy.policy.index import normalise_host
 from proxy.policy.model import Route
 from proxy.policy.ratelimit import RateLimiter, rate_key
 from proxy.policy.store import PolicyStore

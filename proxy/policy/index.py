@@ -20,11 +20,11 @@ with the number of routes.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from proxy.http.host import normalise_host
 from proxy.policy.model import Route
 
 # Patterns that refer to groups by number cannot be wrapped in a combined regex.
@@ -123,30 +123,6 @@ class _Bucket:
             if (route.methods is None or method in route.methods) and pattern.fullmatch(path):
                 return route
         return None
-
-
-def normalise_host(host: str) -> str:
-    """Lower-case, without port and trailing dot; IPv6 literals keep their brackets.
-
-    Remembered: a deployment sees a handful of Host values, nearly always with
-    a port or digits, which the string methods below would redo per request.
-    Only plausible lengths are kept (a DNS name has at most 253 characters),
-    so odd Host values a client makes up cannot fill the memory with big keys.
-    """
-    return _normalise_remembered(host) if len(host) <= 300 else _normalise(host)
-
-
-def _normalise(host: str) -> str:
-    host = host.lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    if ":" in host:
-        host = host.rpartition(":")[0]
-    return host.rstrip(".")
-
-
-_normalise_remembered = functools.lru_cache(maxsize=1024)(_normalise)
 
 
 class RouteIndex:
