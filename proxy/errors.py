@@ -29,6 +29,19 @@ class RequestRejected(GatehouseError):
     status, reason = 400, "bad_request"
 
 
+class AmbiguousRequest(RequestRejected):
+    """A single-valued field (a credential, Host, Content-Length, one of our cookies)
+    came more than once, or in two spellings: two readers could take different ones."""
+
+    status, reason = 400, "ambiguous_request"
+
+
+class BadHost(RequestRejected):
+    """The Host header breaks ``host [":" port]`` (RFC 9110 §7.2, RFC 3986 §3.2.2)."""
+
+    status, reason = 400, "bad_host"
+
+
 class HeadersTooLarge(RequestRejected):
     status, reason = 431, "headers_too_large"
 
@@ -51,6 +64,13 @@ class RouteNotFound(GatehouseError):
 # -- authenticate ---------------------------------------------------------
 class AuthenticationError(GatehouseError):
     status, reason = 401, "unauthenticated"
+
+
+class IdentityTooLarge(AuthenticationError):
+    """A verified subject or email too long to pass upstream whole (cutting it
+    could name somebody else)."""
+
+    status, reason = 401, "identity_too_large"
 
 
 class IdentityProviderUnavailable(GatehouseError):

@@ -23,7 +23,9 @@ from proxy.config.schema import Config
 from proxy.credentials.broker import CredentialBroker
 from proxy.errors import (
     AccessDenied,
+    AmbiguousRequest,
     AuthenticationError,
+    BadHost,
     GatehouseError,
     RateLimited,
     RouteNotFound,
@@ -36,16 +38,20 @@ from proxy.http.forwarding import (
     TraceContext,
     client_address,
     forwarding_headers,
+    new_request_id,
+    plain_address,
     request_id,
     trace_context,
 )
 from proxy.http.headers import (
     COOKIE_PREFIXES,
+    SINGLE_VALUED,
     RequestHeaderPolicy,
     filter_request_headers,
     identity_headers,
+    request_view,
 )
-from proxy.http.host import normalise_host
+from proxy.http.host import parse_host
 from proxy.http.protocol import Request, RequestView, Written
 from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
@@ -104,6 +110,15 @@ class Gateway:
     def credential_headers(self) -> frozenset[str]:
         api_keys = self.config.identity.api_keys
         return frozenset({api_keys.header.lower().replace("_", "-")}) if api_keys else frozenset()
+
+    @functools.cached_property
+    def single_valued(self) -> frozenset[str]:
+        """Fields that may come once only: credentials, Host, Content-Length."""
+        return SINGLE_VALUED | self.credential_headers
+
+    @functools.cached_property
+    def own_cookie_prefixes(self) -> tuple[str, ...]:
+        return tuple(prefix.lower() for prefix in self.cookie_prefixes)
 
     @overload
     async def handle(self, request: Request) -> web.StreamResponse | Written: ...
@@ -167,23 +182,31 @@ class Gateway:
         peer_ip = _peer_ip(request)
         trusted = cfg.trusted_proxies.contains(peer_ip)
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        first = _first_values(raw_headers)  # also the policy's view (facts.headers)
+        record.method = request.method
+        record.client_ip = peer_ip
+        try:
+            # Also the policy's view (facts.headers); refuses a credential sent twice.
+            first = request_view(raw_headers, self.single_valued, self.own_cookie_prefixes)
+        except AmbiguousRequest:
+            record.request_id = new_request_id()  # no header of this request is to be trusted
+            raise
         rid = request_id(first.get("x-request-id"), trusted)
         trace = trace_context(first.get("traceparent"), first.get("tracestate"))
         client_ip, chain = client_address(
             peer_ip, first.get("x-forwarded-for"), cfg.trusted_proxies
         )
-        host_header = request.headers.get("Host", "")  # decoded as the parser did (UTF-8)
+        host_header = first.get("host", "")
         record.request_id = rid
         record.trace_id = trace.trace_id
         record.client_ip = client_ip
-        record.method = request.method
         record.host = host_header
 
         # -- canonicalise --------------------------------------------------
         path, query = canonicalise_target(request.raw_path, cfg.path)
         record.path = path
-        host = normalise_host(host_header.strip())
+        host = parse_host(host_header)
+        if host is None:
+            raise BadHost(detail="Host header breaks host[:port]")
         scheme = "https" if cfg.tls is not None else "http"
         facts = RequestFacts(
             method=request.method,
@@ -248,7 +271,8 @@ class Gateway:
                 raise AuthenticationError("unauthenticated")
             raise AccessDenied(decision.reason)
         if route.rate_limit is not None and self.rate_limiter is not None:
-            allowed = self.rate_limiter.allow(route, rate_key(identity, facts), now)
+            key = rate_key(identity, facts, cfg.ipv6_rate_limit_prefix)
+            allowed = self.rate_limiter.allow(route, key, now)
             if not isinstance(allowed, bool):
                 allowed = await allowed  # shared buckets: answered by Redis
             if not allowed:
@@ -437,13 +461,5 @@ def _peer_ip(request: Incoming) -> str:
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and peer:
-        return str(peer[0])
+        return plain_address(str(peer[0]))
     return "unknown"
-
-
-def _first_values(headers: list[tuple[str, str]]) -> dict[str, str]:
-    """Lower-case name → first value: the view policy and identity read."""
-    out: dict[str, str] = {}
-    for name, value in headers:
-        out.setdefault(name.lower(), value)
-    return out

@@ -66,6 +66,14 @@ def _tls(m: Mapping | None) -> TLSConfig | None:
     return TLSConfig(cert, key, ca, client_auth, min_version)
 
 
+def _prefix_length(m: Mapping, key: str, default: int) -> int:
+    value = m.integer(key, default, minimum=1)
+    if value > 128:
+        m.error(key, f"{m.where}.{key}: an IPv6 prefix length is at most 128")
+        return default
+    return value
+
+
 def _listen(m: Mapping | None) -> ListenConfig:
     if m is None:
         return ListenConfig(Address("0.0.0.0", 8443))
@@ -85,6 +93,7 @@ def _listen(m: Mapping | None) -> ListenConfig:
             allow_semicolon=m.flag("allow_semicolon", False),
         ),
         backlog=m.integer("backlog", 1024, minimum=1),
+        ipv6_rate_limit_prefix=_prefix_length(m, "ipv6_rate_limit_prefix", 64),
     )
     m.close()
     return listen

@@ -44,6 +44,8 @@ class ListenConfig:
     max_body: int = 10 * 2**20  # default per-route request body limit
     path: PathOptions = PathOptions()
     backlog: int = 1024
+    # Anonymous callers' rate-limit buckets count per IPv6 network of this size.
+    ipv6_rate_limit_prefix: int = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,56 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from proxy.http.host import valid_forwarded_host
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+
+
+def plain_address(ip: str) -> str:
+    """``ip`` with an IPv4-mapped IPv6 address written as the IPv4 address it maps.
+
+    A dual-stack listener (``[::]``) sees IPv4 peers as ``::ffff:10.1.2.3``;
+    compared as IPv6 they match no IPv4 range, so trusted proxies went
+    unrecognised and ``source_ip`` rules never fired. Every address the proxy
+    compares, keys or records goes through here first. Anything that is not
+    an IP address comes back unchanged.
+    """
+    if ":" not in ip:
+        return ip  # IPv4 (or "unknown"): the common case, no parsing
+    try:
+        addr = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return ip
+    mapped = addr.ipv4_mapped
+    return str(mapped) if mapped is not None else ip
+
+
+def _parsed(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def address_key(ip: str, ipv6_prefix: int = 64) -> str:
+    """The address a per-client limit counts against: IPv6 by its ``/ipv6_prefix``.
+
+    One IPv6 subscriber usually holds a whole /64: keyed by full address, it
+    could rotate through unlimited buckets (and evict everyone else's).
+    """
+    addr = _parsed(ip)
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return str(addr) if addr is not None else ip
+    network = ipaddress.IPv6Network((addr, ipv6_prefix), strict=False)
+    return f"{network.network_address}/{ipv6_prefix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +73,8 @@ class TrustedProxies:
     def contains(self, ip: str) -> bool:
         if not self.networks:
             return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.networks)
+        addr = _parsed(ip)
+        return addr is not None and any(addr in net for net in self.networks)
 
 
 def client_address(peer_ip: str, xff: str | None, trusted: TrustedProxies) -> tuple[str, list[str]]:
@@ -41,18 +82,18 @@ def client_address(peer_ip: str, xff: str | None, trusted: TrustedProxies) -> tu
 
     Walk the chain right to left from the peer, skipping trusted proxies; the
     first untrusted hop is the client. An untrusted peer's chain is dropped.
+    ``peer_ip`` is expected in :func:`plain_address` form; hops are put in it.
     """
     if not xff or not trusted.contains(peer_ip):
         return peer_ip, [peer_ip]
     chain = [h.strip() for h in xff.split(",") if h.strip()]
     client = peer_ip
     for hop in reversed(chain):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        addr = _parsed(hop)
+        if addr is None:
             break  # garbage ends the trustworthy part of the chain
-        client = hop
-        if not trusted.contains(hop):
+        client = str(addr)
+        if not trusted.contains(client):
             break
     return client, [*chain, peer_ip]
 
@@ -87,8 +128,11 @@ def forwarding_headers(
     fwd_host = host
     prior_forwarded = None
     if peer_trusted:
-        proto = client_headers.get("x-forwarded-proto", scheme) or scheme
-        fwd_host = client_headers.get("x-forwarded-host", host) or host
+        # Even a trusted proxy's values must be well formed before they travel on.
+        claimed_proto = client_headers.get("x-forwarded-proto", "").strip().lower()
+        proto = claimed_proto if claimed_proto in ("http", "https") else scheme
+        claimed_host = client_headers.get("x-forwarded-host", "").strip()
+        fwd_host = claimed_host if valid_forwarded_host(claimed_host) else host
         prior_forwarded = client_headers.get("forwarded")
     element = f"for={_forwarded_node(peer_ip)};proto={scheme};host={_forwarded_host(host)}"
     forwarded = f"{prior_forwarded}, {element}" if prior_forwarded else element

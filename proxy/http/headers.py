@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
+from proxy.errors import AmbiguousRequest, IdentityTooLarge
+
 Headers = list[tuple[str, str]]
 
 HOP_BY_HOP = frozenset(
@@ -76,8 +78,73 @@ DEFAULT_IDENTITY_HEADERS = frozenset(
     }
 )
 
+# Method overrides that Express, Symfony, ASP.NET and Rails-style frameworks
+# honour: a POST the policy allowed would run as the DELETE it did not. Never
+# forwarded unless the route opts in (and then its policy decides both methods).
+METHOD_OVERRIDE_HEADERS = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override"}
+)
+
 NAMESPACE_PREFIX = "x-gatehouse-"
 COOKIE_PREFIXES = ("__Host-gatehouse", "gatehouse")
+
+# Fields that carry one value: a second line (or a second spelling, "_" for
+# "-", another case) lets two readers act on different values, e.g. the proxy
+# authenticating the first Authorization and the upstream reading the last.
+SINGLE_VALUED = frozenset({"authorization", "host", "content-length"})
+# List-valued fields whose lines are read as one comma-joined list (RFC 9110
+# §5.3): a trusted proxy may add its own line rather than extend the client's.
+_JOINED = frozenset({"x-forwarded-for", "forwarded"})
+
+
+def request_view(
+    headers: Sequence[tuple[str, str]],
+    single_valued: frozenset[str] = SINGLE_VALUED,
+    cookie_prefixes: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """Lower-case name → value: the view routing, identity and policy read.
+
+    The first line's value, except for the list-valued forwarding fields, whose
+    lines are joined in order. Raises :class:`AmbiguousRequest` when a field
+    of ``single_valued`` (normalised names) comes twice in any spelling, or
+    when a cookie whose name starts with one of ``cookie_prefixes``
+    (lower-case) is sent twice.
+    """
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    cookie_lines: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        norm = lower.replace("_", "-") if "_" in lower else lower
+        if norm in single_valued:
+            if norm in seen:
+                raise AmbiguousRequest(detail=f"{norm} sent more than once")
+            seen.add(norm)
+        elif norm == "cookie":
+            cookie_lines.append(value)
+        prior = out.get(lower)
+        if prior is None:
+            out[lower] = value
+        elif lower in _JOINED:
+            out[lower] = f"{prior}, {value}"
+    if cookie_lines and cookie_prefixes:
+        _check_own_cookies(cookie_lines, cookie_prefixes)
+    return out
+
+
+def _check_own_cookies(lines: list[str], prefixes: tuple[str, ...]) -> None:
+    """Each of our cookies at most once, whatever the case of its name."""
+    lowered = [line.lower() for line in lines]
+    if not any(prefix in line for line in lowered for prefix in prefixes):
+        return  # the common case: no cookie of ours at all
+    names: set[str] = set()
+    for line in lowered:
+        for part in line.split(";"):
+            name = part.split("=", 1)[0].strip()
+            if name.startswith(prefixes):
+                if name in names:
+                    raise AmbiguousRequest(detail="a gatehouse cookie sent more than once")
+                names.add(name)
 
 
 def normalise_name(name: str) -> str:
@@ -131,6 +198,7 @@ class RequestHeaderPolicy:
 
     pass_authorization: bool = False
     pass_cookies: bool = False
+    pass_method_override: bool = False
     remove: frozenset[str] = frozenset()  # normalised names
     set: tuple[tuple[str, str], ...] = ()
     identity_headers: frozenset[str] = DEFAULT_IDENTITY_HEADERS
@@ -151,6 +219,7 @@ class RequestHeaderPolicy:
             or norm in PROXY_COMPUTED
             or norm in HOP_BY_HOP
             or norm.startswith(NAMESPACE_PREFIX)
+            or (norm in METHOD_OVERRIDE_HEADERS and not self.pass_method_override)
             or norm in self.identity_headers
             or norm in self.remove
             or (norm == "authorization" and not self.pass_authorization)
@@ -279,23 +348,52 @@ def filter_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> ResponseH
     return ResponseHeaders(lines, has_server, has_date)
 
 
-def safe_header_value(value: str, limit: int = 4096) -> str:
-    """Make an identity value (from a token) safe to put in a header.
+# Printable ASCII (space to "~"): sent as is, except the characters below.
+_PRINTABLE = frozenset(chr(c) for c in range(0x20, 0x7F))
+IDENTITY_VALUE_LIMIT = 4096
 
-    Claims are attacker-influenced strings (a user may pick their display
-    name); control characters would split headers, and unbounded sizes
-    overflow upstream limits.
+
+def encode_identity_value(value: str, also: str = "") -> str:
+    """``value`` made safe for a header without losing or merging anything.
+
+    Claims are attacker-influenced strings (a user may pick a display name or
+    an unverified email). Stripping characters merged distinct values
+    (``adm,in`` and ``admin``, ``alice\u200b`` and ``alice``); instead any
+    character outside printable ASCII, ``%`` itself, and the characters in
+    ``also`` (``,`` for group lists) are percent-encoded as UTF-8 (RFC 3986
+    §2.1). Every other value, nearly all of them, is sent exactly as it is:
+    an upstream that percent-decodes always gets the original back.
     """
-    if value.isascii() and value.isprintable():
-        return value[:limit]  # the common case: nothing to remove (printable ASCII is " "-"~")
-    cleaned = "".join(c for c in value if " " <= c <= "~")
-    return cleaned[:limit]
+    if "%" not in value and _PRINTABLE.issuperset(value) and not (also and _has_any(value, also)):
+        return value
+    return "".join(_encode_char(c, also) for c in value)
+
+
+def _has_any(value: str, chars: str) -> bool:
+    return any(c in value for c in chars)
+
+
+def _encode_char(c: str, also: str) -> str:
+    if c in _PRINTABLE and c != "%" and c not in also:
+        return c
+    return "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
 
 
 def identity_headers(
-    subject: str, email: str | None, groups: Iterable[str], groups_budget: int = 4096
+    subject: str,
+    email: str | None,
+    groups: Iterable[str],
+    groups_budget: int = IDENTITY_VALUE_LIMIT,
 ) -> Headers:
-    """``X-Gatehouse-Subject/Email/Groups`` telling the upstream who called."""
+    """``X-Gatehouse-Subject/Email/Groups`` telling the upstream who called.
+
+    Values are encoded with :func:`encode_identity_value`. A subject or email
+    over the budget raises :class:`IdentityTooLarge` (cutting it could name
+    somebody else). Groups are cut at ``groups_budget`` bytes on a group
+    boundary, in sorted order, and then ``X-Gatehouse-Groups-Truncated: true``
+    says so: an upstream that needs every group verifies the signed
+    assertion, which carries them all.
+    """
     if isinstance(groups, frozenset):
         # An identity's values do not change; cached identities repeat them per request.
         return list(_identity_headers(subject, email, groups, groups_budget))
@@ -312,22 +410,33 @@ def _identity_headers(
 def _build_identity_headers(
     subject: str, email: str | None, groups: Iterable[str], groups_budget: int
 ) -> Headers:
-    out: Headers = [("X-Gatehouse-Subject", safe_header_value(subject))]
+    out: Headers = [("X-Gatehouse-Subject", _bounded(subject))]
     if email:
-        out.append(("X-Gatehouse-Email", safe_header_value(email)))
+        out.append(("X-Gatehouse-Email", _bounded(email)))
     joined: list[str] = []
     size = 0
+    truncated = False
     for group in sorted(groups):
-        g = safe_header_value(group).replace(",", "")
+        g = encode_identity_value(group, ",")
         if not g:
             continue
         if size + len(g) + 1 > groups_budget:
-            break  # a bounded header beats a 431 from the upstream; the assertion carries all
+            truncated = True  # a bounded header beats a 431 from the upstream
+            break
         joined.append(g)
         size += len(g) + 1
     if joined:
         out.append(("X-Gatehouse-Groups", ",".join(joined)))
+    if truncated:
+        out.append(("X-Gatehouse-Groups-Truncated", "true"))
     return out
+
+
+def _bounded(value: str) -> str:
+    encoded = encode_identity_value(value)
+    if len(encoded) > IDENTITY_VALUE_LIMIT:
+        raise IdentityTooLarge(detail="a subject or email too long to pass upstream")
+    return encoded
 
 
 def serialise_head(lines: list[str] | list[bytes]) -> bytes:

@@ -57,8 +57,8 @@ def _parse(value: str) -> str | None:
         return ""
     if value.startswith("["):
         end = value.find("]")
-        if end == -1 or not _port_ok(value[end + 1 :]):
-            return None
+        if end == -1 or "%" in value or not _port_ok(value[end + 1 :]):
+            return None  # unclosed, or a zone identifier (meaningless beyond this host)
         try:
             address = ipaddress.IPv6Address(value[1:end])
         except ValueError:

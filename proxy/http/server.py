@@ -39,6 +39,9 @@ def rejection(exc: BaseException | None, status: int) -> tuple[int, str]:
         isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message)
     ):
         return 431, "headers_too_large"
+    if isinstance(exc, BadHttpMessage) and str(exc.message).startswith("Duplicate "):
+        # A singleton (Host, Content-Length, ...) twice: two readers could take either.
+        return 400, "ambiguous_request"
     if isinstance(exc, HttpProcessingError) or status == 400:
         return 400, "malformed_request"
     return 500, "internal_error"

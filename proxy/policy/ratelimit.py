@@ -16,15 +16,17 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from proxy.http.facts import RequestFacts
+from proxy.http.forwarding import address_key
 from proxy.identity.model import Identity
 from proxy.policy.model import RateLimit, Route
 
 
-def rate_key(identity: Identity | None, facts: RequestFacts) -> str:
-    """The caller a bucket belongs to: the verified subject, else the client address."""
+def rate_key(identity: Identity | None, facts: RequestFacts, ipv6_prefix: int = 64) -> str:
+    """The caller a bucket belongs to: the verified subject, else the client address
+    (an IPv6 client by its ``/ipv6_prefix``)."""
     if identity is not None:
         return f"sub:{identity.issuer}|{identity.subject}"
-    return f"ip:{facts.client_ip}"
+    return f"ip:{address_key(facts.client_ip, ipv6_prefix)}"
 
 
 class _Buckets:

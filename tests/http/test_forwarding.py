@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from proxy.http.forwarding import (
     TrustedProxies,
+    address_key,
     client_address,
     forwarding_headers,
+    plain_address,
     request_id,
     trace_context,
 )
@@ -127,3 +131,65 @@ def test_forwarded_host_is_quoted_unless_plain_letters_digits_and_separators() -
     assert host_of("a b") == '"a b"'
     assert host_of("a;for=evil") == '"a;for=evil"'
     assert host_of("bücher.example") == "bücher.example"
+
+
+# -- IPv4-mapped peers (dual-stack listeners) and IPv6 keys --------------------------
+@pytest.mark.parametrize(
+    ("seen", "plain"),
+    [
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("::FFFF:10.1.2.3", "10.1.2.3"),
+        ("::ffff:a01:203", "10.1.2.3"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("::1", "::1"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_an_ipv4_mapped_address_is_the_ipv4_address_it_maps(seen: str, plain: str) -> None:
+    assert plain_address(seen) == plain
+
+
+def test_a_mapped_trusted_proxy_is_recognised_and_its_chain_honoured() -> None:
+    assert TRUSTED.contains("::ffff:10.0.0.2")
+    ip, chain = client_address(plain_address("::ffff:10.0.0.2"), "203.0.113.9", TRUSTED)
+    assert ip == "203.0.113.9"
+    assert chain == ["203.0.113.9", "10.0.0.2"]
+
+
+def test_mapped_hops_in_the_chain_are_compared_and_reported_as_ipv4() -> None:
+    ip, _ = client_address("10.0.0.2", "203.0.113.9, ::ffff:10.0.0.5", TRUSTED)
+    assert ip == "203.0.113.9"
+    ip, _ = client_address("10.0.0.2", "::ffff:203.0.113.9", TRUSTED)
+    assert ip == "203.0.113.9"
+
+
+@pytest.mark.parametrize(
+    ("ip", "prefix", "key"),
+    [
+        ("2001:db8:1:2:aaaa::1", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),
+        ("2001:db8:1:2:aaaa::1", 48, "2001:db8:1::/48"),
+        ("2001:db8::1", 128, "2001:db8::1/128"),
+        ("::ffff:10.1.2.3", 64, "10.1.2.3"),
+        ("10.1.2.3", 64, "10.1.2.3"),
+    ],
+)
+def test_ipv6_clients_are_keyed_by_their_network_prefix(ip: str, prefix: int, key: str) -> None:
+    assert address_key(ip, prefix) == key
+
+
+def test_a_trusted_proxys_malformed_forwarded_host_and_proto_are_not_passed_on() -> None:
+    out = dict(
+        forwarding_headers(
+            peer_ip="10.0.0.2",
+            peer_trusted=True,
+            chain=["10.0.0.2"],
+            client_headers={"x-forwarded-host": "evil.com/admin", "x-forwarded-proto": "gopher"},
+            scheme="https",
+            host="app.example.com",
+        )
+    )
+    assert out["X-Forwarded-Host"] == "app.example.com"
+    assert out["X-Forwarded-Proto"] == "https"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+from urllib.parse import unquote
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.errors import AmbiguousRequest, IdentityTooLarge
 from proxy.http.headers import (
+    SINGLE_VALUED,
     RequestHeaderPolicy,
     filter_request_headers,
     filter_response_headers,
     identity_headers,
+    request_view,
     serialise_head,
 )
 
@@ -151,13 +158,17 @@ def test_the_upstreams_request_id_is_dropped_and_its_server_and_date_are_noted()
     assert not bare.has_server and not bare.has_date
 
 
-def test_identity_headers_are_sanitised_and_bounded() -> None:
+def test_identity_headers_encode_what_cannot_travel_and_say_when_groups_are_cut() -> None:
     out = dict(
         identity_headers("alice\r\nX-Evil: 1", "a@example.com", ["eng", "ops,x"], groups_budget=8)
     )
-    assert out["X-Gatehouse-Subject"] == "aliceX-Evil: 1"
+    assert out["X-Gatehouse-Subject"] == "alice%0D%0AX-Evil: 1"
     assert out["X-Gatehouse-Email"] == "a@example.com"
     assert out["X-Gatehouse-Groups"] == "eng"
+    assert out["X-Gatehouse-Groups-Truncated"] == "true"
+    whole = dict(identity_headers("alice", None, ["eng", "ops,x"]))
+    assert whole["X-Gatehouse-Groups"] == "eng,ops%2Cx"
+    assert "X-Gatehouse-Groups-Truncated" not in whole
 
 
 def test_a_configured_session_cookie_name_is_stripped_too() -> None:
@@ -198,14 +209,107 @@ def test_a_flood_of_distinct_header_names_is_still_filtered_once_the_memory_is_f
     assert len(policy._verdicts) <= 128  # what a flood leaves behind stays small
 
 
-def test_identity_headers_drop_tab_and_delete_characters_and_return_a_fresh_list() -> None:
+def test_identity_headers_encode_tab_and_delete_characters_and_return_a_fresh_list() -> None:
     groups = frozenset({"eng"})
     first = identity_headers("al\tice\x7f", None, groups)
     first.append(("X-Mine", "1"))
     assert identity_headers("al\tice\x7f", None, groups) == [
-        ("X-Gatehouse-Subject", "alice"),
+        ("X-Gatehouse-Subject", "al%09ice%7F"),
         ("X-Gatehouse-Groups", "eng"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("adm,in", "admin"),
+        ("alice\u200b", "alice"),
+        ("alice\x00", "alice"),
+        ("al%69ce", "alice"),  # a literal percent sign never reads as an escape
+        ("ALICE", "alice"),
+        ("contractors ", "contractors"),
+    ],
+)
+def test_distinct_identity_values_never_reach_the_upstream_as_one(one: str, other: str) -> None:
+    assert identity_headers(one, None, [one]) != identity_headers(other, None, [other])
+
+
+@given(st.text(max_size=60), st.lists(st.text(max_size=20), max_size=6))
+def test_identity_headers_are_header_safe_and_decode_back_to_the_claims(
+    subject: str, groups: list[str]
+) -> None:
+    out = dict(identity_headers(subject, None, frozenset(groups)))
+    for value in out.values():
+        assert value.isascii() and value.isprintable()
+    assert unquote(out["X-Gatehouse-Subject"], errors="surrogatepass") == subject
+    sent = out.get("X-Gatehouse-Groups")
+    decoded = [unquote(g, errors="surrogatepass") for g in sent.split(",")] if sent else []
+    assert decoded == sorted(g for g in set(groups) if g)
+
+
+def test_a_subject_too_long_to_pass_whole_is_refused_not_cut() -> None:
+    with pytest.raises(IdentityTooLarge):
+        identity_headers("a" * 5000, None, [])
+    with pytest.raises(IdentityTooLarge):
+        identity_headers("alice", "\u00e9" * 1500 + "@example.com", [])
+
+
+# -- the request view: single-valued fields and our cookies ----------------------
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Authorization", "Bearer a"), ("Authorization", "Bearer b")],
+        [("Authorization", "Bearer a"), ("authorization", "Bearer a")],  # same value, case
+        [("AUTHORIZATION", "Bearer a"), ("Authorization", "Bearer b")],
+        [("X-Api-Key", "gh_a.b"), ("X-Api-Key", "gh_c.d")],
+        [("X-Api-Key", "gh_a.b"), ("X_Api_Key", "gh_c.d")],  # "_" spelling of the same name
+        [("x_api_key", "gh_a.b"), ("X-API-KEY", "gh_a.b")],
+        [("Host", "a"), ("Host", "b")],
+        [("Host", "a"), ("host", "a")],
+        [("Content-Length", "5"), ("Content-Length", "5")],
+        [("Content-Length", "5"), ("Content_Length", "7")],
+        [("Cookie", "__Host-gatehouse-session=a; __Host-gatehouse-session=b")],
+        [("Cookie", "__Host-gatehouse-session=a"), ("Cookie", "__Host-gatehouse-session=b")],
+        [("Cookie", "__Host-gatehouse-session=a; __HOST-gatehouse-session=b")],
+        [("Cookie", "app=1; gatehouse-login=a"), ("cookie", "gatehouse-login=b")],
+    ],
+)
+def test_a_single_valued_field_sent_twice_in_any_spelling_is_ambiguous(
+    headers: list[tuple[str, str]],
+) -> None:
+    with pytest.raises(AmbiguousRequest):
+        request_view(headers, SINGLE_VALUED | {"x-api-key"}, ("__host-gatehouse", "gatehouse"))
+
+
+def test_lists_and_other_cookies_may_repeat_and_forwarding_lines_are_joined() -> None:
+    view = request_view(
+        [
+            ("Accept", "a"),
+            ("accept", "b"),
+            ("Cookie", "app=1; app=2"),
+            ("Cookie", "theme=dark"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("Authorization", "Bearer a"),
+        ],
+        SINGLE_VALUED,
+        ("__host-gatehouse", "gatehouse"),
+    )
+    assert view["accept"] == "a"
+    assert view["cookie"] == "app=1; app=2"
+    assert view["x-forwarded-for"] == "1.1.1.1, 203.0.113.9"
+    assert view["authorization"] == "Bearer a"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-HTTP-Method-Override", "x-http-method", "X-Method-Override", "X_HTTP_Method_Override"],
+)
+def test_method_override_headers_are_never_forwarded_unless_the_route_opts_in(name: str) -> None:
+    request = [(name, "DELETE"), ("Accept", "*/*")]
+    assert names(filter_request_headers(request, RequestHeaderPolicy())) == ["accept"]
+    passing = RequestHeaderPolicy(pass_method_override=True)
+    assert names(filter_request_headers(request, passing)) == [name.lower(), "accept"]
 
 
 def test_a_head_is_its_lines_joined_by_crlf_and_ended_by_an_empty_line() -> None:
