@@ -5,7 +5,10 @@ no redirects followed (a redirect could leave the issuer's origin), bounded
 response size and time. Discovered endpoints must stay on the issuer's origin,
 so a compromised or confused discovery document cannot point key fetches or
 token exchanges elsewhere; configure ``jwks_uri`` explicitly for IdPs that
-serve keys from another host.
+serve keys from another host. Every answer is parsed as strict JSON (a repeated
+member name anywhere refuses it): these documents decide who a caller is. The
+client keeps no cookies (``identity_session``), so nothing one IdP answer sets
+is ever sent along with another call.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-import orjson
 
 from proxy.identity.config import url_problem
+from proxy.identity.strict_json import StrictJSONError, loads
 
 MAX_RESPONSE_BYTES = 1 << 20
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=3)
@@ -29,6 +32,12 @@ _NO_CACHE = re.compile(r"(?:^|,)\s*(no-store|no-cache)\s*(?:,|$)", re.IGNORECASE
 
 class FetchError(Exception):
     """An IdP endpoint could not be used; the message never carries secrets."""
+
+
+def identity_session() -> aiohttp.ClientSession:
+    """The HTTP client for IdP calls: no cookie jar, so one answer's cookies never
+    travel with a later call (made for another caller, or to another IdP)."""
+    return aiohttp.ClientSession(raise_for_status=False, cookie_jar=aiohttp.DummyCookieJar())
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -72,9 +81,9 @@ async def _read_json(response: aiohttp.ClientResponse) -> Any:
         raise FetchError(f"HTTP {response.status}")
     body = await _read_bounded(response)
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise FetchError("response is not JSON") from exc
+        return loads(body)
+    except StrictJSONError as exc:
+        raise FetchError(f"response: {exc}") from exc
 
 
 async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[Any, str | None]:
@@ -114,9 +123,9 @@ async def post_form(
         ) as response:
             body = await _read_bounded(response)
             try:
-                return response.status, orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise FetchError(f"HTTP {response.status}, body is not JSON") from exc
+                return response.status, loads(body)
+            except StrictJSONError as exc:
+                raise FetchError(f"HTTP {response.status}, body: {exc}") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise FetchError(type(exc).__name__) from exc
 
