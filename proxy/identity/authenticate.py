@@ -25,6 +25,7 @@ from proxy.http.protocol import RequestView
 from proxy.identity.apikeys import KEY_PREFIX, ApiKeyStore
 from proxy.identity.browser import BrowserLogin
 from proxy.identity.config import HMAC_ALGORITHMS, IdentityConfig, IssuerConfig
+from proxy.identity.fetch import identity_session
 from proxy.identity.introspection import Introspector
 from proxy.identity.jwks import JwksClient
 from proxy.identity.jwt_verify import (
@@ -35,6 +36,7 @@ from proxy.identity.jwt_verify import (
     hmac_key,
     identity_from_claims,
     invalid,
+    looks_like_jwe,
     looks_like_jwt,
     parse_header,
     select_key,
@@ -138,6 +140,7 @@ class Authenticator:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._issuers: dict[str, _Issuer] = {}
+        self._introspectors: list[Introspector] = []
         self._cache: _TokenCache | None = None
         if config.token_cache_size > 0:
             self._cache = _TokenCache(config.token_cache_size)
@@ -146,10 +149,13 @@ class Authenticator:
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(raise_for_status=False)
+        self._session = identity_session()
         cache_size = max(self.config.token_cache_size, 1)
         for cfg in self.config.issuers:
             self._issuers[cfg.issuer] = _Issuer(cfg, self._session, cache_size)
+        self._introspectors = [
+            i.introspector for i in self._issuers.values() if i.introspector is not None
+        ]
         for issuer in self._issuers.values():
             if issuer.needs_jwks:
                 await issuer.jwks.refresh()
@@ -167,6 +173,8 @@ class Authenticator:
     async def close(self) -> None:
         for issuer in self._issuers.values():
             await issuer.jwks.close()
+            if issuer.introspector is not None:
+                await issuer.introspector.close()
         if self.browser is not None:
             await self.browser.close()
         if self._session is not None:
@@ -287,6 +295,9 @@ class Authenticator:
             return await self._api_key(token)
         if looks_like_jwt(token):
             return await self._jwt(token)
+        if looks_like_jwe(token):
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result="invalid_token").inc()
+            raise invalid("encrypted tokens (JWE) are not accepted")
         return await self._opaque(token)
 
     def _hot(self, token: str) -> Authentication | None:
@@ -384,21 +395,29 @@ class Authenticator:
                 raise IdentityProviderUnavailable(detail="no usable key for token") from None
             raise invalid("token kid is not in the issuer's JWKS") from None
 
+    def _introspector_for(self, token: str) -> Introspector | None:
+        """The one issuer an opaque token may be sent to: the one whose token_prefix
+        it starts with, else the one without a prefix (configuration guarantees at
+        most one of each); None: no issuer takes it, and nothing is sent anywhere."""
+        fallback: Introspector | None = None
+        for introspector in self._introspectors:
+            prefix = introspector.icfg.token_prefix
+            if prefix is None:
+                fallback = introspector
+            elif token.startswith(prefix):
+                return introspector
+        return fallback
+
     async def _opaque(self, token: str) -> Identity:
-        introspectors = [i for i in self._issuers.values() if i.introspector is not None]
-        if not introspectors:
+        introspector = self._introspector_for(token)
+        if introspector is None:
             AUTH.labels(issuer=_UNKNOWN_ISSUER, method="opaque", result="invalid_token").inc()
-            raise invalid("opaque token and no introspection configured")
-        failure: GatehouseError | None = None
-        for issuer in introspectors:
-            assert issuer.introspector is not None
-            try:
-                identity = await issuer.introspector.introspect(token)
-            except GatehouseError as exc:
-                failure = exc
-                AUTH.labels(issuer=issuer.cfg.issuer, method="opaque", result=exc.reason).inc()
-                continue
-            AUTH.labels(issuer=issuer.cfg.issuer, method="opaque", result="ok").inc()
-            return identity
-        assert failure is not None
-        raise failure
+            raise invalid("opaque token and no introspecting issuer takes it")
+        issuer = introspector.cfg
+        try:
+            identity = await introspector.introspect(token)
+        except GatehouseError as exc:
+            AUTH.labels(issuer=issuer.issuer, method="opaque", result=exc.reason).inc()
+            raise
+        AUTH.labels(issuer=issuer.issuer, method="opaque", result="ok").inc()
+        return identity

@@ -12,14 +12,21 @@ Example::
           clock_skew: 60s
           required_claims: [sub]
           claims: {subject: sub, email: email, groups: realm_access.roles}
+          token_types: [JWT, at+jwt, untyped]   # accepted JOSE typ values
           hs256_secret_file: /run/secrets/hs  # enables HS* for this issuer only
           introspection:
             endpoint: https://login.example.com/introspect
             client_id: gatehouse
             client_secret: env:INTROSPECTION_SECRET
             cache_ttl: 60s
+            negative_cache_ttl: 10s
+            token_prefix: "ory_at_"
+            max_requests_per_second: 50
+            require_aud: true
+            require_iss: true
           jwks_cache: {min_ttl: 1m, max_ttl: 24h, default_ttl: 10m, stale_max_age: 24h}
-      api_keys: {file: keys.yaml, header: x-api-key}
+      api_keys: {file: keys.yaml, header: x-api-key, pepper_file: /run/secrets/pepper,
+                 max_failures_per_minute: 10}
       mtls: {enabled: true}
       browser:
         issuer: https://login.example.com
@@ -32,6 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +62,13 @@ ASYMMETRIC_ALGORITHMS = (
 )
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 KNOWN_ALGORITHMS = ASYMMETRIC_ALGORITHMS + HMAC_ALGORITHMS
+# RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+# JOSE typ values (normalised: lower case, no "application/"); "" is no typ at all.
+UNTYPED = "untyped"
+DEFAULT_TOKEN_TYPES = ("jwt", "at+jwt", "")
+API_KEY_PREFIX = "gh_"
+MIN_PEPPER_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +86,16 @@ class IntrospectionConfig:
     client_id: str
     client_secret: SecretRef | None
     cache_ttl: float = 60.0
+    # ``active: false`` answers are remembered this long (at most cache_ttl).
+    negative_cache_ttl: float = 10.0
+    # Only opaque tokens that start with this are sent to this issuer; None:
+    # this issuer takes opaque tokens that no other issuer's prefix claims.
+    token_prefix: str | None = None
+    # Calls to the endpoint per second (per worker); over it: 503, nothing sent.
+    max_requests_per_second: float = 50.0
+    # An active answer must name the issuer (iss) and one of the audiences (aud).
+    require_aud: bool = True
+    require_iss: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +118,7 @@ class IssuerConfig:
     clock_skew: float = 60.0
     required_claims: tuple[str, ...] = ()
     claims: ClaimMapping = ClaimMapping()
+    token_types: tuple[str, ...] = DEFAULT_TOKEN_TYPES
     hs256_secret: SecretRef | None = None
     introspection: IntrospectionConfig | None = None
     jwks_cache: JwksCacheConfig = JwksCacheConfig()
@@ -106,6 +133,10 @@ class IssuerConfig:
 class ApiKeysConfig:
     file: Path
     header: str = "x-api-key"
+    # Key for the HMAC-SHA256 of each secret in the key file; None: no pepper.
+    pepper: SecretRef | None = None
+    # Wrong secrets per key id per minute before that id is refused unchecked.
+    max_failures_per_minute: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,14 +244,79 @@ def _jwks_cache(m: Mapping | None) -> JwksCacheConfig:
 def _introspection(m: Mapping | None) -> IntrospectionConfig | None:
     if m is None:
         return None
+    d = IntrospectionConfig("", "", None)
     endpoint = _url(m, "endpoint", required=True)
     client_id = m.text("client_id", required=True)
     secret = m.secret("client_secret", required=True)
-    ttl = m.duration("cache_ttl", 60.0)
+    ttl = m.duration("cache_ttl", d.cache_ttl)
+    negative_ttl = m.duration("negative_cache_ttl", d.negative_cache_ttl)
+    prefix = m.text("token_prefix")
+    if prefix is not None and (not prefix or prefix.startswith(API_KEY_PREFIX)):
+        m.error(
+            "token_prefix",
+            f"{m.where}.token_prefix must be non-empty and not start with the API key "
+            f"prefix {API_KEY_PREFIX!r}",
+        )
+    rate = m.integer("max_requests_per_second", int(d.max_requests_per_second), minimum=1)
+    require_aud = m.flag("require_aud", True)
+    require_iss = m.flag("require_iss", True)
     m.close()
     if endpoint is None or client_id is None:
         return None
-    return IntrospectionConfig(endpoint, client_id, secret, ttl)
+    return IntrospectionConfig(
+        endpoint,
+        client_id,
+        secret,
+        cache_ttl=ttl,
+        negative_cache_ttl=min(negative_ttl, ttl),
+        token_prefix=prefix,
+        max_requests_per_second=float(rate),
+        require_aud=require_aud,
+        require_iss=require_iss,
+    )
+
+
+def _token_types(m: Mapping) -> tuple[str, ...]:
+    if not m.has("token_types"):
+        return DEFAULT_TOKEN_TYPES
+    types: list[str] = []
+    for value in _str_list(m, "token_types"):
+        if value.lower() == UNTYPED:
+            types.append("")
+        elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+/-]*", value):
+            types.append(normalise_type(value))
+        else:
+            m.error("token_types", f"{m.where}.token_types: {value!r} is not a media type")
+    if not types:
+        m.error("token_types", f"{m.where}.token_types must name at least one type")
+    return tuple(dict.fromkeys(types))
+
+
+def normalise_type(value: str) -> str:
+    """A JOSE ``typ`` as compared: case-insensitive, ``application/`` optional (RFC 7515)."""
+    lowered = value.lower()
+    return lowered.removeprefix("application/")
+
+
+def _check_hmac_secret(m: Mapping, secret: SecretRef, algorithms: tuple[str, ...]) -> None:
+    """Refuse a shared secret shorter than the strongest allowed HS* hash (never echoed)."""
+    key = "hs256_secret_file" if m.has("hs256_secret_file") else "hs256_secret"
+    hmac_algs = [a for a in algorithms if a in HMAC_MIN_SECRET_BYTES]
+    if not hmac_algs:
+        return
+    strongest = max(hmac_algs, key=HMAC_MIN_SECRET_BYTES.__getitem__)
+    needed = HMAC_MIN_SECRET_BYTES[strongest]
+    try:
+        length = len(secret.read().encode())
+    except (OSError, KeyError, UnicodeDecodeError) as exc:
+        m.error(key, f"{m.where}.{key}: the secret cannot be read ({type(exc).__name__})")
+        return
+    if length < needed:
+        m.error(
+            key,
+            f"{m.where}.{key}: the secret has {length} bytes; {strongest} needs at least "
+            f"{needed} (RFC 7518 §3.2)",
+        )
 
 
 def _issuer(m: Mapping, _index: int) -> IssuerConfig | None:
@@ -242,6 +338,9 @@ def _issuer(m: Mapping, _index: int) -> IssuerConfig | None:
             )
     if hs_secret is not None and not any(a in HMAC_ALGORITHMS for a in algorithms):
         m.error("hs256_secret", f"{m.where}: a secret is configured but no HS* algorithm allowed")
+    elif hs_secret is not None:
+        _check_hmac_secret(m, hs_secret, algorithms)
+    token_types = _token_types(m)
     clock_skew = m.duration("clock_skew", 60.0)
     if clock_skew > 600:
         m.error("clock_skew", f"{m.where}.clock_skew must be at most 10m")
@@ -260,6 +359,7 @@ def _issuer(m: Mapping, _index: int) -> IssuerConfig | None:
         clock_skew=clock_skew,
         required_claims=required_claims,
         claims=claims,
+        token_types=token_types,
         hs256_secret=hs_secret,
         introspection=introspection,
         jwks_cache=jwks_cache,
@@ -305,6 +405,60 @@ def _browser(m: Mapping | None) -> BrowserConfig | None:
     )
 
 
+def _check_introspection_routing(m: Mapping, issuers: tuple[IssuerConfig, ...]) -> None:
+    """Every opaque token must have at most one issuer to be sent to.
+
+    An issuer with ``introspection.token_prefix`` takes the tokens that start
+    with it; one issuer without a prefix may take the rest. Two issuers without
+    a prefix, or prefixes where one begins the other, leave the choice open.
+    """
+    routed = [c.introspection for c in issuers if c.introspection is not None]
+    catch_all = [i for i in routed if i.token_prefix is None]
+    if len(catch_all) > 1:
+        m.error(
+            "issuers",
+            f"{m.where}.issuers: {len(catch_all)} issuers introspect opaque tokens without "
+            "introspection.token_prefix, so a token's issuer cannot be chosen: give every "
+            "introspecting issuer but one a token_prefix",
+        )
+    prefixes = sorted(i.token_prefix for i in routed if i.token_prefix is not None)
+    for shorter, longer in itertools.pairwise(prefixes):
+        if longer.startswith(shorter):
+            m.error(
+                "issuers",
+                f"{m.where}.issuers: introspection.token_prefix {shorter!r} also begins "
+                f"{longer!r}: prefixes must not overlap",
+            )
+
+
+def _api_keys(m: Mapping | None) -> ApiKeysConfig | None:
+    if m is None:
+        return None
+    path = m.path("file", required=True, must_exist=False)
+    header = m.text("header", "x-api-key").lower()
+    if header in ("authorization", "cookie", "host"):
+        m.error("header", f"{m.where}.header must not be {header!r}")
+    pepper = m.secret("pepper")
+    if pepper is not None:
+        key = "pepper_file" if m.has("pepper_file") else "pepper"
+        try:
+            length = len(pepper.read().encode())
+        except (OSError, KeyError, UnicodeDecodeError) as exc:
+            m.error(key, f"{m.where}.{key}: the pepper cannot be read ({type(exc).__name__})")
+        else:
+            if length < MIN_PEPPER_BYTES:
+                m.error(
+                    key,
+                    f"{m.where}.{key}: the pepper has {length} bytes; at least "
+                    f"{MIN_PEPPER_BYTES} are needed",
+                )
+    failures = m.integer("max_failures_per_minute", 10, minimum=1)
+    m.close()
+    if path is None:
+        return None
+    return ApiKeysConfig(file=path, header=header, pepper=pepper, max_failures_per_minute=failures)
+
+
 def parse_identity(m: Mapping | None) -> IdentityConfig:
     """Build the identity configuration, recording every problem on ``m``'s document."""
     if m is None:
@@ -315,21 +469,13 @@ def parse_identity(m: Mapping | None) -> IdentityConfig:
         if cfg.issuer in seen:
             m.error("issuers", f"{m.where}.issuers: issuer {cfg.issuer!r} is listed twice")
         seen.add(cfg.issuer)
+    _check_introspection_routing(m, issuers)
     max_token_bytes = m.size("max_token_bytes", 8192)
     if not 512 <= max_token_bytes <= 1 << 20:
         m.error("max_token_bytes", f"{m.where}.max_token_bytes must be between 512B and 1MiB")
     token_cache_size = m.integer("token_cache_size", 10000, minimum=0)
 
-    api_keys: ApiKeysConfig | None = None
-    ak = m.mapping("api_keys")
-    if ak is not None:
-        path = ak.path("file", required=True, must_exist=False)
-        header = ak.text("header", "x-api-key").lower()
-        if header in ("authorization", "cookie", "host"):
-            ak.error("header", f"{ak.where}.header must not be {header!r}")
-        ak.close()
-        if path is not None:
-            api_keys = ApiKeysConfig(file=path, header=header)
+    api_keys = _api_keys(m.mapping("api_keys"))
 
     mtls = MtlsConfig()
     mm = m.mapping("mtls")

@@ -5,7 +5,11 @@ cap runs before any decoding, the algorithm comes from the issuer's allow-list
 and must fit the key's type (an RSA key can never be used as an HMAC secret),
 keys come only from the issuer's JWKS (``jku``/``x5u``/``jwk``/``x5c`` headers
 are refused, ``kid`` is only a dictionary key), unknown ``crit`` extensions are
-refused, ``exp`` is required and ``iss`` is compared exactly.
+refused, ``exp`` is required and ``iss`` is compared exactly. The header and
+the payload are parsed strictly (a repeated member name, at any depth, is
+refused: two parsers must never read two different callers from one token),
+and only the issuer's accepted ``typ`` values pass (RFC 8725 §3.11), so a
+logout token or a DPoP proof is never taken for an access token.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from types import MappingProxyType
 from typing import Any
 
 import jwt
-import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from proxy.errors import AuthenticationError
-from proxy.identity.config import HMAC_ALGORITHMS, IssuerConfig
+from proxy.identity.config import HMAC_ALGORITHMS, IssuerConfig, normalise_type
 from proxy.identity.model import AuthMethod, Identity
+from proxy.identity.strict_json import StrictJSONError, loads
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
 _MAX_HEADER_BYTES = 2048
@@ -41,6 +45,9 @@ _PRIVATE_KEY_TYPES = (
     ed448.Ed448PrivateKey,
 )
 _MAX_JWKS_KEYS = 100
+# Verifies the signature only: the payload is then parsed strictly here, and
+# every claim check is ours (check_claims), on the cached path too.
+_JWS = jwt.PyJWS()
 
 
 def invalid(detail: str) -> AuthenticationError:
@@ -139,10 +146,16 @@ def _b64decode(segment: bytes) -> bytes:
 class TokenHeader:
     alg: str
     kid: str | None
+    typ: str | None = None
 
 
 def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2
+
+
+def looks_like_jwe(token: str) -> bool:
+    """Five compact parts: an encrypted token, which is never accepted here."""
+    return token.count(".") == 4
 
 
 def split_token(token: str, max_bytes: int) -> tuple[bytes, bytes, bytes]:
@@ -154,6 +167,8 @@ def split_token(token: str, max_bytes: int) -> tuple[bytes, bytes, bytes]:
     except UnicodeEncodeError as exc:
         raise invalid("token is not ASCII") from exc
     parts = raw.split(b".")
+    if len(parts) == 5:
+        raise invalid("encrypted tokens (JWE) are not accepted")
     if len(parts) != 3 or not all(parts):
         raise invalid("token is not a compact JWS")
     return parts[0], parts[1], parts[2]
@@ -164,9 +179,9 @@ def parse_header(token: str, max_bytes: int) -> TokenHeader:
     if len(header_segment) > _MAX_HEADER_BYTES:
         raise invalid("token header too large")
     try:
-        header = orjson.loads(_b64decode(header_segment))
-    except orjson.JSONDecodeError as exc:
-        raise invalid("token header is not JSON") from exc
+        header = loads(_b64decode(header_segment))
+    except StrictJSONError as exc:
+        raise invalid(f"token header: {exc}") from exc
     if not isinstance(header, dict):
         raise invalid("token header is not an object")
     alg = header.get("alg")
@@ -180,23 +195,42 @@ def parse_header(token: str, max_bytes: int) -> TokenHeader:
         raise invalid("token header has crit extensions")
     if header.get("b64", True) is not True:
         raise invalid("unencoded payloads are refused")
+    if "enc" in header:
+        raise invalid("encrypted tokens (JWE) are not accepted")
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= _MAX_KID_CHARS):
         raise invalid("token kid is not a short string")
-    return TokenHeader(alg=alg, kid=kid)
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or not typ):
+        raise invalid("token typ is not a media type")
+    return TokenHeader(alg=alg, kid=kid, typ=typ)
+
+
+def parse_payload(payload: bytes) -> dict[str, Any]:
+    """A claim set from its JSON bytes: an object, strictly parsed."""
+    try:
+        claims = loads(payload)
+    except StrictJSONError as exc:
+        raise invalid(f"token payload: {exc}") from exc
+    if not isinstance(claims, dict):
+        raise invalid("token payload is not an object")
+    return claims
 
 
 def unverified_issuer(token: str, max_bytes: int) -> str:
     """``iss`` read before verification, only to pick which issuer's keys to use."""
-    payload_segment = split_token(token, max_bytes)[1]
-    try:
-        payload = orjson.loads(_b64decode(payload_segment))
-    except orjson.JSONDecodeError as exc:
-        raise invalid("token payload is not JSON") from exc
-    iss = payload.get("iss") if isinstance(payload, dict) else None
+    payload = parse_payload(_b64decode(split_token(token, max_bytes)[1]))
+    iss = payload.get("iss")
     if not isinstance(iss, str):
         raise invalid("token has no iss")
     return iss
+
+
+def check_token_type(header: TokenHeader, cfg: IssuerConfig) -> None:
+    """Only the issuer's accepted ``typ`` values (``""``: no ``typ`` at all) pass."""
+    typ = "" if header.typ is None else normalise_type(header.typ)
+    if typ not in cfg.token_types:
+        raise invalid("token typ is not accepted for this issuer")
 
 
 class UnknownKey(Exception):
@@ -208,6 +242,7 @@ def select_key(
 ) -> VerificationKey:
     if header.alg not in cfg.algorithms:
         raise invalid(f"alg {header.alg} is not allowed for this issuer")
+    check_token_type(header, cfg)
     if header.alg in HMAC_ALGORITHMS:
         # HMAC only ever uses the configured secret, never anything from the JWKS.
         if secret is None or header.alg not in secret.algorithms:
@@ -232,25 +267,12 @@ def select_key(
 def verify_signature(
     token: str, header: TokenHeader, key: VerificationKey, cfg: IssuerConfig, now: float
 ) -> dict[str, Any]:
-    """Check the signature and the claims; return the claim set."""
+    """Check the signature, then the strictly parsed claims; return the claim set."""
     try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key=key.key,
-            algorithms=[header.alg],
-            audience=list(cfg.audiences),
-            issuer=cfg.issuer,
-            leeway=cfg.clock_skew,
-            # Time claims are checked by check_claims against the caller's clock.
-            options={
-                "require": ["exp", "iss", "aud"],
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-            },
-        )
+        payload = _JWS.decode_complete(token, key=key.key, algorithms=[header.alg])["payload"]
     except jwt.PyJWTError as exc:
         raise invalid(f"token rejected: {type(exc).__name__}") from exc
+    claims = parse_payload(payload)
     check_claims(claims, cfg, now)
     return claims
 
@@ -300,6 +322,15 @@ def claim_at(claims: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def email_verified(value: Any) -> bool | None:
+    """The issuer's ``email_verified``: a boolean, or the string some IdPs send; else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
 def _strings(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value] if value else []
@@ -328,6 +359,7 @@ def identity_from_claims(
         issuer=cfg.issuer,
         method=method,
         email=email if isinstance(email, str) and email else None,
+        email_verified=email_verified(claims.get("email_verified")),
         groups=frozenset(groups),
         scopes=frozenset(scopes),
         claims=MappingProxyType(dict(claims)),

@@ -29,7 +29,8 @@ def test_absent_section_means_identity_disabled(tmp_path: Path) -> None:
 
 
 def test_full_section_parses_every_field(tmp_path: Path) -> None:
-    (tmp_path / "hs").write_text("secret")
+    (tmp_path / "hs").write_text("s" * 32)
+    (tmp_path / "pepper").write_text("p" * 32)
     (tmp_path / "cookie-keys").write_text("x")
     config = parse(
         tmp_path,
@@ -46,15 +47,25 @@ def test_full_section_parses_every_field(tmp_path: Path) -> None:
               required_claims: [email]
               claims: {subject: oid, email: upn, groups: [groups, realm_access.roles]}
               hs256_secret_file: hs
+              token_types: [at+jwt, Application/JWT, untyped]
               introspection:
                 endpoint: https://login.example.test/introspect
                 client_id: gatehouse
                 client_secret: env:INTROSPECTION_SECRET
                 cache_ttl: 2m
+                negative_cache_ttl: 5s
+                token_prefix: "main_"
+                max_requests_per_second: 20
+                require_aud: false
+                require_iss: false
               jwks_cache: {min_ttl: 30s, max_ttl: 1h, default_ttl: 5m, stale_max_age: 12h}
             - issuer: http://127.0.0.1:9000
               audiences: gatehouse
-          api_keys: {file: keys.yaml, header: X-Api-Key}
+          api_keys:
+            file: keys.yaml
+            header: X-Api-Key
+            pepper_file: pepper
+            max_failures_per_minute: 3
           mtls: {enabled: true}
           browser:
             issuer: https://login.example.test/realms/main
@@ -76,11 +87,19 @@ def test_full_section_parses_every_field(tmp_path: Path) -> None:
     assert first.introspection.client_secret is not None
     assert first.introspection.client_secret.describe() == "env:INTROSPECTION_SECRET"
     assert first.introspection.cache_ttl == 120
+    assert first.introspection.negative_cache_ttl == 5
+    assert first.introspection.token_prefix == "main_"
+    assert first.introspection.max_requests_per_second == 20
+    assert not first.introspection.require_aud and not first.introspection.require_iss
+    assert first.token_types == ("at+jwt", "jwt", "")
     assert first.jwks_cache.max_ttl == 3600
     assert second.algorithms == ASYMMETRIC_ALGORITHMS
     assert second.clock_skew == 60
+    assert second.token_types == ("jwt", "at+jwt", "")
     assert config.max_token_bytes == 16384
     assert config.api_keys is not None and config.api_keys.header == "x-api-key"
+    assert config.api_keys.pepper is not None and config.api_keys.pepper.kind == "file"
+    assert config.api_keys.max_failures_per_minute == 3
     assert config.mtls.enabled
     assert config.browser is not None
     assert config.browser.allowed_redirect_hosts == ("app.example.test",)

@@ -82,7 +82,7 @@ async def env(
 
 
 def active(**claims: Any) -> dict[str, Any]:
-    return {"active": True, "iss": ISS, "sub": "alice", "exp": NOW + 300, **claims}
+    return {"active": True, "iss": ISS, "aud": "api", "sub": "alice", "exp": NOW + 300, **claims}
 
 
 async def test_active_token_yields_identity_with_client_authentication(
