@@ -144,7 +144,14 @@ class Authenticator:
         self._cache: _TokenCache | None = None
         if config.token_cache_size > 0:
             self._cache = _TokenCache(config.token_cache_size)
-        self.api_keys = ApiKeyStore(config.api_keys.file) if config.api_keys else None
+        self.api_keys: ApiKeyStore | None = None
+        if config.api_keys is not None:
+            pepper = config.api_keys.pepper
+            self.api_keys = ApiKeyStore(
+                config.api_keys.file,
+                pepper=pepper.read().encode() if pepper is not None else None,
+                max_failures_per_minute=config.api_keys.max_failures_per_minute,
+            )
         self.browser: BrowserLogin | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -177,6 +184,8 @@ class Authenticator:
                 await issuer.introspector.close()
         if self.browser is not None:
             await self.browser.close()
+        if self.api_keys is not None:
+            self.api_keys.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from proxy.config.reader import ConfigError, parse_duration
 from proxy.identity import devidp
+from proxy.identity.config import MIN_PEPPER_BYTES
 
 EXIT_USAGE = 2
 
@@ -31,19 +32,43 @@ def _duration(text: str) -> float:
 
 
 # -- apikey ------------------------------------------------------------------
-def cmd_apikey_create(args: argparse.Namespace) -> int:
-    from proxy.identity.apikeys import create_key
+def _pepper(args: argparse.Namespace) -> bytes | None:
+    """The pepper the proxy hashes with (``identity.api_keys.pepper_file``), if any."""
+    if args.pepper_file is None:
+        return None
+    pepper = Path(args.pepper_file).read_text(encoding="utf-8").strip().encode()
+    if len(pepper) < MIN_PEPPER_BYTES:
+        raise ValueError(f"the pepper has {len(pepper)} bytes; at least {MIN_PEPPER_BYTES}")
+    return pepper
 
+
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    from proxy.identity.apikeys import NO_PEPPER, create_key, pepper_id, peppers_in
+
+    path = Path(args.file)
     try:
+        pepper = _pepper(args)
+        others = peppers_in(path) - {NO_PEPPER, pepper_id(pepper)}
+        if others:
+            print(
+                f"{args.file} holds keys hashed under another pepper: pass the "
+                "--pepper-file the proxy uses (identity.api_keys.pepper_file)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         key = create_key(
-            Path(args.file),
+            path,
             name=args.name,
             subject=args.subject,
             groups=_groups(args.groups),
+            pepper=pepper,
             expires_in=args.expires,
         )
     except ConfigError as exc:
         print(f"{args.file} is not a valid key file:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        print(f"cannot create the key: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # The only time the key is ever shown: the file keeps just its hash.
     print(key)
@@ -125,7 +150,7 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("apikey", help="manage API keys (only salted hashes are stored)")
+    p = sub.add_parser("apikey", help="manage API keys (only HMACs of the secrets are stored)")
     apikey = p.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
 
     c = apikey.add_parser("create", help="create a key and print it once")
@@ -134,6 +159,11 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--subject", required=True)
     c.add_argument("--groups", nargs="*", default=[], help="group names (space or comma list)")
     c.add_argument("--expires", type=_duration, default=None, help="lifetime, e.g. 90d")
+    c.add_argument(
+        "--pepper-file",
+        default=None,
+        help="the proxy's identity.api_keys.pepper_file (the key is hashed under it)",
+    )
     c.set_defaults(func=cmd_apikey_create)
 
     c = apikey.add_parser("list", help="list keys (never the secrets)")
