@@ -1,4 +1,9 @@
-"""A small local issuer for JWKS tests: discovery + JWKS, counting every fetch."""
+"""A small local issuer for JWKS tests: discovery + JWKS, counting every fetch.
+
+A test can make it answer raw bytes (``raw_jwks``/``raw_discovery``, to serve
+ambiguous JSON), set a cookie on every answer (``set_cookie``) and see which
+cookies came back (``cookies_seen``).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,10 @@ class LocalIssuer:
     jwks_fetches: int = 0
     jwks_origin: str | None = None  # serve a discovery document pointing elsewhere
     issuer: str = ""
+    raw_jwks: bytes | None = None
+    raw_discovery: bytes | None = None
+    set_cookie: str | None = None
+    cookies_seen: list[str | None] = field(default_factory=list)
 
     def jwks(self) -> dict[str, Any]:
         out = []
@@ -47,16 +56,26 @@ class LocalIssuer:
         return self.token(kid=uuid.uuid4().hex)
 
     # -- handlers ----------------------------------------------------------
-    async def _discovery(self, _request: web.Request) -> web.Response:
-        base = self.jwks_origin or self.issuer
-        return web.json_response({"issuer": self.issuer, "jwks_uri": f"{base}/jwks"})
+    def _answer(self, request: web.Request, body: bytes, headers: dict[str, str]) -> web.Response:
+        self.cookies_seen.append(request.headers.get("Cookie"))
+        if self.set_cookie:
+            headers = {**headers, "Set-Cookie": self.set_cookie}
+        return web.Response(body=body, content_type="application/json", headers=headers)
 
-    async def _jwks(self, _request: web.Request) -> web.Response:
+    async def _discovery(self, request: web.Request) -> web.Response:
+        base = self.jwks_origin or self.issuer
+        body = (
+            self.raw_discovery
+            or json.dumps({"issuer": self.issuer, "jwks_uri": f"{base}/jwks"}).encode()
+        )
+        return self._answer(request, body, {})
+
+    async def _jwks(self, request: web.Request) -> web.Response:
         self.jwks_fetches += 1
         if self.failing:
             return web.Response(status=503, text="down")
         headers = {"Cache-Control": self.cache_control} if self.cache_control else {}
-        return web.json_response(self.jwks(), headers=headers)
+        return self._answer(request, self.raw_jwks or json.dumps(self.jwks()).encode(), headers)
 
 
 @asynccontextmanager

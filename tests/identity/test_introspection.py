@@ -4,53 +4,20 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from proxy.config.reader import SecretRef
 from proxy.errors import AuthenticationError, IdentityProviderUnavailable
 from proxy.identity.config import IntrospectionConfig, IssuerConfig
 from proxy.identity.introspection import Introspector
+from tests.identity.introspection_server import IntrospectionServer, introspection_server
 
 ISS = "https://idp.example.test"
 NOW = 1_800_000_000.0
-
-
-@dataclass
-class IntrospectionServer:
-    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    status: int = 200
-    calls: list[tuple[str, str]] = field(default_factory=list)  # (authorization, token)
-    url: str = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        token = str(form.get("token", ""))
-        self.calls.append((request.headers.get("Authorization", ""), token))
-        if self.status != 200:
-            return web.json_response({"error": "server_error"}, status=self.status)
-        return web.json_response(self.answers.get(token, {"active": False}))
-
-
-@asynccontextmanager
-async def introspection_server() -> AsyncIterator[IntrospectionServer]:
-    server = IntrospectionServer()
-    app = web.Application()
-    app.router.add_post("/introspect", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}/introspect"
-    try:
-        yield server
-    finally:
-        await runner.cleanup()
 
 
 class Clock:
