@@ -283,3 +283,76 @@ def test_missing_subject_is_rejected() -> None:
 def test_current_time_is_used_when_no_clock_given() -> None:
     live = mint(claims(iat=int(time.time()), exp=int(time.time()) + 60))
     assert verify_token(live, CFG, KEYS)["sub"] == "alice"
+
+
+# -- explicit typing (RFC 8725 §3.11, RFC 9068) -------------------------------------
+ACCEPTED_TYPES = [None, "JWT", "jwt", "at+jwt", "AT+JWT", "application/at+jwt", "Application/JWT"]
+REFUSED_TYPES = [
+    "logout+jwt",
+    "secevent+jwt",
+    "dpop+jwt",
+    "JWE",
+    "application/logout+jwt",
+    "id_token+jwt",
+    "at+jwt; charset=x",
+    "",
+    7,
+]
+
+
+def typed(typ: object) -> str:
+    header: dict[str, Any] = {"alg": "RS256", "kid": "rsa-1", "typ": typ}  # None: no typ
+    return jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers=header, sort_headers=False)
+
+
+@pytest.mark.parametrize("typ", ACCEPTED_TYPES)
+def test_access_token_types_are_accepted_by_default(typ: str | None) -> None:
+    token = typed(typ)
+    assert parse_header(token, 8192).typ == typ
+    assert verify_token(token, CFG, KEYS, now=NOW)["sub"] == "alice"
+
+
+@pytest.mark.parametrize("typ", REFUSED_TYPES)
+def test_other_token_types_are_refused_before_any_key_is_chosen(typ: object) -> None:
+    header: dict[str, Any] = {"alg": "RS256", "kid": "no-such-kid", "typ": typ}
+    token = raw_token(header, claims(), b"s")
+    with pytest.raises(AuthenticationError, match="typ") as info:
+        verify_token(token, CFG, KEYS, now=NOW)  # an unknown kid would raise UnknownKey
+    assert info.value.reason == "invalid_token"
+
+
+def test_an_issuer_can_require_rfc9068_typed_access_tokens() -> None:
+    strict = IssuerConfig(issuer=ISS, audiences=(AUD,), token_types=("at+jwt",))
+    assert verify_token(typed("application/at+jwt"), strict, KEYS, now=NOW)
+    for typ in (None, "JWT"):
+        with pytest.raises(AuthenticationError):
+            verify_token(typed(typ), strict, KEYS, now=NOW)
+
+
+def test_encrypted_tokens_are_refused_clearly() -> None:
+    five_parts = "eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.a.b.c.d"
+    with pytest.raises(AuthenticationError, match="JWE"):
+        verify_token(five_parts, CFG, KEYS, now=NOW)
+    enc_header = raw_token({"alg": "RS256", "kid": "rsa-1", "enc": "A256GCM"}, claims(), b"s")
+    with pytest.raises(AuthenticationError, match="JWE"):
+        verify_token(enc_header, CFG, KEYS, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("false", False),
+        ("TRUE", True),
+        ("False", False),
+        ("yes", None),
+        (1, None),
+        (None, None),
+    ],
+)
+def test_email_verified_comes_from_the_issuers_claim(value: object, expected: bool | None) -> None:
+    extra = {} if value is None else {"email_verified": value}
+    identity = identity_from_claims(claims(email="a@example.test", **extra), CFG, "jwt", None)
+    assert identity.email_verified is expected
