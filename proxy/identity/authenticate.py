@@ -400,8 +400,10 @@ class Authenticator:
             return select_key(header, issuer.cfg, keys, issuer.secret)
         except UnknownKey:
             if not len(keys) or not issuer.jwks.healthy:
-                # We cannot tell a forged kid from a rotated one while the IdP is away.
+                # The key source could not be reached (or gave no usable JWKS): a
+                # forged kid cannot be told from a rotated one, so 503.
                 raise IdentityProviderUnavailable(detail="no usable key for token") from None
+            # The IdP answered (now, or within the refetch interval) without it.
             raise invalid("token kid is not in the issuer's JWKS") from None
 
     def _introspector_for(self, token: str) -> Introspector | None:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.identity.config import IssuerConfig, JwksCacheConfig
 from proxy.identity.fetch import FetchError, max_age, parse_metadata
 from proxy.identity.jwks import JwksClient
 from proxy.observability.metrics import JWKS_REFRESH
+from tests.conftest import GatehouseFactory
 from tests.identity.jwks_server import LocalIssuer, local_issuer
+from tests.identity.proxy_env import call, started
+from tests.peers.oidc_provider import RESOURCE
+from tests.support.gatehouse import Gatehouse
 
 BOUNDS = JwksCacheConfig(min_ttl=60, max_ttl=3600, default_ttl=600, stale_max_age=7200)
 
@@ -150,3 +157,85 @@ def test_cache_control_parsing() -> None:
     assert max_age("private") is None
     assert max_age(None) is None
     assert max_age("s-maxage=5") is None
+
+
+# -- an unknown kid through a real gatehouse: 401 when the IdP answered without it,
+# -- 503 only when no key source could be reached ------------------------------------
+async def _gatehouse_for(
+    gatehouse: GatehouseFactory, upstream_url: str, issuer: LocalIssuer
+) -> Gatehouse:
+    return await started(
+        gatehouse, upstream_url, issuers=[{"issuer": issuer.issuer, "audiences": [RESOURCE]}]
+    )
+
+
+def _kidless(issuer: LocalIssuer) -> str:
+    """ES256 without a kid: the issuer publishes no key of that type (only RSA)."""
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    now = int(time.time())
+    payload = {"iss": issuer.issuer, "aud": RESOURCE, "sub": "x", "exp": now + 300}
+    return jwt.encode(payload, stranger, algorithm="ES256")
+
+
+async def test_an_unknown_kid_the_idp_does_not_publish_is_401_after_one_refetch(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    async with local_issuer("k1") as issuer:
+        gh = await _gatehouse_for(gatehouse, upstream_url, issuer)
+        assert issuer.jwks_fetches == 1
+        for token in (issuer.random_kid_token(), issuer.random_kid_token(), _kidless(issuer)):
+            reply = await call(gh, token=token)
+            assert (reply.status, reply.error) == (401, "invalid_token")
+            assert reply.www_authenticate is not None
+        assert issuer.jwks_fetches == 2  # one refetch, then rate-limited, still 401
+        assert (await call(gh, token=issuer.token(aud=RESOURCE))).status == 200
+
+
+async def test_a_kid_published_after_rotation_is_found_by_the_refetch(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    async with local_issuer("k1") as issuer:
+        gh = await _gatehouse_for(gatehouse, upstream_url, issuer)
+        issuer.add_key("k2")
+        reply = await call(gh, token=issuer.token(kid="k2", aud=RESOURCE))
+        assert (reply.status, reply.subject) == (200, "svc")
+
+
+async def _unknown_kid_is_503_and_known_keys_serve(
+    gh: Gatehouse, issuer: LocalIssuer, known: str
+) -> None:
+    for token in (issuer.random_kid_token(), _kidless(issuer)):
+        reply = await call(gh, token=token)
+        assert (reply.status, reply.error) == (503, "idp_unavailable")
+    assert (await call(gh, token=known)).status == 200  # known keys keep serving
+
+
+@pytest.mark.parametrize("outage", ["http 503", "not a JWKS", "no usable key", "gone"])
+async def test_an_unknown_kid_while_the_key_source_is_unreachable_is_503(
+    gatehouse: GatehouseFactory, upstream_url: str, outage: str
+) -> None:
+    async with local_issuer("k1") as issuer:
+        gh = await started(
+            gatehouse,
+            upstream_url,
+            issuers=[
+                {
+                    "issuer": issuer.issuer,
+                    "audiences": [RESOURCE],
+                    "jwks_cache": {"refetch_interval": "0s"},  # every unknown kid asks
+                }
+            ],
+        )
+        known = issuer.token(aud=RESOURCE)
+        assert (await call(gh, token=known)).status == 200
+        issuer.failing = outage == "http 503"
+        if outage == "not a JWKS":
+            issuer.raw_jwks = b"<html>maintenance</html>"
+        elif outage == "no usable key":
+            issuer.raw_jwks = b'{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}'
+        if outage != "gone":
+            fetches = issuer.jwks_fetches
+            await _unknown_kid_is_503_and_known_keys_serve(gh, issuer, known)
+            assert issuer.jwks_fetches == fetches + 2  # it was asked, and could not say
+    if outage == "gone":  # the issuer's server has stopped
+        await _unknown_kid_is_503_and_known_keys_serve(gh, issuer, known)
