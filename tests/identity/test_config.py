@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from proxy.config.reader import Mapping
 from proxy.identity.config import ASYMMETRIC_ALGORITHMS, IdentityConfig, parse_identity
 from tests.support.config import parse_yaml
 from tests.support.config import problems_of as config_problems
+from tests.support.gatehouse import REPO, public_route, write_config
 
 
 def read_identity(root: Mapping) -> IdentityConfig:
@@ -172,3 +180,138 @@ def test_browser_redirect_hosts_must_be_exact_names(tmp_path: Path) -> None:
     )
     assert "must be an exact host name" in found
     assert "scopes must include openid" in found
+
+
+# -- refused by `gatehouse check` and `gatehouse run` (file:line, exit 2) ------------
+def gatehouse_cli(
+    command: str, tmp_path: Path, identity: dict[str, Any], env: dict[str, str] | None = None
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    config, *_ = write_config(
+        tmp_path,
+        backends={"up": {"urls": ["http://127.0.0.1:9"]}},
+        routes=[public_route("all", "/", "up")],
+        extra={"identity": identity},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", command, "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    return config, result
+
+
+def hmac_issuer(tmp_path: Path, algorithms: list[str], secret: bytes) -> dict[str, Any]:
+    (tmp_path / "hs").write_bytes(secret)
+    return {
+        "issuer": "https://hs.example.test",
+        "audiences": ["api"],
+        "algorithms": algorithms,
+        "hs256_secret_file": str(tmp_path / "hs"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("algorithms", "length", "needed"),
+    [
+        (["HS256"], 31, "HS256 needs at least 32"),
+        (["HS256"], 8, "HS256 needs at least 32"),
+        (["HS384"], 47, "HS384 needs at least 48"),
+        (["HS512"], 63, "HS512 needs at least 64"),
+        (["HS256", "HS512"], 40, "HS512 needs at least 64"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_short_hmac_secrets_are_refused_at_start_up(
+    tmp_path: Path, command: str, algorithms: list[str], length: int, needed: str
+) -> None:
+    secret = b"k" * length
+    config, result = gatehouse_cli(
+        command, tmp_path, {"issuers": [hmac_issuer(tmp_path, algorithms, secret)]}
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = [x for x in result.stderr.splitlines() if "hs256_secret_file" in x]
+    assert re.match(rf"{re.escape(str(config))}:\d+: ", line)
+    assert needed in line and f"has {length} bytes" in line
+    assert secret.decode() not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hmac_secrets_of_the_hash_length_pass_and_an_env_secret_is_measured_too(
+    tmp_path: Path,
+) -> None:
+    for algorithms, length in ((["HS256"], 32), (["HS384"], 48), (["HS256", "HS512"], 64)):
+        _, result = gatehouse_cli(
+            "check", tmp_path, {"issuers": [hmac_issuer(tmp_path, algorithms, b"k" * length)]}
+        )
+        assert result.returncode == 0, result.stderr
+    by_env = {"issuer": "https://hs.example.test", "audiences": ["api"], "algorithms": ["HS256"]}
+    by_env["hs256_secret"] = "env:GATEHOUSE_TEST_HS"
+    _, short = gatehouse_cli(
+        "check", tmp_path, {"issuers": [by_env]}, {"GATEHOUSE_TEST_HS": "x" * 20}
+    )
+    assert short.returncode == 2 and "has 20 bytes" in short.stderr
+    _, unset = gatehouse_cli("check", tmp_path, {"issuers": [by_env]})
+    assert unset.returncode == 2 and "cannot be read" in unset.stderr
+
+
+def introspecting(name: str, **options: Any) -> dict[str, Any]:
+    return {
+        "issuer": f"https://{name}.example.test",
+        "audiences": ["api"],
+        "introspection": {
+            "endpoint": f"https://{name}.example.test/introspect",
+            "client_id": "gatehouse",
+            "client_secret": "env:HOME",
+            **options,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("issuers", "message"),
+    [
+        ([introspecting("a"), introspecting("b")], "2 issuers introspect opaque tokens without"),
+        (
+            [introspecting("a"), introspecting("b"), introspecting("c", token_prefix="c_")],
+            "2 issuers introspect opaque tokens without",
+        ),
+        (
+            [introspecting("a", token_prefix="tok_"), introspecting("b", token_prefix="tok_b")],
+            "'tok_' also begins 'tok_b'",
+        ),
+        ([introspecting("a", token_prefix="gh_x")], "not start with the API key prefix"),
+    ],
+)
+def test_introspection_that_cannot_choose_one_issuer_per_token_is_refused(
+    tmp_path: Path, issuers: list[dict[str, Any]], message: str
+) -> None:
+    config, result = gatehouse_cli("check", tmp_path, {"issuers": issuers})
+    assert result.returncode == 2
+    assert re.search(rf"{re.escape(str(config))}:\d+: .*{re.escape(message)}", result.stderr)
+
+
+def test_introspection_routed_by_prefixes_with_one_fallback_is_accepted(tmp_path: Path) -> None:
+    issuers = [
+        introspecting("a"),
+        introspecting("b", token_prefix="b_"),
+        introspecting("c", token_prefix="c_"),
+    ]
+    _, result = gatehouse_cli("check", tmp_path, {"issuers": issuers})
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_short_or_unreadable_pepper_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pepper").write_bytes(b"p" * 31)
+    keys = {"file": str(tmp_path / "keys.yaml"), "pepper_file": str(tmp_path / "pepper")}
+    config, result = gatehouse_cli("check", tmp_path, {"api_keys": keys})
+    assert result.returncode == 2
+    assert re.search(rf"{re.escape(str(config))}:\d+: .*pepper has 31 bytes", result.stderr)
+    unset = {"file": keys["file"], "pepper": "env:GATEHOUSE_TEST_UNSET_PEPPER"}
+    _, result = gatehouse_cli("check", tmp_path, {"api_keys": unset})
+    assert result.returncode == 2 and "pepper cannot be read" in result.stderr
+    (tmp_path / "pepper").write_bytes(b"p" * 32)
+    _, result = gatehouse_cli("check", tmp_path, {"api_keys": keys})
+    assert result.returncode == 0, result.stderr
