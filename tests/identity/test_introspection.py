@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,11 @@ from proxy.config.reader import SecretRef
 from proxy.errors import AuthenticationError, IdentityProviderUnavailable
 from proxy.identity.config import IntrospectionConfig, IssuerConfig
 from proxy.identity.introspection import Introspector
+from tests.conftest import GatehouseFactory
 from tests.identity.introspection_server import IntrospectionServer, introspection_server
+from tests.identity.jwks_server import local_issuer
+from tests.identity.proxy_env import call, counter, introspecting_issuer, metrics, started
+from tests.peers.oidc_provider import OPAQUE_CLIENT, RESOURCE, WEB_CLIENT, OidcProvider
 
 ISS = "https://idp.example.test"
 NOW = 1_800_000_000.0
@@ -156,3 +163,240 @@ async def test_idp_errors_are_503_not_401(
     server.status = 500
     with pytest.raises(IdentityProviderUnavailable):
         await Introspector(cfg, http, clock=Clock()).introspect("tok")
+
+
+# -- through a real gatehouse ---------------------------------------------------------
+async def test_opaque_tokens_go_only_to_the_issuer_their_prefix_names(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
+) -> None:
+    async with (
+        introspection_server() as a,
+        introspection_server() as b,
+        introspection_server() as fallback,
+    ):
+        gh = await started(
+            gatehouse,
+            upstream_url,
+            issuers=[
+                introspecting_issuer(a, tmp_path, token_prefix="a_"),
+                introspecting_issuer(b, tmp_path, token_prefix="b_"),
+                introspecting_issuer(fallback, tmp_path),
+            ],
+        )
+        sent = {
+            "a": [f"a_{secrets.token_urlsafe(16)}" for _ in range(20)],
+            "b": [f"b_{secrets.token_urlsafe(16)}" for _ in range(20)],
+            "rest": [secrets.token_urlsafe(16) for _ in range(20)] + ["ab_x", "A_upper"],
+        }
+        async with aiohttp.ClientSession() as s:
+            replies = await asyncio.gather(
+                *(call(gh, token=t, session=s) for ts in sent.values() for t in ts)
+            )
+        assert {(r.status, r.error) for r in replies} == {(401, "invalid_token")}
+        assert sorted(a.tokens) == sorted(sent["a"])
+        assert sorted(b.tokens) == sorted(sent["b"])
+        assert sorted(fallback.tokens) == sorted(sent["rest"])
+
+
+async def test_without_a_fallback_issuer_unclaimed_opaque_tokens_are_never_sent(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
+) -> None:
+    async with introspection_server() as a, introspection_server() as b:
+        a.answers["a_good"] = {
+            "active": True,
+            "iss": a.url.rsplit("/", 1)[0],
+            "aud": RESOURCE,
+            "sub": "alice",
+        }
+        gh = await started(
+            gatehouse,
+            upstream_url,
+            issuers=[
+                introspecting_issuer(a, tmp_path, token_prefix="a_"),
+                introspecting_issuer(b, tmp_path, token_prefix="b_"),
+            ],
+        )
+        for token in ("plain", "c_x", "_a_x", "A_x"):
+            assert (await call(gh, token=token)).error == "invalid_token"
+        assert a.calls == [] and b.calls == []
+        assert (await call(gh, token="a_good")).subject == "alice"
+        assert a.tokens == ["a_good"] and b.calls == []
+
+
+async def test_a_flood_of_random_tokens_costs_at_most_the_rate_bound_then_503(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
+) -> None:
+    async with introspection_server() as other, introspection_server() as idp:
+        gh = await started(
+            gatehouse,
+            upstream_url,
+            issuers=[
+                introspecting_issuer(other, tmp_path, token_prefix="other_"),
+                introspecting_issuer(idp, tmp_path, max_requests_per_second=20),
+            ],
+        )
+        started_at = time.monotonic()
+        async with aiohttp.ClientSession() as s:
+            replies = await asyncio.gather(
+                *(call(gh, token=secrets.token_urlsafe(24), session=s) for _ in range(200))
+            )
+        elapsed = time.monotonic() - started_at
+        outcomes = [(r.status, r.error) for r in replies]
+        assert set(outcomes) <= {(401, "invalid_token"), (503, "idp_unavailable")}
+        # Each call the IdP answered became one 401; everything over the bound a 503.
+        assert outcomes.count((401, "invalid_token")) == len(idp.calls)
+        assert 20 <= len(idp.calls) <= 20 + 20 * elapsed + 1
+        assert outcomes.count((503, "idp_unavailable")) == 200 - len(idp.calls)
+        assert other.calls == []  # never the other IdP's endpoint
+        text = await metrics(gh)
+        issuer = introspecting_issuer(idp, tmp_path)["issuer"]
+        labels = {"issuer": issuer, "method": "opaque"}
+        assert counter(
+            text, "gatehouse_auth_total", result="idp_unavailable", **labels
+        ) == 200 - len(idp.calls)
+
+
+@pytest.mark.parametrize("active", [True, False])
+async def test_concurrent_requests_with_one_token_share_one_call(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path, active: bool
+) -> None:
+    async with introspection_server() as idp:
+        issuer = introspecting_issuer(idp, tmp_path)
+        if active:
+            idp.answers["shared"] = {
+                "active": True,
+                "iss": issuer["issuer"],
+                "aud": RESOURCE,
+                "sub": "alice",
+            }
+        idp.delay = 0.3  # every request arrives while the one call is still out
+        gh = await started(gatehouse, upstream_url, issuers=[issuer])
+        async with aiohttp.ClientSession() as s:
+            replies = await asyncio.gather(
+                *(call(gh, token="shared", session=s) for _ in range(30))
+            )
+        expected = (200, None) if active else (401, "invalid_token")
+        assert {(r.status, r.error) for r in replies} == {expected}
+        assert idp.tokens == ["shared"]
+
+
+@pytest.mark.parametrize(("negative_ttl", "calls"), [("10s", 1), ("0s", 5)])
+async def test_inactive_answers_are_remembered_for_the_negative_cache_ttl(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path, negative_ttl: str, calls: int
+) -> None:
+    async with introspection_server() as idp:
+        issuer = introspecting_issuer(idp, tmp_path, negative_cache_ttl=negative_ttl)
+        gh = await started(gatehouse, upstream_url, issuers=[issuer])
+        for _ in range(5):
+            assert (await call(gh, token="junk")).error == "invalid_token"
+        assert len(idp.calls) == calls
+
+
+def _answer(issuer: str, **claims: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"active": True, "iss": issuer, "aud": RESOURCE, "sub": "alice"}
+    base.update(claims)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+_ANSWERS: dict[str, tuple[dict[str, Any], int, int]] = {
+    # name: (claims over the base answer, status by default, status when relaxed)
+    "iss and aud": ({}, 200, 200),
+    "aud in a list": ({"aud": ["other", RESOURCE]}, 200, 200),
+    "no aud": ({"aud": None}, 401, 200),
+    "no iss": ({"iss": None}, 401, 200),
+    "neither": ({"aud": None, "iss": None}, 401, 200),
+    "wrong aud": ({"aud": "someone-else"}, 401, 401),
+    "wrong aud list": ({"aud": ["a", "b"]}, 401, 401),
+    "wrong iss": ({"iss": "https://elsewhere.test"}, 401, 401),
+    "active as a string": ({"active": "true"}, 401, 401),
+    "refresh token": ({"token_type": "refresh_token"}, 401, 401),
+}
+
+
+@pytest.mark.parametrize("relaxed", [False, True])
+async def test_active_answers_must_name_the_issuer_and_an_audience_unless_relaxed(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path, relaxed: bool
+) -> None:
+    async with introspection_server() as idp:
+        options: dict[str, Any] = {"require_aud": False, "require_iss": False} if relaxed else {}
+        issuer = introspecting_issuer(idp, tmp_path, **options)
+        for name, (claims, _, _) in _ANSWERS.items():
+            idp.answers[name.replace(" ", "-")] = _answer(issuer["issuer"], **claims)
+        gh = await started(gatehouse, upstream_url, issuers=[issuer])
+        for name, (_, strict_status, relaxed_status) in _ANSWERS.items():
+            reply = await call(gh, token=name.replace(" ", "-"))
+            assert reply.status == (relaxed_status if relaxed else strict_status), name
+            assert reply.subject == ("alice" if reply.status == 200 else None)
+
+
+@pytest.mark.parametrize("relaxed", [False, True])
+async def test_the_real_providers_opaque_tokens_name_no_audience(
+    gatehouse: GatehouseFactory,
+    upstream_url: str,
+    tmp_path: Path,
+    provider: OidcProvider,
+    relaxed: bool,
+) -> None:
+    secret = tmp_path / "web-secret"
+    secret.write_text(WEB_CLIENT["client_secret"])
+    introspection: dict[str, Any] = {
+        "endpoint": f"{provider.issuer}/token/introspection",
+        "client_id": WEB_CLIENT["client_id"],
+        "client_secret_file": str(secret),
+    }
+    if relaxed:
+        introspection["require_aud"] = False
+    gh = await started(
+        gatehouse,
+        upstream_url,
+        issuers=[
+            {"issuer": provider.issuer, "audiences": [RESOURCE], "introspection": introspection}
+        ],
+    )
+    token = await asyncio.to_thread(provider.client_credentials_token, OPAQUE_CLIENT)
+    reply = await call(gh, token=token)
+    if relaxed:
+        assert (reply.status, reply.subject) == (200, OPAQUE_CLIENT["client_id"])
+    else:
+        assert (reply.status, reply.error) == (401, "invalid_token")
+
+
+async def test_cookies_an_idp_sets_are_never_sent_back(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
+) -> None:
+    async with introspection_server() as idp, local_issuer("k1") as keys:
+        idp.set_cookie = "idp_session=for-alice; Path=/"
+        keys.set_cookie = "jwks_session=from-the-key-server; Path=/"
+        # Host names, not IP literals: a cookie jar keeps cookies only for names.
+        endpoint = idp.url.replace("127.0.0.1", "localhost")
+        name = endpoint.rsplit("/", 1)[0]
+        idp.answers["alice-token"] = _answer(name, sub="alice")
+        idp.answers["bob-token"] = _answer(name, sub="bob")
+        gh = await started(
+            gatehouse,
+            upstream_url,
+            issuers=[
+                {
+                    "issuer": name,
+                    "audiences": [RESOURCE],
+                    "introspection": {
+                        "endpoint": endpoint,
+                        "client_id": "gatehouse",
+                        "client_secret": "env:HOME",
+                    },
+                },
+                {
+                    "issuer": keys.issuer,
+                    "audiences": [RESOURCE],
+                    "jwks_uri": keys.issuer.replace("127.0.0.1", "localhost") + "/jwks",
+                },
+            ],
+        )
+        assert (await call(gh, token=keys.token(aud=RESOURCE))).status == 200
+        assert (await call(gh, token="alice-token")).subject == "alice"
+        assert (await call(gh, token="bob-token")).subject == "bob"
+        assert (await call(gh, token=keys.random_kid_token())).status == 401  # a refetch
+        assert idp.tokens == ["alice-token", "bob-token"]
+        assert keys.jwks_fetches == 2
+        assert idp.cookies_seen == [None, None]
+        assert keys.cookies_seen == [None, None]

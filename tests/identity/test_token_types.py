@@ -35,9 +35,9 @@ async def test_only_access_token_types_pass_by_default(
     for typ in ACCEPTED_TYPES:
         reply = await call(gh, token=_token(provider, typ))
         assert (reply.status, reply.subject) == (200, "alice"), typ
-    for typ in REFUSED_TYPES:
-        reply = await call(gh, token=_token(provider, typ))
-        assert (reply.status, reply.error) == (401, "invalid_token"), typ
+    for refused in REFUSED_TYPES:
+        reply = await call(gh, token=_token(provider, refused))
+        assert (reply.status, reply.error) == (401, "invalid_token"), refused
     # The provider's own access tokens carry at+jwt (RFC 9068) and pass.
     real = await asyncio.to_thread(provider.client_credentials_token)
     assert (await call(gh, token=real)).status == 200
@@ -53,9 +53,9 @@ async def test_an_issuer_configured_for_at_jwt_refuses_untyped_and_plain_jwt(
     )
     for typ in ("at+jwt", "application/at+jwt", "AT+JWT"):
         assert (await call(gh, token=_token(provider, typ))).status == 200, typ
-    for typ in (None, "JWT", "logout+jwt"):
-        reply = await call(gh, token=_token(provider, typ))
-        assert (reply.status, reply.error) == (401, "invalid_token"), typ
+    for other in (None, "JWT", "logout+jwt"):
+        reply = await call(gh, token=_token(provider, other))
+        assert (reply.status, reply.error) == (401, "invalid_token"), other
 
 
 async def test_encrypted_tokens_are_401_and_never_introspected(
