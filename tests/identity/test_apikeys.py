@@ -7,8 +7,11 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -26,7 +29,10 @@ from proxy.identity.apikeys import (
 )
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.config import ApiKeysConfig, IdentityConfig
+from tests.conftest import GatehouseFactory
 from tests.identity.conftest import bearer, facts
+from tests.identity.proxy_env import Reply, call, counter, metrics, started
+from tests.support.gatehouse import Gatehouse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -312,3 +318,76 @@ async def test_wrong_secrets_past_the_limit_are_throttled_without_any_check(
     # ... until a try has refilled (one per 60 s / 3).
     clock[0] += 20
     assert (await cold.authenticate(victim)).subject == "svc-victim"
+
+
+# -- through a real gatehouse ---------------------------------------------------------
+async def _api_key_gatehouse(
+    gatehouse: GatehouseFactory, upstream_url: str, keys: Path, pepper: Path | None
+) -> Gatehouse:
+    options: dict[str, Any] = {"file": str(keys)}
+    if pepper is not None:
+        options["pepper_file"] = str(pepper)
+    return await started(gatehouse, upstream_url, api_keys=options)
+
+
+async def test_a_flood_of_wrong_secrets_costs_at_most_the_failure_limit(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
+) -> None:
+    keys, pepper = tmp_path / "keys.yaml", tmp_path / "pepper"
+    pepper.write_bytes(PEPPER)
+    victim = legacy_entry(keys, "0000000000aa", "svc-victim", "v" * 43)
+    first_use = legacy_entry(keys, "0000000000bb", "svc-old", "o" * 43)
+    fresh = create_key(keys, name="new", subject="svc-new", groups=[], pepper=PEPPER)
+    gh = await _api_key_gatehouse(gatehouse, upstream_url, keys, pepper)
+    wrong = victim[:-4] + "AAAA"
+    started_at = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+        async def attempt(key: str) -> Reply:
+            return await call(gh, headers={"X-Api-Key": key}, session=s)
+
+        flood = [asyncio.ensure_future(attempt(wrong)) for _ in range(400)]
+        good = await asyncio.gather(attempt(first_use), attempt(fresh))
+        bad = await asyncio.gather(*flood)
+    elapsed = time.monotonic() - started_at
+    assert [(r.status, r.subject) for r in good] == [(200, "svc-old"), (200, "svc-new")]
+    checked = [r for r in bad if (r.status, r.error) == (401, "invalid_api_key")]
+    throttled = [r for r in bad if (r.status, r.error) == (429, "api_key_throttled")]
+    assert len(checked) + len(throttled) == 400
+    # Each checked wrong secret is one scrypt; 10 a minute refill at 1/6 a second.
+    assert 10 <= len(checked) <= 10 + elapsed / 6 + 1
+    text = await metrics(gh)
+    labels = {"issuer": "apikey", "method": "apikey"}
+    assert counter(text, "gatehouse_auth_total", result="invalid_api_key", **labels) == len(checked)
+    assert counter(text, "gatehouse_auth_total", result="api_key_throttled", **labels) == len(
+        throttled
+    )
+    records = gh.wait_audit(402)
+    assert len(records) == 402
+    assert wrong not in gh.audit_path.read_text() + gh.stderr()
+
+
+@pytest.mark.parametrize("with_pepper", [True, False])
+async def test_a_scrypt_entry_is_rewritten_on_first_use_and_keeps_working(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path, with_pepper: bool
+) -> None:
+    keys, pepper = tmp_path / "keys.yaml", tmp_path / "pepper"
+    pepper.write_bytes(PEPPER)
+    old = legacy_entry(keys, "0123456789ab", "svc-old", "o" * 43)
+    other = legacy_entry(keys, "0123456789cd", "svc-other", "t" * 43)
+    gh = await _api_key_gatehouse(gatehouse, upstream_url, keys, pepper if with_pepper else None)
+    assert (await call(gh, headers={"X-Api-Key": old})).subject == "svc-old"
+    entries = load_key_file(keys)
+    expected = pepper_id(PEPPER) if with_pepper else "none"
+    assert entries["0123456789ab"].hash.startswith(f"hmac-sha256${expected}$")
+    assert entries["0123456789cd"].hash.startswith("scrypt$")  # not used yet: untouched
+    await asyncio.sleep(1.1)  # the key file is re-read at most once a second
+    for key, subject in ((old, "svc-old"), (other, "svc-other"), (old, "svc-old")):
+        assert (await call(gh, headers={"X-Api-Key": key})).subject == subject
+    assert all(e.hash.startswith("hmac-sha256$") for e in load_key_file(keys).values())
+    assert revoke_key(keys, "0123456789ab")
+    deadline = time.monotonic() + 10  # revoked once the file is re-read (1 s interval)
+    while (reply := await call(gh, headers={"X-Api-Key": old})).status == 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert reply.error == "invalid_api_key"
