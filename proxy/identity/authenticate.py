@@ -40,7 +40,7 @@ from proxy.identity.jwt_verify import (
     looks_like_jwt,
     parse_header,
     select_key,
-    unverified_issuer,
+    unverified_claims,
     verify_signature,
 )
 from proxy.identity.model import AuthMethod, Identity
@@ -354,13 +354,13 @@ class Authenticator:
         label = _UNKNOWN_ISSUER
         try:
             header = parse_header(token, self.config.max_token_bytes)
-            iss = unverified_issuer(token, self.config.max_token_bytes)
-            found = self._issuers.get(iss)
+            unverified = unverified_claims(token, self.config.max_token_bytes)
+            found = self._issuers.get(unverified["iss"])
             if found is None:
                 raise invalid("token issuer is not configured")
             label = found.cfg.issuer
             key = await self._key_for(header, found)
-            claims = verify_signature(token, header, key, found.cfg, now)
+            claims = verify_signature(token, header, key, found.cfg, now, unverified)
             identity = identity_from_claims(claims, found.cfg, "jwt", token)
         except GatehouseError as exc:
             AUTH.labels(issuer=label, method="jwt", result=exc.reason).inc()

@@ -217,13 +217,16 @@ def parse_payload(payload: bytes) -> dict[str, Any]:
     return claims
 
 
-def unverified_issuer(token: str, max_bytes: int) -> str:
-    """``iss`` read before verification, only to pick which issuer's keys to use."""
+def unverified_claims(token: str, max_bytes: int) -> dict[str, Any]:
+    """The payload read before verification, to pick the issuer whose keys to use.
+
+    Handed to :func:`verify_signature` afterwards, so the payload is parsed once:
+    the signature covers exactly these bytes.
+    """
     payload = parse_payload(_b64decode(split_token(token, max_bytes)[1]))
-    iss = payload.get("iss")
-    if not isinstance(iss, str):
+    if not isinstance(payload.get("iss"), str):
         raise invalid("token has no iss")
-    return iss
+    return payload
 
 
 def check_token_type(header: TokenHeader, cfg: IssuerConfig) -> None:
@@ -265,14 +268,24 @@ def select_key(
 
 
 def verify_signature(
-    token: str, header: TokenHeader, key: VerificationKey, cfg: IssuerConfig, now: float
+    token: str,
+    header: TokenHeader,
+    key: VerificationKey,
+    cfg: IssuerConfig,
+    now: float,
+    claims: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Check the signature, then the strictly parsed claims; return the claim set."""
+    """Check the signature, then the strictly parsed claims; return the claim set.
+
+    ``claims`` is what :func:`unverified_claims` read from this same token, if
+    the caller has it already (it is the payload the signature covers).
+    """
     try:
         payload = _JWS.decode_complete(token, key=key.key, algorithms=[header.alg])["payload"]
     except jwt.PyJWTError as exc:
         raise invalid(f"token rejected: {type(exc).__name__}") from exc
-    claims = parse_payload(payload)
+    if claims is None:
+        claims = parse_payload(payload)
     check_claims(claims, cfg, now)
     return claims
 
