@@ -400,3 +400,17 @@ async def test_cookies_an_idp_sets_are_never_sent_back(
         assert keys.jwks_fetches == 2
         assert idp.cookies_seen == [None, None]
         assert keys.cookies_seen == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(True, True), ("true", True), ("false", False), ("1", None)]
+)
+async def test_email_verified_is_taken_from_the_answer(
+    env: tuple[IntrospectionServer, aiohttp.ClientSession, IssuerConfig],
+    value: object,
+    expected: bool | None,
+) -> None:
+    server, http, cfg = env
+    server.answers["tok"] = active(email="alice@example.test", email_verified=value)
+    identity = await Introspector(cfg, http, clock=Clock()).introspect("tok")
+    assert (identity.email, identity.email_verified) == ("alice@example.test", expected)
