@@ -166,6 +166,12 @@ async def test_idp_errors_are_503_not_401(
 
 
 # -- through a real gatehouse ---------------------------------------------------------
+def _answer(issuer: str, **claims: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"active": True, "iss": issuer, "aud": RESOURCE, "sub": "alice"}
+    base.update(claims)
+    return {k: v for k, v in base.items() if v is not None}
+
+
 async def test_opaque_tokens_go_only_to_the_issuer_their_prefix_names(
     gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
 ) -> None:
@@ -202,12 +208,7 @@ async def test_without_a_fallback_issuer_unclaimed_opaque_tokens_are_never_sent(
     gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
 ) -> None:
     async with introspection_server() as a, introspection_server() as b:
-        a.answers["a_good"] = {
-            "active": True,
-            "iss": a.url.rsplit("/", 1)[0],
-            "aud": RESOURCE,
-            "sub": "alice",
-        }
+        a.answers["a_good"] = _answer(a.url.rsplit("/", 1)[0])
         gh = await started(
             gatehouse,
             upstream_url,
@@ -290,12 +291,6 @@ async def test_inactive_answers_are_remembered_for_the_negative_cache_ttl(
         for _ in range(5):
             assert (await call(gh, token="junk")).error == "invalid_token"
         assert len(idp.calls) == calls
-
-
-def _answer(issuer: str, **claims: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"active": True, "iss": issuer, "aud": RESOURCE, "sub": "alice"}
-    base.update(claims)
-    return {k: v for k, v in base.items() if v is not None}
 
 
 _ANSWERS: dict[str, tuple[dict[str, Any], int, int]] = {
