@@ -122,9 +122,26 @@ CREDENTIAL_EXPIRY = Gauge(
 )
 UPSTREAM_HEALTHY = Gauge(
     "gatehouse_upstream_healthy",
-    "1 when the endpoint passes its health check.",
+    "1 when the endpoint takes traffic: it passes its health check and is not ejected.",
     ["backend", "endpoint"],
     multiprocess_mode="min",
+)
+UPSTREAM_EJECTED = Gauge(
+    "gatehouse_upstream_ejected",
+    "1 while outlier detection keeps the endpoint out after failures in real traffic.",
+    ["backend", "endpoint"],
+    multiprocess_mode="max",
+)
+UPSTREAM_CIRCUIT_STATE = Gauge(
+    "gatehouse_upstream_circuit_state",
+    "The backend's circuit breaker: 0 closed, 1 half-open (probing), 2 open (failing fast).",
+    ["backend"],
+    multiprocess_mode="max",
+)
+UPSTREAM_RETRIES = Counter(
+    "gatehouse_upstream_retries",
+    "Attempts repeated (on another endpoint when there is one), by how the failed one ended.",
+    ["backend", "reason"],
 )
 
 

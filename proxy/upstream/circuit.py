@@ -1,17 +1,21 @@
-"""Circuit breaker for one backend: stop sending to an upstream that keeps failing.
+"""Circuit breaker for one backend: stop sending when none of its endpoints can answer.
 
-closed ──N consecutive failures──▶ open ──open_for elapsed──▶ half-open
+closed ──a failure leaves no endpoint usable──▶ open ──open_for elapsed──▶ half-open
 half-open: up to ``half_open_probes`` requests go through; all succeed → closed,
 any fails → open again. While open (and while the probes are out) requests
 fail fast: the gateway answers 502 ``upstream_circuit_open`` without touching
 the upstream, which gives a struggling upstream room to recover and keeps
 callers from queueing behind connect timeouts.
 
-A failure is a transport failure (connect, reset, timeout) or a 502/503/504
-answer; any other answer is a success. Results are tied to the generation a
-request was admitted in, so a slow request admitted before the circuit opened
-cannot close it again, and a probe that never reports (cancelled) gives its
-slot back via ``ABANDONED``.
+One failing endpoint is outlier detection's business (:mod:`.health`): it
+is ejected and the others carry on. The breaker is for the backend as a
+whole, so it counts no failures of its own: the pool reports each failed
+attempt together with whether any endpoint is still *usable* (in service
+and not an outlier), and only "none" opens the circuit. For a backend of one
+endpoint that is outlier detection's ``consecutive_failures`` in a row.
+Results are tied to the generation a request was admitted in, so a slow
+request admitted before the circuit opened cannot close it again, and a
+probe that never reports (cancelled) gives its slot back via ``ABANDONED``.
 """
 
 from __future__ import annotations
@@ -41,13 +45,21 @@ class Permit:
     probe: bool
 
 
+StateListener = Callable[[CircuitState], None]
+
+
 class CircuitBreaker:
-    def __init__(self, options: CircuitOptions, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        options: CircuitOptions,
+        clock: Callable[[], float],
+        on_change: StateListener | None = None,
+    ) -> None:
         self.options = options
         self._clock = clock
+        self._on_change = on_change
         self._state = CircuitState.CLOSED
         self._generation = 0
-        self._failures = 0
         self._opened_at = 0.0
         self._probes_out = 0
         self._probe_successes = 0
@@ -82,7 +94,8 @@ class CircuitBreaker:
             return Permit(self._generation, probe=True)
         return None
 
-    def record(self, permit: Permit, outcome: Outcome) -> None:
+    def record(self, permit: Permit, outcome: Outcome, *, backend_usable: bool = True) -> None:
+        """The outcome of an admitted attempt; ``backend_usable``: some endpoint still is."""
         if not self.options.enabled or permit.generation != self._generation:
             return
         if permit.probe:
@@ -94,19 +107,16 @@ class CircuitBreaker:
                 if self._probe_successes >= self.options.half_open_probes:
                     self._enter(CircuitState.CLOSED)
             return
-        if outcome is Outcome.SUCCESS:
-            self._failures = 0
-        elif outcome is Outcome.FAILURE:
-            self._failures += 1
-            if self._failures >= self.options.consecutive_failures:
-                self._enter(CircuitState.OPEN)
+        if outcome is Outcome.FAILURE and not backend_usable:
+            self._enter(CircuitState.OPEN)
 
     def _enter(self, state: CircuitState) -> None:
         self._state = state
         self._generation += 1
         self._permit = Permit(self._generation, probe=False)
-        self._failures = 0
         self._probes_out = 0
         self._probe_successes = 0
         if state is CircuitState.OPEN:
             self._opened_at = self._clock()
+        if self._on_change is not None:
+            self._on_change(state)

@@ -1,8 +1,9 @@
-"""How Gatehouse talks to a backend's endpoints: TLS, health, balancing, retries, circuit.
+"""How Gatehouse talks to a backend's endpoints: TLS, health, outliers, balancing, retries, circuit.
 
 Parsed from ``backends.<name>`` next to ``urls``/``timeouts``/``credentials``
 (which :mod:`proxy.config.load` reads). ``kind`` only changes defaults; every
-default can be overridden by writing the key. Defaults per kind:
+default can be overridden by writing the key. Defaults per kind (outlier
+detection, retries and the circuit breaker are the same for every kind):
 
 ==================== ============ ================== =================
 kind                 https only   active health       health path
@@ -54,6 +55,10 @@ class UpstreamTLSOptions:
     min_version: str = "1.2"
 
 
+StatusRanges = tuple[tuple[int, int], ...]  # inclusive ranges
+_EXPECTED_STATUS: StatusRanges = ((200, 399),)
+
+
 @dataclass(frozen=True, slots=True)
 class HealthCheckOptions:
     enabled: bool = False
@@ -62,15 +67,29 @@ class HealthCheckOptions:
     timeout: float = 2.0
     healthy_threshold: int = 2
     unhealthy_threshold: int = 2
-    expected_status: tuple[tuple[int, int], ...] = ((200, 399),)  # inclusive ranges
-    # Passive outlier detection from real traffic (0 disables it).
-    passive_failures: int = 5
-    # How long a passively ejected endpoint stays out when no active check can
-    # bring it back; with active checks the next good probe does.
-    passive_ejection: float = 30.0
+    expected_status: StatusRanges = _EXPECTED_STATUS
 
     def status_ok(self, status: int) -> bool:
         return any(lo <= status <= hi for lo, hi in self.expected_status)
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierOptions:
+    """Passive outlier detection: real traffic takes a failing endpoint out (as Envoy's).
+
+    ``consecutive_failures`` failed attempts in a row (a connect failure, a
+    reset, a timeout, a malformed answer, or an answer in ``failure_status``)
+    make an endpoint an outlier. An outlier is ejected for
+    ``base_ejection_time`` × the number of times it was ejected lately (at most
+    ``max_ejection_time``), unless that would eject more than
+    ``max_ejection_percent`` of the endpoints or the last one in service.
+    """
+
+    consecutive_failures: int = 5
+    failure_status: StatusRanges = ((500, 599),)
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +105,9 @@ class RetryOptions:
 
 @dataclass(frozen=True, slots=True)
 class CircuitOptions:
+    """The backend-wide breaker: it opens when no endpoint is usable (see :mod:`.circuit`)."""
+
     enabled: bool = True
-    consecutive_failures: int = 5
     open_for: float = 10.0
     half_open_probes: int = 1
 
@@ -97,6 +117,7 @@ class BackendOptions:
     kind: str = "http"
     tls: UpstreamTLSOptions = UpstreamTLSOptions()
     health_check: HealthCheckOptions = HealthCheckOptions()
+    outlier_detection: OutlierOptions = OutlierOptions()
     load_balancing: str = "round_robin"
     retries: RetryOptions = RetryOptions()
     circuit_breaker: CircuitOptions = CircuitOptions()
@@ -207,8 +228,34 @@ def _health(m: Mapping | None, default: HealthCheckOptions) -> HealthCheckOption
             "unhealthy_threshold", default.unhealthy_threshold, minimum=1
         ),
         expected_status=_status_ranges(m, "expected_status") or default.expected_status,
-        passive_failures=m.integer("passive_failures", default.passive_failures, minimum=0),
-        passive_ejection=_positive(m, "passive_ejection", default.passive_ejection),
+    )
+    m.close()
+    return options
+
+
+def _outliers(m: Mapping | None) -> OutlierOptions:
+    default = OutlierOptions()
+    if m is None:
+        return default
+    base = _positive(m, "base_ejection_time", default.base_ejection_time)
+    longest = _positive(m, "max_ejection_time", max(default.max_ejection_time, base))
+    if longest < base:
+        m.error(
+            "max_ejection_time", f"{m.where}.max_ejection_time: must be at least base_ejection_time"
+        )
+        longest = base
+    percent = m.integer("max_ejection_percent", default.max_ejection_percent, minimum=0)
+    if percent > 100:
+        m.error("max_ejection_percent", f"{m.where}.max_ejection_percent: at most 100")
+        percent = default.max_ejection_percent
+    options = OutlierOptions(
+        consecutive_failures=m.integer(
+            "consecutive_failures", default.consecutive_failures, minimum=1
+        ),
+        failure_status=_status_ranges(m, "failure_status") or default.failure_status,
+        base_ejection_time=base,
+        max_ejection_time=longest,
+        max_ejection_percent=percent,
     )
     m.close()
     return options
@@ -275,9 +322,6 @@ def _circuit(m: Mapping | None) -> CircuitOptions:
         return default
     options = CircuitOptions(
         enabled=m.flag("enabled", True),
-        consecutive_failures=m.integer(
-            "consecutive_failures", default.consecutive_failures, minimum=1
-        ),
         open_for=_positive(m, "open_for", default.open_for),
         half_open_probes=m.integer("half_open_probes", default.half_open_probes, minimum=1),
     )
@@ -295,6 +339,7 @@ def parse_backend_options(m: Mapping, name: str, *, urls: Sequence[str] = ()) ->
     tls_m = m.mapping("tls")
     tls = _tls(tls_m)
     health = _health(m.mapping("health_check"), _kind_health(kind))
+    outliers = _outliers(m.mapping("outlier_detection"))
     balancing = m.choice("load_balancing", BALANCING, "round_robin")
     retries = _retries(m.mapping("retries"))
     circuit = _circuit(m.mapping("circuit_breaker"))
@@ -317,6 +362,7 @@ def parse_backend_options(m: Mapping, name: str, *, urls: Sequence[str] = ()) ->
         kind=kind,
         tls=tls,
         health_check=health,
+        outlier_detection=outliers,
         load_balancing=balancing,
         retries=retries,
         circuit_breaker=circuit,

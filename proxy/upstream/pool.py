@@ -2,9 +2,12 @@
 
 :class:`EndpointPool` puts the pure pieces together: the circuit breaker
 decides whether to try at all, the health board which endpoints may take
-traffic, the balancer which of them does, the retry policy and budget
-whether a failed attempt is repeated. The forwarder stays in charge of one
-attempt; this module never touches request or response bodies.
+traffic (active checks and outlier ejection), the balancer which of them
+does, the retry policy and budget whether a failed attempt is repeated, on
+an endpoint not tried yet for this request. Every attempt's outcome goes to
+the board first, then to the breaker with the board's verdict on whether any
+endpoint is still usable. The forwarder stays in charge of one attempt; this
+module never touches request or response bodies.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from proxy.upstream.balancer import Balancer
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome, Permit
 from proxy.upstream.client import ClientFailure
 from proxy.upstream.config import BackendOptions
-from proxy.upstream.health import HealthBoard, HealthChecker, publish_gauge
+from proxy.upstream.health import HealthBoard, HealthChecker, publish_gauges
 from proxy.upstream.retry import (
     Failure,
     RetryBudget,
@@ -62,6 +65,8 @@ Attempt = Callable[[str, float | None], Awaitable[A]]
 _BUDGET_LOG_EVERY = 10.0
 NO_HEALTHY_ENDPOINT = "no_healthy_upstream"
 CIRCUIT_OPEN = "upstream_circuit_open"
+# gatehouse_upstream_circuit_state's values: rising with how much is refused.
+CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 def classify(exc: BaseException) -> tuple[Failure, bool]:
@@ -141,11 +146,21 @@ class EndpointPool:
             self.urls,
             opts.health_check,
             clock,
-            on_change=publish_gauge(name) if name else None,
+            on_change=publish_gauges(name) if name else None,
+            outliers=opts.outlier_detection,
+            name=name,
         )
         self.balancer = Balancer(self.urls, opts.load_balancing, self._rng)
-        self.circuit = CircuitBreaker(opts.circuit_breaker, clock)
+        self.circuit = CircuitBreaker(
+            opts.circuit_breaker, clock, on_change=self._publish_circuit if name else None
+        )
         self.budget = RetryBudget.from_options(opts.retries, clock)
+        # A set lookup on every answer rather than a walk over the ranges.
+        self._failure_status = frozenset(
+            status
+            for lo, hi in opts.outlier_detection.failure_status
+            for status in range(lo, hi + 1)
+        )
         self._budget_logged = -_BUDGET_LOG_EVERY
         self.checker: HealthChecker | None = None
         if opts.health_check.enabled:
@@ -159,6 +174,10 @@ class EndpointPool:
                 metrics.child(metrics.UPSTREAM_HEALTHY, self.name, url).set(
                     1 if self.board.is_healthy(url) else 0
                 )
+                metrics.child(metrics.UPSTREAM_EJECTED, self.name, url).set(
+                    1 if self.board.is_ejected(url) else 0
+                )
+            self._publish_circuit(self.circuit.state)
         if self.checker is not None:
             await self.checker.start()
 
@@ -171,6 +190,15 @@ class EndpointPool:
         if self.tls is None:
             return True
         return reload_files(self.tls.context, self.options.tls, self.name)
+
+    def _publish_circuit(self, state: CircuitState) -> None:
+        metrics.child(metrics.UPSTREAM_CIRCUIT_STATE, self.name).set(CIRCUIT_GAUGE[state])
+        if state is CircuitState.OPEN:
+            log.warning(
+                "backend %s: no endpoint is usable, circuit open for %gs",
+                self.name,
+                self.options.circuit_breaker.open_for,
+            )
 
     def ready(self) -> bool:
         """At least one endpoint may take traffic and the circuit is not open."""
@@ -214,10 +242,11 @@ class EndpointPool:
     ) -> Exchange[A]:
         """Send via ``attempt``, retrying where :func:`should_retry` and the budget allow.
 
-        Raises the last attempt's error, or ``UpstreamConnectError`` (502) with
-        reason ``upstream_circuit_open`` when the circuit is open (nothing is
-        sent) or ``no_healthy_upstream`` when no endpoint may take traffic.
-        A 502/503/504 answer that is not retried is returned like any other.
+        A retry goes to an endpoint this request has not tried yet when there
+        is one. Raises the last attempt's error, or ``UpstreamConnectError``
+        (502) with reason ``upstream_circuit_open`` when the circuit is open
+        (nothing is sent) or ``no_healthy_upstream`` when no endpoint may take
+        traffic. A 5xx answer that is not retried is returned like any other.
         """
         started = self._clock()
         self.budget.record_request()
@@ -239,19 +268,13 @@ class EndpointPool:
             except UpstreamError as exc:
                 self.balancer.release(endpoint)
                 failure, reached = classify(exc)
-                self.board.record_traffic(endpoint, ok=False)
-                self.circuit.record(permit, Outcome.FAILURE)
+                self._failed(endpoint, permit, failure.value)
                 delay = self._retry_delay(
                     method, number, failure, reached, body_replayable, deadline, started
                 )
                 if delay is None:
-                    raise
-                log.debug(
-                    "backend %s: retrying %s after %s from %s (attempt %d)",
-                    self.name, method, failure.value, endpoint, number,
-                )  # fmt: skip
-                if self.name:
-                    metrics.child(metrics.UPSTREAM_ERRORS, self.name, exc.reason).inc()
+                    raise  # counted in gatehouse_upstream_errors_total by the gateway
+                self._count_retry(endpoint, method, number, failure, exc.reason)
                 await self._sleep(delay)
                 continue
             except BaseException:
@@ -259,26 +282,47 @@ class EndpointPool:
                 self.balancer.release(endpoint)
                 self.circuit.record(permit, Outcome.ABANDONED)
                 raise
-            bad_status = status_failure(response.status)
-            self.board.record_traffic(endpoint, ok=bad_status is None)
-            self.circuit.record(permit, Outcome.FAILURE if bad_status else Outcome.SUCCESS)
-            delay = None
-            if bad_status is not None:
+            status = response.status
+            if status in self._failure_status:
+                self._failed(endpoint, permit, f"status {status}")
+            else:
+                self.board.record_traffic(endpoint, ok=True)
+                self.circuit.record(permit, Outcome.SUCCESS)
+            retryable = status_failure(status)
+            if retryable is not None:
                 delay = self._retry_delay(
-                    method, number, bad_status, True, body_replayable, deadline, started
+                    method, number, retryable, True, body_replayable, deadline, started
                 )
-            if delay is not None:
-                response.release()
-                self.balancer.release(endpoint)
-                if self.name:
-                    metrics.child(
-                        metrics.UPSTREAM_ERRORS, self.name, f"upstream_status_{bad_status}"
-                    ).inc()
-                await self._sleep(delay)
-                continue
+                if delay is not None:
+                    response.release()
+                    self.balancer.release(endpoint)
+                    self._count_retry(
+                        endpoint, method, number, retryable, f"upstream_status_{status}"
+                    )
+                    await self._sleep(delay)
+                    continue
+            if status >= 500 and self.name:
+                # Passed back to the caller (not retried): still the upstream failing.
+                metrics.child(metrics.UPSTREAM_ERRORS, self.name, f"upstream_status_{status}").inc()
             return Exchange(
                 response, endpoint, number, functools.partial(self.balancer.release, endpoint)
             )
+
+    def _failed(self, endpoint: str, permit: Permit, cause: str) -> None:
+        """One attempt failed: the endpoint's record first, then the backend's."""
+        self.board.record_traffic(endpoint, ok=False, cause=cause)
+        self.circuit.record(permit, Outcome.FAILURE, backend_usable=self.board.usable())
+
+    def _count_retry(
+        self, endpoint: str, method: str, number: int, failure: Failure, kind: str
+    ) -> None:
+        log.debug(
+            "backend %s: retrying %s after %s from %s (attempt %d)",
+            self.name, method, failure.value, endpoint, number,
+        )  # fmt: skip
+        if self.name:
+            metrics.child(metrics.UPSTREAM_ERRORS, self.name, kind).inc()
+            metrics.child(metrics.UPSTREAM_RETRIES, self.name, failure.value).inc()
 
     def _retry_delay(
         self,

@@ -1,4 +1,5 @@
-"""Parsing the endpoint-handling keys of ``backends.<name>``: kinds, TLS, health, retries, circuit."""
+"""Parsing the endpoint-handling keys of ``backends.<name>``: kinds, TLS, health, outliers,
+retries, circuit."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from proxy.config.reader import ConfigError, Mapping
 from proxy.upstream.config import (
     DEFAULT_RETRY_ON,
     BackendOptions,
+    CircuitOptions,
+    OutlierOptions,
+    RetryOptions,
     parse_backend_options,
 )
 from tests.support.config import backends_of, parse_yaml
@@ -40,12 +44,14 @@ def test_a_plain_backend_gets_safe_defaults(tmp_path: Path) -> None:
     assert opts.kind == "http"
     assert opts.tls.verify is True
     assert opts.health_check.enabled is False
-    assert opts.health_check.passive_failures == 5
+    od = opts.outlier_detection
+    assert (od.consecutive_failures, od.failure_status) == (5, ((500, 599),))
+    assert (od.base_ejection_time, od.max_ejection_time, od.max_ejection_percent) == (30, 300, 50)
     assert opts.load_balancing == "round_robin"
     assert opts.retries.attempts == 2
     assert opts.retries.retry_on == DEFAULT_RETRY_ON
     assert "timeout" not in opts.retries.retry_on
-    assert opts.circuit_breaker.enabled is True
+    assert (opts.circuit_breaker.enabled, opts.circuit_breaker.open_for) == (True, 10.0)
 
 
 def test_kinds_set_their_defaults(tmp_path: Path) -> None:
@@ -66,6 +72,10 @@ backends:
     )
     assert opts["api"].health_check.enabled is True
     assert opts["api"].health_check.path == "/openapi.json"
+    # Outliers, retries and the breaker do not depend on the kind.
+    assert {(o.outlier_detection, o.retries, o.circuit_breaker) for o in opts.values()} == {
+        (OutlierOptions(), RetryOptions(), CircuitOptions())
+    }
     assert opts["web"].https_only and not opts["web"].health_check.enabled
     assert opts["fn"].https_only and not opts["fn"].health_check.enabled
 
@@ -111,8 +121,12 @@ backends:
       healthy_threshold: 3
       unhealthy_threshold: 1
       expected_status: [200, 3xx, 401-403]
-      passive_failures: 0
-      passive_ejection: 1m
+    outlier_detection:
+      consecutive_failures: 3
+      failure_status: [502-504]
+      base_ejection_time: 10s
+      max_ejection_time: 1m
+      max_ejection_percent: 34
     load_balancing: least_request
     retries:
       attempts: 3
@@ -123,7 +137,7 @@ backends:
       budget_min_retries: 2
       retry_on: [connect_error, 503, "504", timeout]
     circuit_breaker:
-      consecutive_failures: 7
+      enabled: true
       open_for: 20s
       half_open_probes: 2
 """,
@@ -136,14 +150,16 @@ backends:
     assert (hc.healthy_threshold, hc.unhealthy_threshold) == (3, 1)
     assert hc.expected_status == ((200, 200), (300, 399), (401, 403))
     assert hc.status_ok(302) and hc.status_ok(403) and not hc.status_ok(204)
-    assert (hc.passive_failures, hc.passive_ejection) == (0, 60.0)
+    od = opts.outlier_detection
+    assert (od.consecutive_failures, od.failure_status) == (3, ((502, 504),))
+    assert (od.base_ejection_time, od.max_ejection_time, od.max_ejection_percent) == (10, 60, 34)
     assert opts.load_balancing == "least_request"
     r = opts.retries
     assert (r.attempts, r.backoff_base, r.backoff_max) == (3, 0.01, 1.0)
     assert (r.budget_ratio, r.budget_window, r.budget_min_retries) == (0.1, 30.0, 2)
     assert r.retry_on == frozenset({"connect_error", "503", "504", "timeout"})
     cb = opts.circuit_breaker
-    assert (cb.consecutive_failures, cb.open_for, cb.half_open_probes) == (7, 20.0, 2)
+    assert (cb.enabled, cb.open_for, cb.half_open_probes) == (True, 20.0, 2)
 
 
 def test_verify_false_is_allowed_but_leaves_a_loud_note(tmp_path: Path) -> None:
@@ -183,6 +199,13 @@ backends:
       retry_on: [connect_error, 500]
     circuit_breaker:
       open_for: 0s
+      consecutive_failures: 5
+    outlier_detection:
+      failure_status: [abc]
+      base_ejection_time: 1m
+      max_ejection_time: 10s
+      max_ejection_percent: 101
+      consecutive_failures: 0
   plain:
     urls: [http://a:80]
     tls: {{server_name: a}}
@@ -202,7 +225,12 @@ backends:
         "20: backends.app.retries.budget_ratio: must be between 0 and 1",
         "21: backends.app.retries.retry_on: must be among connect_error, reset, timeout, 502, 503, 504, got '500'",
         "23: backends.app.circuit_breaker.open_for: must be greater than zero",
-        "26: backends.plain.tls: applies to https URLs, and every URL is http",
+        "24: backends.app.circuit_breaker: unknown key 'consecutive_failures' (known keys: enabled, half_open_probes, open_for)",
+        "26: backends.app.outlier_detection.failure_status: expected a status like 200, 2xx or 200-299, got 'abc'",
+        "28: backends.app.outlier_detection.max_ejection_time: must be at least base_ejection_time",
+        "29: backends.app.outlier_detection.max_ejection_percent: at most 100",
+        "30: backends.app.outlier_detection.consecutive_failures: must be at least 1",
+        "33: backends.plain.tls: applies to https URLs, and every URL is http",
     ]
 
 

@@ -27,7 +27,9 @@ async def test_a_dead_endpoint_costs_no_request_and_is_reported(
             },
             "down": {
                 "urls": [f"http://127.0.0.1:{free_port()}"],
-                "circuit_breaker": {"consecutive_failures": 3, "open_for": "30s"},
+                # One endpoint: its third failure in a row leaves nothing usable.
+                "outlier_detection": {"consecutive_failures": 3},
+                "circuit_breaker": {"open_for": "30s"},
             },
         },
         routes=[public_route("down", "/down", "down"), public_route("all", "/", "app")],
@@ -50,6 +52,10 @@ async def test_a_dead_endpoint_costs_no_request_and_is_reported(
                 reasons.append((r.status, (await r.json())["error"]))
         assert reasons[:2] == [(502, "upstream_unavailable")] * 2  # two attempts each
         assert reasons[2:] == [(502, "upstream_circuit_open")] * 4
+        async with s.get(gh.admin_url + "/metrics") as r:
+            text = await r.text()
+        assert 'gatehouse_upstream_circuit_state{backend="down"} 2.0' in text
+        assert 'gatehouse_upstream_circuit_state{backend="app"} 0.0' in text
 
 
 def named_app(name: str) -> FastAPI:

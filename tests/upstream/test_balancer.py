@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy.errors import UpstreamConnectError
 from proxy.upstream.balancer import Balancer
-from proxy.upstream.config import BackendOptions, HealthCheckOptions
+from proxy.upstream.config import BackendOptions, HealthCheckOptions, OutlierOptions
 from proxy.upstream.health import HealthBoard
 from proxy.upstream.pool import NO_HEALTHY_ENDPOINT, EndpointPool
 
@@ -88,7 +88,7 @@ def test_release_balances_acquire_and_never_goes_negative() -> None:
 def test_a_board_verdict_changes_what_the_pool_picks() -> None:
     now = [0.0]
     options = BackendOptions(
-        health_check=HealthCheckOptions(passive_failures=2, passive_ejection=5)
+        outlier_detection=OutlierOptions(consecutive_failures=2, base_ejection_time=5)
     )
     pool = EndpointPool([A, B], options, clock=lambda: now[0])
     board: HealthBoard = pool.board

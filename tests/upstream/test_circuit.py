@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from proxy.errors import UpstreamConnectError
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome
-from proxy.upstream.config import BackendOptions, CircuitOptions, HealthCheckOptions, RetryOptions
+from proxy.upstream.config import BackendOptions, CircuitOptions, OutlierOptions, RetryOptions
 from proxy.upstream.pool import CIRCUIT_OPEN, EndpointPool
+from tests.support.pool_calls import get_statuses
 
 
 class Clock:
@@ -23,9 +27,10 @@ class Clock:
 
 
 def breaker(
-    clock: Clock, failures: int = 3, open_for: float = 10.0, probes: int = 1
+    clock: Clock, open_for: float = 10.0, probes: int = 1, changes: list[CircuitState] | None = None
 ) -> CircuitBreaker:
-    return CircuitBreaker(CircuitOptions(True, failures, open_for, probes), clock)
+    options = CircuitOptions(enabled=True, open_for=open_for, half_open_probes=probes)
+    return CircuitBreaker(options, clock, changes.append if changes is not None else None)
 
 
 def state_of(cb: CircuitBreaker) -> CircuitState:
@@ -33,38 +38,36 @@ def state_of(cb: CircuitBreaker) -> CircuitState:
     return cb.state
 
 
-def fail(cb: CircuitBreaker, times: int) -> None:
+def fail(cb: CircuitBreaker, times: int, *, usable: bool) -> None:
     for _ in range(times):
         permit = cb.admit()
         assert permit is not None
-        cb.record(permit, Outcome.FAILURE)
+        cb.record(permit, Outcome.FAILURE, backend_usable=usable)
 
 
-def test_consecutive_failures_open_the_circuit_and_requests_fail_fast() -> None:
-    clock = Clock()
-    cb = breaker(clock, failures=3)
-    fail(cb, 2)
+def test_failures_while_some_endpoint_is_usable_never_open_the_circuit() -> None:
+    cb = breaker(Clock())
+    fail(cb, 1000, usable=True)
     assert state_of(cb) is CircuitState.CLOSED
-    fail(cb, 1)
+
+
+def test_a_failure_that_leaves_no_endpoint_usable_opens_the_circuit_and_requests_fail_fast() -> (
+    None
+):
+    clock = Clock()
+    changes: list[CircuitState] = []
+    cb = breaker(clock, changes=changes)
+    fail(cb, 1, usable=False)
     assert state_of(cb) is CircuitState.OPEN
     assert cb.admit() is None
     assert cb.retry_after() == pytest.approx(10.0)
-
-
-def test_a_success_resets_the_consecutive_failure_count() -> None:
-    cb = breaker(Clock(), failures=3)
-    fail(cb, 2)
-    permit = cb.admit()
-    assert permit is not None
-    cb.record(permit, Outcome.SUCCESS)
-    fail(cb, 2)
-    assert state_of(cb) is CircuitState.CLOSED
+    assert changes == [CircuitState.OPEN]
 
 
 def test_after_open_for_only_the_configured_probes_go_through() -> None:
     clock = Clock()
-    cb = breaker(clock, failures=1, open_for=10.0, probes=2)
-    fail(cb, 1)
+    cb = breaker(clock, open_for=10.0, probes=2)
+    fail(cb, 1, usable=False)
     clock.now += 9.9
     assert cb.admit() is None
     clock.now += 0.1
@@ -77,8 +80,9 @@ def test_after_open_for_only_the_configured_probes_go_through() -> None:
 
 def test_successful_probes_close_the_circuit() -> None:
     clock = Clock()
-    cb = breaker(clock, failures=1, probes=2)
-    fail(cb, 1)
+    changes: list[CircuitState] = []
+    cb = breaker(clock, probes=2, changes=changes)
+    fail(cb, 1, usable=False)
     clock.now += 10
     first, second = cb.admit(), cb.admit()
     assert first is not None and second is not None
@@ -87,17 +91,18 @@ def test_successful_probes_close_the_circuit() -> None:
     cb.record(second, Outcome.SUCCESS)
     assert state_of(cb) is CircuitState.CLOSED
     assert cb.admit() is not None
+    assert changes == [CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED]
 
 
 def test_a_failed_probe_opens_the_circuit_for_another_open_for() -> None:
     clock = Clock()
-    cb = breaker(clock, failures=1, open_for=10.0)
-    fail(cb, 1)
+    cb = breaker(clock, open_for=10.0)
+    fail(cb, 1, usable=False)
     clock.now += 10
     probe = cb.admit()
     assert probe is not None
     clock.now += 3
-    cb.record(probe, Outcome.FAILURE)
+    cb.record(probe, Outcome.FAILURE, backend_usable=False)
     assert state_of(cb) is CircuitState.OPEN
     clock.now += 9.9
     assert cb.admit() is None
@@ -107,8 +112,8 @@ def test_a_failed_probe_opens_the_circuit_for_another_open_for() -> None:
 
 def test_an_abandoned_probe_gives_its_slot_back() -> None:
     clock = Clock()
-    cb = breaker(clock, failures=1)
-    fail(cb, 1)
+    cb = breaker(clock)
+    fail(cb, 1, usable=False)
     clock.now += 10
     probe = cb.admit()
     assert probe is not None
@@ -120,23 +125,24 @@ def test_an_abandoned_probe_gives_its_slot_back() -> None:
 
 def test_a_slow_success_admitted_before_the_circuit_opened_does_not_close_it() -> None:
     clock = Clock()
-    cb = breaker(clock, failures=2)
+    cb = breaker(clock)
     slow = cb.admit()
     assert slow is not None
-    fail(cb, 2)
+    fail(cb, 1, usable=False)
     assert state_of(cb) is CircuitState.OPEN
     cb.record(slow, Outcome.SUCCESS)
     assert state_of(cb) is CircuitState.OPEN
     clock.now += 10
     probe = cb.admit()
     assert probe is not None
-    cb.record(slow, Outcome.FAILURE)  # stale: must not reopen the half-open circuit
+    # Stale: must not reopen the half-open circuit.
+    cb.record(slow, Outcome.FAILURE, backend_usable=False)
     assert state_of(cb) is CircuitState.HALF_OPEN
 
 
 def test_a_disabled_circuit_never_opens() -> None:
-    cb = CircuitBreaker(CircuitOptions(enabled=False, consecutive_failures=1), Clock())
-    fail(cb, 50)
+    cb = CircuitBreaker(CircuitOptions(enabled=False), Clock())
+    fail(cb, 50, usable=False)
     assert state_of(cb) is CircuitState.CLOSED
 
 
@@ -153,18 +159,36 @@ class FlakyUpstream:
         return web.Response(status=self.status, text="x")
 
 
-@pytest.fixture
-async def flaky() -> AsyncIterator[tuple[FlakyUpstream, str]]:
-    upstream = FlakyUpstream()
+@asynccontextmanager
+async def serving(upstream: FlakyUpstream) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/", upstream.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield upstream, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def flaky() -> AsyncIterator[tuple[FlakyUpstream, str]]:
+    upstream = FlakyUpstream()
+    async with serving(upstream) as url:
+        yield upstream, url
+
+
+@pytest.fixture
+async def three() -> AsyncIterator[list[tuple[FlakyUpstream, str]]]:
+    upstreams = [FlakyUpstream() for _ in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(serving(u)) for u in upstreams]
+        yield list(zip(upstreams, urls, strict=True))
+
+
+def circuit_gauge(backend: str) -> float | None:
+    return REGISTRY.get_sample_value("gatehouse_upstream_circuit_state", {"backend": backend})
 
 
 async def test_the_circuit_opens_on_a_failing_upstream_and_closes_once_it_recovers(
@@ -172,29 +196,23 @@ async def test_the_circuit_opens_on_a_failing_upstream_and_closes_once_it_recove
 ) -> None:
     upstream, url = flaky
     clock = Clock()
+    # One endpoint: it cannot be ejected (the last in service), so its third
+    # failure in a row leaves nothing usable.
     options = BackendOptions(
-        health_check=HealthCheckOptions(passive_failures=0),
+        outlier_detection=OutlierOptions(consecutive_failures=3),
         retries=RetryOptions(attempts=1),
-        circuit_breaker=CircuitOptions(consecutive_failures=3, open_for=5.0),
+        circuit_breaker=CircuitOptions(open_for=5.0),
     )
     pool = EndpointPool([url], options, name="circuit-test", clock=clock)
     async with aiohttp.ClientSession() as session:
 
-        async def attempt(endpoint: str, _remaining: float | None) -> aiohttp.ClientResponse:
-            return await session.get(endpoint + "/")
-
         async def status() -> int:
-            exchange = await pool.send("GET", attempt)
-            try:
-                return exchange.response.status
-            finally:
-                exchange.response.release()
-                exchange.release()
+            return (await get_statuses(pool, session))[0]
 
         assert [await status() for _ in range(3)] == [503, 503, 503]
         assert state_of(pool.circuit) is CircuitState.OPEN
         with pytest.raises(UpstreamConnectError) as err:
-            await pool.send("GET", attempt)
+            await get_statuses(pool, session)
         assert (err.value.status, err.value.reason) == (502, CIRCUIT_OPEN)
         assert upstream.hits == 3  # failing fast: the upstream saw nothing more
         assert not pool.ready()
@@ -212,18 +230,46 @@ async def test_a_failure_that_opens_the_circuit_is_reported_as_itself_not_retrie
 ) -> None:
     upstream, url = flaky
     options = BackendOptions(
+        outlier_detection=OutlierOptions(consecutive_failures=1),
         retries=RetryOptions(attempts=3, backoff_base=0.001, backoff_max=0.001),
-        circuit_breaker=CircuitOptions(consecutive_failures=1, open_for=60.0),
+        circuit_breaker=CircuitOptions(open_for=60.0),
     )
     pool = EndpointPool([url], options, name="circuit-retry")
     async with aiohttp.ClientSession() as session:
-
-        async def attempt(endpoint: str, _remaining: float | None) -> aiohttp.ClientResponse:
-            return await session.get(endpoint + "/")
-
-        exchange = await pool.send("GET", attempt)
-        assert exchange.response.status == 503  # the upstream's own answer
-        exchange.response.release()
-        exchange.release()
+        assert await get_statuses(pool, session) == [503]  # the upstream's own answer
     assert upstream.hits == 1
     assert state_of(pool.circuit) is CircuitState.OPEN
+
+
+async def test_one_failing_endpoint_of_three_is_ejected_and_the_circuit_stays_closed(
+    three: list[tuple[FlakyUpstream, str]],
+) -> None:
+    (bad, bad_url), (one, _), (two, _) = three
+    one.status = two.status = 200
+    clock = Clock()
+    options = BackendOptions(
+        outlier_detection=OutlierOptions(consecutive_failures=3),
+        retries=RetryOptions(backoff_base=0.001, backoff_max=0.001),
+    )
+    pool = EndpointPool([u for _, u in three], options, name="circuit-one-of-three", clock=clock)
+    await pool.start()
+    assert circuit_gauge("circuit-one-of-three") == 0
+    async with aiohttp.ClientSession() as session:
+        statuses = await get_statuses(pool, session, times=30)
+        # Each 503 was retried on another endpoint; after three the bad one is out.
+        assert statuses == [200] * 30
+        assert bad.hits == 3 and one.hits + two.hits == 30
+        assert pool.board.is_ejected(bad_url)
+        assert state_of(pool.circuit) is CircuitState.CLOSED
+
+        # Now every endpoint fails: the remaining two become outliers (one
+        # ejection at most of three at 50 %), nothing is usable, the circuit opens:
+        # three requests of two attempts each, alternating between the two.
+        one.status = two.status = 503
+        assert await get_statuses(pool, session, times=3) == [503] * 3
+        assert state_of(pool.circuit) is CircuitState.OPEN
+        assert circuit_gauge("circuit-one-of-three") == 2
+        with pytest.raises(UpstreamConnectError) as err:
+            await get_statuses(pool, session)
+        assert err.value.reason == CIRCUIT_OPEN
+    await pool.close()

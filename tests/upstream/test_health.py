@@ -1,4 +1,4 @@
-"""Health: thresholds and passive ejection on an injected clock; real probes against real servers."""
+"""Health: thresholds and outlier ejection on an injected clock; real probes against real servers."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from proxy.upstream.config import BackendOptions, HealthCheckOptions
+from proxy.upstream.config import BackendOptions, HealthCheckOptions, OutlierOptions
 from proxy.upstream.health import HealthBoard
 from proxy.upstream.pool import EndpointPool
+from tests.support.pool_calls import get_statuses
 
-A, B = "http://a", "http://b"
+A, B, C, D = "http://a", "http://b", "http://c", "http://d"
 
 
 class Clock:
@@ -26,12 +29,27 @@ class Clock:
         return self.now
 
 
+Change = tuple[str, bool, bool]  # endpoint, in service, ejected
+
+
 def board(
-    clock: Clock, changes: list[tuple[str, bool]] | None = None, **options: object
+    clock: Clock,
+    changes: list[Change] | None = None,
+    endpoints: tuple[str, ...] = (A, B),
+    outliers: OutlierOptions | None = None,
+    **options: object,
 ) -> HealthBoard:
     opts = HealthCheckOptions(**options)  # type: ignore[arg-type]
-    listener = (lambda e, h: changes.append((e, h))) if changes is not None else None
-    return HealthBoard([A, B], opts, clock, listener)
+    listener = (lambda e, h, x: changes.append((e, h, x))) if changes is not None else None
+    return HealthBoard(endpoints, opts, clock, listener, outliers or OutlierOptions())
+
+
+def fail(b: HealthBoard, endpoint: str, times: int) -> None:
+    for _ in range(times):
+        b.record_traffic(endpoint, ok=False, cause="reset")
+
+
+# -- active checks ------------------------------------------------------------------
 
 
 def test_the_first_probe_decides_at_once() -> None:
@@ -41,7 +59,7 @@ def test_the_first_probe_decides_at_once() -> None:
 
 
 def test_thresholds_take_an_endpoint_out_and_bring_it_back() -> None:
-    changes: list[tuple[str, bool]] = []
+    changes: list[Change] = []
     b = board(Clock(), changes, enabled=True, unhealthy_threshold=2, healthy_threshold=3)
     b.record_probe(A, ok=True)
     b.record_probe(A, ok=False)
@@ -53,45 +71,172 @@ def test_thresholds_take_an_endpoint_out_and_bring_it_back() -> None:
     assert not b.is_healthy(A)
     b.record_probe(A, ok=True)
     assert b.is_healthy(A)
-    assert changes == [(A, False), (A, True)]  # transitions only
+    assert changes == [(A, False, False), (A, True, False)]  # transitions only
 
 
-def test_passive_failures_eject_until_the_next_good_probe() -> None:
-    clock = Clock()
-    b = board(clock, enabled=True, passive_failures=3)
-    b.record_traffic(A, ok=False)
-    b.record_traffic(A, ok=False)
+# -- outlier detection -----------------------------------------------------------
+
+
+def test_consecutive_failures_in_real_traffic_eject_an_endpoint_at_once() -> None:
+    changes: list[Change] = []
+    b = board(Clock(), changes, outliers=OutlierOptions(consecutive_failures=3))
+    fail(b, A, 2)
     b.record_traffic(A, ok=True)  # not consecutive any more
-    b.record_traffic(A, ok=False)
-    b.record_traffic(A, ok=False)
+    fail(b, A, 2)
     assert b.is_healthy(A)
-    b.record_traffic(A, ok=False)
-    assert not b.is_healthy(A)
-    clock.now += 3600
-    assert not b.is_healthy(A)  # time alone does not bring it back when probes can
-    b.record_probe(A, ok=True)
-    assert b.is_healthy(A)
+    fail(b, A, 1)
+    assert not b.is_healthy(A) and b.is_ejected(A)
+    assert b.healthy_endpoints() == {B}
+    assert changes == [(A, False, True)]
 
 
-def test_without_active_checks_a_passive_ejection_lasts_passive_ejection() -> None:
+def test_an_ejection_lasts_the_base_time_and_longer_each_time_it_recurs() -> None:
     clock = Clock()
-    changes: list[tuple[str, bool]] = []
-    b = board(clock, changes, enabled=False, passive_failures=2, passive_ejection=30.0)
-    b.record_traffic(B, ok=False)
-    b.record_traffic(B, ok=False)
-    assert b.healthy_endpoints() == {A}
-    clock.now += 29.9
-    assert b.healthy_endpoints() == {A}
+    outliers = OutlierOptions(consecutive_failures=1, base_ejection_time=30, max_ejection_time=70)
+    b = board(clock, outliers=outliers)
+    out_for = []
+    for _ in range(4):
+        fail(b, A, 1)
+        started = clock.now
+        while b.is_ejected(A):
+            clock.now += 1
+        out_for.append(clock.now - started)
+    assert out_for == [30, 60, 70, 70]  # base × ejections, at most max_ejection_time
+
+
+def test_time_in_service_forgives_one_ejection_per_base_time() -> None:
+    clock = Clock()
+    b = board(clock, outliers=OutlierOptions(consecutive_failures=1, base_ejection_time=10))
+    fail(b, A, 1)
+    clock.now += 10  # back after 10 s
+    assert not b.is_ejected(A)
+    fail(b, A, 1)
+    clock.now += 20  # back after 2 × 10 s
+    assert not b.is_ejected(A)
+    clock.now += 10  # one base time in service: one ejection forgiven
+    fail(b, A, 1)
+    clock.now += 19.9
+    assert b.is_ejected(A)
     clock.now += 0.1
+    assert not b.is_ejected(A)
+
+
+def test_probes_that_saw_an_ejected_endpoint_fail_bring_it_back_once_it_passes_again() -> None:
+    clock = Clock()
+    b = board(clock, enabled=True, healthy_threshold=2, unhealthy_threshold=2)
+    b.record_probe(A, ok=True)
+    fail(b, A, 5)
+    assert b.is_ejected(A)
+    b.record_probe(A, ok=False)  # down (a crash): the probe sees it too
+    b.record_probe(A, ok=True)
+    assert b.is_ejected(A)  # one good probe is not healthy_threshold
+    b.record_probe(A, ok=True)
+    assert not b.is_ejected(A) and b.is_healthy(A)
+    assert clock.now == 0  # well before base_ejection_time
+
+
+def test_probes_that_never_failed_do_not_cut_an_ejection_short() -> None:
+    clock = Clock()
+    b = board(clock, enabled=True, outliers=OutlierOptions(base_ejection_time=30))
+    b.record_probe(A, ok=True)
+    fail(b, A, 5)  # e.g. 503s to real requests while /healthz says 200
+    for _ in range(10):
+        clock.now += 2
+        b.record_probe(A, ok=True)
+    assert b.is_ejected(A)
+    clock.now = 30
+    assert not b.is_ejected(A) and b.is_healthy(A)
+
+
+def test_max_ejection_percent_keeps_endpoints_in_service_as_outliers() -> None:
+    outliers = OutlierOptions(consecutive_failures=2, max_ejection_percent=50)
+    b = board(Clock(), endpoints=(A, B, C, D), outliers=outliers)
+    for endpoint in (A, B, C):
+        fail(b, endpoint, 2)
+    assert b.healthy_endpoints() == {C, D}  # 50 % of four: two ejected
+    assert b.usable()  # D has not failed
+    fail(b, D, 2)
+    assert b.healthy_endpoints() == {C, D}
+    assert not b.usable()  # C and D are in service, but both outliers
+
+
+def test_one_ejection_is_allowed_whatever_the_percentage_and_zero_disables_ejection() -> None:
+    few = board(Clock(), endpoints=(A, B, C), outliers=OutlierOptions(max_ejection_percent=10))
+    fail(few, A, 5)
+    fail(few, B, 5)
+    assert few.healthy_endpoints() == {B, C}
+    none = board(Clock(), outliers=OutlierOptions(max_ejection_percent=0))
+    fail(none, A, 50)
+    assert none.healthy_endpoints() == {A, B}
+    assert none.usable()  # B still is; A is an outlier
+
+
+def test_outlier_detection_never_ejects_the_last_endpoint_in_service() -> None:
+    b = board(Clock(), outliers=OutlierOptions(consecutive_failures=1, max_ejection_percent=100))
+    fail(b, A, 1)
+    assert b.healthy_endpoints() == {B}
+    fail(b, B, 10)
+    assert b.healthy_endpoints() == {B}  # the circuit breaker's job from here
+    assert not b.usable()
+    b.record_traffic(B, ok=True)
+    assert b.usable()
+
+
+def test_the_healthy_set_is_reused_until_a_probe_or_an_ejection_changes_it() -> None:
+    clock = Clock()
+    b = board(
+        clock, enabled=True, healthy_threshold=1, outliers=OutlierOptions(consecutive_failures=1)
+    )
+    first = b.healthy_endpoints()
+    clock.now += 10
+    assert b.healthy_endpoints() is first  # nothing changed: no new set per request
+    b.record_probe(A, ok=False)
+    assert b.healthy_endpoints() == {B}
+    b.record_probe(A, ok=True)
     assert b.healthy_endpoints() == {A, B}
-    assert changes == [(B, False), (B, True)]
+    fail(b, B, 1)
+    assert b.healthy_endpoints() == {A}
 
 
-def test_passive_detection_can_be_switched_off() -> None:
-    b = board(Clock(), passive_failures=0)
-    for _ in range(100):
-        b.record_traffic(A, ok=False)
-    assert b.is_healthy(A)
+Event = tuple[str, int, bool]  # kind (traffic, probe, wait), endpoint index, ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    endpoints=st.integers(min_value=1, max_value=6),
+    percent=st.integers(min_value=0, max_value=100),
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["traffic", "probe", "wait"]),
+            st.integers(min_value=0, max_value=5),
+            st.booleans(),
+        ),
+        max_size=120,
+    ),
+)
+def test_ejections_never_exceed_the_cap_nor_empty_the_service(
+    endpoints: int, percent: int, events: list[Event]
+) -> None:
+    names = tuple(f"http://e{i}" for i in range(endpoints))
+    clock = Clock()
+    outliers = OutlierOptions(
+        consecutive_failures=2, base_ejection_time=5, max_ejection_percent=percent
+    )
+    b = board(clock, endpoints=names, outliers=outliers, enabled=True, unhealthy_threshold=1)
+    allowed = 0 if percent == 0 else max(1, endpoints * percent // 100)
+    for kind, index, ok in events:
+        endpoint = names[index % endpoints]
+        if kind == "traffic":
+            in_service_before = b.healthy_endpoints()
+            b.record_traffic(endpoint, ok=ok)
+            in_service = b.healthy_endpoints()
+            # Traffic alone never takes out the last endpoint in service.
+            assert in_service or not in_service_before
+        elif kind == "probe":
+            b.record_probe(endpoint, ok=ok)
+        else:
+            clock.now += 3
+        assert sum(b.is_ejected(e) for e in names) <= allowed
 
 
 # -- for real ---------------------------------------------------------------------
@@ -138,6 +283,12 @@ async def pair() -> AsyncIterator[list[tuple[Switchable, str]]]:
 def gauge(backend: str, endpoint: str) -> float | None:
     return REGISTRY.get_sample_value(
         "gatehouse_upstream_healthy", {"backend": backend, "endpoint": endpoint}
+    )
+
+
+def ejected_gauge(backend: str, endpoint: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "gatehouse_upstream_ejected", {"backend": backend, "endpoint": endpoint}
     )
 
 
@@ -241,51 +392,21 @@ async def test_real_traffic_failures_eject_an_endpoint_before_any_probe_notices(
     bad = f"http://127.0.0.1:{runner.addresses[0][1]}"
     clock = Clock()
     options = BackendOptions(
-        health_check=HealthCheckOptions(enabled=False, passive_failures=2, passive_ejection=10.0)
+        outlier_detection=OutlierOptions(consecutive_failures=2, base_ejection_time=10.0)
     )
     pool = EndpointPool([bad, url_two], options, name="health-passive", clock=clock)
     try:
         async with aiohttp.ClientSession() as session:
-
-            async def attempt(endpoint: str, _remaining: float | None) -> aiohttp.ClientResponse:
-                return await session.get(endpoint + "/work")
-
-            statuses = []
-            for _ in range(8):
-                exchange = await pool.send("GET", attempt)
-                statuses.append(exchange.response.status)
-                exchange.response.release()
-                exchange.release()
+            statuses = await get_statuses(pool, session, "/work", times=8)
             # Each 503 is retried on the other endpoint; after two the bad one is out.
             assert statuses == [200] * 8
             assert not pool.board.is_healthy(bad)
             assert gauge("health-passive", bad) == 0.0
+            assert ejected_gauge("health-passive", bad) == 1.0
             assert two.traffic == 8
             clock.now += 10.0
             assert pool.board.is_healthy(bad)
+            assert ejected_gauge("health-passive", bad) == 0.0
             assert one.traffic == 0
     finally:
         await runner.cleanup()
-
-
-def test_passive_detection_never_ejects_the_last_healthy_endpoint() -> None:
-    b = board(Clock(), enabled=False, passive_failures=1)
-    b.record_traffic(A, ok=False)
-    assert b.healthy_endpoints() == {B}
-    for _ in range(10):
-        b.record_traffic(B, ok=False)
-    assert b.healthy_endpoints() == {B}  # the circuit breaker's job from here
-
-
-def test_the_healthy_set_is_reused_until_a_probe_or_an_ejection_changes_it() -> None:
-    clock = Clock()
-    b = board(clock, enabled=True, passive_failures=1, healthy_threshold=1)
-    first = b.healthy_endpoints()
-    clock.now += 10
-    assert b.healthy_endpoints() is first  # nothing changed: no new set per request
-    b.record_probe(A, ok=False)
-    assert b.healthy_endpoints() == {B}
-    b.record_probe(A, ok=True)
-    assert b.healthy_endpoints() == {A, B}
-    b.record_traffic(B, ok=False)
-    assert b.healthy_endpoints() == {A}

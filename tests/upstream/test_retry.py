@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from proxy.config.schema import BackendConfig, Timeouts
 from proxy.errors import GatehouseError, UpstreamConnectError
@@ -27,7 +28,7 @@ from proxy.upstream.config import (
     RETRY_ON,
     BackendOptions,
     CircuitOptions,
-    HealthCheckOptions,
+    OutlierOptions,
     RetryOptions,
 )
 from proxy.upstream.forward import relay, send
@@ -270,9 +271,9 @@ async def echo() -> AsyncIterator[tuple[EchoUpstream, str]]:
 
 
 def options(attempts: int = 3, **retry: object) -> BackendOptions:
-    # Passive ejection and the circuit stay out of the way: these tests are about retries.
+    # Ejection and the circuit stay out of the way: these tests are about retries.
     return BackendOptions(
-        health_check=HealthCheckOptions(passive_failures=0),
+        outlier_detection=OutlierOptions(max_ejection_percent=0),
         retries=RetryOptions(attempts=attempts, backoff_base=0.001, backoff_max=0.002, **retry),  # type: ignore[arg-type]
         circuit_breaker=CircuitOptions(enabled=False),
     )
@@ -405,3 +406,45 @@ async def test_no_retry_starts_that_could_not_finish_before_the_deadline() -> No
             await pool.send("GET", attempt, deadline=1.0)
         assert len(tries) == 1 + 5 and len(slept) == 4
         assert all(0 <= s < 0.002 for s in slept)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_each_retry_is_counted_by_how_the_failed_attempt_ended(
+    front: Front, resetting: tuple[ResettingUpstream, str], echo: tuple[EchoUpstream, str]
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    for first, backend in ((resetting[1], "retry-count-reset"), (dead, "retry-count-refused")):
+        pool = EndpointPool([first, echo[1]], options(), name=backend)
+        assert (await call(await front(pool), "GET"))[0] == 200
+    retries = "gatehouse_upstream_retries_total"
+    assert sample(retries, backend="retry-count-reset", reason="reset") == 1
+    assert sample(retries, backend="retry-count-refused", reason="connect_error") == 1
+    assert sample(retries, backend="retry-count-refused", reason="reset") == 0
+    assert len(echo[0].requests) == 2
+
+
+async def test_every_5xx_answer_passed_back_counts_as_an_upstream_error_even_for_a_post(
+    front: Front,
+) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["status"]), text="no")
+
+    app = web.Application()
+    app.router.add_route("*", "/{status}", broken)
+    runner, url = await start_app(app)
+    try:
+        pool = EndpointPool([url], options(attempts=1), name="retry-5xx")
+        entry = await front(pool)
+        async with aiohttp.ClientSession() as s:
+            for method, status in (("POST", 500), ("GET", 503), ("PUT", 404)):
+                async with s.request(method, f"{entry}/{status}") as r:
+                    assert r.status == status
+        errors = "gatehouse_upstream_errors_total"
+        assert sample(errors, backend="retry-5xx", kind="upstream_status_500") == 1
+        assert sample(errors, backend="retry-5xx", kind="upstream_status_503") == 1
+        assert sample(errors, backend="retry-5xx", kind="upstream_status_404") == 0
+    finally:
+        await runner.cleanup()
