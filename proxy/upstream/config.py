@@ -5,19 +5,23 @@ Parsed from ``backends.<name>`` next to ``urls``/``timeouts``/``credentials``
 default can be overridden by writing the key. Defaults per kind (outlier
 detection, retries and the circuit breaker are the same for every kind):
 
-==================== ============ ================== =================
-kind                 https only   active health       health path
-==================== ============ ================== =================
-http                 no           off                 /healthz
-fastapi              no           on                  /openapi.json
-azure_app_service    yes          off                 /healthz
-gcp_cloud_function   yes          off                 /
-==================== ============ ================== =================
+==================== ============ ============= ============== ================
+kind                 https only   active health  probe          healthy answers
+==================== ============ ============= ============== ================
+http                 no           off            GET /healthz   200-399
+fastapi              no           on, 10s        GET /          200-499
+azure_app_service    yes          off            GET /healthz   200-399
+gcp_cloud_function   yes          off            GET /          200-399
+==================== ============ ============= ============== ================
 
 Managed platforms put their own load balancer in front of one URL, so probing
 it says little, and for Cloud Functions every probe is a billed, possibly
-cold-started, authenticated invocation. FastAPI serves ``/openapi.json`` by
-default, which makes it a probe target that exists without any app change.
+cold-started, authenticated invocation. A FastAPI app need not serve any
+particular path (``openapi_url=None`` removes ``/openapi.json``), so its
+default probe asks for ``/`` and takes any answer below 500 as "serving": a
+404 from the app's router still shows the process accepts connections and
+answers HTTP. A configured ``health_check.path`` expects 2xx/3xx unless
+``expected_status`` says otherwise.
 "https only" refuses ``http://`` URLs except to loopback (local emulators).
 """
 
@@ -127,7 +131,8 @@ class BackendOptions:
 
 def _kind_health(kind: str) -> HealthCheckOptions:
     if kind == "fastapi":
-        return HealthCheckOptions(enabled=True, path="/openapi.json")
+        # Any answer below 500: the app serves, whatever routes it has (see above).
+        return HealthCheckOptions(enabled=True, path="/", expected_status=((200, 499),))
     if kind == "gcp_cloud_function":
         return HealthCheckOptions(enabled=False, path="/")
     return HealthCheckOptions()
@@ -209,15 +214,24 @@ def _health(m: Mapping | None, default: HealthCheckOptions) -> HealthCheckOption
         return default
     # Writing the section at all means "check it", unless it says otherwise.
     enabled = m.flag("enabled", True)
-    path = m.text("path", default.path) or default.path
+    expected_default = default.expected_status
+    path = default.path
+    if m.has("path"):
+        path = m.text("path", default.path) or default.path
+        # The kind's lenient "any answer below 500" is for its own probe only:
+        # a health endpoint the operator names is expected to say 2xx/3xx.
+        expected_default = _EXPECTED_STATUS
     if not path.startswith("/") or any(c in path for c in " #\r\n"):
         m.error("path", f"{m.where}.path: expected an absolute path like /healthz, got {path!r}")
         path = default.path
     interval = _positive(m, "interval", default.interval)
-    timeout = _positive(m, "timeout", default.timeout)
-    if timeout > interval:
-        m.error("timeout", f"{m.where}.timeout: must not exceed interval ({interval:g}s)")
-        timeout = interval
+    if m.has("timeout"):
+        timeout = _positive(m, "timeout", default.timeout)
+        if timeout > interval:
+            m.error("timeout", f"{m.where}.timeout: must not exceed interval ({interval:g}s)")
+            timeout = interval
+    else:
+        timeout = min(default.timeout, interval)  # a short interval shortens the default
     options = HealthCheckOptions(
         enabled=enabled,
         path=path,
@@ -227,7 +241,7 @@ def _health(m: Mapping | None, default: HealthCheckOptions) -> HealthCheckOption
         unhealthy_threshold=m.integer(
             "unhealthy_threshold", default.unhealthy_threshold, minimum=1
         ),
-        expected_status=_status_ranges(m, "expected_status") or default.expected_status,
+        expected_status=_status_ranges(m, "expected_status") or expected_default,
     )
     m.close()
     return options

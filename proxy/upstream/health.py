@@ -43,7 +43,7 @@ import aiohttp
 from yarl import URL
 
 from proxy.observability import metrics
-from proxy.upstream.config import HealthCheckOptions, OutlierOptions
+from proxy.upstream.config import HealthCheckOptions, OutlierOptions, StatusRanges
 from proxy.upstream.tls import UpstreamTLS
 
 log = logging.getLogger("gatehouse.upstream.health")
@@ -240,6 +240,10 @@ def publish_gauges(backend: str) -> ChangeListener:
     return publish
 
 
+def _describe(ranges: StatusRanges) -> str:
+    return ", ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
 class HealthChecker:
     """Runs the active probes of one backend in the background."""
 
@@ -258,6 +262,9 @@ class HealthChecker:
         self.tls = tls
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        # Why each endpoint's last probe failed (None: it passed), to log a
+        # failure once when it starts or changes, not every interval.
+        self._failing: dict[str, str | None] = dict.fromkeys(self.endpoints)
 
     async def probe(self, endpoint: str) -> bool:
         """One probe of one endpoint; True when the status is an expected one."""
@@ -277,10 +284,29 @@ class HealthChecker:
                     **kwargs,  # type: ignore[arg-type]
                 ) as response:
                     await response.read()
-                    return self.options.status_ok(response.status)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.debug("health probe %s%s failed: %s", endpoint, self.options.path, exc)
-            return False
+                    status = response.status
+        except TimeoutError:
+            return self._failed(endpoint, f"no answer within {self.options.timeout:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return self._failed(endpoint, str(exc) or type(exc).__name__)
+        if not self.options.status_ok(status):
+            expected = _describe(self.options.expected_status)
+            return self._failed(endpoint, f"answered {status} (expected {expected})")
+        self._failing[endpoint] = None
+        return True
+
+    def _failed(self, endpoint: str, why: str) -> bool:
+        level = logging.DEBUG if self._failing.get(endpoint) == why else logging.WARNING
+        self._failing[endpoint] = why
+        log.log(
+            level,
+            "backend %s: health probe GET %s%s failed: %s",
+            self.backend,
+            endpoint,
+            self.options.path,
+            why,
+        )
+        return False
 
     async def check_once(self) -> None:
         results = await asyncio.gather(*(self.probe(e) for e in self.endpoints))

@@ -70,8 +70,10 @@ backends:
     urls: [https://europe-west1-p.cloudfunctions.net/fn]
 """,
     )
-    assert opts["api"].health_check.enabled is True
-    assert opts["api"].health_check.path == "/openapi.json"
+    api = opts["api"].health_check
+    # Probes what every app has: an answer from its router, whatever routes it serves.
+    assert (api.enabled, api.path, api.expected_status) == (True, "/", ((200, 499),))
+    assert (api.interval, api.timeout) == (10.0, 2.0)
     # Outliers, retries and the breaker do not depend on the kind.
     assert {(o.outlier_detection, o.retries, o.circuit_breaker) for o in opts.values()} == {
         (OutlierOptions(), RetryOptions(), CircuitOptions())
@@ -232,6 +234,37 @@ backends:
         "30: backends.app.outlier_detection.consecutive_failures: must be at least 1",
         "33: backends.plain.tls: applies to https URLs, and every URL is http",
     ]
+
+
+def test_a_probe_path_the_operator_names_expects_2xx_or_3xx_even_for_fastapi(
+    tmp_path: Path,
+) -> None:
+    opts = parse(
+        tmp_path,
+        """
+backends:
+  named:
+    kind: fastapi
+    urls: [http://10.0.0.1:8000]
+    health_check: {path: /healthz}
+  tuned:
+    kind: fastapi
+    urls: [http://10.0.0.1:8000]
+    health_check: {interval: 3s}
+""",
+    )
+    assert opts["named"].health_check.expected_status == ((200, 399),)
+    tuned = opts["tuned"].health_check
+    assert (tuned.path, tuned.expected_status, tuned.interval) == ("/", ((200, 499),), 3.0)
+
+
+def test_a_short_interval_shortens_the_default_probe_timeout(tmp_path: Path) -> None:
+    opts = parse(
+        tmp_path,
+        "backends:\n  app:\n    urls: [http://10.0.0.1:8000]\n"
+        "    health_check: {interval: 500ms}\n",
+    )["app"]
+    assert (opts.health_check.interval, opts.health_check.timeout) == (0.5, 0.5)
 
 
 def test_cloud_kinds_accept_plain_http_to_loopback_emulators(tmp_path: Path) -> None:

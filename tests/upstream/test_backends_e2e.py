@@ -87,3 +87,49 @@ async def test_round_robin_spreads_requests_evenly_over_endpoints(
                 async with s.get(gh.url + "/x") as r:
                     seen.append((await r.json())["endpoint"])
     assert seen.count("a") == 5 and seen.count("b") == 5
+
+
+def app_without_docs() -> FastAPI:
+    # No /openapi.json, /docs or /redoc, and no route at /: only /items.
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/items")
+    async def items() -> list[str]:
+        return ["one"]
+
+    return app
+
+
+async def test_a_fastapi_backend_whose_docs_are_disabled_is_served(
+    gatehouse: GatehouseFactory,
+) -> None:
+    with serve_asgi(app_without_docs()) as port:
+        url = f"http://127.0.0.1:{port}"
+        gh = gatehouse(
+            backends={
+                "api": {"urls": [url], "kind": "fastapi", "health_check": {"interval": "300ms"}},
+                "strict": {
+                    "urls": [url],
+                    "kind": "fastapi",
+                    "health_check": {"path": "/healthz", "interval": "300ms"},
+                },
+            },
+            routes=[
+                public_route("strict", "/strict", "strict"),
+                public_route("api", "/", "api"),
+            ],
+        )
+        async with aiohttp.ClientSession() as s:
+            await asyncio.sleep(0.7)  # a few probe rounds
+            for _ in range(5):
+                async with s.get(gh.url + "/items") as r:
+                    assert (r.status, await r.json()) == (200, ["one"])
+            async with s.get(gh.admin_url + "/metrics") as r:
+                text = await r.text()
+            assert f'gatehouse_upstream_healthy{{backend="api",endpoint="{url}"}} 1.0' in text
+            # A probe path the app does not serve fails, and the log says which and why.
+            async with s.get(gh.url + "/strict") as r:
+                assert (r.status, (await r.json())["error"]) == (502, "no_healthy_upstream")
+        log = gh.stderr()  # while the app still runs: its shutdown fails every probe
+    assert f"backend strict: health probe GET {url}/healthz failed: answered 404" in log
+    assert log.count("health probe GET") == 1  # once when it starts failing, not every interval
