@@ -300,6 +300,7 @@ class Gateway:
                 upstream_headers.append(("Host", upstream_host))
             # Picked only here: pool.send() picks for plain requests, and a
             # second pick would skew the balancer (round robin sent all to one).
+            record.attempts = 1  # an upgrade is never retried
             return await proxy_websocket(
                 self.session,
                 request,
@@ -320,6 +321,7 @@ class Gateway:
             # A plain function handing back send()'s coroutine: one coroutine
             # layer less on every request.
             def attempt(base_url: str, remaining: float | None) -> Awaitable[UpstreamResponse]:
+                record.attempts += 1
                 return send(
                     self.client,
                     request,

@@ -44,6 +44,7 @@ FIELDS = (
     "reason",
     "status",
     "upstream_status",
+    "attempts",
     "duration_ms",
     "bytes_in",
     "bytes_out",
@@ -72,6 +73,7 @@ class AuditRecord:
     reason: str = "internal_error"
     status: int = 0
     upstream_status: int | None = None
+    attempts: int = 0  # times the request was sent upstream, the first try included
     duration_ms: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0

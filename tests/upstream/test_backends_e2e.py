@@ -56,6 +56,11 @@ async def test_a_dead_endpoint_costs_no_request_and_is_reported(
             text = await r.text()
         assert 'gatehouse_upstream_circuit_state{backend="down"} 2.0' in text
         assert 'gatehouse_upstream_circuit_state{backend="app"} 0.0' in text
+    records = gh.wait_audit(46)
+    # The audit counts attempts, the first try included: the second request's
+    # first failure opened the circuit, so it was not retried; then nothing is sent.
+    assert [r["attempts"] for r in records if r["path"] == "/down"] == [2, 1, 0, 0, 0, 0]
+    assert {r["attempts"] for r in records if r["path"] == "/echo/x"} <= {1, 2}
 
 
 def named_app(name: str) -> FastAPI:
