@@ -59,8 +59,8 @@ from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.model import Route
-from proxy.policy.ratelimit import RateLimiter, rate_key
 from proxy.policy.store import PolicyStore
+from proxy.ratelimit import RateLimiter, rate_key
 from proxy.upstream.client import UpstreamClient, UpstreamResponse
 from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool

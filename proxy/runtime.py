@@ -40,8 +40,8 @@ from proxy.identity.mtls import certificate_from_der
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
-from proxy.policy.ratelimit import RateLimiter
 from proxy.policy.store import PolicyStore
+from proxy.ratelimit import RateLimiter
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.reachability import Reachability

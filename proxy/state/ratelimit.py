@@ -1,6 +1,6 @@
 """Token buckets shared by every replica, updated atomically in Redis.
 
-Same buckets as :class:`proxy.policy.ratelimit.RateLimiter` (``burst``
+Same buckets as :class:`proxy.ratelimit.RateLimiter` (``burst``
 tokens, refilled at ``requests / per`` a second, one per request), but one
 bucket per route and caller for the whole deployment: a Lua script reads,
 refills, takes and writes it in one step, so concurrent replicas never both
@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from proxy.observability.metrics import STATE_UNREACHABLE
 from proxy.policy.model import RateLimit, Route
-from proxy.policy.ratelimit import RateLimiter
+from proxy.ratelimit import RateLimiter
 from proxy.state.client import StateClient, StateUnreachable
 
 log = logging.getLogger("gatehouse.state")

@@ -3,7 +3,7 @@ and the three shared components over it."""
 
 from __future__ import annotations
 
-from proxy.policy.ratelimit import RateLimiter
+from proxy.ratelimit import RateLimiter
 from proxy.state.client import StateClient
 from proxy.state.config import StateConfig
 from proxy.state.credentials import SharedCredentials

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.policy.model import RateLimit, Route
-from proxy.policy.ratelimit import RateLimiter, rate_key
+from proxy.ratelimit import RateLimiter, rate_key
 from tests.policy.support import caller, facts
 
 
