@@ -108,18 +108,6 @@ class PolicySet:
         reason = "unauthenticated" if identity is None else "no_rule_matched"
         return Decision(False, reason, route.name, self.version, audit)
 
-    def authorize(
-        self, facts: RequestFacts, identity: Identity | None, now: float
-    ) -> tuple[Route | None, Decision]:
-        """Match and decide in one step, for callers that hold one policy version."""
-        route = self.match(facts.host, facts.path, facts.method)
-        if route is None:
-            return None, self.not_found
-        return route, self.decide(route, facts, identity, now)
-
-    def rate_limited(self, route: Route) -> Decision:
-        return Decision(False, "rate_limited", route.name, self.version)
-
     def explain(self, facts: RequestFacts, identity: Identity | None, now: float) -> Explanation:
         """Every rule of the matched route evaluated, with the decision :meth:`decide` makes."""
         route = self.match(facts.host, facts.path, facts.method)

@@ -11,6 +11,7 @@ from proxy.http.facts import RequestFacts
 from proxy.identity.model import AuthMethod, ClientCertificate, Identity
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.load import load_policies
+from proxy.policy.model import Decision
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -24,6 +25,14 @@ def policy(tmp_path: Path, text: str, backends: set[str] | None = None) -> Polic
     directory.mkdir(exist_ok=True)
     write(directory, "policy.yaml", text)
     return load_policies(directory, backends)
+
+
+def decision(
+    ps: PolicySet, request: RequestFacts, identity: Identity | None, now: float = 0.0
+) -> Decision:
+    """Match and decide, as the gateway does with one policy version."""
+    route = ps.match(request.host, request.path, request.method)
+    return ps.not_found if route is None else ps.decide(route, request, identity, now)
 
 
 def facts(

@@ -186,20 +186,9 @@ def test_route_not_found_reveals_nothing(tmp_path: Path) -> None:
         tmp_path,
         "routes:\n  - name: secret-admin\n    path: /admin\n    backend: b\n",
     )
-    route, decision = ps.authorize(facts("/other"), None, 0.0)
-    assert route is None
-    assert (decision.allowed, decision.reason, decision.route) == (False, "route_not_found", None)
-
-
-def test_rate_limited_decision_names_the_route(tmp_path: Path) -> None:
-    ps = app(tmp_path, "")
-    d = ps.rate_limited(ps.routes[0])
-    assert (d.allowed, d.reason, d.route, d.policy_version) == (
-        False,
-        "rate_limited",
-        "app",
-        ps.version,
-    )
+    assert ps.match("app.example.com", "/other", "GET") is None
+    d = ps.explain(facts("/other"), None, 0.0).decision
+    assert (d.allowed, d.reason, d.route) == (False, "route_not_found", None)
 
 
 def test_explain_lists_every_rule_with_its_outcome(tmp_path: Path) -> None:

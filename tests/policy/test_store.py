@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from proxy.config.reader import ConfigError
 from proxy.policy.store import PolicyStore
-from tests.policy.support import caller, facts, write
+from tests.policy.support import caller, decision, facts, write
 
 STRICT = """\
 routes:
@@ -35,9 +35,7 @@ def reloads(result: str) -> float:
 
 
 def admin_allowed_for_anonymous(store: PolicyStore) -> bool:
-    ps = store.current
-    _, decision = ps.authorize(facts("/admin/users"), None, 0.0)
-    return decision.allowed
+    return decision(store.current, facts("/admin/users"), None).allowed
 
 
 @pytest.fixture
@@ -63,8 +61,7 @@ def test_a_valid_change_is_swapped_in_and_counted(policy_dir: Path) -> None:
     assert store.current is not before
     assert store.current.version != before.version
     assert reloads("ok") == ok + 1
-    _, decision = store.current.authorize(facts("/admin"), caller(groups=("ops",)), 0.0)
-    assert decision.allowed
+    assert decision(store.current, facts("/admin"), caller(groups=("ops",))).allowed
 
 
 def test_a_broken_file_keeps_the_last_good_set_and_counts_an_error(
@@ -152,8 +149,7 @@ async def test_watch_sees_a_configmap_symlink_swap(tmp_path: Path) -> None:
             {"admin.yaml": STRICT.replace("[admins]", "[admins, ops]"), "site.yaml": OPEN},
         )
         await wait_for(lambda: store.current.version != first)
-        _, decision = store.current.authorize(facts("/admin"), caller(groups=("ops",)), 0.0)
-        assert decision.allowed
+        assert decision(store.current, facts("/admin"), caller(groups=("ops",))).allowed
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
