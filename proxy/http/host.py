@@ -25,6 +25,8 @@ import re
 _MAX_NAME = 255
 _MAX_HOST_HEADER = 300
 _REG_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 _PORT = re.compile(r"[0-9]{0,5}")
 
 
@@ -88,3 +90,11 @@ _parse_remembered = functools.lru_cache(maxsize=1024)(_parse)
 def valid_forwarded_host(value: str) -> bool:
     """A trusted proxy's ``X-Forwarded-Host`` obeys the same grammar as Host."""
     return bool(value) and parse_host(value) is not None
+
+
+def is_host_name(text: str) -> bool:
+    """A DNS name as configured: lower-case labels of letters, digits and ``-``.
+
+    Stricter than a Host header's reg-name: for policy hosts and email domains.
+    """
+    return _HOST_NAME.fullmatch(text) is not None

@@ -19,7 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy.policy import criteria as c
+from proxy.policy.criteria import Criterion, walk
+from proxy.policy.criteria.authenticated import Authenticated
+from proxy.policy.criteria.logic import All, AnyOf, Not
+from proxy.policy.criteria.method import MethodIn
+from proxy.policy.criteria.path import PathMatch
+from proxy.policy.criteria.public import Public
+from proxy.policy.criteria.time_window import TimeWindow
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.model import Route
 
@@ -34,17 +40,17 @@ class Finding:
         return f"{self.source}: {self.level}: {self.message}"
 
 
-def _rank(criterion: c.Criterion) -> int:
+def _rank(criterion: Criterion) -> int:
     # 3: admits anyone; 2: any signed-in caller; 1: restricts what, not who; 0: restricts who.
-    if isinstance(criterion, c.Public):
+    if isinstance(criterion, Public):
         return 3
-    if isinstance(criterion, c.Authenticated):
+    if isinstance(criterion, Authenticated):
         return 2 if criterion.expect else 0
-    if isinstance(criterion, c.MethodIn | c.PathMatch | c.TimeWindow):
+    if isinstance(criterion, MethodIn | PathMatch | TimeWindow):
         return 1
-    if isinstance(criterion, c.AnyOf):
+    if isinstance(criterion, AnyOf):
         return max(_rank(child) for child in criterion.children)
-    if isinstance(criterion, c.All):
+    if isinstance(criterion, All):
         ranks = [_rank(child) for child in criterion.children]
         if 0 in ranks:
             return 0
@@ -52,7 +58,7 @@ def _rank(criterion: c.Criterion) -> int:
     return 0
 
 
-def admits(criterion: c.Criterion) -> Literal["everyone", "authenticated"] | None:
+def admits(criterion: Criterion) -> Literal["everyone", "authenticated"] | None:
     """Whether a rule holds for every caller, every signed-in caller, or restricts who.
 
     Request criteria (method, path, time) restrict what, not who: a rule made
@@ -69,10 +75,8 @@ def _broad(route: Route) -> bool:
     return "/" not in prefix.strip("/")
 
 
-def _negates_identity(criterion: c.Criterion) -> bool:
-    if isinstance(criterion, c.Not) and criterion.child.needs_identity:
-        return True
-    return any(_negates_identity(child) for child in c.children_of(criterion))
+def _negates_identity(criterion: Criterion) -> bool:
+    return any(isinstance(node, Not) and node.child.needs_identity for _, node in walk(criterion))
 
 
 def check_policies(policy: PolicySet) -> list[Finding]:

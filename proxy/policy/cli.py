@@ -60,8 +60,10 @@ from proxy.http.canonical import canonicalise_target
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import AuthMethod, ClientCertificate, Identity
 from proxy.policy.check import check_policies
+from proxy.policy.criteria.auth_method import AUTH_METHODS
+from proxy.policy.criteria.operand import plain_value
 from proxy.policy.evaluate import Explanation, PolicySet
-from proxy.policy.load import AUTH_METHODS, load_policies, plain_value
+from proxy.policy.load import load_policies
 
 DEFAULT_POLICIES = Path("policies")
 
@@ -405,7 +407,7 @@ def _case(doc: Doc, m: Mapping) -> _Case | None:
                 else ex.text("route")
             )
         if ex.has("audit"):
-            audit: Any = ex.str_list("audit")
+            audit = ex.str_list("audit")
             case.expect["audit"] = tuple(audit)
         ex.close(("route",))
     m.close(("identity",))
@@ -416,8 +418,8 @@ def _client_cert(req: Mapping) -> ClientCertificate | None:
     cm = req.mapping("client_cert")
     if cm is None:
         return None
-    uris: Any = cm.str_list("san_uris")
-    dns: Any = cm.str_list("san_dns")
+    uris = cm.str_list("san_uris")
+    dns = cm.str_list("san_dns")
     fingerprint = cm.text("fingerprint", "0" * 64)
     cm.close()
     return ClientCertificate(
@@ -434,8 +436,8 @@ def _identity(im: Mapping) -> Identity | None:
     issuer = im.text("issuer", "https://issuer.example")
     method = im.choice("method", AUTH_METHODS, "jwt")
     email = im.text("email")
-    groups: Any = im.str_list("groups")
-    scopes: Any = im.str_list("scopes")
+    groups = im.str_list("groups")
+    scopes = im.str_list("scopes")
     claims_node = im.node_of("claims")
     claims: dict[str, Any] = {}
     if claims_node is not None:

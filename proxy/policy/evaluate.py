@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
-from proxy.policy.criteria import Outcome, admits_anonymous, outcome_text, trace
+from proxy.policy.criteria import Criterion, Outcome, walk
+from proxy.policy.criteria.logic import admits_anonymous
 from proxy.policy.index import RouteIndex
 from proxy.policy.model import Decision, Route, Rule
 
@@ -39,6 +40,7 @@ class Explanation:
     route: Route | None
     decision: Decision
     rules: tuple[RuleOutcome, ...]
+    unknown: str = "unknown (no identity)"  # what an unknown outcome means for this caller
 
     def lines(self) -> list[str]:
         out: list[str] = []
@@ -53,16 +55,19 @@ class Explanation:
             rule = item.rule
             mode = " [audit: not enforced]" if rule.mode == "audit" else ""
             out.append(
-                f"  {rule.effect} {rule.name}{mode} ({rule.source}): {outcome_text(item.outcome)}"
+                f"  {rule.effect} {rule.name}{mode} ({rule.source}): {self.text(item.outcome)}"
             )
             for depth, text, outcome in item.criteria:
-                out.append(f"    {'  ' * depth}{text}: {outcome_text(outcome)}")
+                out.append(f"    {'  ' * depth}{text}: {self.text(outcome)}")
         d = self.decision
         out.append(f"decision: {'allow' if d.allowed else 'deny'} ({d.reason})")
         if d.audit:
             out.append(f"audit-mode rules that fired: {', '.join(d.audit)}")
         out.append(f"policy version: {d.policy_version}")
         return out
+
+    def text(self, outcome: Outcome) -> str:
+        return "match" if outcome else "no match" if outcome is False else self.unknown
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -139,3 +144,12 @@ def _with_audit(rule: Rule, route: Route, version: str, audit: tuple[str, ...]) 
     if decision is None or decision.policy_version != version or decision.route != route.name:
         decision = Decision(rule.effect == "allow", rule.reason, route.name, version)
     return replace(decision, audit=audit) if audit else decision
+
+
+def trace(
+    criterion: Criterion, facts: RequestFacts, identity: Identity | None, now: float
+) -> list[tuple[int, str, Outcome]]:
+    """Every criterion of a tree with its outcome, for explanations (not the hot path)."""
+    return [
+        (depth, node.describe(), node.test(facts, identity, now)) for depth, node in walk(criterion)
+    ]

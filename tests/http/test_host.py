@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http.host import normalise_host, parse_host, valid_forwarded_host
+from proxy.http.host import is_host_name, normalise_host, parse_host, valid_forwarded_host
 
 
 @pytest.mark.parametrize(
@@ -107,3 +107,10 @@ def test_forwarded_host_from_a_trusted_proxy_obeys_the_same_grammar() -> None:
 def test_normalise_host_keeps_working_for_configured_names() -> None:
     assert normalise_host("API.example.com:443") == "api.example.com"
     assert normalise_host("[::1]:8443") == "[::1]"
+
+
+def test_host_names_are_lower_case_dns_labels() -> None:
+    assert is_host_name("api.example.com")
+    assert is_host_name("a-b.c0")
+    for bad in ("API.example.com", "*.example.com", "-a.com", "a..com", "a_b.com", "", "a.com\n"):
+        assert not is_host_name(bad), bad

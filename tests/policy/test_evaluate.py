@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
-from proxy.policy import criteria as c
+from proxy.policy.criteria import Criterion
+from proxy.policy.criteria.authenticated import Authenticated
+from proxy.policy.criteria.fields import IdentitySetAny
+from proxy.policy.criteria.logic import All, AnyOf, Not
+from proxy.policy.criteria.method import MethodIn
+from proxy.policy.criteria.path import PathMatch
+from proxy.policy.criteria.public import Public
+from proxy.policy.criteria.source_ip import SourceIp
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.model import Route, Rule
 from tests.policy.support import caller, facts, policy
@@ -272,32 +279,32 @@ def test_anonymous_callers_are_admitted_only_through_public(tmp_path: Path) -> N
 
 
 # -- properties over generated rule trees ----------------------------------------------
-LEAVES: list[c.Criterion] = [
-    c.Public(),
-    c.Authenticated(True),
-    c.Authenticated(False),
-    c.MethodIn(frozenset({"GET"})),
-    c.IdentitySetAny("groups", "groups", frozenset({"eng"})),
-    c.IdentitySetAny("scope", "scopes", frozenset({"read"})),
-    c.SourceIp((ipaddress.ip_network("10.0.0.0/8"),)),
-    c.PathMatch("/docs", None),
+LEAVES: list[Criterion] = [
+    Public(),
+    Authenticated(True),
+    Authenticated(False),
+    MethodIn(frozenset({"GET"})),
+    IdentitySetAny("groups", "groups", frozenset({"eng"}), frozenset({"groups"})),
+    IdentitySetAny("scope", "scopes", frozenset({"read"}), frozenset({"scope"})),
+    SourceIp((ipaddress.ip_network("10.0.0.0/8"),)),
+    PathMatch("/docs", None),
 ]
 
 
-def trees(leaves: list[c.Criterion]) -> st.SearchStrategy[c.Criterion]:
+def trees(leaves: list[Criterion]) -> st.SearchStrategy[Criterion]:
     return st.recursive(
         st.sampled_from(leaves),
         lambda kids: st.one_of(
-            st.lists(kids, min_size=1, max_size=3).map(lambda k: c.All(tuple(k))),
-            st.lists(kids, min_size=1, max_size=3).map(lambda k: c.AnyOf(tuple(k))),
-            kids.map(c.Not),
+            st.lists(kids, min_size=1, max_size=3).map(lambda k: All(tuple(k))),
+            st.lists(kids, min_size=1, max_size=3).map(lambda k: AnyOf(tuple(k))),
+            kids.map(Not),
         ),
         max_leaves=6,
     )
 
 
 def rules(
-    effect: str, tree_strategy: st.SearchStrategy[c.Criterion], mode: str = "enforce"
+    effect: str, tree_strategy: st.SearchStrategy[Criterion], mode: str = "enforce"
 ) -> st.SearchStrategy[tuple[Rule, ...]]:
     return st.lists(tree_strategy, max_size=3).map(
         lambda ts: tuple(
@@ -322,7 +329,7 @@ def route_with(allow: tuple[Rule, ...], deny: tuple[Rule, ...]) -> Route:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    rules("allow", trees([x for x in LEAVES if not isinstance(x, c.Public)])),
+    rules("allow", trees([x for x in LEAVES if not isinstance(x, Public)])),
     rules("deny", trees(LEAVES)),
     REQUESTS,
 )

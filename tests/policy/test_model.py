@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import criteria as c
+from proxy.policy.criteria.public import Public
 from proxy.policy.model import Route, Rule
 
 
@@ -15,5 +15,5 @@ def test_equal_routes_hash_equal_so_per_route_caches_work() -> None:
 
 
 def test_rule_reason_names_effect_and_rule() -> None:
-    assert Rule("admins", "allow", c.Public(), "f:1").reason == "allowed:admins"
-    assert Rule("interns", "deny", c.Public(), "f:1").reason == "denied:interns"
+    assert Rule("admins", "allow", Public(), "f:1").reason == "allowed:admins"
+    assert Rule("interns", "deny", Public(), "f:1").reason == "denied:interns"

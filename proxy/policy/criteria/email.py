@@ -1,0 +1,54 @@
+"""``email``: the caller's email address is one of the listed ones."""
+
+from __future__ import annotations
+
+from proxy.http.facts import RequestFacts
+from proxy.identity.model import Identity
+from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register
+from proxy.policy.criteria.operand import Operand
+
+
+def verified_email(identity: Identity) -> Outcome | str:
+    """The caller's address, lower-cased; False without one."""
+    email = identity.email
+    if email is None:
+        return False
+    return email.lower()
+
+
+class EmailIn(CallerLeaf):
+    __slots__ = ("values",)
+
+    def __init__(self, values: frozenset[str]) -> None:
+        self.values = values  # lower-cased at load
+
+    def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
+        if identity is None:
+            return None
+        email = verified_email(identity)
+        return email in self.values if isinstance(email, str) else email
+
+    def describe(self) -> str:
+        return f"email in {fmt(self.values)}"
+
+
+def parse(operand: Operand, rules: Rules) -> EmailIn | None:
+    values = operand.strings()
+    if values is None:
+        return None
+    addresses = [value.strip().lower() for value in values]
+    for address in addresses:
+        local, at, domain = address.partition("@")
+        if not local or not at or not domain or "@" in domain:
+            operand.fail(f"not an email address: {address!r}")
+            return None
+    return EmailIn(frozenset(addresses))
+
+
+register(
+    "email",
+    parse,
+    about="caller",
+    syntax="email: [alice@example.com]",
+    holds="the caller's email address is listed (case-insensitive)",
+)

@@ -1,0 +1,33 @@
+"""`email_domain`: the caller's email address is at a listed domain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.policy.criteria.support import holds, refused
+from tests.policy.support import caller
+
+
+@pytest.mark.parametrize(
+    ("domains", "email", "expected"),
+    [
+        ("[example.com]", "a@example.com", True),
+        ("[example.com]", "a@EXAMPLE.com", True),
+        ("[example.com]", "a@badexample.com", False),
+        ("[example.com]", "a@sub.example.com", False),
+        ("[example.com]", "a@evil.com@example.com", False),
+        ("[example.com]", "@example.com", False),
+        ("['*.example.com']", "a@sub.example.com", True),
+        ("['*.example.com']", "a@example.com", False),
+        ("['*.example.com']", "a@subexample.com", False),
+    ],
+)
+def test_email_domain(tmp_path: Path, domains: str, email: str, expected: bool) -> None:
+    assert holds(tmp_path, f"email_domain: {domains}", caller(email=email)) is expected
+
+
+def test_listed_values_must_be_domains(tmp_path: Path) -> None:
+    for value in ("*.*.example.com", "exa mple.com", "a@example.com", ""):
+        assert "expected a domain or '*.domain'" in refused(tmp_path, f"email_domain: ['{value}']")

@@ -1,0 +1,24 @@
+"""`mfa`: a second factor shown by amr or acr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.policy.criteria.support import holds, outcome, refused
+from tests.policy.support import caller
+
+
+def test_mfa_from_amr_or_acr(tmp_path: Path) -> None:
+    assert holds(tmp_path, "mfa: true", caller(claims={"amr": ["pwd", "mfa"]}))
+    assert not holds(tmp_path, "mfa: true", caller(claims={"amr": ["pwd"]}))
+    assert not holds(tmp_path, "mfa: true", caller(claims={"amr": "mfa"}))
+    rule = "mfa: {amr: [hwk, otp], acr: [urn:example:loa:2]}"
+    assert holds(tmp_path, rule, caller(claims={"amr": ["otp"]}))
+    assert holds(tmp_path, rule, caller(claims={"acr": "urn:example:loa:2"}))
+    assert not holds(tmp_path, rule, caller(claims={"acr": "urn:example:loa:1"}))
+    assert outcome(tmp_path, "mfa: true", None) is None
+
+
+def test_mfa_false_or_empty_is_refused(tmp_path: Path) -> None:
+    assert "only 'true' has a meaning" in refused(tmp_path, "mfa: false")
+    assert "give 'amr' and/or 'acr'" in refused(tmp_path, "mfa: {}")
