@@ -22,6 +22,7 @@ Fixture files (``gatehouse policy test``) are YAML lists of cases::
         groups: [...]
         scopes: [orders:write]
         claims: {azp: airflow-prod}
+        unknown_claims: [groups]        # optional: claims not received (criteria on them: unknown)
       expect:
         decision: allow                 # allow | deny
         reason: allowed:airflow-writes  # optional
@@ -438,6 +439,7 @@ def _identity(im: Mapping) -> Identity | None:
     email = im.text("email")
     groups = im.str_list("groups")
     scopes = im.str_list("scopes")
+    unknown = im.str_list("unknown_claims")
     claims_node = im.node_of("claims")
     claims: dict[str, Any] = {}
     if claims_node is not None:
@@ -455,4 +457,5 @@ def _identity(im: Mapping) -> Identity | None:
         groups=frozenset(groups),
         scopes=frozenset(scopes),
         claims=claims,
+        unknown_claims=frozenset(unknown),
     )

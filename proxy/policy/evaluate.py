@@ -3,15 +3,22 @@
 Order of evaluation for a matched route:
 
 1. every ``deny`` rule; the first enforced one that holds decides
-   (``denied:<rule>``): deny wins over any allow;
+   (``denied:<rule>``): deny wins over any allow. A deny rule that is
+   unknown for an identified caller, because a claim it reads was not
+   received (:attr:`Identity.unknown_claims`), decides too
+   (``unknown_claims:<rule>``): it fails closed. For a caller without
+   identity, deny rules about the caller are unknown and do not decide;
 2. ``allow`` rules in order; the first enforced one that holds decides
    (``allowed:<rule>``). For a caller without identity an allow rule holds
    only through an explicit ``public: true`` (never implied);
 3. otherwise ``unauthenticated`` when there is no identity (the caller may
-   retry with one: 401) and ``no_rule_matched`` when there is (403).
+   retry with one: 401), ``unknown_claims:<rule>`` when an allow rule was
+   unknown for want of a claim, and ``no_rule_matched`` otherwise (403).
 
-``mode: audit`` rules that hold are listed in :attr:`Decision.audit` and
-never change the outcome. A route without allow rules admits no one.
+``mode: audit`` rules never change the outcome: what they would have
+decided is listed in :attr:`Decision.audit` (``allowed:<rule>``,
+``denied:<rule>``, ``unknown_claims:<rule>``). A route without allow rules
+admits no one.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from proxy.policy.criteria import Criterion, Outcome, walk
 from proxy.policy.criteria.logic import admits_anonymous
 from proxy.policy.index import RouteIndex
 from proxy.policy.model import Decision, Route, Rule
+
+UNKNOWN_CLAIMS = "unknown_claims"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +104,15 @@ class PolicySet:
     ) -> Decision:
         audit: tuple[str, ...] = ()
         for rule in route.deny:
-            if rule.criterion.test(facts, identity, now) is True:
-                if rule.mode == "audit":
-                    audit += (rule.reason,)
-                    continue
-                return _with_audit(rule, route, self.version, audit)
+            outcome = rule.criterion.test(facts, identity, now)
+            if outcome is False or (outcome is None and identity is None):
+                continue
+            if rule.mode == "audit":
+                audit += (rule.reason if outcome else _unknown_reason(rule),)
+                continue
+            if outcome is None:
+                return Decision(False, _unknown_reason(rule), route.name, self.version, audit)
+            return _with_audit(rule, route, self.version, audit)
         for rule in route.allow:
             if (
                 rule.criterion.test(facts, identity, now) is True
@@ -110,8 +123,10 @@ class PolicySet:
                     audit += (rule.reason,)
                     continue
                 return _with_audit(rule, route, self.version, audit)
-        reason = "unauthenticated" if identity is None else "no_rule_matched"
-        return Decision(False, reason, route.name, self.version, audit)
+        if identity is None:
+            return Decision(False, "unauthenticated", route.name, self.version, audit)
+        reason = _unknown_allow(route, facts, identity, now) if identity.unknown_claims else None
+        return Decision(False, reason or "no_rule_matched", route.name, self.version, audit)
 
     def explain(self, facts: RequestFacts, identity: Identity | None, now: float) -> Explanation:
         """Every rule of the matched route evaluated, with the decision :meth:`decide` makes."""
@@ -126,7 +141,23 @@ class PolicySet:
             )
             for rule in (*route.deny, *route.allow)
         )
-        return Explanation(route, self.decide(route, facts, identity, now), outcomes)
+        unknown = "unknown (no identity)"
+        if identity is not None and identity.unknown_claims:
+            unknown = f"unknown (claims not received: {', '.join(sorted(identity.unknown_claims))})"
+        decision = self.decide(route, facts, identity, now)
+        return Explanation(route, decision, outcomes, unknown)
+
+
+def _unknown_reason(rule: Rule) -> str:
+    return f"{UNKNOWN_CLAIMS}:{rule.name}"
+
+
+def _unknown_allow(route: Route, facts: RequestFacts, identity: Identity, now: float) -> str | None:
+    """The first enforced allow rule that was unknown for want of a claim, as a reason."""
+    for rule in route.allow:
+        if rule.mode == "enforce" and rule.criterion.test(facts, identity, now) is None:
+            return _unknown_reason(rule)
+    return None
 
 
 def _rule_outcome(

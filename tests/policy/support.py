@@ -64,6 +64,7 @@ def caller(
     groups: tuple[str, ...] = (),
     scopes: tuple[str, ...] = (),
     claims: Mapping[str, Any] | None = None,
+    unknown_claims: tuple[str, ...] = (),
 ) -> Identity:
     return Identity(
         subject=subject,
@@ -73,6 +74,7 @@ def caller(
         groups=frozenset(groups),
         scopes=frozenset(scopes),
         claims=dict(claims or {}),
+        unknown_claims=frozenset(unknown_claims),
     )
 
 

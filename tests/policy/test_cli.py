@@ -30,6 +30,18 @@ def run(*argv: str) -> int:
     return code
 
 
+def gatehouse(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command line: ``gatehouse policy ...`` in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "policy", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def fake_jwt(claims: dict[str, object]) -> str:
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -258,13 +270,40 @@ def test_check_with_a_gatehouse_config_uses_its_policy_dir_and_backends(
 
 def test_the_gatehouse_command_runs_the_example_fixtures() -> None:
     # The console entry point discovers `policy` through proxy.cli's add_commands hook.
-    done = subprocess.run(
-        [sys.executable, "-m", "proxy", "policy", "test", *map(str, FIXTURES)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = gatehouse("test", *map(str, FIXTURES))
     assert done.returncode == 0, done.stdout + done.stderr
     assert " 0 failed" in done.stdout
+
+
+def test_fixtures_can_state_claims_that_were_not_received(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    write(
+        policies,
+        "p.yaml",
+        """\
+        routes:
+          - name: app
+            path: /
+            backend: b
+            deny: [{name: no-interns, groups: [interns]}]
+            allow: [{name: signed-in, authenticated: true}]
+        """,
+    )
+    fixture = write(
+        tmp_path,
+        "cases.yaml",
+        """\
+        - name: a session that dropped its groups fails closed
+          request: {url: "https://h/x"}
+          identity: {subject: pat, method: session, unknown_claims: [groups]}
+          expect: {decision: deny, reason: "unknown_claims:no-interns"}
+        - name: with its groups it is let in
+          request: {url: "https://h/x"}
+          identity: {subject: pat, method: session, groups: [staff]}
+          expect: {decision: allow, reason: "allowed:signed-in"}
+        """,
+    )
+    done = gatehouse("test", str(fixture), "--policies", str(policies))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed, 0 failed" in done.stdout

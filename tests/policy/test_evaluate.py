@@ -381,3 +381,111 @@ def test_audit_rules_never_change_the_outcome(
     plain = PS.decide(route_with(allow, deny), request, identity, 0.0)
     dry = PS.decide(route_with(audit_allow + allow, audit_deny + deny), request, identity, 0.0)
     assert (dry.allowed, dry.reason) == (plain.allowed, plain.reason)
+
+
+# -- claims that were not received (Identity.unknown_claims) --------------------------
+DROPPED_GROUPS = caller(groups=(), unknown_claims=("groups",))
+
+
+def test_a_deny_rule_on_a_claim_not_received_fails_closed_with_its_own_reason(
+    tmp_path: Path,
+) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    deny:
+      - {name: no-interns, groups: [interns]}
+    allow:
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    assert decide(ps, identity=DROPPED_GROUPS) == (False, "unknown_claims:no-interns")
+    assert decide(ps, identity=caller(groups=("staff",))) == (True, "allowed:signed-in")
+    # Without identity a deny rule about the caller still does not decide (unchanged).
+    assert decide(ps) == (False, "unauthenticated")
+
+
+def test_an_unknown_claim_is_not_decisive_when_the_rest_of_the_rule_already_decides(
+    tmp_path: Path,
+) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    deny:
+      - {name: interns-writing, groups: [interns], method: [POST]}
+    allow:
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    assert decide(ps, identity=DROPPED_GROUPS) == (True, "allowed:signed-in")  # a GET
+    assert decide(ps, identity=DROPPED_GROUPS, method="POST") == (
+        False,
+        "unknown_claims:interns-writing",
+    )
+
+
+def test_not_of_an_unknown_claim_stays_unknown_and_fails_closed(tmp_path: Path) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    deny:
+      - {name: staff-only, not: {groups: [staff]}}
+    allow:
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    assert decide(ps, identity=DROPPED_GROUPS) == (False, "unknown_claims:staff-only")
+
+
+def test_an_allow_rule_on_a_claim_not_received_admits_no_one_and_says_why(
+    tmp_path: Path,
+) -> None:
+    ps = app(tmp_path, "    allow:\n      - {name: admins, groups: [admins]}\n")
+    assert decide(ps, identity=DROPPED_GROUPS) == (False, "unknown_claims:admins")
+    assert decide(ps, identity=caller()) == (False, "no_rule_matched")
+
+
+def test_an_audit_deny_rule_on_a_claim_not_received_reports_it_would_fail_closed(
+    tmp_path: Path,
+) -> None:
+    ps = app(
+        tmp_path,
+        """\
+    deny:
+      - {name: future-deny, mode: audit, groups: [interns]}
+    allow:
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    d = ps.decide(ps.routes[0], facts(), DROPPED_GROUPS, 0.0)
+    assert (d.allowed, d.reason, d.audit) == (
+        True,
+        "allowed:signed-in",
+        ("unknown_claims:future-deny",),
+    )
+
+
+def test_explain_names_the_claims_that_were_not_received(tmp_path: Path) -> None:
+    ps = app(tmp_path, "    deny:\n      - {name: no-interns, groups: [interns]}\n")
+    text = "\n".join(ps.explain(facts(), DROPPED_GROUPS, 0.0).lines())
+    assert "deny no-interns" in text and "unknown (claims not received: groups)" in text
+    assert "decision: deny (unknown_claims:no-interns)" in text
+
+
+GROUPS = ("eng", "interns", "staff")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules("allow", trees(LEAVES)),
+    rules("deny", trees(LEAVES)),
+    st.sets(st.sampled_from(GROUPS)),
+    REQUESTS,
+)
+def test_unknown_groups_never_admit_a_caller_whom_some_actual_groups_would_refuse(
+    allow: tuple[Rule, ...], deny: tuple[Rule, ...], actual: set[str], request: RequestFacts
+) -> None:
+    route = route_with(allow, deny)
+    dropped = caller(groups=(), unknown_claims=("groups",))
+    if PS.decide(route, request, dropped, 0.0).allowed:
+        assert PS.decide(route, request, caller(groups=tuple(actual)), 0.0).allowed

@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
-from proxy.policy.criteria.base import CallerLeaf, Criterion, Outcome, Rules, register
+from proxy.policy.criteria.base import CallerLeaf, Criterion, Outcome, Rules, register, unknown
 from proxy.policy.criteria.logic import All
 from proxy.policy.criteria.matcher import MATCHERS, Matcher, parse_matcher, same
 from proxy.policy.criteria.operand import Operand
@@ -49,6 +49,8 @@ class Claim(CallerLeaf):
 
     def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
         if identity is None:
+            return None
+        if identity.unknown_claims and unknown(identity, self.unknown_if):
             return None
         value = claim_value(identity.claims, self.path, self.parts)
         if self.exists is not None:

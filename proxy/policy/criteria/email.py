@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
-from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register
+from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register, unknown
 from proxy.policy.criteria.operand import Operand
+
+# The claims an email criterion depends on: unknown if either was not received.
+EMAIL_CLAIMS = frozenset({"email", "email_verified"})
 
 
 def verified_email(identity: Identity) -> Outcome | str:
-    """The caller's address, lower-cased; False without one."""
+    """The caller's address, lower-cased; False without one; None if unknown."""
+    if identity.unknown_claims and unknown(identity, EMAIL_CLAIMS):
+        return None
     email = identity.email
     if email is None:
         return False

@@ -10,7 +10,7 @@ import operator
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
-from proxy.policy.criteria.base import CallerLeaf, Outcome, fmt
+from proxy.policy.criteria.base import CallerLeaf, Outcome, fmt, unknown
 from proxy.policy.criteria.operand import Operand
 
 
@@ -54,6 +54,8 @@ class IdentitySetAny(CallerLeaf):
 
     def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
         if identity is None:
+            return None
+        if identity.unknown_claims and unknown(identity, self.from_claims):
             return None
         return not self.values.isdisjoint(self.get(identity))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from proxy.http.facts import RequestFacts
 from proxy.identity.model import Identity
-from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register
+from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register, unknown
 from proxy.policy.criteria.operand import Operand
 
 
@@ -29,7 +29,10 @@ class Mfa(CallerLeaf):
         if isinstance(amr, list) and any(isinstance(a, str) and a in self.amr for a in amr):
             return True
         acr = claims.get("acr")
-        return isinstance(acr, str) and acr in self.acr
+        if isinstance(acr, str) and acr in self.acr:
+            return True
+        # Neither shows a second factor: unknown if one of them was not received.
+        return None if identity.unknown_claims and unknown(identity, self.claims) else False
 
     def describe(self) -> str:
         parts = []

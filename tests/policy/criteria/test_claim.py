@@ -72,3 +72,23 @@ def test_claims_are_unknown_without_identity_even_when_absence_is_asked(tmp_path
 )
 def test_malformed_claims_are_refused(tmp_path: Path, claim: str, message: str) -> None:
     assert message in refused(tmp_path, f"claim: {claim}")
+
+
+@pytest.mark.parametrize(
+    ("claim", "missing"),
+    [
+        ("{path: dept, is: eng}", "dept"),
+        ("{path: org.unit, is: data}", "org"),  # the top-level claim holding it
+        ("{path: tenant, exists: false}", "tenant"),  # absence is not known either
+        ("{path: 'https://x.io/role', is: admin}", "https://x.io/role"),
+    ],
+)
+def test_a_claim_that_was_not_received_is_unknown_never_absent(
+    tmp_path: Path, claim: str, missing: str
+) -> None:
+    assert outcome(tmp_path, f"claim: {claim}", caller(unknown_claims=(missing,))) is None
+
+
+def test_other_unknown_claims_leave_a_claim_known(tmp_path: Path) -> None:
+    who = caller(claims={"dept": "eng"}, unknown_claims=("groups", "department"))
+    assert outcome(tmp_path, "claim: {path: dept, is: eng}", who) is True

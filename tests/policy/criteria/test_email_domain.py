@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.policy.criteria.support import holds, refused
+from tests.policy.criteria.support import holds, outcome, refused
 from tests.policy.support import caller
 
 
@@ -31,3 +31,9 @@ def test_email_domain(tmp_path: Path, domains: str, email: str, expected: bool) 
 def test_listed_values_must_be_domains(tmp_path: Path) -> None:
     for value in ("*.*.example.com", "exa mple.com", "a@example.com", ""):
         assert "expected a domain or '*.domain'" in refused(tmp_path, f"email_domain: ['{value}']")
+
+
+def test_email_domain_is_unknown_when_the_email_was_not_received(tmp_path: Path) -> None:
+    assert (
+        outcome(tmp_path, "email_domain: [example.com]", caller(unknown_claims=("email",))) is None
+    )

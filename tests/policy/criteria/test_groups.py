@@ -17,3 +17,10 @@ def test_groups_hold_when_any_listed_group_is_present(tmp_path: Path) -> None:
 def test_groups_must_not_be_empty(tmp_path: Path) -> None:
     assert "groups: must not be empty" in refused(tmp_path, "groups: []")
     assert "groups: expected a list of strings" in refused(tmp_path, "groups: {a: 1}")
+
+
+def test_groups_are_unknown_when_the_groups_claim_was_not_received(tmp_path: Path) -> None:
+    dropped = caller(groups=(), unknown_claims=("groups",))
+    assert outcome(tmp_path, "groups: [interns]", dropped) is None
+    # Another claim missing changes nothing: groups were received.
+    assert outcome(tmp_path, "groups: [a]", caller(groups=("a",), unknown_claims=("dept",)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.policy.criteria.support import holds, refused
+from tests.policy.criteria.support import holds, outcome, refused
 from tests.policy.support import caller
 
 
@@ -15,3 +15,8 @@ def test_scope_holds_when_any_listed_scope_was_granted(tmp_path: Path) -> None:
 
 def test_scope_must_not_be_empty(tmp_path: Path) -> None:
     assert "scope: must not be empty" in refused(tmp_path, "scope: ")
+
+
+def test_scope_is_unknown_when_scope_or_scp_was_not_received(tmp_path: Path) -> None:
+    assert outcome(tmp_path, "scope: [read]", caller(unknown_claims=("scope",))) is None
+    assert outcome(tmp_path, "scope: [read]", caller(unknown_claims=("scp",))) is None
