@@ -77,11 +77,13 @@ def write_config(
     listen: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     port: int | None = None,
+    rules: dict[str, Any] | None = None,
 ) -> tuple[Path, int, int, Path]:
     port, admin_port = port or free_port(), free_port()
     policy_dir = workdir / "policies"
     policy_dir.mkdir(parents=True, exist_ok=True)
-    (policy_dir / "routes.yaml").write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
+    policy = {"rules": rules, "routes": routes} if rules else {"routes": routes}
+    (policy_dir / "routes.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     audit_path = workdir / "audit.jsonl"
     config: dict[str, Any] = {
         "listen": {"address": f"127.0.0.1:{port}", **(listen or {})},
@@ -106,11 +108,12 @@ def start_gatehouse(
     workers: int = 1,
     env: dict[str, str] | None = None,
     port: int | None = None,
+    rules: dict[str, Any] | None = None,
 ) -> Gatehouse:
     # A port chosen free can still be taken by another process before gatehouse
     # binds it; only that failure is retried, with fresh ports.
     for attempt in range(3):
-        gh = _launch(workdir, backends, routes, listen, extra, workers, env, port)
+        gh = _launch(workdir, backends, routes, listen, extra, workers, env, port, rules)
         try:
             wait_for_port(gh.admin_port, timeout=30)
             wait_for_port(gh.port, timeout=30)
@@ -133,9 +136,16 @@ def _launch(
     workers: int,
     env: dict[str, str] | None,
     port: int | None,
+    rules: dict[str, Any] | None = None,
 ) -> Gatehouse:
     config, port, admin_port, audit_path = write_config(
-        workdir, backends=backends, routes=routes, listen=listen, extra=extra, port=port
+        workdir,
+        backends=backends,
+        routes=routes,
+        listen=listen,
+        extra=extra,
+        port=port,
+        rules=rules,
     )
     stderr_path = workdir / "stderr.log"
     proc = subprocess.Popen(
