@@ -11,7 +11,9 @@ a set that loaded:
 * routes with the same host and path, overlapping methods and different backends;
 * routes that admit no one (no enforced allow rule);
 * deny rules that anonymous callers pass unconditionally because they negate a
-  criterion about the caller on a route that admits anonymous callers.
+  criterion about the caller on a route that admits anonymous callers;
+* enforced rules that cite ``mode: audit`` rules inside ``any``/``all``/``not``
+  (those parts are not enforced there either).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Literal
 
 from proxy.policy.criteria import Criterion, walk
 from proxy.policy.criteria.authenticated import Authenticated
+from proxy.policy.criteria.citation import audit_citations
 from proxy.policy.criteria.logic import All, AnyOf, Not
 from proxy.policy.criteria.method import MethodIn
 from proxy.policy.criteria.path import PathMatch
@@ -84,6 +87,7 @@ def check_policies(policy: PolicySet) -> list[Finding]:
     groups: dict[tuple[str | None, str, str], list[Route]] = {}
     for route in policy.routes:
         findings.extend(_check_rules(route))
+        findings.extend(_check_audit_citations(route))
         if route.path_exact is not None:
             key = (route.host, "path_exact", route.path_exact)
         elif route.path_prefix is not None:
@@ -133,6 +137,27 @@ def _check_rules(route: Route) -> list[Finding]:
                         "admits, never match it",
                     )
                 )
+    return out
+
+
+def _check_audit_citations(route: Route) -> list[Finding]:
+    out: list[Finding] = []
+    for rule in (*route.deny, *route.allow):
+        if rule.dry_run is None:
+            continue
+        names = ", ".join(f"'{name}'" for name in dict.fromkeys(audit_citations(rule.dry_run)))
+        what = f"{rule.effect} rule '{rule.name}' of route '{route.name}'"
+        if rule.mode == "audit":
+            message = (
+                f"{what} is made only of audit-mode rules ({names}): it is not enforced at all"
+            )
+        else:
+            message = (
+                f"{what} cites audit-mode rule {names} inside any/all/not: that part is not "
+                "enforced (the rule is enforced without it; the audit record's dry_run shows "
+                "what enforcing it would change)"
+            )
+        out.append(Finding("warning", rule.source, message))
     return out
 
 

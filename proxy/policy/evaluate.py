@@ -17,8 +17,12 @@ Order of evaluation for a matched route:
 
 ``mode: audit`` rules never change the outcome: what they would have
 decided is listed in :attr:`Decision.audit` (``allowed:<rule>``,
-``denied:<rule>``, ``unknown_claims:<rule>``). A route without allow rules
-admits no one.
+``denied:<rule>``, ``unknown_claims:<rule>``). An enforced rule that cites
+audit rules inside ``any``/``all``/``not`` is enforced without them; when
+enforcing them would change whether it holds, the entry is
+``allowed:<rule>``/``denied:<rule>`` (it would hold) or
+``not_allowed:<rule>``/``not_denied:<rule>`` (it would not). A route
+without allow rules admits no one.
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ class PolicySet:
         audit: tuple[str, ...] = ()
         for rule in route.deny:
             outcome = rule.criterion.test(facts, identity, now)
+            if rule.dry_run is not None:
+                audit += _dry_run_deny(rule, outcome, facts, identity, now)
             if outcome is False or (outcome is None and identity is None):
                 continue
             if rule.mode == "audit":
@@ -114,11 +120,14 @@ class PolicySet:
                 return Decision(False, _unknown_reason(rule), route.name, self.version, audit)
             return _with_audit(rule, route, self.version, audit)
         for rule in route.allow:
-            if (
+            holds = (
                 rule.criterion.test(facts, identity, now) is True
                 if identity is not None
                 else admits_anonymous(rule.criterion, facts, now)
-            ):
+            )
+            if rule.dry_run is not None:
+                audit += _dry_run_allow(rule, holds, facts, identity, now)
+            if holds:
                 if rule.mode == "audit":
                     audit += (rule.reason,)
                     continue
@@ -137,7 +146,7 @@ class PolicySet:
             RuleOutcome(
                 rule,
                 _rule_outcome(rule, facts, identity, now),
-                tuple(trace(rule.criterion, facts, identity, now)),
+                tuple(trace(rule.dry_run or rule.criterion, facts, identity, now)),
             )
             for rule in (*route.deny, *route.allow)
         )
@@ -158,6 +167,37 @@ def _unknown_allow(route: Route, facts: RequestFacts, identity: Identity, now: f
         if rule.mode == "enforce" and rule.criterion.test(facts, identity, now) is None:
             return _unknown_reason(rule)
     return None
+
+
+def _dry_run_deny(
+    rule: Rule, enforced: Outcome, facts: RequestFacts, identity: Identity | None, now: float
+) -> tuple[str, ...]:
+    assert rule.dry_run is not None
+    would = rule.dry_run.test(facts, identity, now)
+    fires = enforced is True or (enforced is None and identity is not None)
+    would_fire = would is True or (would is None and identity is not None)
+    if would_fire and not fires:
+        return (rule.reason if would else _unknown_reason(rule),)
+    if fires and not would_fire:
+        return (f"not_{rule.reason}",)
+    return ()
+
+
+def _dry_run_allow(
+    rule: Rule, holds: bool, facts: RequestFacts, identity: Identity | None, now: float
+) -> tuple[str, ...]:
+    assert rule.dry_run is not None
+    dry_run = rule.dry_run
+    would = (
+        dry_run.test(facts, identity, now) is True
+        if identity is not None
+        else admits_anonymous(dry_run, facts, now)
+    )
+    if would and not holds:
+        return (rule.reason,)
+    if holds and not would:
+        return (f"not_{rule.reason}",)
+    return ()
 
 
 def _rule_outcome(

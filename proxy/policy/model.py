@@ -33,6 +33,10 @@ class Rule:
     source: str
     mode: Literal["enforce", "audit"] = "enforce"
     decision: Decision | None = field(default=None, compare=False, repr=False)
+    # The rule as written when it cites audit-mode rules inside any/all/not:
+    # ``criterion`` is then the enforced part, and this is evaluated only to
+    # report what enforcing those audit rules would change.
+    dry_run: Criterion | None = field(default=None, compare=False, repr=False)
 
     @property
     def reason(self) -> str:

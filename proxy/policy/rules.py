@@ -2,7 +2,11 @@
 
 A rule is a mapping of criteria that must all hold (keys from the criterion
 registry, plus ``name`` and ``mode`` at the top of a route's rule), or the
-name of a named rule from any file's ``rules:``.
+name of a named rule from any file's ``rules:``. A named rule with
+``mode: audit`` stays in audit mode wherever it is cited: cited directly in
+``allow``/``deny`` it is an audit rule; cited inside ``any``/``all``/``not``
+the citing rule is enforced without it and reports what it would change
+(:mod:`proxy.policy.criteria.citation`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import yaml
 
 from proxy.config.reader import Doc, Mapping
 from proxy.policy.criteria import REGISTRY, Criterion
+from proxy.policy.criteria.citation import AuditCitation, enforced_part
 from proxy.policy.criteria.logic import conjunction
 from proxy.policy.criteria.operand import Operand, plain_value
 from proxy.policy.model import Decision, Rule
@@ -111,7 +116,10 @@ class RuleCompiler:
             if cited is None:
                 return None
             name, named = cited
-            return self._resolve(named, name)
+            criterion = self._resolve(named, name)
+            if criterion is None or named.mode == "enforce":
+                return criterion
+            return AuditCitation(name, criterion)
         if operand.is_list:
             operand.fail("expected a rule mapping or a rule name")
             return None
@@ -167,9 +175,18 @@ class RuleCompiler:
     def _build(
         self, name: str, effect: Effect, criterion: Criterion, source: str, mode: Mode, route: str
     ) -> Rule:
+        dry_run: Criterion | None = None
+        if mode == "enforce":
+            enforced = enforced_part(criterion)
+            if enforced is None:
+                # Made only of audit rules: an audit rule itself. Kept as the
+                # rule as written too, so the lint can say so.
+                mode, dry_run = "audit", criterion
+            elif enforced is not criterion:
+                criterion, dry_run = enforced, criterion
         verb = "allowed" if effect == "allow" else "denied"
         decision = Decision(effect == "allow", f"{verb}:{name}", route, self.version)
-        return Rule(name, effect, criterion, source, mode, decision)
+        return Rule(name, effect, criterion, source, mode, decision, dry_run)
 
 
 def _peek_name(operand: Operand) -> str:

@@ -136,3 +136,31 @@ routes:
     )
     assert "rule 'mixed' admits everyone on broad prefix '/api' of route 'api'" in found
     assert not any("'office'" in m for m in found)
+
+
+AUDIT_CITED = """\
+rules:
+  guests-dry: {mode: audit, groups: [guests]}
+routes:
+  - name: app
+    path: /app/reports
+    backend: b
+    allow:
+      - {name: staff, any: [{groups: [staff]}, guests-dry]}
+      - {name: only-dry, all: [guests-dry]}
+      - {name: plain, groups: [admins]}
+"""
+
+
+def test_audit_rules_cited_inside_enforced_rules_are_flagged(tmp_path: Path) -> None:
+    found = messages(tmp_path, AUDIT_CITED)
+    assert any(
+        m.startswith("allow rule 'staff' of route 'app' cites audit-mode rule 'guests-dry' inside")
+        and "that part is not enforced" in m
+        for m in found
+    )
+    assert (
+        "allow rule 'only-dry' of route 'app' is made only of audit-mode rules ('guests-dry'): "
+        "it is not enforced at all" in found
+    )
+    assert not any("'plain'" in m for m in found)

@@ -307,3 +307,25 @@ def test_fixtures_can_state_claims_that_were_not_received(tmp_path: Path) -> Non
     done = gatehouse("test", str(fixture), "--policies", str(policies))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed, 0 failed" in done.stdout
+
+
+def test_check_strict_fails_on_an_audit_rule_cited_inside_an_enforced_rule(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "p.yaml",
+        """\
+        rules:
+          guests-dry: {mode: audit, groups: [guests]}
+        routes:
+          - name: app
+            path: /app/reports
+            backend: b
+            allow: [{name: staff, any: [{groups: [staff]}, guests-dry]}]
+        """,
+    )
+    done = gatehouse("check", str(tmp_path), "--strict")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        f"{tmp_path / 'p.yaml'}:7: warning: allow rule 'staff' of route 'app' cites" in done.stdout
+    )
+    assert gatehouse("check", str(tmp_path)).returncode == 0  # a warning, not an error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import tempfile
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from proxy.policy.criteria.path import PathMatch
 from proxy.policy.criteria.public import Public
 from proxy.policy.criteria.source_ip import SourceIp
 from proxy.policy.evaluate import PolicySet
+from proxy.policy.load import load_policies
 from proxy.policy.model import Route, Rule
 from tests.policy.support import caller, facts, policy
 
@@ -489,3 +491,196 @@ def test_unknown_groups_never_admit_a_caller_whom_some_actual_groups_would_refus
     dropped = caller(groups=(), unknown_claims=("groups",))
     if PS.decide(route, request, dropped, 0.0).allowed:
         assert PS.decide(route, request, caller(groups=tuple(actual)), 0.0).allowed
+
+
+# -- named audit rules cited inside any/all/not -----------------------------------------
+CITED = """\
+rules:
+  guests-dry: {mode: audit, groups: [guests]}
+  mfa-dry: {mode: audit, mfa: true}
+  office-dry: {mode: audit, source_ip: [10.0.0.0/8]}
+routes:
+  - name: app
+    path: /
+    backend: b
+"""
+
+
+def cited(tmp_path: Path, rules_text: str) -> PolicySet:
+    return policy(tmp_path, CITED + rules_text)
+
+
+def test_an_audit_alternative_in_any_admits_no_one_and_reports_it_would(tmp_path: Path) -> None:
+    ps = cited(
+        tmp_path, "    allow:\n      - {name: staff, any: [{groups: [staff]}, guests-dry]}\n"
+    )
+    route = ps.routes[0]
+    guest = ps.decide(route, facts(), caller(groups=("guests",)), 0.0)
+    assert (guest.allowed, guest.reason, guest.audit) == (
+        False,
+        "no_rule_matched",
+        ("allowed:staff",),
+    )
+    staff = ps.decide(route, facts(), caller(groups=("staff",)), 0.0)
+    assert (staff.allowed, staff.reason, staff.audit) == (True, "allowed:staff", ())
+
+
+def test_an_audit_requirement_in_all_restricts_no_one_and_reports_whom_it_would(
+    tmp_path: Path,
+) -> None:
+    ps = cited(tmp_path, "    allow:\n      - {name: admins, all: [{groups: [admins]}, mfa-dry]}\n")
+    route = ps.routes[0]
+    no_mfa = ps.decide(route, facts(), caller(groups=("admins",)), 0.0)
+    assert (no_mfa.allowed, no_mfa.reason, no_mfa.audit) == (
+        True,
+        "allowed:admins",
+        ("not_allowed:admins",),
+    )
+    with_mfa = caller(groups=("admins",), claims={"amr": ["mfa"]})
+    assert ps.decide(route, facts(), with_mfa, 0.0).audit == ()
+
+
+def test_an_audit_alternative_in_a_deny_rule_denies_no_one_and_reports_whom_it_would(
+    tmp_path: Path,
+) -> None:
+    ps = cited(
+        tmp_path,
+        """\
+    deny:
+      - {name: outsiders, any: [{groups: [interns]}, guests-dry]}
+    allow:
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    route = ps.routes[0]
+    guest = ps.decide(route, facts(), caller(groups=("guests",)), 0.0)
+    assert (guest.allowed, guest.reason, guest.audit) == (
+        True,
+        "allowed:signed-in",
+        ("denied:outsiders",),
+    )
+    intern = ps.decide(route, facts(), caller(groups=("interns",)), 0.0)
+    assert (intern.allowed, intern.reason, intern.audit) == (False, "denied:outsiders", ())
+
+
+def test_an_audit_condition_is_left_out_of_the_enforced_rule_even_under_not(
+    tmp_path: Path,
+) -> None:
+    # "As if not written there": the deny keeps its other condition, so it denies
+    # every POST, and reports where the audit condition would have spared one.
+    ps = cited(
+        tmp_path,
+        """\
+    deny:
+      - {name: outside-writes, all: [{method: [POST]}, {not: office-dry}]}
+    allow:
+      - {name: signed-in, authenticated: true}
+""",
+    )
+    route = ps.routes[0]
+    inside = ps.decide(route, facts(method="POST", client_ip="10.1.1.1"), caller(), 0.0)
+    assert (inside.allowed, inside.reason, inside.audit) == (
+        False,
+        "denied:outside-writes",
+        ("not_denied:outside-writes",),
+    )
+    outside = ps.decide(route, facts(method="POST", client_ip="192.0.2.1"), caller(), 0.0)
+    assert (outside.allowed, outside.audit) == (False, ())
+    assert ps.decide(route, facts(), caller(), 0.0).allowed
+
+
+def test_a_rule_made_only_of_audit_rules_is_an_audit_rule(tmp_path: Path) -> None:
+    ps = cited(tmp_path, "    allow:\n      - {name: guests, any: [guests-dry]}\n")
+    (rule,) = ps.routes[0].allow
+    assert rule.mode == "audit"
+    d = ps.decide(ps.routes[0], facts(), caller(groups=("guests",)), 0.0)
+    assert (d.allowed, d.reason, d.audit) == (False, "no_rule_matched", ("allowed:guests",))
+
+
+def test_audit_mode_holds_through_an_enforced_named_rule_that_cites_it(tmp_path: Path) -> None:
+    ps = policy(
+        tmp_path,
+        """\
+rules:
+  guests-dry: {mode: audit, groups: [guests]}
+  readers: {any: [{groups: [readers]}, guests-dry]}
+routes:
+  - name: app
+    path: /
+    backend: b
+    allow: [readers]
+""",
+    )
+    d = ps.decide(ps.routes[0], facts(), caller(groups=("guests",)), 0.0)
+    assert (d.allowed, d.reason, d.audit) == (False, "no_rule_matched", ("allowed:readers",))
+    assert decide(ps, identity=caller(groups=("readers",))) == (True, "allowed:readers")
+
+
+def test_explain_shows_the_rule_as_written_with_the_audit_part_marked(tmp_path: Path) -> None:
+    ps = cited(
+        tmp_path, "    allow:\n      - {name: staff, any: [{groups: [staff]}, guests-dry]}\n"
+    )
+    text = "\n".join(ps.explain(facts(), caller(groups=("guests",)), 0.0).lines())
+    assert "allow staff (" in text and "): no match" in text
+    assert "rule guests-dry [audit: not enforced]: match" in text
+    assert "audit-mode rules that fired: allowed:staff" in text
+
+
+AUDIT_LEAVES = [
+    "{groups: [eng]}",
+    "{scope: [read]}",
+    "{method: [GET]}",
+    "{source_ip: [10.0.0.0/8]}",
+    "{authenticated: true}",
+    "{public: true}",
+    "{path: /docs}",
+]
+
+
+def yaml_trees() -> st.SearchStrategy[str]:
+    """Rule bodies as YAML flow text; `dry` cites the named audit rule."""
+    return st.recursive(
+        st.sampled_from([*AUDIT_LEAVES, "dry"]),
+        lambda kids: st.one_of(
+            st.lists(kids, min_size=1, max_size=3).map(lambda k: "{all: [" + ", ".join(k) + "]}"),
+            st.lists(kids, min_size=1, max_size=3).map(lambda k: "{any: [" + ", ".join(k) + "]}"),
+            kids.map(lambda k: "{not: " + k + "}"),
+        ),
+        max_leaves=6,
+    )
+
+
+def with_dry(body: str, allow: list[str], deny: list[str]) -> PolicySet:
+    lines = [f"rules:\n  dry: {{mode: audit, {body[1:-1]}}}", "routes:", "  - name: r"]
+    lines += ["    path: /", "    backend: b", "    allow:"]
+    lines += [f"      - {{name: a{i}, all: [{tree}]}}" for i, tree in enumerate(allow)] or ["[]"]
+    lines += ["    deny:"]
+    lines += [f"      - {{name: d{i}, all: [{tree}]}}" for i, tree in enumerate(deny)] or ["[]"]
+    text = "\n".join(lines).replace("allow:\n[]", "allow: []").replace("deny:\n[]", "deny: []")
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "p.yaml").write_text(text + "\n", encoding="utf-8")
+        return load_policies(Path(directory))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(yaml_trees(), max_size=3),
+    st.lists(yaml_trees(), max_size=2),
+    st.sampled_from(AUDIT_LEAVES),
+    st.sampled_from(AUDIT_LEAVES),
+    CALLERS,
+    REQUESTS,
+)
+def test_what_a_cited_audit_rule_says_never_changes_the_enforced_decision(
+    allow: list[str],
+    deny: list[str],
+    one: str,
+    other: str,
+    identity: Identity | None,
+    request: RequestFacts,
+) -> None:
+    first = with_dry(one, allow, deny)
+    second = with_dry(other, allow, deny)
+    a = first.decide(first.routes[0], request, identity, 0.0)
+    b = second.decide(second.routes[0], request, identity, 0.0)
+    assert (a.allowed, a.reason) == (b.allowed, b.reason)
