@@ -13,6 +13,7 @@ Example::
           required_claims: [sub]
           claims: {subject: sub, email: email, groups: realm_access.roles}
           token_types: [JWT, at+jwt, untyped]   # accepted JOSE typ values
+          email_verified_required: true   # false: trust this issuer's email without the claim
           hs256_secret_file: /run/secrets/hs  # enables HS* for this issuer only
           introspection:
             endpoint: https://login.example.com/introspect
@@ -122,6 +123,10 @@ class IssuerConfig:
     hs256_secret: SecretRef | None = None
     introspection: IntrospectionConfig | None = None
     jwks_cache: JwksCacheConfig = JwksCacheConfig()
+    # Policy's email criteria trust an address only when the token says
+    # email_verified: true. False is for issuers that never send the claim and
+    # whose addresses their users cannot set (an explicit false still counts).
+    email_verified_required: bool = True
 
     @property
     def cache_identity(self) -> str:
@@ -346,6 +351,7 @@ def _issuer(m: Mapping, _index: int) -> IssuerConfig | None:
         m.error("clock_skew", f"{m.where}.clock_skew must be at most 10m")
     required_claims = tuple(_str_list(m, "required_claims"))
     claims = _claims(m.mapping("claims"))
+    email_verified_required = m.flag("email_verified_required", True)
     introspection = _introspection(m.mapping("introspection"))
     jwks_cache = _jwks_cache(m.mapping("jwks_cache"))
     m.close()
@@ -363,6 +369,7 @@ def _issuer(m: Mapping, _index: int) -> IssuerConfig | None:
         hs256_secret=hs_secret,
         introspection=introspection,
         jwks_cache=jwks_cache,
+        email_verified_required=email_verified_required,
     )
 
 

@@ -372,13 +372,19 @@ def identity_from_claims(
         issuer=cfg.issuer,
         method=method,
         email=email if isinstance(email, str) and email else None,
-        email_verified=email_verified(claims.get("email_verified")),
+        email_verified=_issuers_word(claims.get("email_verified"), cfg),
         groups=frozenset(groups),
         scopes=frozenset(scopes),
         claims=MappingProxyType(dict(claims)),
         expires_at=float(exp) if isinstance(exp, int | float) else None,
         token=token,
     )
+
+
+def _issuers_word(claim: Any, cfg: IssuerConfig) -> bool | None:
+    """``email_verified`` as the claim says; an issuer configured not to send it is trusted."""
+    verified = email_verified(claim)
+    return True if verified is None and not cfg.email_verified_required else verified
 
 
 def verify_token(
