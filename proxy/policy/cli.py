@@ -19,6 +19,7 @@ Fixture files (``gatehouse policy test``) are YAML lists of cases::
         issuer: https://login.example.com
         method: jwt                     # jwt | opaque | session | apikey | mtls
         email: ...
+        email_verified: true            # default: the claims' email_verified (only true verifies)
         groups: [...]
         scopes: [orders:write]
         claims: {azp: airflow-prod}
@@ -226,7 +227,14 @@ def identity_from_claims(claims: dict[str, Any], method: str = "jwt") -> Identit
         groups=frozenset(str(g) for g in groups) if isinstance(groups, list) else frozenset(),
         scopes=frozenset(str(s) for s in scopes),
         claims=claims,
+        email_verified=email_verified(claims),
     )
+
+
+def email_verified(claims: dict[str, Any]) -> bool | None:
+    """What the identity would carry from an issuer's ``email_verified`` claim (a boolean only)."""
+    value = claims.get("email_verified")
+    return value if isinstance(value, bool) else None
 
 
 def auth_method(value: str) -> AuthMethod:
@@ -448,6 +456,7 @@ def _identity(im: Mapping) -> Identity | None:
             claims = value
         else:
             im.error("claims", f"{im.where}.claims: expected a mapping")
+    verified = im.flag("email_verified") if im.has("email_verified") else email_verified(claims)
     im.close(("claims",))
     return Identity(
         subject=subject,
@@ -458,4 +467,5 @@ def _identity(im: Mapping) -> Identity | None:
         scopes=frozenset(scopes),
         claims=claims,
         unknown_claims=frozenset(unknown),
+        email_verified=verified,
     )

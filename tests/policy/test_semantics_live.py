@@ -69,3 +69,49 @@ async def test_a_dry_run_rule_cited_inside_an_allow_rule_grants_nothing_and_is_r
             ("carl", "no_rule_matched", ["allowed:staff"]),
             ("sam", "allowed:staff", []),
         ]
+
+
+EMAIL_ROUTE = {
+    "name": "reports",
+    "path": "/echo/reports",
+    "backend": "up",
+    "allow": [{"name": "employees", "email_domain": ["example.com"]}],
+}
+
+
+async def test_email_criteria_admit_only_an_address_the_issuer_verified(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    async with local_issuer("k1") as issuer:
+        gh = await start(gatehouse, upstream_url, issuer, routes=[EMAIL_ROUTE])
+        verified = issuer.token(sub="dana", email="dana@example.com", email_verified=True)
+        assert (await get(gh, "/echo/reports", verified))[0] == 200
+        # nOAuth: an address the user could set is not the issuer's word.
+        claimed = issuer.token(sub="mallory", email="dana@example.com", email_verified=False)
+        status, body = await get(gh, "/echo/reports", claimed)
+        assert (status, body["error"], set(body)) == (
+            403,
+            "no_rule_matched",
+            {"error", "status", "request_id"},
+        )
+        silent = issuer.token(sub="mallory", email="dana@example.com")
+        assert (await get(gh, "/echo/reports", silent))[0] == 403
+        records = gh.wait_audit(3)
+        assert [(r["subject"], r["reason"]) for r in records] == [
+            ("dana", "allowed:employees"),
+            ("mallory", "no_rule_matched"),
+            ("mallory", "no_rule_matched"),
+        ]
+
+
+async def test_an_issuer_configured_without_email_verified_is_trusted_unless_it_says_no(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    async with local_issuer("k1") as issuer:
+        gh = await start(
+            gatehouse, upstream_url, issuer, routes=[EMAIL_ROUTE], email_verified_required=False
+        )
+        silent = issuer.token(sub="dana", email="dana@example.com")
+        assert (await get(gh, "/echo/reports", silent))[0] == 200
+        denied = issuer.token(sub="dana", email="dana@example.com", email_verified=False)
+        assert (await get(gh, "/echo/reports", denied))[0] == 403

@@ -1,4 +1,10 @@
-"""``email``: the caller's email address is one of the listed ones."""
+"""``email``: the caller's *verified* email address is one of the listed ones.
+
+An address counts only when the issuer marked it verified
+(:attr:`Identity.email_verified` is true, or the issuer is configured with
+``email_verified_required: false``): otherwise anyone who can set an
+unverified address at the IdP could claim someone else's ("nOAuth").
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,11 @@ EMAIL_CLAIMS = frozenset({"email", "email_verified"})
 
 
 def verified_email(identity: Identity) -> Outcome | str:
-    """The caller's address, lower-cased; False without one; None if unknown."""
+    """The caller's verified address, lower-cased; False without one; None if unknown."""
     if identity.unknown_claims and unknown(identity, EMAIL_CLAIMS):
         return None
     email = identity.email
-    if email is None:
+    if email is None or identity.email_verified is not True:
         return False
     return email.lower()
 
@@ -55,5 +61,5 @@ register(
     parse,
     about="caller",
     syntax="email: [alice@example.com]",
-    holds="the caller's email address is listed (case-insensitive)",
+    holds="the caller's verified email address is listed (case-insensitive)",
 )

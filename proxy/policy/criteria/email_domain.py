@@ -1,9 +1,10 @@
-"""``email_domain``: the caller's email address is at a listed domain.
+"""``email_domain``: the caller's *verified* email address is at a listed domain.
 
 ``example.com`` matches exactly that domain; ``*.example.com`` only its
 subdomains. The address must contain exactly one ``@``
 (``a@evil.com@example.com`` never matches) and the whole domain is compared
-(``badexample.com`` never matches ``example.com``).
+(``badexample.com`` never matches ``example.com``). Unverified addresses
+never match (see :mod:`proxy.policy.criteria.email`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,6 @@ register(
     parse,
     about="caller",
     syntax="email_domain: [example.com, '*.example.org']",
-    holds="the caller's email address is at a listed domain "
+    holds="the caller's verified email address is at a listed domain "
     "(exact; `*.domain` for subdomains only)",
 )

@@ -25,7 +25,14 @@ from tests.policy.support import caller
     ],
 )
 def test_email_domain(tmp_path: Path, domains: str, email: str, expected: bool) -> None:
-    assert holds(tmp_path, f"email_domain: {domains}", caller(email=email)) is expected
+    who = caller(email=email, email_verified=True)
+    assert holds(tmp_path, f"email_domain: {domains}", who) is expected
+
+
+def test_an_unverified_address_is_at_no_domain(tmp_path: Path) -> None:
+    rule = "email_domain: [example.com]"
+    assert not holds(tmp_path, rule, caller(email="a@example.com", email_verified=False))
+    assert not holds(tmp_path, rule, caller(email="a@example.com"))
 
 
 def test_listed_values_must_be_domains(tmp_path: Path) -> None:
