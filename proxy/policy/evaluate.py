@@ -92,12 +92,18 @@ class PolicySet:
     files: tuple[str, ...] = ()
     index: RouteIndex = field(init=False, repr=False)
     not_found: Decision = field(init=False, repr=False)
+    # Every claim the policy reads, as dotted paths: ``claim`` criteria, ``mfa``'s
+    # amr/acr, ``scope``'s scope/scp, the email criteria's email/email_verified,
+    # ``groups`` (for the issuer's configured group claims) and every route's
+    # ``pass_claims``, audit rules included: what a size-bounded session keeps.
+    referenced_claims: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", RouteIndex(self.routes))
         object.__setattr__(
             self, "not_found", Decision(False, "route_not_found", None, self.version)
         )
+        object.__setattr__(self, "referenced_claims", _referenced_claims(self.routes))
 
     def match(self, host: str, path: str, method: str) -> Route | None:
         """The route for a request; ``path`` must be the canonical path (no query)."""
@@ -224,3 +230,15 @@ def trace(
     return [
         (depth, node.describe(), node.test(facts, identity, now)) for depth, node in walk(criterion)
     ]
+
+
+def _referenced_claims(routes: tuple[Route, ...]) -> frozenset[str]:
+    claims: set[str] = set()
+    for route in routes:
+        claims.update(route.pass_claims)
+        for rule in (*route.deny, *route.allow):
+            for tree in (rule.criterion, rule.dry_run):
+                if tree is not None:
+                    for _, node in walk(tree):
+                        claims.update(node.claims)
+    return frozenset(claims)

@@ -684,3 +684,48 @@ def test_what_a_cited_audit_rule_says_never_changes_the_enforced_decision(
     a = first.decide(first.routes[0], request, identity, 0.0)
     b = second.decide(second.routes[0], request, identity, 0.0)
     assert (a.allowed, a.reason) == (b.allowed, b.reason)
+
+
+def test_the_policy_lists_every_claim_it_reads_so_sessions_can_keep_them(tmp_path: Path) -> None:
+    ps = policy(
+        tmp_path,
+        """\
+rules:
+  dry: {mode: audit, claim: {path: org.unit, is: data}}
+routes:
+  - name: a
+    path: /a
+    backend: b
+    pass_claims: {claims: [department, tid]}
+    deny:
+      - {name: d, claim: [{path: 'https://x.io/role', is: guest}, {path: tenant, exists: true}]}
+    allow:
+      - {name: admins, all: [{groups: [admins]}, {mfa: {acr: [loa2]}}, dry]}
+  - name: b
+    path: /b
+    backend: b
+    allow:
+      - {name: readers, any: [{scope: [read]}, {email_domain: [example.com]}, {mfa: true}]}
+      - {name: dry-only, mode: audit, claim: {path: cost_center, exists: true}}
+""",
+    )
+    assert ps.referenced_claims == frozenset(
+        {
+            "department",
+            "tid",
+            "https://x.io/role",
+            "tenant",
+            "groups",
+            "acr",
+            "org.unit",
+            "scope",
+            "scp",
+            "email",
+            "email_verified",
+            "amr",
+            "cost_center",
+        }
+    )
+    assert policy(tmp_path, "routes:\n  - {name: p, path: /, backend: b}\n").referenced_claims == (
+        frozenset()
+    )

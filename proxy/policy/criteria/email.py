@@ -29,6 +29,7 @@ def verified_email(identity: Identity) -> Outcome | str:
 
 class EmailIn(CallerLeaf):
     __slots__ = ("values",)
+    claims = EMAIL_CLAIMS
 
     def __init__(self, values: frozenset[str]) -> None:
         self.values = values  # lower-cased at load

@@ -13,12 +13,13 @@ from proxy.http.facts import RequestFacts
 from proxy.http.host import is_host_name
 from proxy.identity.model import Identity
 from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register
-from proxy.policy.criteria.email import verified_email
+from proxy.policy.criteria.email import EMAIL_CLAIMS, verified_email
 from proxy.policy.criteria.operand import Operand
 
 
 class EmailDomain(CallerLeaf):
     __slots__ = ("exact", "suffixes")
+    claims = EMAIL_CLAIMS
 
     def __init__(self, exact: frozenset[str], suffixes: tuple[str, ...]) -> None:
         self.exact = exact

@@ -42,7 +42,7 @@ class IdentitySetAny(CallerLeaf):
     Unknown when the claims they come from (``from_claims``) were not received.
     """
 
-    __slots__ = ("from_claims", "get", "label", "values")
+    __slots__ = ("claims", "get", "label", "values")
 
     def __init__(
         self, label: str, attribute: str, values: frozenset[str], from_claims: frozenset[str]
@@ -50,12 +50,12 @@ class IdentitySetAny(CallerLeaf):
         self.label = label
         self.get = operator.attrgetter(attribute)
         self.values = values
-        self.from_claims = from_claims
+        self.claims = from_claims  # read (for sessions to keep), and unknown if not received
 
     def test(self, facts: RequestFacts, identity: Identity | None, now: float) -> Outcome:
         if identity is None:
             return None
-        if identity.unknown_claims and unknown(identity, self.from_claims):
+        if identity.unknown_claims and unknown(identity, self.claims):
             return None
         return not self.values.isdisjoint(self.get(identity))
 
