@@ -75,6 +75,12 @@ class Route:
     deny: tuple[Rule, ...] = ()
     # Position across all loaded files: the last tie-breaker in matching.
     order: int = 0
+    # Whether callers must be authenticated here. False only when who calls
+    # cannot matter: every enforced rule ignores the caller, an enforced allow
+    # rule always admits (``public: true``), no claims travel upstream and
+    # ``identify`` is not set; the decision without identity is then the one
+    # any identity would get. Audit-mode rules never make a route authenticate.
+    uses_identity: bool = True
 
     def __hash__(self) -> int:
         # Consistent with the generated __eq__ (equal routes share these fields) and

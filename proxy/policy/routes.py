@@ -8,9 +8,10 @@ from collections.abc import Collection
 
 from proxy.config.reader import Doc, Mapping
 from proxy.http.host import is_host_name
+from proxy.policy.criteria.logic import admits_like_identified, always_holds
 from proxy.policy.criteria.method import is_token
 from proxy.policy.criteria.path import is_canonical
-from proxy.policy.model import RateLimit, Route
+from proxy.policy.model import RateLimit, Route, Rule
 from proxy.policy.rules import RuleCompiler, is_name
 
 PASS_CLAIMS_BUDGET = 4096
@@ -33,6 +34,7 @@ class RouteCompiler:
         claims, budget = _pass_claims(m)
         allow = self.rules.rule_list(doc, m, "allow", name)
         deny = self.rules.rule_list(doc, m, "deny", name)
+        identify = m.flag("identify")
         route = Route(
             name=name,
             backend=self._backend(m),
@@ -55,6 +57,7 @@ class RouteCompiler:
             allow=allow,
             deny=deny,
             order=len(self.routes),
+            uses_identity=identify or bool(claims) or reads_caller(allow, deny),
         )
         m.close()
         self.routes.append(route)
@@ -74,6 +77,22 @@ class RouteCompiler:
         if backend and self.backends is not None and backend not in self.backends:
             m.error("backend", f"{m.where}.backend: undefined backend '{backend}'")
         return backend
+
+
+def reads_caller(allow: tuple[Rule, ...], deny: tuple[Rule, ...]) -> bool:
+    """Whether the decision can depend on who calls (so callers must be authenticated).
+
+    It cannot when no enforced rule reads anything of the caller, every
+    enforced allow rule admits anonymous callers exactly when it holds, and
+    one of them always holds: then a caller without identity gets the same
+    decision and reason as any identified one. Audit-mode rules never count:
+    a dry run must not change whether callers are authenticated.
+    """
+    enforced = [rule for rule in (*allow, *deny) if rule.mode == "enforce"]
+    if any(rule.criterion.reads_caller for rule in enforced):
+        return True
+    admitting = [rule.criterion for rule in enforced if rule.effect == "allow"]
+    return not (all(map(admits_like_identified, admitting)) and any(map(always_holds, admitting)))
 
 
 def _host(m: Mapping) -> str | None:

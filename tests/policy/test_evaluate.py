@@ -22,6 +22,7 @@ from proxy.policy.criteria.source_ip import SourceIp
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.load import load_policies
 from proxy.policy.model import Route, Rule
+from proxy.policy.routes import reads_caller
 from tests.policy.support import caller, facts, policy
 
 ROUTE = """\
@@ -729,3 +730,41 @@ routes:
     assert policy(tmp_path, "routes:\n  - {name: p, path: /, backend: b}\n").referenced_claims == (
         frozenset()
     )
+
+
+# Leaves that ignore the caller, so routes that need no identity come up often.
+ANONYMOUS_LEAVES = [leaf for leaf in LEAVES if not leaf.reads_caller]
+ANYONE = Rule("anyone", "allow", Public(), "t:1")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        rules("allow", trees(LEAVES)),
+        rules("allow", trees(ANONYMOUS_LEAVES)).map(lambda r: (*r, ANYONE)),
+    ),
+    st.one_of(rules("deny", trees(LEAVES)), rules("deny", trees(ANONYMOUS_LEAVES))),
+    rules("allow", trees(LEAVES), "audit"),
+    st.sampled_from([caller(), caller(groups=("eng",)), caller(scopes=("read",))]),
+    REQUESTS,
+)
+def test_a_route_that_does_not_use_identity_decides_alike_with_and_without_one(
+    allow: tuple[Rule, ...],
+    deny: tuple[Rule, ...],
+    audit: tuple[Rule, ...],
+    identity: Identity,
+    request: RequestFacts,
+) -> None:
+    route = route_with(audit + allow, deny)
+    if not reads_caller(route.allow, route.deny):
+        anonymous = PS.decide(route, request, None, 0.0)
+        identified = PS.decide(route, request, identity, 0.0)
+        assert (anonymous.allowed, anonymous.reason) == (identified.allowed, identified.reason)
+
+
+def test_a_request_rule_before_public_makes_the_route_use_identity() -> None:
+    # With an identity `method: [GET]` admits first, without one `public` does:
+    # the reasons would differ.
+    public = Rule("p", "allow", Public(), "t:1")
+    assert not reads_caller((public,), ())
+    assert reads_caller((Rule("m", "allow", MethodIn(frozenset({"GET"})), "t:1"), public), ())

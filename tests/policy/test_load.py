@@ -310,3 +310,27 @@ def test_named_rules_are_shared_across_files(tmp_path: Path) -> None:
     )
     (route,) = load_policies(tmp_path).routes
     assert [(r.name, r.source) for r in route.allow] == [("staff", f"{tmp_path / 'a.yaml'}:2")]
+
+
+@pytest.mark.parametrize(
+    ("options", "uses_identity"),
+    [
+        ("allow: [{name: a, public: true}]", False),
+        ("allow: [{name: a, any: [{public: true}, {method: [GET]}]}]", False),
+        ("allow: [{name: a, public: true}]\n    deny: [{name: d, source_ip: [10.0.0.0/8]}]", False),
+        ("allow: [{name: a, public: true}, {name: dry, mode: audit, groups: [g]}]", False),
+        ("allow: [{name: a, public: true}]\n    identify: true", True),
+        ("allow: [{name: a, public: true}]\n    pass_claims: {claims: [dept]}", True),
+        ("allow: [{name: a, public: true}]\n    deny: [{name: d, groups: [interns]}]", True),
+        ("allow: [{name: a, public: true, source_ip: [10.0.0.0/8]}]", True),
+        ("allow: [{name: g, method: [GET]}, {name: a, public: true}]", True),
+        ("allow: [{name: a, authenticated: true}]", True),
+        ("allow: [{name: a, groups: [g]}]", True),
+        ("allow: []", True),
+    ],
+)
+def test_a_route_asks_for_identity_unless_who_calls_cannot_matter(
+    tmp_path: Path, options: str, uses_identity: bool
+) -> None:
+    write(tmp_path, "p.yaml", f"routes:\n  - name: r\n    path: /\n    backend: b\n    {options}\n")
+    assert load_policies(tmp_path).routes[0].uses_identity is uses_identity

@@ -137,6 +137,38 @@ def admits_anonymous(criterion: Criterion, facts: RequestFacts, now: float) -> b
     return False
 
 
+def admits_like_identified(criterion: Criterion) -> bool:
+    """Whether :func:`admits_anonymous` agrees with ``test`` for every request.
+
+    For a criterion that reads nothing of the caller: then it admits an
+    anonymous caller exactly when it would admit an identified one.
+    Sufficient, not necessary (``not`` is never trusted to).
+    """
+    if isinstance(criterion, Public):
+        return True
+    if isinstance(criterion, All):
+        return any(admits_like_identified(c) for c in criterion.children)
+    if isinstance(criterion, AnyOf):
+        return any(map(always_holds, criterion.children)) or all(
+            admits_like_identified(c) for c in criterion.children
+        )
+    return False
+
+
+def always_holds(criterion: Criterion) -> bool:
+    """Whether a criterion holds for every request and caller (``public: true`` at heart).
+
+    Sufficient, not necessary: only ``public`` and its ``all``/``any`` count.
+    """
+    if isinstance(criterion, Public):
+        return True
+    if isinstance(criterion, All):
+        return all(always_holds(c) for c in criterion.children)
+    if isinstance(criterion, AnyOf):
+        return any(always_holds(c) for c in criterion.children)
+    return False
+
+
 register(
     "all",
     parse_all,
