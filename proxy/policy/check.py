@@ -13,11 +13,16 @@ a set that loaded:
 * deny rules that anonymous callers pass unconditionally because they negate a
   criterion about the caller on a route that admits anonymous callers;
 * enforced rules that cite ``mode: audit`` rules inside ``any``/``all``/``not``
-  (those parts are not enforced there either).
+  (those parts are not enforced there either);
+* when more than one identity source is configured (issuers, API keys, mTLS,
+  browser login: subjects, groups, emails and claims share one namespace),
+  enforced allow rules about who the caller is that pin neither ``issuer`` nor
+  ``auth_method``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,7 +35,7 @@ from proxy.policy.criteria.path import PathMatch
 from proxy.policy.criteria.public import Public
 from proxy.policy.criteria.time_window import TimeWindow
 from proxy.policy.evaluate import PolicySet
-from proxy.policy.model import Route
+from proxy.policy.model import Route, Rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +87,15 @@ def _negates_identity(criterion: Criterion) -> bool:
     return any(isinstance(node, Not) and node.child.needs_identity for _, node in walk(criterion))
 
 
-def check_policies(policy: PolicySet) -> list[Finding]:
+def check_policies(policy: PolicySet, identity_sources: Sequence[str] = ()) -> list[Finding]:
+    """Warnings about a loaded policy; ``identity_sources`` names the configured ones."""
     findings: list[Finding] = []
     groups: dict[tuple[str | None, str, str], list[Route]] = {}
     for route in policy.routes:
         findings.extend(_check_rules(route))
         findings.extend(_check_audit_citations(route))
+        if len(identity_sources) > 1:
+            findings.extend(_check_unpinned(route, identity_sources))
         if route.path_exact is not None:
             key = (route.host, "path_exact", route.path_exact)
         elif route.path_prefix is not None:
@@ -159,6 +167,35 @@ def _check_audit_citations(route: Route) -> list[Finding]:
             )
         out.append(Finding("warning", rule.source, message))
     return out
+
+
+def _names_caller(criterion: Criterion) -> bool:
+    # Subjects, groups, emails, scopes and claims: values any identity source can assert.
+    return any(
+        node.needs_identity and not node.pins_source and not node.children
+        for _, node in walk(criterion)
+    )
+
+
+def _check_unpinned(route: Route, sources: Sequence[str]) -> list[Finding]:
+    return [
+        _unpinned(rule, route, sources)
+        for rule in route.allow
+        if rule.mode == "enforce"
+        and not rule.criterion.pins_source
+        and _names_caller(rule.criterion)
+    ]
+
+
+def _unpinned(rule: Rule, route: Route, sources: Sequence[str]) -> Finding:
+    return Finding(
+        "warning",
+        rule.source,
+        f"allow rule '{rule.name}' of route '{route.name}' matches who the caller is but pins "
+        f"neither 'issuer' nor 'auth_method', while {len(sources)} identity sources are "
+        f"configured ({', '.join(sources)}): any of them can assert the same subject, "
+        "groups, email or claims",
+    )
 
 
 def _check_overlap(route: Route, earlier: list[Route]) -> list[Finding]:

@@ -60,6 +60,7 @@ from proxy.config.reader import (
 from proxy.errors import RequestRejected
 from proxy.http.canonical import canonicalise_target
 from proxy.http.facts import RequestFacts
+from proxy.identity.config import IdentityConfig
 from proxy.identity.model import AuthMethod, ClientCertificate, Identity
 from proxy.policy.check import check_policies
 from proxy.policy.criteria.auth_method import AUTH_METHODS
@@ -115,9 +116,10 @@ def _print_problems(exc: ConfigError) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     files: list[Path] = list(args.files)
     backends: set[str] | None = None
+    sources: list[str] = []
     if args.config is not None:
         try:
-            config_paths, backends = config_context(args.config)
+            config_paths, backends, sources = config_context(args.config)
         except ConfigError as exc:
             return _print_problems(exc)
         files = files or config_paths
@@ -127,7 +129,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         policy = load_policies(files or [DEFAULT_POLICIES], backends)
     except ConfigError as exc:
         return _print_problems(exc)
-    findings = check_policies(policy)
+    findings = check_policies(policy, sources)
     for finding in findings:
         print(finding)
     print(
@@ -137,12 +139,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if findings and args.strict else 0
 
 
-def config_context(path: Path) -> tuple[list[Path], set[str]]:
-    """Policy directory and backend names from a gatehouse config (fully validated)."""
+def config_context(path: Path) -> tuple[list[Path], set[str], list[str]]:
+    """Policy directory, backend names and identity sources from a gatehouse config."""
     from proxy.config.load import load_config  # the core's loader; imported on demand
 
     config = load_config(path)
-    return [config.policy_dir], set(config.backends)
+    return [config.policy_dir], set(config.backends), identity_sources(config.identity)
+
+
+def identity_sources(identity: IdentityConfig) -> list[str]:
+    """Every configured way to become a caller, named for a warning."""
+    issuers = {cfg.issuer for cfg in identity.issuers}
+    sources = [
+        f"issuer {cfg.issuer}" + (" (HS* shared secret)" if cfg.hs256_secret else "")
+        for cfg in identity.issuers
+    ]
+    if identity.browser is not None and identity.browser.issuer not in issuers:
+        sources.append(f"browser login at {identity.browser.issuer}")
+    if identity.api_keys is not None:
+        sources.append("API keys")
+    if identity.mtls.enabled:
+        sources.append("client certificates")
+    return sources
 
 
 # -- explain ----------------------------------------------------------------------

@@ -164,3 +164,38 @@ def test_audit_rules_cited_inside_enforced_rules_are_flagged(tmp_path: Path) -> 
         "it is not enforced at all" in found
     )
     assert not any("'plain'" in m for m in found)
+
+
+NAMESPACE = """\
+routes:
+  - name: app
+    path: /app/reports
+    backend: b
+    allow:
+      - {name: eng, groups: [eng]}
+      - {name: pinned, all: [{issuer: [https://idp.example.com]}, {groups: [eng]}]}
+      - name: both-pinned
+        any:
+          - {auth_method: [apikey], subject: [svc-ci]}
+          - {issuer: [https://idp.example.com], groups: [ops]}
+      - name: one-branch-unpinned
+        any: [{issuer: [https://idp.example.com], groups: [ops]}, {claim: {path: x, is: y}}]
+      - {name: anyone-signed-in, authenticated: true}
+      - {name: dry, mode: audit, groups: [eng]}
+"""
+
+
+def test_unpinned_caller_rules_are_flagged_when_several_identity_sources_exist(
+    tmp_path: Path,
+) -> None:
+    sources = ["issuer https://idp.example.com", "API keys"]
+    found = [f.message for f in check_policies(policy(tmp_path, NAMESPACE), sources)]
+    flagged = {m.split("'")[1] for m in found if "pins neither 'issuer' nor 'auth_method'" in m}
+    assert flagged == {"eng", "one-branch-unpinned"}
+    assert any(
+        "2 identity sources are configured (issuer https://idp.example.com, API keys)" in m
+        for m in found
+    )
+    # One source: subjects and groups cannot collide, nothing to pin.
+    one = check_policies(policy(tmp_path, NAMESPACE), sources[:1])
+    assert not any("pins neither" in f.message for f in one)

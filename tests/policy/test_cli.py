@@ -329,3 +329,28 @@ def test_check_strict_fails_on_an_audit_rule_cited_inside_an_enforced_rule(tmp_p
         f"{tmp_path / 'p.yaml'}:7: warning: allow rule 'staff' of route 'app' cites" in done.stdout
     )
     assert gatehouse("check", str(tmp_path)).returncode == 0  # a warning, not an error
+
+
+def test_check_with_a_config_of_several_identity_sources_warns_about_unpinned_rules(
+    tmp_path: Path,
+) -> None:
+    routes = [
+        {"name": "r", "path": "/r", "backend": "up", "allow": [{"name": "eng", "groups": ["eng"]}]}
+    ]
+    backends = {"up": {"urls": ["http://127.0.0.1:1"]}}
+    one = {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["gatehouse"]}]}
+    two = {**one, "api_keys": {"file": str(tmp_path / "keys.yaml")}}
+    config, *_ = write_config(
+        tmp_path / "one", backends=backends, routes=routes, extra={"identity": one}
+    )
+    assert gatehouse("check", "--config", str(config), "--strict").returncode == 0
+    config, *_ = write_config(
+        tmp_path / "two", backends=backends, routes=routes, extra={"identity": two}
+    )
+    done = gatehouse("check", "--config", str(config), "--strict")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "warning: allow rule 'eng' of route 'r' matches who the caller is but pins neither "
+        "'issuer' nor 'auth_method', while 2 identity sources are configured "
+        "(issuer https://idp.example.com, API keys)" in done.stdout
+    )
