@@ -391,25 +391,7 @@ def _case(doc: Doc, m: Mapping) -> _Case | None:
     req = m.mapping("request", required=True)
     if req is not None:
         req.where = f"{where}.request"
-        method = req.text("method", "GET")
-        url = req.text("url", "/", required=True)
-        source_ip = req.text("source_ip", "127.0.0.1")
-        headers: dict[str, str] = {}
-        hm = req.mapping("headers")
-        if hm is not None:
-            for key in list(hm.keys()):
-                headers[key] = hm.text(key, "", required=True)
-            hm.close()
-        time_node = req.node_of("time")
-        case.now = time.time()
-        if time_node is not None:
-            try:
-                case.now = _instant(plain_value(time_node))
-            except ValueError as exc:
-                doc.error(time_node, f"{where}.request.time: {exc}")
-        cert = _client_cert(req)
-        req.close(("time",))
-        case.request = lambda: request_facts(method, url, source_ip, headers, cert)
+        _request(doc, req, case)
     id_node = m.node_of("identity")
     if id_node is not None and not (
         isinstance(id_node, yaml.ScalarNode) and plain_value(id_node) is None
@@ -421,24 +403,48 @@ def _case(doc: Doc, m: Mapping) -> _Case | None:
     ex = m.mapping("expect", required=True)
     if ex is not None:
         ex.where = f"{where}.expect"
-        case.expect["decision"] = ex.choice("decision", ("allow", "deny"), "deny")
-        if not ex.has("decision"):
-            ex.error(None, f"{ex.where}: missing required key 'decision'")
-        if ex.has("reason"):
-            case.expect["reason"] = ex.text("reason")
-        if ex.has("route"):
-            route_node = ex.node_of("route")
-            case.expect["route"] = (
-                None
-                if route_node is not None and plain_value(route_node) is None
-                else ex.text("route")
-            )
-        if ex.has("audit"):
-            audit = ex.str_list("audit")
-            case.expect["audit"] = tuple(audit)
-        ex.close(("route",))
+        case.expect = _expectations(ex)
     m.close(("identity",))
     return case
+
+
+def _request(doc: Doc, req: Mapping, case: _Case) -> None:
+    method = req.text("method", "GET")
+    url = req.text("url", "/", required=True)
+    source_ip = req.text("source_ip", "127.0.0.1")
+    headers: dict[str, str] = {}
+    hm = req.mapping("headers")
+    if hm is not None:
+        for key in list(hm.keys()):
+            headers[key] = hm.text(key, "", required=True)
+        hm.close()
+    time_node = req.node_of("time")
+    case.now = time.time()
+    if time_node is not None:
+        try:
+            case.now = _instant(plain_value(time_node))
+        except ValueError as exc:
+            doc.error(time_node, f"{req.where}.time: {exc}")
+    cert = _client_cert(req)
+    req.close(("time",))
+    case.request = lambda: request_facts(method, url, source_ip, headers, cert)
+
+
+def _expectations(ex: Mapping) -> dict[str, Any]:
+    expect: dict[str, Any] = {"decision": ex.choice("decision", ("allow", "deny"), "deny")}
+    if not ex.has("decision"):
+        ex.error(None, f"{ex.where}: missing required key 'decision'")
+    if ex.has("reason"):
+        expect["reason"] = ex.text("reason")
+    if ex.has("route"):
+        route_node = ex.node_of("route")
+        expect["route"] = (
+            None if route_node is not None and plain_value(route_node) is None else ex.text("route")
+        )
+    if ex.has("audit"):
+        expect["audit"] = tuple(ex.str_list("audit"))
+    ex.close(("route",))
+    return expect
 
 
 def _client_cert(req: Mapping) -> ClientCertificate | None:
