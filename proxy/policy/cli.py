@@ -19,7 +19,7 @@ Fixture files (``gatehouse policy test``) are YAML lists of cases::
         issuer: https://login.example.com
         method: jwt                     # jwt | opaque | session | apikey | mtls
         email: ...
-        email_verified: true            # default: the claims' email_verified (only true verifies)
+        email_verified: true            # default: from the claims' email_verified
         groups: [...]
         scopes: [orders:write]
         claims: {azp: airflow-prod}
@@ -61,6 +61,7 @@ from proxy.errors import RequestRejected
 from proxy.http.canonical import canonicalise_target
 from proxy.http.facts import RequestFacts
 from proxy.identity.config import IdentityConfig
+from proxy.identity.jwt_verify import email_verified
 from proxy.identity.model import AuthMethod, ClientCertificate, Identity
 from proxy.policy.check import check_policies
 from proxy.policy.criteria.auth_method import AUTH_METHODS
@@ -245,14 +246,13 @@ def identity_from_claims(claims: dict[str, Any], method: str = "jwt") -> Identit
         groups=frozenset(str(g) for g in groups) if isinstance(groups, list) else frozenset(),
         scopes=frozenset(str(s) for s in scopes),
         claims=claims,
-        email_verified=email_verified(claims),
+        email_verified=claimed_email_verified(claims),
     )
 
 
-def email_verified(claims: dict[str, Any]) -> bool | None:
-    """What the identity would carry from an issuer's ``email_verified`` claim (a boolean only)."""
-    value = claims.get("email_verified")
-    return value if isinstance(value, bool) else None
+def claimed_email_verified(claims: dict[str, Any]) -> bool | None:
+    """What the identity carries from an issuer's ``email_verified`` claim."""
+    return email_verified(claims.get("email_verified"))
 
 
 def auth_method(value: str) -> AuthMethod:
@@ -480,7 +480,9 @@ def _identity(im: Mapping) -> Identity | None:
             claims = value
         else:
             im.error("claims", f"{im.where}.claims: expected a mapping")
-    verified = im.flag("email_verified") if im.has("email_verified") else email_verified(claims)
+    verified = (
+        im.flag("email_verified") if im.has("email_verified") else claimed_email_verified(claims)
+    )
     im.close(("claims",))
     return Identity(
         subject=subject,
