@@ -302,13 +302,15 @@ async def test_failed_per_caller_entries_do_not_accumulate() -> None:
     async def fetch() -> Credential:
         raise CredentialFetchError("the caller has no token to exchange")
 
-    cache = CredentialCache(backoff_base=0.05, backoff_max=0.05)
+    # Entries are pruned after the jittered backoff (0.5-1 s here): long enough
+    # for all 100 failures to be recorded first, even on a busy machine.
+    cache = CredentialCache(backoff_base=1.0, backoff_max=1.0)
     try:
         for i in range(100):
             with pytest.raises(UpstreamCredentialsUnavailable):
                 await cache.get(CacheKey("token_exchange", "app", caller=f"user-{i}"), fetch)
         assert len(cache) == 100
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.1)
         assert len(cache) == 0
     finally:
         await cache.close()
