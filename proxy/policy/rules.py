@@ -18,7 +18,7 @@ from typing import Literal
 import yaml
 
 from proxy.config.reader import Doc, Mapping
-from proxy.policy.criteria import REGISTRY, Criterion
+from proxy.policy.criteria import CRITERIA, REGISTRY, Criterion
 from proxy.policy.criteria.citation import AuditCitation, enforced_part
 from proxy.policy.criteria.logic import conjunction
 from proxy.policy.criteria.operand import Operand, plain_value
@@ -78,7 +78,7 @@ class RuleCompiler:
         if named.state == "new":
             named.state = "compiling"
             operand = Operand(named.doc, named.node, f"rules.{name}")
-            fields = operand.fields((*REGISTRY, "mode"))
+            fields = operand.fields((*CRITERIA, "mode"))
             if fields is not None:
                 mode = fields["mode"].choice(MODES) if "mode" in fields else "enforce"
                 criterion = self.criteria(operand, fields)
@@ -87,7 +87,8 @@ class RuleCompiler:
             named.state = "done"
         return named.criterion
 
-    def _cite(self, operand: Operand) -> tuple[str, _Named] | None:
+    def _cite(self, operand: Operand) -> tuple[str, _Named, Criterion] | None:
+        """A named rule cited by name, compiled."""
         name = operand.value()
         if not isinstance(name, str):
             operand.fail("expected a rule mapping or a rule name")
@@ -96,7 +97,8 @@ class RuleCompiler:
         if named is None:
             operand.fail(f"unknown rule '{name}'")
             return None
-        return name, named
+        criterion = self._resolve(named, name)
+        return (name, named, criterion) if criterion is not None else None
 
     # -- bodies ---------------------------------------------------------------------
     def criteria(self, operand: Operand, fields: dict[str, Operand]) -> Criterion | None:
@@ -115,15 +117,12 @@ class RuleCompiler:
             cited = self._cite(operand)
             if cited is None:
                 return None
-            name, named = cited
-            criterion = self._resolve(named, name)
-            if criterion is None or named.mode == "enforce":
-                return criterion
-            return AuditCitation(name, criterion)
+            name, named, criterion = cited
+            return criterion if named.mode == "enforce" else AuditCitation(name, criterion)
         if operand.is_list:
             operand.fail("expected a rule mapping or a rule name")
             return None
-        fields = operand.fields(REGISTRY)
+        fields = operand.fields(CRITERIA)
         return self.criteria(operand, fields) if fields is not None else None
 
     # -- a route's allow/deny -----------------------------------------------------------
@@ -150,15 +149,16 @@ class RuleCompiler:
             cited = self._cite(operand)
             if cited is None:
                 return None
-            name, named = cited
-            criterion = self._resolve(named, name)
-            if criterion is None:
-                return None
+            name, named, criterion = cited
             return self._build(name, effect, criterion, named.source, named.mode, route)
+        return self._written(operand, where, effect, route)
+
+    def _written(self, operand: Operand, where: str, effect: Effect, route: str) -> Rule | None:
+        """A rule written in place: ``name``, optional ``mode``, and its criteria."""
         name = _peek_name(operand)
         if name:
             operand = Operand(operand.doc, operand.node, f"{where} '{name}'")
-        fields = operand.fields((*REGISTRY, "name", "mode"))
+        fields = operand.fields((*CRITERIA, "name", "mode"))
         if fields is None:
             return None
         if "name" not in fields:
