@@ -354,3 +354,38 @@ def test_check_with_a_config_of_several_identity_sources_warns_about_unpinned_ru
         "'issuer' nor 'auth_method', while 2 identity sources are configured "
         "(issuer https://idp.example.com, API keys)" in done.stdout
     )
+
+
+def test_explain_shows_an_unverified_email_matching_nothing(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "p.yaml",
+        """\
+        routes:
+          - name: reports
+            path: /
+            backend: b
+            allow: [{name: employees, email_domain: [example.com]}]
+        """,
+    )
+    verdicts = {}
+    for verified in (True, False):
+        claims = write(
+            tmp_path,
+            f"claims-{verified}.json",
+            json.dumps({"sub": "dana", "email": "dana@example.com", "email_verified": verified}),
+        )
+        done = gatehouse(
+            "explain", "--url", "https://h/q3", "--claims", str(claims), "--policies", str(tmp_path)
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        verdicts[verified] = [line for line in done.stdout.splitlines() if "email_domain" in line]
+        verdicts[verified].append(done.stdout.splitlines()[-2])
+    assert verdicts[True] == [
+        "    email_domain in [example.com]: match",
+        "decision: allow (allowed:employees)",
+    ]
+    assert verdicts[False] == [
+        "    email_domain in [example.com]: no match",
+        "decision: deny (no_rule_matched)",
+    ]
