@@ -49,6 +49,7 @@ from proxy.http.headers import (
     RequestHeaderPolicy,
     filter_request_headers,
     identity_headers,
+    method_override,
     request_view,
 )
 from proxy.http.host import parse_host
@@ -58,6 +59,7 @@ from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
+from proxy.policy.evaluate import PolicySet
 from proxy.policy.model import Route
 from proxy.policy.store import PolicyStore
 from proxy.ratelimit import RateLimiter, rate_key
@@ -110,6 +112,16 @@ class Gateway:
     def credential_headers(self) -> frozenset[str]:
         api_keys = self.config.identity.api_keys
         return frozenset({api_keys.header.lower().replace("_", "-")}) if api_keys else frozenset()
+
+    @functools.cached_property
+    def caller_credential_backends(self) -> frozenset[str]:
+        """Backends whose credential is minted from the caller's own token (token
+        exchange): their routes authenticate even where the policy ignores the caller."""
+        return frozenset(
+            name
+            for name, backend in self.config.backends.items()
+            if any(spec.type == "token_exchange" for spec in backend.credentials)
+        )
 
     @functools.cached_property
     def single_valued(self) -> frozenset[str]:
@@ -240,7 +252,11 @@ class Gateway:
         # -- authenticate ------------------------------------------------------
         identity: Identity | None = None
         set_cookies: tuple[str, ...] = ()
-        if self.authenticator is not None:
+        # A route where who calls cannot matter never consults an identity
+        # provider: random tokens sent to public routes cost nothing upstream.
+        if self.authenticator is not None and (
+            route.uses_identity or route.backend in self.caller_credential_backends
+        ):
             try:
                 auth = self.authenticator.cached(facts)
                 if auth is None:
@@ -270,6 +286,8 @@ class Gateway:
                         return login
                 raise AuthenticationError("unauthenticated")
             raise AccessDenied(decision.reason)
+        if route.pass_method_override:
+            self._authorise_override(policy, route, facts, identity, now)
         if route.rate_limit is not None and self.rate_limiter is not None:
             key = rate_key(identity, facts, cfg.ipv6_rate_limit_prefix)
             allowed = self.rate_limiter.allow(route, key, now)
@@ -388,6 +406,28 @@ class Gateway:
         finally:
             exchange.release()
 
+    @staticmethod
+    def _authorise_override(
+        policy: PolicySet,
+        route: Route,
+        facts: RequestFacts,
+        identity: Identity | None,
+        now: float,
+    ) -> None:
+        """A route passing method overrides must allow the overriding method too:
+        the upstream framework will run the request as that method."""
+        override = method_override(facts.headers)
+        if override is None or override == facts.method:
+            return
+        if route.methods is not None and override not in route.methods:
+            raise AccessDenied("method_override_denied")
+        decision = policy.decide(route, facts._replace(method=override), identity, now)
+        if decision.allowed:
+            return
+        if decision.reason == "unauthenticated":
+            raise AuthenticationError("unauthenticated")
+        raise AccessDenied(decision.reason)
+
     def _upstream_headers(
         self,
         raw_headers: list[tuple[str, str]],
@@ -453,6 +493,7 @@ def header_policy_for(
         remove |= credential_headers
     return RequestHeaderPolicy(
         pass_authorization=route.pass_authorization,
+        pass_method_override=route.pass_method_override,
         remove=frozenset(remove),
         set=route.set_request_headers,
         cookie_prefixes=cookie_prefixes,

@@ -11,12 +11,13 @@ Pure functions over ``(name, value)`` lists. Order matters and is fixed:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
-from proxy.errors import AmbiguousRequest, IdentityTooLarge
+from proxy.errors import AmbiguousRequest, IdentityTooLarge, RequestRejected
 
 Headers = list[tuple[str, str]]
 
@@ -91,7 +92,7 @@ COOKIE_PREFIXES = ("__Host-gatehouse", "gatehouse")
 # Fields that carry one value: a second line (or a second spelling, "_" for
 # "-", another case) lets two readers act on different values, e.g. the proxy
 # authenticating the first Authorization and the upstream reading the last.
-SINGLE_VALUED = frozenset({"authorization", "host", "content-length"})
+SINGLE_VALUED = frozenset({"authorization", "host", "content-length"}) | METHOD_OVERRIDE_HEADERS
 # List-valued fields whose lines are read as one comma-joined list (RFC 9110
 # §5.3): a trusted proxy may add its own line rather than extend the client's.
 _JOINED = frozenset({"x-forwarded-for", "forwarded"})
@@ -145,6 +146,30 @@ def _check_own_cookies(lines: list[str], prefixes: tuple[str, ...]) -> None:
                 if name in names:
                     raise AmbiguousRequest(detail="a gatehouse cookie sent more than once")
                 names.add(name)
+
+
+_METHOD = re.compile(r"[A-Z]{1,20}")
+
+
+def method_override(view: Mapping[str, str]) -> str | None:
+    """The method a request asks to be run as (``X-HTTP-Method-Override`` & co), if any.
+
+    ``view`` is :func:`request_view`'s (each override header at most once).
+    Raises :class:`AmbiguousRequest` when two of them disagree, and
+    :class:`RequestRejected` when the value is not an upper-case method name.
+    """
+    found: set[str] = set()
+    for name, value in view.items():
+        if normalise_name(name) in METHOD_OVERRIDE_HEADERS:
+            found.add(value.strip())
+    if not found:
+        return None
+    if len(found) > 1:
+        raise AmbiguousRequest(detail="method overrides disagree")
+    method = found.pop()
+    if not _METHOD.fullmatch(method):
+        raise RequestRejected("bad_request", detail="a method override is not a method name")
+    return method
 
 
 def normalise_name(name: str) -> str:

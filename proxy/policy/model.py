@@ -65,6 +65,9 @@ class Route:
     websocket: bool = False
     preserve_host: bool = False
     pass_authorization: bool = False
+    # Forward X-HTTP-Method-Override & co; the policy then decides the overriding
+    # method as well (an upstream framework would act on it).
+    pass_method_override: bool = False
     set_request_headers: tuple[tuple[str, str], ...] = ()
     remove_request_headers: frozenset[str] = frozenset()
     pass_claims: tuple[str, ...] = ()
@@ -78,8 +81,9 @@ class Route:
     # Whether callers must be authenticated here. False only when who calls
     # cannot matter: every enforced rule ignores the caller, an enforced allow
     # rule always admits (``public: true``), no claims travel upstream and
-    # ``identify`` is not set; the decision without identity is then the one
-    # any identity would get. Audit-mode rules never make a route authenticate.
+    # ``identify`` is not set, and no rate limit counts per caller; the decision
+    # without identity is then the one any identity would get. Audit-mode
+    # rules never make a route authenticate.
     uses_identity: bool = True
 
     def __hash__(self) -> int:

@@ -35,6 +35,7 @@ class RouteCompiler:
         allow = self.rules.rule_list(doc, m, "allow", name)
         deny = self.rules.rule_list(doc, m, "deny", name)
         identify = m.flag("identify")
+        rate_limit = _rate_limit(m)
         route = Route(
             name=name,
             backend=self._backend(m),
@@ -49,15 +50,19 @@ class RouteCompiler:
             websocket=m.flag("websocket"),
             preserve_host=m.flag("preserve_host"),
             pass_authorization=m.flag("pass_authorization"),
+            pass_method_override=m.flag("pass_method_override"),
             set_request_headers=_set_headers(m),
             remove_request_headers=_header_names(m, "remove_request_headers"),
             pass_claims=claims,
             pass_claims_max_bytes=budget,
-            rate_limit=_rate_limit(m),
+            rate_limit=rate_limit,
             allow=allow,
             deny=deny,
             order=len(self.routes),
-            uses_identity=identify or bool(claims) or reads_caller(allow, deny),
+            uses_identity=identify
+            or bool(claims)
+            or rate_limit is not None  # buckets count per caller once one is known
+            or reads_caller(allow, deny),
         )
         m.close()
         self.routes.append(route)

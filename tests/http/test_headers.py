@@ -8,13 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.errors import AmbiguousRequest, IdentityTooLarge
+from proxy.errors import AmbiguousRequest, IdentityTooLarge, RequestRejected
 from proxy.http.headers import (
     SINGLE_VALUED,
     RequestHeaderPolicy,
     filter_request_headers,
     filter_response_headers,
     identity_headers,
+    method_override,
     request_view,
     serialise_head,
 )
@@ -324,3 +325,25 @@ def test_a_line_break_inside_a_header_line_is_refused(value: str) -> None:
         serialise_head(["GET / HTTP/1.1", f"X-A: {value}"])
     with pytest.raises(ValueError, match="line break"):
         serialise_head([b"HTTP/1.1 200 OK", f"X-A: {value}".encode()])
+
+
+@pytest.mark.parametrize(
+    ("view", "expected"),
+    [
+        ({}, None),
+        ({"accept": "*/*"}, None),
+        ({"x-http-method-override": "DELETE"}, "DELETE"),
+        ({"x_http_method": " PUT "}, "PUT"),
+        ({"x-http-method-override": "PUT", "x-method-override": "PUT"}, "PUT"),
+    ],
+)
+def test_the_method_a_request_asks_to_run_as(view: dict[str, str], expected: str | None) -> None:
+    assert method_override(view) == expected
+
+
+def test_method_overrides_that_disagree_are_ambiguous_and_odd_ones_refused() -> None:
+    with pytest.raises(AmbiguousRequest):
+        method_override({"x-http-method-override": "PUT", "x-http-method": "DELETE"})
+    for odd in ("delete", "DEL ETE", "", "X" * 30):
+        with pytest.raises(RequestRejected):
+            method_override({"x-http-method-override": odd})
