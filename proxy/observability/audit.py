@@ -9,6 +9,16 @@ a thread holding the GIL for a whole batch costs the loop more than the
 encoding itself.
 ``reopen()`` (SIGHUP) reopens the file for logrotate; ``close()`` drains
 everything before returning (SIGTERM), so nothing is lost on shutdown.
+
+Nothing is dropped silently. When the file cannot be opened or written (a
+rotation that left the wrong owner, EMFILE, a full disk, a directory or a
+symlink at the path), records stay in memory and the thread retries the open
+every second; meanwhile ``writable`` is false, so /readyz fails and, with
+``audit.required``, requests are refused. The memory is bounded: at most
+``max_buffer`` bytes of encoded records wait for the disk (queued or held).
+Past that bound new records are dropped, counted in
+``gatehouse_audit_dropped_records_total`` and reported in one log line per
+second, never one per record.
 """
 
 from __future__ import annotations
@@ -20,10 +30,14 @@ import os
 import queue
 import sys
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import IO
 
 import orjson
+
+from proxy.observability import metrics
 
 log = logging.getLogger("gatehouse.audit")
 
@@ -82,21 +96,47 @@ class AuditRecord:
     dry_run: tuple[str, ...] = ()
 
 
-_STOP = object()
 _REOPEN = object()
 _FLUSH_BATCH = 512
 _HAND_OFF_AFTER = 0.005  # seconds a record may wait on the loop before the thread gets it
 _JOIN_BATCHES = 64  # encoded batches the thread joins into one write when it lags behind
+RETRY_EVERY = 1.0  # seconds between attempts to open the file again
+DEFAULT_MAX_BUFFER = 64 * 2**20  # encoded bytes waiting for the disk, per process
+
+# An encoded batch and the number of records in it (each record ends with b"\n").
+_Batch = tuple[bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Close: keep retrying a broken file until ``deadline`` (monotonic), then give up."""
+
+    deadline: float
 
 
 class AuditWriter:
-    """Writes records as JSON lines to stdout or a file from a daemon thread."""
+    """Writes records as JSON lines to stdout or a file from a daemon thread.
 
-    def __init__(self, output: str) -> None:
+    ``writable`` is read by the loop (readiness, ``audit.required``) and set
+    by the thread: false from the first failed open or write until the file is
+    open again and every held record is written.
+    """
+
+    def __init__(self, output: str, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self._output = output
+        self._max_buffer = max_buffer
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stream: IO[bytes] | None = None
-        self._open()
+        self._lock = threading.Lock()
+        self._held = 0  # bytes handed to the thread and not yet written (guarded by _lock)
+        self._unreported = 0  # records dropped since the last log line (guarded by _lock)
+        self.writable = True
+        self._broken_since = 0.0
+        metrics.AUDIT_WRITABLE.set(1)
+        try:
+            self._open()
+        except OSError as exc:
+            self._broken("cannot open", exc)
         self._thread = threading.Thread(target=self._run, name="gatehouse-audit", daemon=True)
         self._thread.start()
         self._closed = False
@@ -107,9 +147,13 @@ class AuditWriter:
         if self._output == "stdout":
             self._stream = sys.stdout.buffer
         else:
-            fd = os.open(self._output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            # O_NOFOLLOW: a symlink planted at the path must not redirect (or
+            # truncate) another file with the proxy's privileges.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self._output, flags, 0o640)
             self._stream = os.fdopen(fd, "ab", buffering=0)
 
+    # -- the event loop's side ------------------------------------------------
     def write(self, record: AuditRecord) -> None:
         """Never blocks: the record joins the current batch for the writer thread."""
         pending = self._pending
@@ -130,69 +174,175 @@ class AuditWriter:
             self._timer = None
         if self._pending:
             batch, self._pending = self._pending, []
-            self._queue.put(_encode_batch(batch))
+            data = _encode_batch(batch)
+            if self._admit(len(data), len(batch)):
+                self._queue.put((data, len(batch)))
+
+    def _admit(self, size: int, records: int) -> bool:
+        """Reserve room for a batch within ``max_buffer``, or count its records as dropped."""
+        with self._lock:
+            if self._held + size <= self._max_buffer:
+                self._held += size
+                return True
+            self._unreported += records
+        metrics.AUDIT_DROPPED.inc(records)
+        return False
 
     def reopen(self) -> None:
         self._hand_off()
         self._queue.put(_REOPEN)
 
     def close(self, timeout: float = 10.0) -> None:
+        """Write everything held; a broken file is retried until shortly before ``timeout``."""
         if self._closed:
             return
         self._closed = True
         self._hand_off()
-        self._queue.put(_STOP)
+        self._queue.put(_Stop(time.monotonic() + max(0.0, timeout - RETRY_EVERY)))
         self._thread.join(timeout)
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything written so far is on disk (tests, shutdown)."""
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything written so far is on disk (tests, shutdown); False on timeout."""
         self._hand_off()
         done = threading.Event()
         self._queue.put(done)
-        done.wait(timeout)
+        return done.wait(timeout)
 
+    # -- the writer thread -----------------------------------------------------
     def _run(self) -> None:
-        get = self._queue.get
+        backlog: deque[_Batch] = deque()
+        flushes: list[threading.Event] = []
+        retry_at = 0.0
+        stop: _Stop | None = None
         while True:
-            item = get()
-            batch: list[bytes] = []
-            control: list[object] = []
-            while True:
-                if isinstance(item, bytes):
-                    batch.append(item)
-                else:
-                    control.append(item)
-                    break
-                if len(batch) >= _JOIN_BATCHES:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._emit(b"".join(batch))
-            for c in control:
-                if c is _STOP:
-                    self._close_stream()
-                    return
-                if c is _REOPEN:
-                    self._close_stream()
-                    try:
-                        self._open()
-                    except OSError as exc:
-                        log.error("audit: cannot reopen %s: %s", self._output, exc.strerror)
-                elif isinstance(c, threading.Event):
-                    c.set()
+            wait = RETRY_EVERY if self._stream is not None else retry_at - time.monotonic()
+            control = self._gather(backlog, max(0.0, wait))
+            if control is _REOPEN:
+                self._close_stream()
+                retry_at = 0.0
+            elif isinstance(control, threading.Event):
+                flushes.append(control)
+            elif isinstance(control, _Stop):
+                stop = control
+            if self._stream is None and time.monotonic() >= retry_at:
+                retry_at = time.monotonic() + RETRY_EVERY
+                self._try_open()
+            if self._stream is not None:
+                self._write_backlog(backlog)
+            if not backlog:
+                for done in flushes:
+                    done.set()
+                flushes.clear()
+            self._report_drops()
+            if stop is not None and (not backlog or time.monotonic() >= stop.deadline):
+                self._give_up(backlog)
+                self._close_stream()
+                for done in flushes:
+                    done.set()
+                return
 
-    def _emit(self, data: bytes) -> None:
-        stream = self._stream
-        if stream is None:
-            return
+    def _gather(self, backlog: deque[_Batch], timeout: float) -> object:
+        """Move queued batches to ``backlog``; return the first control item met, if any."""
         try:
-            stream.write(data)
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        taken = 0
+        while isinstance(item, tuple):
+            backlog.append(item)
+            taken += 1
+            if taken >= _JOIN_BATCHES:
+                return None
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return None
+        return item
+
+    def _try_open(self) -> None:
+        try:
+            self._open()
+        except OSError as exc:
+            self._broken("cannot open", exc)
+
+    def _write_backlog(self, backlog: deque[_Batch]) -> None:
+        if not backlog:
+            self._recovered()
+            return
+        data = b"".join(chunk for chunk, _ in backlog)
+        backlog.clear()
+        written, error = self._write_all(data)
+        with self._lock:
+            self._held -= written
+        if error is None:
+            self._recovered()
+            return
+        # The unwritten tail waits for the next open; a record cut in half is
+        # completed then. Records not yet whole on disk = newlines not written.
+        rest = data[written:]
+        backlog.append((rest, rest.count(b"\n")))
+        self._close_stream()
+        self._broken("write failed on", error)
+
+    def _write_all(self, data: bytes) -> tuple[int, OSError | None]:
+        """Bytes written, and the error that stopped the write (regular files may write short)."""
+        stream = self._stream
+        assert stream is not None
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += stream.write(view[done:]) or 0
             stream.flush()
         except OSError as exc:
-            log.error("audit: write failed: %s", exc.strerror)
+            return done, exc
+        return done, None
+
+    def _broken(self, what: str, exc: OSError) -> None:
+        if self.writable:
+            self.writable = False
+            self._broken_since = time.monotonic()
+            metrics.AUDIT_WRITABLE.set(0)
+            log.error(
+                "audit: %s %s: %s; holding records (up to audit.max_buffer) "
+                "and retrying every %.0fs",
+                what,
+                self._output,
+                exc.strerror or exc,
+                RETRY_EVERY,
+            )
+
+    def _recovered(self) -> None:
+        if not self.writable:
+            self.writable = True
+            metrics.AUDIT_WRITABLE.set(1)
+            log.warning(
+                "audit: writing to %s again after %.1fs; every held record is written",
+                self._output,
+                time.monotonic() - self._broken_since,
+            )
+
+    def _report_drops(self) -> None:
+        with self._lock:
+            dropped, self._unreported = self._unreported, 0
+            held = self._held
+        if dropped:
+            log.error(
+                "audit: %d records dropped: %d bytes already wait for %s (audit.max_buffer %d)",
+                dropped,
+                held,
+                self._output,
+                self._max_buffer,
+            )
+
+    def _give_up(self, backlog: deque[_Batch]) -> None:
+        records = sum(count for _, count in backlog)
+        backlog.clear()
+        if records:
+            metrics.AUDIT_DROPPED.inc(records)
+            log.error(
+                "audit: %d records could not be written to %s before exit", records, self._output
+            )
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None

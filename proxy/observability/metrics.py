@@ -86,6 +86,18 @@ CONFIG_LAST_RELOAD_SUCCESS = Gauge(
     multiprocess_mode="max",
 )
 
+# -- audit ------------------------------------------------------------------
+AUDIT_DROPPED = Counter(
+    "gatehouse_audit_dropped_records",
+    "Audit records lost: audit.max_buffer was full while the file could not be "
+    "written, or the file was still unwritable at exit.",
+)
+AUDIT_WRITABLE = Gauge(
+    "gatehouse_audit_writable",
+    "1 while the audit output is written; 0 while records are held and the open is retried.",
+    multiprocess_mode="livemin",
+)
+
 # -- policy -----------------------------------------------------------------
 DECISIONS = Counter("gatehouse_decisions", "Policy decisions.", ["route", "decision", "reason"])
 

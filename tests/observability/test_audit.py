@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
+from prometheus_client import REGISTRY
 
-from proxy.observability.audit import FIELDS, AuditRecord, AuditWriter
+from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import public_route
 
 
 def lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def dropped_total() -> float:
+    return REGISTRY.get_sample_value("gatehouse_audit_dropped_records_total") or 0.0
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def write_ids(writer: AuditWriter, ids: range, prefix: str = "r") -> None:
+    for i in ids:
+        writer.write(AuditRecord(ts=float(i), request_id=f"{prefix}{i}"))
 
 
 def test_records_are_json_lines_with_every_field(tmp_path: Path) -> None:
@@ -84,3 +105,92 @@ async def test_sighup_reopens_the_audit_file_of_a_running_proxy(
             assert r.status == 200
     assert len(gh.wait_audit(1)) == 1
     assert len(lines(rotated)) == 1
+
+
+def test_records_are_held_while_the_path_is_a_directory_and_written_once_when_it_is_fixed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(str(path))
+    write_ids(writer, range(3), "before")
+    assert writer.flush()
+    path.rename(tmp_path / "audit.jsonl.1")
+    path.mkdir()  # a directory at the path: open() fails, even for root
+    writer.reopen()
+    write_ids(writer, range(500))
+    assert not writer.flush(timeout=0.3)  # held in memory, not on disk
+    assert not writer.writable
+    path.rmdir()
+    # The next retry (every second) opens the file and writes everything held.
+    assert writer.flush(timeout=RETRY_EVERY * 3)
+    assert writer.writable
+    writer.close()
+    assert [r["request_id"] for r in lines(path)] == [f"r{i}" for i in range(500)]
+    assert len(lines(tmp_path / "audit.jsonl.1")) == 3
+
+
+def test_a_symlink_at_the_audit_path_is_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("not an audit log\n")
+    path = tmp_path / "audit.jsonl"
+    path.symlink_to(victim)
+    writer = AuditWriter(str(path))
+    assert not writer.writable
+    write_ids(writer, range(10))
+    assert not writer.flush(timeout=0.3)
+    assert victim.read_text() == "not an audit log\n"
+    path.unlink()
+    assert writer.flush(timeout=RETRY_EVERY * 3)
+    writer.close()
+    assert not path.is_symlink()
+    assert len(lines(path)) == 10
+
+
+def test_records_past_max_buffer_are_dropped_counted_and_logged_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.mkdir()
+    before = dropped_total()
+    writer = AuditWriter(str(path), max_buffer=64 * 1024)
+    with caplog.at_level(logging.ERROR, logger="gatehouse.audit"):
+        for start in range(0, 2000, 100):  # batches of 100 records, about 40 KiB each
+            write_ids(writer, range(start, start + 100))
+            writer.flush(timeout=0.0)  # hand the batch to the thread now
+        time.sleep(RETRY_EVERY * 1.5)
+        dropped = dropped_total() - before
+        path.rmdir()
+        assert writer.flush(timeout=RETRY_EVERY * 3)
+    writer.close()
+    kept = [r["request_id"] for r in lines(path)]
+    assert dropped > 0
+    assert len(kept) + dropped == 2000
+    # The oldest records are the ones kept, in order.
+    assert kept == [f"r{i}" for i in range(len(kept))]
+    drop_lines = [r for r in caplog.records if "records dropped" in r.getMessage()]
+    assert 1 <= len(drop_lines) <= 3
+
+
+def test_a_failing_write_holds_records_and_close_counts_what_could_not_be_written() -> None:
+    # /dev/full opens but every write fails with ENOSPC, like a full disk.
+    before = dropped_total()
+    writer = AuditWriter("/dev/full")
+    write_ids(writer, range(25))
+    assert not writer.flush(timeout=0.5)
+    assert not writer.writable
+    started = time.monotonic()
+    writer.close(timeout=RETRY_EVERY * 2)
+    assert time.monotonic() - started < RETRY_EVERY * 3
+    assert dropped_total() - before == 25
+
+
+def test_audit_file_is_created_owner_and_group_only(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    old = os.umask(0)
+    try:
+        writer = AuditWriter(str(path))
+    finally:
+        os.umask(old)
+    writer.close()
+    assert path.stat().st_mode & 0o777 == 0o640
+
