@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -99,6 +100,37 @@ def _listen(m: Mapping | None) -> ListenConfig:
     return listen
 
 
+def _audit_file_problem(path: Path) -> str | None:
+    """Why the audit writer could not open ``path`` (O_NOFOLLOW, append, create)."""
+    if path.is_symlink():
+        return "must not be a symlink (the file is opened with O_NOFOLLOW)"
+    if path.exists():
+        if not path.is_file():
+            return "is not a regular file"
+        return None if os.access(path, os.W_OK) else "is not writable by this user"
+    if not path.parent.is_dir():
+        return f"directory does not exist: {path.parent}"
+    return None if os.access(path.parent, os.W_OK) else f"cannot create files in {path.parent}"
+
+
+def _audit(m: Mapping | None) -> AuditConfig:
+    if m is None:
+        return AuditConfig()
+    output = m.text("output", "stdout")
+    if output not in ("stdout", "-"):
+        out_path = m.doc.resolve_path(output)
+        problem = _audit_file_problem(out_path)
+        if problem:
+            m.error("output", f"audit.output: {problem}")
+        output = str(out_path)
+    required = m.flag("required", True)
+    max_buffer = m.size("max_buffer", AuditConfig().max_buffer)
+    if max_buffer < 64 * 2**10:
+        m.error("max_buffer", "audit.max_buffer: must be at least 64KiB")
+    m.close()
+    return AuditConfig("stdout" if output == "-" else output, required, max_buffer)
+
+
 def _backend(name: str, m: Mapping) -> BackendConfig | None:
     urls = m.str_list("urls")
     if not urls and m.has("url"):
@@ -173,19 +205,7 @@ def load_config(path: Path) -> Config:
         admin_addr = _address(admin_m, "address", "127.0.0.1:9901")
         admin_m.close()
         admin = AdminConfig(admin_addr) if admin_addr else None
-    audit_m = root.mapping("audit")
-    audit = AuditConfig()
-    if audit_m is not None:
-        output = audit_m.text("output", "stdout")
-        if output not in ("stdout", "-"):
-            out_path = doc.resolve_path(output)
-            if not out_path.parent.is_dir():
-                audit_m.error(
-                    "output", f"audit.output: directory does not exist: {out_path.parent}"
-                )
-            output = str(out_path)
-        audit = AuditConfig("stdout" if output == "-" else output)
-        audit_m.close()
+    audit = _audit(root.mapping("audit"))
     policies_m = root.mapping("policies")
     policy_dir = doc.resolve_path("policies")
     if policies_m is not None:

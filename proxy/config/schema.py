@@ -56,6 +56,10 @@ class AdminConfig:
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     output: str = "stdout"  # "stdout" or a file path
+    # While records cannot be written, refuse requests (503 audit_unavailable).
+    required: bool = True
+    # Encoded records waiting for the disk, per process; more are dropped and counted.
+    max_buffer: int = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,9 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
+from proxy.config.load import load_config
+from proxy.config.reader import ConfigError
+from proxy.config.schema import AuditConfig
 from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import public_route
@@ -194,3 +197,43 @@ def test_audit_file_is_created_owner_and_group_only(tmp_path: Path) -> None:
     writer.close()
     assert path.stat().st_mode & 0o777 == 0o640
 
+
+def audit_config(tmp_path: Path, section: str) -> Path:
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    path = tmp_path / "gatehouse.yaml"
+    path.write_text(f"audit:\n{section}backends:\n  up:\n    urls: [http://127.0.0.1:8000]\n")
+    return path
+
+
+def test_audit_is_required_by_default_with_a_64mib_buffer(tmp_path: Path) -> None:
+    config = load_config(audit_config(tmp_path, "  output: audit.jsonl\n"))
+    assert config.audit == AuditConfig(str(tmp_path / "audit.jsonl"), True, 64 * 2**20)
+    config = load_config(audit_config(tmp_path, "  required: false\n  max_buffer: 1MiB\n"))
+    assert config.audit == AuditConfig("stdout", False, 2**20)
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (
+            lambda p: p.symlink_to(p.parent / "elsewhere"),
+            "must not be a symlink (the file is opened with O_NOFOLLOW)",
+        ),
+        (lambda p: p.mkdir(), "is not a regular file"),
+    ],
+)
+def test_an_audit_output_the_writer_could_not_open_is_refused_at_start_up(
+    tmp_path: Path, make: Callable[[Path], None], problem: str
+) -> None:
+    make(tmp_path / "audit.jsonl")
+    with pytest.raises(ConfigError) as info:
+        load_config(audit_config(tmp_path, "  output: audit.jsonl\n"))
+    assert [str(p) for p in info.value.problems] == [
+        f"{tmp_path / 'gatehouse.yaml'}:2: audit.output: {problem}"
+    ]
+
+
+def test_an_audit_buffer_below_64kib_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(audit_config(tmp_path, "  max_buffer: 4KiB\n"))
+    assert "gatehouse.yaml:2: audit.max_buffer: must be at least 64KiB" in str(info.value)
