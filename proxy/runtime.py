@@ -84,7 +84,7 @@ async def serve(
         # Bind first: a taken port should fail start-up at once, before any
         # component opens connections.
         sock = bind_socket(config.listen.address, reuse_port=False, backlog=config.listen.backlog)
-    audit = AuditWriter(config.audit.output)
+    audit = AuditWriter(config.audit.output, max_buffer=config.audit.max_buffer)
     policies = PolicyStore(config.policy_dir, backends=set(config.backends))
     session = new_client_session()
     client = UpstreamClient()
@@ -139,6 +139,7 @@ async def serve(
         out = {
             "config": True,
             "upstreams": all(reach.state[n] and pools[n].ready() for n in required),
+            "audit": audit.writable,
         }
         if gateway.authenticator is not None:
             out["identity"] = gateway.authenticator.ready()
