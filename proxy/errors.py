@@ -56,6 +56,13 @@ class RequestTimeout(RequestRejected):
     status, reason = 408, "request_timeout"
 
 
+# -- audit ----------------------------------------------------------------
+class AuditUnavailable(GatehouseError):
+    """``audit.required`` and the audit output cannot be written: no request goes unrecorded."""
+
+    status, reason = 503, "audit_unavailable"
+
+
 # -- route ----------------------------------------------------------------
 class RouteNotFound(GatehouseError):
     status, reason = 404, "route_not_found"
