@@ -24,6 +24,7 @@ from proxy.credentials.broker import CredentialBroker
 from proxy.errors import (
     AccessDenied,
     AmbiguousRequest,
+    AuditUnavailable,
     AuthenticationError,
     BadHost,
     GatehouseError,
@@ -216,6 +217,8 @@ class Gateway:
         # -- canonicalise --------------------------------------------------
         path, query = canonicalise_target(request.raw_path, cfg.path)
         record.path = path
+        if not self.audit.writable and self.config.audit.required:
+            raise AuditUnavailable()
         host = parse_host(host_header)
         if host is None:
             raise BadHost(detail="Host header breaks host[:port]")
