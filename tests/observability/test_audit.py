@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from proxy.config.reader import ConfigError
 from proxy.config.schema import AuditConfig
 from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter
 from tests.conftest import GatehouseFactory
-from tests.support.gatehouse import public_route
+from tests.support.gatehouse import Gatehouse, public_route
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -196,6 +197,106 @@ def test_audit_file_is_created_owner_and_group_only(tmp_path: Path) -> None:
         os.umask(old)
     writer.close()
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def metric_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def admin_get(gh: Gatehouse, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.get(gh.admin_url + path) as r:
+        return r.status, await r.text()
+
+
+async def until_ready(gh: Gatehouse, ready: bool, timeout: float = 10.0) -> dict[str, bool]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = await admin_get(gh, "/readyz")
+        if (status == 200) == ready:
+            checks: dict[str, bool] = json.loads(body)["checks"]
+            return checks
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+async def test_an_unopenable_audit_file_turns_readiness_false_and_requests_503_until_fixed(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    gh = gatehouse(
+        backends={"up": {"urls": [upstream_url]}}, routes=[public_route("all", "/", "up")]
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gh.url + "/echo") as r:
+            assert r.status == 200
+        assert len(gh.wait_audit(1)) == 1
+        rotated = gh.audit_path.with_suffix(".jsonl.1")
+        gh.audit_path.rename(rotated)
+        gh.audit_path.mkdir()  # what logrotate can never open, even as root
+        gh.signal(signal.SIGHUP)
+        checks = await until_ready(gh, False)
+        assert checks["audit"] is False
+        refused = []
+        for _ in range(20):
+            async with s.get(gh.url + "/echo") as r:
+                body = await r.json()
+                assert (r.status, body["error"]) == (503, "audit_unavailable")
+                refused.append(body["request_id"])
+        _, text = await admin_get(gh, "/metrics")
+        assert metric_value(text, "gatehouse_audit_writable") == 0.0
+        assert metric_value(text, "gatehouse_audit_dropped_records_total") == 0.0
+        gh.audit_path.rmdir()
+        assert (await until_ready(gh, True))["audit"] is True
+        async with s.get(gh.url + "/echo") as r:
+            assert r.status == 200
+    assert gh.stop() == 0
+    records = gh.audit_records()
+    # Every refused request's record was held, then written exactly once, in order.
+    assert [r["request_id"] for r in records[:-1]] == refused
+    assert {(r["status"], r["reason"]) for r in records[:-1]} == {(503, "audit_unavailable")}
+    assert records[-1]["status"] == 200
+    assert len(lines(rotated)) == 1
+
+
+async def test_with_audit_not_required_requests_are_served_and_drops_past_the_bound_are_counted(
+    gatehouse: GatehouseFactory, upstream_url: str, tmp_path: Path
+) -> None:
+    audit_path = tmp_path / "audit.jsonl"
+    gh = gatehouse(
+        backends={"up": {"urls": [upstream_url]}},
+        routes=[public_route("all", "/", "up")],
+        extra={"audit": {"output": str(audit_path), "required": False, "max_buffer": "64KiB"}},
+    )
+    audit_path.rename(tmp_path / "audit.jsonl.1")
+    audit_path.mkdir()
+    gh.signal(signal.SIGHUP)
+    await until_ready(gh, False)
+    sent = 600
+    async with aiohttp.ClientSession() as s:
+
+        async def one() -> str:
+            async with s.get(gh.url + "/echo") as r:
+                assert r.status == 200
+                return r.headers["X-Request-Id"]
+
+        served = []
+        for _ in range(sent // 20):
+            served += await asyncio.gather(*(one() for _ in range(20)))
+    audit_path.rmdir()
+    await until_ready(gh, True)
+    # Every batch was handed over (or dropped) long before the file came back.
+    _, text = await admin_get(gh, "/metrics")
+    dropped = metric_value(text, "gatehouse_audit_dropped_records_total")
+    assert dropped is not None and dropped > 0
+    assert gh.stop() == 0
+    kept = [r["request_id"] for r in lines(audit_path)]
+    assert len(kept) == len(set(kept))
+    assert set(kept) <= set(served)
+    assert len(kept) + dropped == sent
+    # One log line per interval, not one per dropped record.
+    assert 1 <= gh.stderr().count("records dropped") <= 5
 
 
 def audit_config(tmp_path: Path, section: str) -> Path:
