@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from proxy.config.schema import (
 from proxy.credentials.config import parse_assertion_signing, parse_credentials
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
+from proxy.http.tls import CrlError, server_context
 from proxy.identity.config import parse_identity
 from proxy.state.config import parse_state
 from proxy.upstream.config import parse_backend_options
@@ -61,10 +63,20 @@ def _tls(m: Mapping | None) -> TLSConfig | None:
     if client_auth == "require" and ca is None and m.has("client_auth"):
         m.error("client_auth", f"{m.where}.client_auth: 'require' needs client_ca_file")
     min_version = m.choice("min_version", ("1.2", "1.3"), "1.2")
+    crl = m.path("crl_file")
+    if crl is not None and ca is None:
+        m.error("crl_file", f"{m.where}.crl_file: needs client_ca_file (it lists revoked clients)")
     m.close()
     if cert is None or key is None:
         return None
-    return TLSConfig(cert, key, ca, client_auth, min_version)
+    config = TLSConfig(cert, key, ca, client_auth, min_version, crl)
+    try:
+        server_context(config)  # the files load together, now rather than in every worker
+    except CrlError as exc:
+        m.error("crl_file", f"{m.where}.crl_file: {exc}")
+    except (OSError, ssl.SSLError) as exc:
+        m.error(None, f"{m.where}: cannot load the certificate, key or client CAs: {exc}")
+    return config
 
 
 def _prefix_length(m: Mapping, key: str, default: int) -> int:

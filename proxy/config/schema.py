@@ -30,6 +30,8 @@ class TLSConfig:
     client_ca_file: Path | None = None
     client_auth: str = "optional"  # optional | require (only with client_ca_file)
     min_version: str = "1.2"
+    # PEM CRLs of the client CAs; a client certificate must be in a current one.
+    crl_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
