@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from proxy.gateway import Gateway, LocalEndpoint
 from proxy.http.facts import RequestFacts
 from proxy.http.protocol import HttpServer, RequestView
 from proxy.http.server import bind_socket, make_server, start_listener
-from proxy.http.tls import reload_certificates, server_context
+from proxy.http.tls import Listener
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.mtls import certificate_from_der
 from proxy.observability import metrics
@@ -147,10 +148,10 @@ async def serve(
             out["credentials"] = gateway.credentials.ready()
         return out
 
-    ssl_context = server_context(config.listen.tls) if config.listen.tls else None
     upgrades = make_server(gateway.handle, config.listen, audit)
     server = HttpServer(gateway.handle, config.listen, audit, upgrades)
-    listener = await start_listener(server, sock, ssl_context)
+    listener = Listener(functools.partial(start_listener, server), sock, config.listen.tls)
+    await listener.start()
 
     admin_runner: web.AppRunner | None = None
     if admin_in_process and config.admin is not None:
@@ -166,15 +167,16 @@ async def serve(
 
     def on_hangup() -> None:
         log.info("SIGHUP: reloading certificates and policies, reopening audit log")
-        if ssl_context is not None and config.listen.tls is not None:
-            reload_certificates(ssl_context, config.listen.tls)
         audit.reopen()
         for pool in pools.values():
             pool.reload_tls()
         # Parsing a large policy set takes seconds: never on the event loop.
-        future = asyncio.ensure_future(asyncio.to_thread(policies.reload))
-        reloads.add(future)
-        future.add_done_callback(reloads.discard)
+        for future in (
+            asyncio.ensure_future(listener.reload()),
+            asyncio.ensure_future(asyncio.to_thread(policies.reload)),
+        ):
+            reloads.add(future)
+            future.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     if reload_requested:

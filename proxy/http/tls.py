@@ -146,20 +146,3 @@ class Listener:
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
-
-
-def reload_certificates(ctx: ssl.SSLContext, config: TLSConfig) -> bool:
-    """Load the certificate files again into ``ctx``; keep the old ones on error."""
-    try:
-        # Validate into a scratch context first: a half-written key file must
-        # not leave the live context without a usable certificate.
-        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        probe.load_cert_chain(config.cert_file, config.key_file)
-        ctx.load_cert_chain(config.cert_file, config.key_file)
-        if config.client_ca_file is not None:
-            ctx.load_verify_locations(cafile=str(config.client_ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        log.error("tls: certificate reload failed, keeping the current one: %s", exc)
-        return False
-    log.info("tls: certificates reloaded")
-    return True
