@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ from proxy.http.devcert import dev_certificates
 from tests.support.gatehouse import Gatehouse, start_gatehouse
 from tests.support.upstream_app import app as upstream_app
 from tests.support.uvicorn_server import serve_asgi
+
+# Files the tests write (secrets, keys) are private to their owner, as an
+# operator's must be: gatehouse refuses key files other users can read
+# (proxy/config/keyfiles.py). Tests of that rule set modes explicitly.
+os.umask(0o077)
 
 
 @pytest.fixture(scope="session")

@@ -227,6 +227,11 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
     secret_mounts = [
         m["mountPath"] for m in c.get("volumeMounts", []) if "secret" in volumes[m["name"]]
     ]
+    secret_modes = {
+        m["mountPath"]: volumes[m["name"]]["secret"].get("defaultMode", 0o644)
+        for m in c.get("volumeMounts", [])
+        if "secret" in volumes[m["name"]]
+    }
 
     def reroot(text: str) -> str:
         for mount in secret_mounts:
@@ -261,6 +266,9 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
                 rotate_key_file(path)
             elif path.name == "state-key":
                 path.write_text(new_state_key() + "\n")
+            if path.exists():
+                # The kubelet gives Secret files the volume's defaultMode (0644 when unset).
+                path.chmod(secret_modes[mount])
     return config
 
 
