@@ -9,6 +9,7 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.config.keyfiles import check_key_file
 from proxy.config.reader import ConfigError, Mapping, Problems, load_document
 from proxy.config.schema import (
     Address,
@@ -58,6 +59,7 @@ def _tls(m: Mapping | None) -> TLSConfig | None:
         return None
     cert = m.path("cert_file", required=True)
     key = m.path("key_file", required=True)
+    check_key_file(m, "key_file", key)
     ca = m.path("client_ca_file")
     client_auth = m.choice("client_auth", ("optional", "require"), "optional")
     if client_auth == "require" and ca is None and m.has("client_auth"):

@@ -12,6 +12,7 @@ from typing import Literal
 
 import yaml
 
+from proxy.config.keyfiles import check_key_file, check_secret
 from proxy.config.reader import Mapping, SecretRef, node_kind
 
 PROVIDER_TYPES = ("static", "client_credentials", "azure", "gcp", "assertion", "token_exchange")
@@ -183,8 +184,8 @@ def _scopes(m: Mapping) -> tuple[str, ...]:
 def _client_auth(m: Mapping, *, allow_jwt: bool) -> tuple[str, SecretRef | None, SecretRef | None]:
     methods = CLIENT_AUTH_METHODS if allow_jwt else CLIENT_AUTH_METHODS[:2]
     method = m.choice("auth_method", methods, "client_secret_basic")
-    secret = m.secret("client_secret")
-    key = m.secret("private_key") if allow_jwt else None
+    secret = check_secret(m, "client_secret", m.secret("client_secret"))
+    key = check_secret(m, "private_key", m.secret("private_key")) if allow_jwt else None
     if method == "private_key_jwt":
         if key is None:
             m.error(None, f"{m.where}: private_key_jwt needs 'private_key_file: PATH' (PEM)")
@@ -199,7 +200,7 @@ def _client_auth(m: Mapping, *, allow_jwt: bool) -> tuple[str, SecretRef | None,
 
 
 def _static(m: Mapping, backend: str) -> StaticSpec | None:
-    value = m.secret("value", required=True)
+    value = check_secret(m, "value", m.secret("value", required=True))
     header = _header_name(m, "header", "Authorization")
     prefix = m.text("prefix", "")
     if value is None:
@@ -241,7 +242,9 @@ def _azure(m: Mapping, backend: str) -> AzureSpec | None:
     client_id = m.text("client_id", None, required=mode != "managed_identity")
     tenant_id = m.text("tenant_id", None, required=mode != "managed_identity")
     secret = m.secret("client_secret", required=mode == "client_secret")
+    check_secret(m, "client_secret", secret)
     cert = m.path("certificate_file", required=mode == "certificate")
+    check_key_file(m, "certificate_file", cert)  # PEM with the private key
     token_file = m.path("token_file", required=mode == "workload_identity", must_exist=False)
     authority = _url(m, "authority", required=False)
     ca = m.path("ca_bundle")
@@ -259,6 +262,7 @@ def _azure(m: Mapping, backend: str) -> AzureSpec | None:
 def _gcp(m: Mapping, backend: str) -> GcpSpec | None:
     audience = m.text("audience", None, required=True)
     key_file = m.path("service_account_key_file")
+    check_key_file(m, "service_account_key_file", key_file)
     mode = "service_account_key" if key_file is not None else "metadata"
     metadata_host = m.text("metadata_host", None)
     if key_file is not None and metadata_host is not None:
@@ -400,6 +404,7 @@ def parse_assertion_signing(m: Mapping | None) -> AssertionSigningConfig | None:
         lifetime = MAX_ASSERTION_LIFETIME
     if path is None:
         return None
+    check_key_file(m, "signing_keys_file", path)
     if path.exists():
         # Imported here so the config module stays free of crypto at import time.
         from proxy.credentials.signing import SigningKeyError, load_signing_keys

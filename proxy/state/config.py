@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.config.keyfiles import check_secret
 from proxy.config.reader import Mapping, SecretRef
 
 DEFAULT_PREFIX = "gatehouse:"
@@ -77,12 +78,12 @@ def parse_state(m: Mapping | None) -> StateConfig | None:
     url = m.text("redis_url", required=True)
     if url is not None:
         _check_url(m, url)
-    key = m.secret("encryption_key", required=True)
+    key = check_secret(m, "encryption_key", m.secret("encryption_key", required=True))
     prefix = m.text("key_prefix", DEFAULT_PREFIX)
     if not prefix or any(c.isspace() for c in prefix):
         m.error("key_prefix", f"{m.where}.key_prefix: must be non-empty without spaces")
     username = m.text("username")
-    password = m.secret("password")
+    password = check_secret(m, "password", m.secret("password"))
     ca_file = m.path("tls_ca_file")
     if ca_file is not None and url is not None and not url.startswith("rediss://"):
         m.error("tls_ca_file", f"{m.where}.tls_ca_file: only with a rediss:// URL")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -209,4 +210,53 @@ backends:
     assert found == [
         "7: backends.a.credentials.impersonate_service_account: expected a service account email",
         "12: backends.b.credentials.iam_endpoint: only used with impersonate_service_account",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("provider", "key"),
+    [
+        ("{type: static, value_file: F}", "value_file"),
+        ("{type: client_credentials, token_url: https://i.test/t, client_id: c, "
+         "client_secret_file: F}", "client_secret_file"),
+        ("{type: client_credentials, token_url: https://i.test/t, client_id: c, "
+         "auth_method: private_key_jwt, private_key_file: F}", "private_key_file"),
+        ("{type: token_exchange, token_url: https://i.test/t, client_id: c, "
+         "client_secret_file: F}", "client_secret_file"),
+        ("{type: azure, mode: client_secret, tenant_id: t, client_id: c, scope: s, "
+         "client_secret_file: F}", "client_secret_file"),
+        ("{type: azure, mode: certificate, tenant_id: t, client_id: c, scope: s, "
+         "certificate_file: F}", "certificate_file"),
+        ("{type: gcp, audience: https://fn.test, service_account_key_file: F}",
+         "service_account_key_file"),
+    ],
+)  # fmt: skip
+def test_a_secret_file_other_users_can_read_is_refused_at_its_line(
+    tmp_path: Path, provider: str, key: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n", encoding="utf-8")
+    text = f"backends:\n  a:\n    credentials: {provider.replace('F', str(secret))}\n"
+    secret.chmod(0o644)
+    assert problems(tmp_path, text) == [
+        f"3: backends.a.credentials.{key}: {secret} is accessible to every user "
+        "(mode 0644): chmod 600 it"
+    ]
+    os.chown(secret, 10001, 10001)
+    secret.chmod(0o640)  # a group may read a key only when root owns the file
+    [problem] = problems(tmp_path, text)
+    assert "is accessible to its group (mode 0640)" in problem
+    os.chown(secret, 0, 10001)  # a Kubernetes Secret volume: root:fsGroup, 0440
+    secret.chmod(0o440)
+    parse_backends(tmp_path, text)
+
+
+def test_a_group_readable_signing_key_file_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    rotate_key_file(keys)
+    os.chown(keys, 10001, 10001)
+    keys.chmod(0o640)
+    assert problems(tmp_path, f"assertions:\n  signing_keys_file: {keys}\n") == [
+        f"2: config.assertions.signing_keys_file: {keys} is accessible to its group "
+        "(mode 0640): chmod 600 it (a group may only read a key file that root owns)"
     ]

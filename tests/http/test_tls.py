@@ -213,3 +213,11 @@ def test_a_key_that_does_not_match_the_certificate_is_refused_at_start_up(
     assert problem.startswith(
         "3: config.listen.tls: cannot load the certificate, key or client CAs:"
     )
+
+
+def test_a_server_key_other_users_can_read_is_refused_at_start_up(pki: Pki, tmp_path: Path) -> None:
+    pki.server.key_file.chmod(0o644)
+    assert tls_problems(pki, tmp_path) == [
+        f"4: config.listen.tls.key_file: {pki.server.key_file} is accessible to every user "
+        "(mode 0644): chmod 600 it"
+    ]

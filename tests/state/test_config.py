@@ -129,3 +129,35 @@ def test_unix_socket_urls_are_accepted(tmp_path: Path) -> None:
         """,
     )
     assert config is not None and config.redis_url == "unix:///run/redis/redis.sock"
+
+
+def test_an_encryption_key_or_password_file_other_users_can_read_is_refused(
+    tmp_path: Path,
+) -> None:
+    for name in ("keys", "pw"):
+        (tmp_path / name).write_text("s3cr3t\n")
+    (tmp_path / "pw").chmod(0o604)
+    found = problems_of(
+        tmp_path,
+        """
+        state:
+          redis_url: redis://redis:6379/0
+          encryption_key_file: keys
+          password_file: pw
+        """,
+    )
+    assert found == [
+        f"{tmp_path / 'gatehouse.yaml'}:5: config.state.password_file: {tmp_path / 'pw'} "
+        "is accessible to every user (mode 0604): chmod 600 it"
+    ]
+    (tmp_path / "keys").chmod(0o644)
+    (tmp_path / "pw").chmod(0o600)
+    [problem] = problems_of(
+        tmp_path,
+        """
+        state:
+          redis_url: redis://redis:6379/0
+          encryption_key_file: keys
+        """,
+    )
+    assert ":4: config.state.encryption_key_file:" in problem
