@@ -137,8 +137,11 @@ def private_jwk(key: SigningKey) -> dict[str, str]:
 def rotate_key_file(path: Path, keep: int = 2) -> str:
     """Put a fresh key first in ``path`` (a JWK set), keeping ``keep`` older keys published.
 
-    Returns the new kid. Written to a temporary file and renamed, so a reader
-    never sees half a file.
+    Returns the new kid. Written to ``<file>.tmp`` and renamed, so a reader
+    never sees half a file. The temporary file is created new (``O_EXCL``),
+    never through a symlink (``O_NOFOLLOW``), and readable by its owner only
+    from the first byte: a leftover or planted ``.tmp`` is an error, not a
+    file to write private keys into.
     """
     existing: tuple[SigningKey, ...] = ()
     if path.exists():
@@ -147,8 +150,23 @@ def rotate_key_file(path: Path, keep: int = 2) -> str:
     key = SigningKey(thumbprint(new), new)
     keys = (key, *existing[:keep])
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"keys": [private_jwk(k) for k in keys]}, fh, indent=2)
-    tmp.replace(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileExistsError:
+        raise SigningKeyError(
+            f"{tmp} exists: another rotation is running, or one was interrupted "
+            "(check it, remove it, and rotate again)"
+        ) from None
+    except OSError as exc:
+        raise SigningKeyError(f"cannot create {tmp}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"keys": [private_jwk(k) for k in keys]}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before it replaces the only copy of the keys
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return key.kid

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,52 @@ def test_rotate_key_puts_a_new_key_first_and_keeps_the_previous_ones(
     doc = json.loads(keys.read_text(encoding="utf-8"))
     assert [k["kid"] for k in doc["keys"]] == [kids[3], kids[2], kids[1]]
     assert keys.stat().st_mode & 0o077 == 0  # private keys: owner only
+
+
+def rotate(keys: Path) -> int:
+    args = parser().parse_args(["credentials", "rotate-key", "--keys-file", str(keys)])
+    return int(args.func(args))
+
+
+def test_rotate_key_writes_the_keys_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    old = os.umask(0)
+    try:
+        assert rotate(keys) == 0
+        assert rotate(keys) == 0
+    finally:
+        os.umask(old)
+    assert keys.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "keys.json.tmp").exists()
+
+
+def test_rotate_key_never_writes_through_a_planted_tmp_symlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys.json"
+    assert rotate(keys) == 0
+    before = keys.read_bytes()
+    victim = tmp_path / "readable-by-all"
+    victim.write_text("x")
+    (tmp_path / "keys.json.tmp").symlink_to(victim)
+    capsys.readouterr()
+    assert rotate(keys) == 2
+    assert "keys.json.tmp exists: another rotation is running" in capsys.readouterr().err
+    assert victim.read_text() == "x"  # no private key written through the link
+    assert keys.read_bytes() == before
+
+
+def test_rotate_key_refuses_to_reuse_a_leftover_tmp_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys.json"
+    leftover = tmp_path / "keys.json.tmp"
+    leftover.write_text("half a rotation")
+    leftover.chmod(0o644)
+    assert rotate(keys) == 2
+    assert "interrupted" in capsys.readouterr().err
+    assert leftover.read_text() == "half a rotation"
+    assert not keys.exists()
 
 
 def _config(tmp_path: Path, oauth: OAuthServer, secret: Path) -> Path:
