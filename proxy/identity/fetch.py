@@ -65,7 +65,8 @@ def max_age(cache_control: str | None) -> float | None:
     return float(m.group(1)) if m else None
 
 
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+async def read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or FetchError once it exceeds MAX_RESPONSE_BYTES (never read whole)."""
     if response.content_length is not None and response.content_length > MAX_RESPONSE_BYTES:
         raise FetchError("response too large")
     body = bytearray()
@@ -79,7 +80,7 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
 async def _read_json(response: aiohttp.ClientResponse) -> Any:
     if response.status != 200:
         raise FetchError(f"HTTP {response.status}")
-    body = await _read_bounded(response)
+    body = await read_bounded(response)
     try:
         return loads(body)
     except StrictJSONError as exc:
@@ -121,7 +122,7 @@ async def post_form(
         async with session.post(
             url, data=form, timeout=TIMEOUT, allow_redirects=False, headers=headers
         ) as response:
-            body = await _read_bounded(response)
+            body = await read_bounded(response)
             try:
                 return response.status, loads(body)
             except StrictJSONError as exc:
