@@ -6,14 +6,18 @@ when they fetch, so rotated secret files are picked up without a reload.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 
 from proxy.config.keyfiles import check_key_file, check_secret
 from proxy.config.reader import Mapping, SecretRef, node_kind
+from proxy.identity.config import is_loopback_host, url_problem
 
 PROVIDER_TYPES = ("static", "client_credentials", "azure", "gcp", "assertion", "token_exchange")
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
@@ -21,6 +25,15 @@ AZURE_MODES = ("managed_identity", "client_secret", "certificate", "workload_ide
 GCP_MODES = ("metadata", "service_account_key")
 GCP_SEND_AS = ("auto", "authorization", "serverless")
 MAX_ASSERTION_LIFETIME = 300.0
+METADATA_HOSTNAMES = ("metadata.google.internal",)
+# Where azure-identity finds a managed-identity endpoint (App Service, Arc, Cloud
+# Shell, Azure ML, pod identity): each must pass platform_url_problem.
+AZURE_MANAGED_IDENTITY_ENV = (
+    "IDENTITY_ENDPOINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+)
 
 # RFC 8693 token type identifiers (names, not secrets).
 TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
@@ -164,13 +177,61 @@ def _header_name(m: Mapping, key: str, default: str) -> str:
 
 
 def _url(m: Mapping, key: str, *, required: bool) -> str | None:
+    """An endpoint that receives client secrets or returns tokens: HTTPS (HTTP on loopback)."""
     value = m.text(key, None, required=required)
     if value is None:
         return None
-    if not value.startswith(("https://", "http://")):
-        m.error(key, f"{m.where}.{key}: expected an http(s) URL, got {value!r}")
+    problem = url_problem(value)
+    if problem:
+        m.error(key, f"{m.where}.{key} {problem}")
         return None
     return value
+
+
+def _is_metadata_address(host: str) -> bool:
+    """Where instance metadata services listen: loopback or link-local (169.254.169.254)."""
+    if is_loopback_host(host) or host.lower().rstrip(".") in METADATA_HOSTNAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_link_local
+    except ValueError:
+        return False
+
+
+def platform_url_problem(url: str) -> str | None:
+    """Why ``url`` is not acceptable for a platform's managed-identity endpoint.
+
+    Those endpoints (GCE metadata, Azure IMDS and App Service) speak plain HTTP
+    by design and are reachable only from the instance, on a link-local or
+    loopback address: plain HTTP is accepted there, and elsewhere only HTTPS.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme != "http":
+        return url_problem(url)
+    if not parts.hostname or not _is_metadata_address(parts.hostname):
+        return (
+            "must use https:// (plain http only to the metadata server: "
+            "a link-local or loopback address, or metadata.google.internal)"
+        )
+    if parts.fragment or parts.username or parts.password:
+        return "must not carry credentials or a fragment"
+    return None
+
+
+def _platform_env(m: Mapping, names: tuple[str, ...], *, host_only: bool = False) -> None:
+    """Report platform endpoint variables (read by us or the cloud SDK) that break the rule."""
+    for name in names:
+        value = os.environ.get(name)
+        if not value:
+            continue
+        url = f"http://{value}" if host_only or "://" not in value else value
+        problem = platform_url_problem(url)
+        if problem:
+            m.error(None, f"{m.where}: environment {name}={value!r} {problem}")
 
 
 def _scopes(m: Mapping) -> tuple[str, ...]:
@@ -251,6 +312,8 @@ def _azure(m: Mapping, backend: str) -> AzureSpec | None:
     header = _header_name(m, "header", "Authorization")
     if mode == "managed_identity" and authority is not None:
         m.error("authority", f"{m.where}.authority: managed identity takes no authority")
+    if mode == "managed_identity":
+        _platform_env(m, AZURE_MANAGED_IDENTITY_ENV)
     if scope is None:
         return None
     return AzureSpec(
@@ -267,6 +330,12 @@ def _gcp(m: Mapping, backend: str) -> GcpSpec | None:
     metadata_host = m.text("metadata_host", None)
     if key_file is not None and metadata_host is not None:
         m.error("metadata_host", f"{m.where}: a key file and a metadata host exclude each other")
+    elif metadata_host is not None:
+        problem = platform_url_problem(f"http://{metadata_host}")
+        if problem:
+            m.error("metadata_host", f"{m.where}.metadata_host {problem}")
+    elif key_file is None:
+        _platform_env(m, ("GCE_METADATA_HOST",), host_only=True)
     send_as = m.choice("send_as", GCP_SEND_AS, "auto")
     impersonate = m.text("impersonate_service_account", None)
     if impersonate is not None and "@" not in impersonate:

@@ -260,3 +260,105 @@ def test_a_group_readable_signing_key_file_is_refused(tmp_path: Path) -> None:
         f"2: config.assertions.signing_keys_file: {keys} is accessible to its group "
         "(mode 0640): chmod 600 it (a group may only read a key file that root owns)"
     ]
+
+
+def test_endpoints_that_receive_secrets_or_return_tokens_must_be_https_off_loopback(
+    tmp_path: Path,
+) -> None:
+    found = problems(
+        tmp_path,
+        """
+backends:
+  cc:
+    credentials: {type: client_credentials, token_url: "http://idp.test/token", client_id: c,
+                  client_secret: env:S}
+  te:
+    credentials: {type: token_exchange, token_url: "http://10.0.0.5/token", client_id: c,
+                  client_secret: env:S}
+  az:
+    credentials: {type: azure, mode: client_secret, tenant_id: t, client_id: c, scope: s,
+                  client_secret: env:S, authority: "http://login.test"}
+  gcp:
+    credentials: {type: gcp, audience: "https://fn.test", impersonate_service_account: a@b.c,
+                  iam_endpoint: "http://iam.test", metadata_host: 127.0.0.1:8080}
+""",
+    )
+    https_only = "must use https:// (plain http is only allowed for loopback addresses)"
+    assert found == [
+        f"4: backends.cc.credentials.token_url {https_only}",
+        f"7: backends.te.credentials.token_url {https_only}",
+        f"11: backends.az.credentials.authority {https_only}",
+        f"14: backends.gcp.credentials.iam_endpoint {https_only}",
+    ]
+    specs, _ = parse_backends(
+        tmp_path,
+        """
+backends:
+  cc:
+    credentials: {type: client_credentials, token_url: "http://127.0.0.1:8080/token",
+                  client_id: c, client_secret: env:S}
+""",
+    )
+    assert isinstance(specs["cc"][0], ClientCredentialsSpec)
+
+
+@pytest.mark.parametrize(
+    ("host", "accepted"),
+    [
+        ("metadata.google.internal", True),
+        ("169.254.169.254", True),
+        ("127.0.0.1:8080", True),
+        ("[fe80::1]:80", True),
+        ("metadata.example.com", False),
+        ("10.0.0.1", False),
+    ],
+)
+def test_plain_http_metadata_hosts_are_only_link_local_loopback_or_googles_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, accepted: bool
+) -> None:
+    config = f"""
+backends:
+  fn:
+    credentials: {{type: gcp, audience: "https://fn.test", metadata_host: "{host}"}}
+"""
+    rule = (
+        "must use https:// (plain http only to the metadata server: "
+        "a link-local or loopback address, or metadata.google.internal)"
+    )
+    if accepted:
+        parse_backends(tmp_path, config)
+    else:
+        assert problems(tmp_path, config) == [f"4: backends.fn.credentials.metadata_host {rule}"]
+    # The same rule for the environment variable google-auth and gatehouse honour.
+    monkeypatch.setenv("GCE_METADATA_HOST", host)
+    config = 'backends:\n  fn:\n    credentials: {type: gcp, audience: "https://fn.test"}\n'
+    if accepted:
+        parse_backends(tmp_path, config)
+    else:
+        assert problems(tmp_path, config) == [
+            f"3: backends.fn.credentials: environment GCE_METADATA_HOST={host!r} {rule}"
+        ]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "accepted"),
+    [
+        ("http://169.254.255.2:8081/msi/token", True),  # App Service for containers
+        ("http://localhost:42356/msi/token", True),  # App Service
+        ("https://10.0.0.4:2377/metadata/identity/oauth2/token", True),  # Service Fabric
+        ("http://identity.example.com/msi/token", False),
+    ],
+)
+def test_azure_managed_identity_endpoints_follow_the_metadata_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, accepted: bool
+) -> None:
+    monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint)
+    config = "backends:\n  app:\n    credentials: {type: azure, app_id: a}\n"
+    if accepted:
+        parse_backends(tmp_path, config)
+    else:
+        [problem] = problems(tmp_path, config)
+        assert problem.startswith(
+            f"3: backends.app.credentials: environment IDENTITY_ENDPOINT={endpoint!r} "
+            "must use https://"
+        )
