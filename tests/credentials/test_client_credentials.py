@@ -156,3 +156,32 @@ backends:
             await broker.headers("app", route(), None)
     finally:
         await broker.close()
+
+
+async def test_a_token_response_over_1_mib_fails_the_fetch_without_being_read_whole(
+    oauth: OAuthServer, secret_file: Path, tmp_path: Path
+) -> None:
+    specs, _ = parse_backends(
+        tmp_path,
+        f"""
+backends:
+  app:
+    credentials:
+      type: client_credentials
+      token_url: {oauth.token_url}
+      client_id: gh-client
+      client_secret_file: {secret_file}
+""",
+    )
+    oauth.padding = 1000  # padded, the answer is still a good token response
+    broker = await make_broker(specs)
+    try:
+        ((_, value),) = await broker.headers("app", route(), None)
+        assert value.startswith("Bearer ")
+        oauth.padding = 2 * 2**20  # streamed without Content-Length
+        broker.invalidate("app", None)
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("app", route(), None)
+    finally:
+        await broker.close()
+    assert "token endpoint: response too large" in err.value.detail

@@ -173,3 +173,42 @@ async def test_impersonation_mints_an_id_token_for_the_target_account(
     status, body = await call(function, headers)
     assert status == 200, body
     assert target.encode() in body
+
+
+async def test_a_metadata_answer_over_1_mib_fails_the_fetch(
+    google: GooglePeer, tmp_path: Path
+) -> None:
+    broker = await _broker(tmp_path, f"      metadata_host: {google.host}\n")
+    google.padding = 1000  # whitespace after the token: still a good answer
+    try:
+        assert "Authorization" in dict(await broker.headers("fn", route("fn"), None))
+        google.padding = 2 * 2**20
+        broker.invalidate("fn", None)
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("fn", route("fn"), None)
+    finally:
+        await broker.close()
+    assert "metadata server: response too large" in err.value.detail
+
+
+async def test_an_iam_answer_over_1_mib_fails_the_impersonation(
+    google: GooglePeer, tmp_path: Path
+) -> None:
+    target = "fn-invoker@test-project.iam.gserviceaccount.com"
+    google.token_creators[target] = {SA}
+    key_file = google.service_account_key_file(tmp_path, SA)
+    broker = await _broker(
+        tmp_path,
+        f"      service_account_key_file: {key_file}\n"
+        f"      impersonate_service_account: {target}\n      iam_endpoint: {google.url}\n",
+    )
+    google.padding = 1000
+    try:
+        assert "Authorization" in dict(await broker.headers("fn", route("fn"), None))
+        google.padding = 2 * 2**20
+        broker.invalidate("fn", None)
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers("fn", route("fn"), None)
+    finally:
+        await broker.close()
+    assert "IAM credentials API: response too large" in err.value.detail

@@ -26,6 +26,7 @@ from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import GcpSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer
 from proxy.credentials.providers.oauth import jwt_expiry
+from proxy.identity.fetch import FetchError, read_bounded
 from proxy.identity.model import Identity
 from proxy.policy.model import Route
 
@@ -149,7 +150,9 @@ class GcpProvider(FetchingProvider):
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                body = await resp.json(content_type=None) if status == 200 else None
+                body = json.loads(await read_bounded(resp)) if status == 200 else None
+        except FetchError as exc:
+            raise CredentialFetchError(f"IAM credentials API: {exc}") from None
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             raise CredentialFetchError(
                 f"IAM credentials API failed ({type(exc).__name__})"
@@ -172,9 +175,11 @@ class GcpProvider(FetchingProvider):
                 timeout=METADATA_TIMEOUT,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.text()
+                body = (await read_bounded(resp)).decode("utf-8", "replace")
                 status = resp.status
                 flavor = resp.headers.get("Metadata-Flavor")
+        except FetchError as exc:
+            raise CredentialFetchError(f"metadata server: {exc}") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise CredentialFetchError(
                 f"metadata server unreachable ({type(exc).__name__})"

@@ -14,6 +14,7 @@ import aiohttp
 
 from proxy.config.reader import SecretRef
 from proxy.credentials.cache import CredentialFetchError
+from proxy.identity.fetch import FetchError, read_bounded
 
 TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=10)
 DEFAULT_LIFETIME = 300.0
@@ -94,8 +95,10 @@ async def token_request(
             timeout=TOKEN_TIMEOUT,
             allow_redirects=False,
         ) as resp:
-            raw = await resp.read()
+            raw = await read_bounded(resp)
             status = resp.status
+    except FetchError as exc:
+        raise CredentialFetchError(f"{what}: {exc}") from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise CredentialFetchError(f"{what} unreachable ({type(exc).__name__})") from None
     try:

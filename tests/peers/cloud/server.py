@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,9 @@ class PeerServer:
         self.attempts: Counter[str] = Counter()
         self.down = False
         self.delay = 0.0
+        # > 0: every answer grows by this many bytes of padding (a JSON member, or
+        # whitespace after a text body) and is sent chunked, without Content-Length.
+        self.padding = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -35,7 +39,29 @@ class PeerServer:
             return web.json_response({"error": "temporarily_unavailable"}, status=503)
         if self.delay:
             await asyncio.sleep(self.delay)
-        return await handler(request)
+        response = await handler(request)
+        if self.padding and isinstance(response, web.Response) and response.body is not None:
+            return await self._padded(request, response)
+        return response
+
+    async def _padded(self, request: web.Request, response: web.Response) -> web.StreamResponse:
+        """The same answer, still valid, made ``padding`` bytes larger."""
+        assert isinstance(response.body, bytes)
+        body = response.body
+        if response.content_type == "application/json":
+            document = json.loads(body)
+            document["padding"] = "x" * self.padding
+            body = json.dumps(document).encode()
+        else:
+            body += b" " * self.padding  # a token in a text body is read stripped
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        padded = web.StreamResponse(status=response.status, headers=headers)
+        padded.enable_chunked_encoding()
+        await padded.prepare(request)
+        for start in range(0, len(body), 64 * 1024):
+            await padded.write(body[start : start + 64 * 1024])
+        await padded.write_eof()
+        return padded
 
     def count(self, name: str) -> None:
         self.calls[name] += 1
