@@ -65,6 +65,8 @@ class StateClient:
             options["password"] = cfg.password.read()
         if cfg.tls_ca_file is not None:
             options["ssl_ca_certs"] = str(cfg.tls_ca_file)
+        if cfg.redis_url.startswith("rediss://"):
+            options["ssl_check_hostname"] = True  # redis-py 5 (our floor) defaults to False
         self.redis: Redis = Redis.from_url(cfg.redis_url, **options)
         self._up = False
         self._known = False
