@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -285,18 +287,40 @@ class AuditWriter:
         self._broken("write failed on", error)
 
     def _write_all(self, data: bytes) -> tuple[int, OSError | None]:
-        """Bytes written, and the error that stopped the write (regular files may write short)."""
+        """Bytes written, and the error that stopped the write.
+
+        Regular files may write short; a non-blocking stdout pipe (shared with a
+        log collector that set O_NONBLOCK) may be full for a moment: both are
+        waited out, and only an output that makes no progress for
+        ``RETRY_EVERY`` counts as broken.
+        """
         stream = self._stream
         assert stream is not None
         view = memoryview(data)
         done = 0
+        waited = False  # a wait that did not lead to progress means the output is stuck
         try:
             while done < len(data):
-                done += stream.write(view[done:]) or 0
-            stream.flush()
+                try:
+                    written = stream.write(view[done:])
+                except BlockingIOError as exc:
+                    written = exc.characters_written
+                if written:
+                    done += written
+                    waited = False
+                elif waited or not _writable_soon(stream):
+                    return done, BlockingIOError(errno.EAGAIN, "output full")
+                else:
+                    waited = True
+            while True:
+                try:
+                    stream.flush()
+                    return done, None
+                except BlockingIOError:
+                    if not _writable_soon(stream):
+                        return done, BlockingIOError(errno.EAGAIN, "output full")
         except OSError as exc:
             return done, exc
-        return done, None
 
     def _broken(self, what: str, exc: OSError) -> None:
         if self.writable:
@@ -352,6 +376,12 @@ class AuditWriter:
         elif stream is not None:
             with contextlib.suppress(OSError):
                 stream.flush()
+
+
+def _writable_soon(stream: IO[bytes]) -> bool:
+    """Whether ``stream`` can take more bytes within ``RETRY_EVERY`` seconds."""
+    _, ready, _ = select.select([], [stream.fileno()], [], RETRY_EVERY)
+    return bool(ready)
 
 
 def _encode_batch(records: list[AuditRecord]) -> bytes:

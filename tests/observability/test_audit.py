@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +24,7 @@ from proxy.config.reader import ConfigError
 from proxy.config.schema import AuditConfig
 from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter
 from tests.conftest import GatehouseFactory
-from tests.support.gatehouse import Gatehouse, public_route
+from tests.support.gatehouse import REPO, Gatehouse, public_route
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -338,3 +342,41 @@ def test_an_audit_buffer_below_64kib_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(audit_config(tmp_path, "  max_buffer: 4KiB\n"))
     assert "gatehouse.yaml:2: audit.max_buffer: must be at least 64KiB" in str(info.value)
+
+
+def test_a_full_non_blocking_stdout_pipe_is_waited_out_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    # A log collector that set O_NONBLOCK on the pipe it shares with gatehouse's
+    # stdout, and reads slowly: the writer sees EAGAIN, which is not a failure.
+    child = (
+        "import time\n"
+        "from proxy.observability.audit import AuditRecord, AuditWriter\n"
+        "w = AuditWriter('stdout')\n"
+        "for i in range(3000):\n"
+        "    w.write(AuditRecord(ts=time.time(), request_id=f'r{i}', path='/' + 'x' * 200))\n"
+        "w.close()\n"
+        "assert w.writable\n"
+    )
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    process = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=write_end, stderr=subprocess.PIPE, cwd=REPO
+    )
+    os.close(write_end)
+    # Read nothing until the pipe is full: the writer is then meeting EAGAIN.
+    eventually(lambda: _pending(read_end) >= 60 * 1024, timeout=20)
+    out = b""
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            out += chunk
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err.decode()
+    ids = [json.loads(line)["request_id"] for line in out.splitlines()]
+    assert ids == [f"r{i}" for i in range(3000)]
+    assert b"audit:" not in err
+
+
+def _pending(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), sys.byteorder)
