@@ -24,9 +24,11 @@ from proxy.credentials.config import (
     parse_assertion_signing,
     parse_credentials,
 )
+from proxy.errors import UpstreamCredentialsUnavailable
 from proxy.identity.model import Identity
 from proxy.policy.model import Route
 from tests.peers.cloud.oauth import OAuthServer
+from tests.peers.cloud.server import PeerServer
 from tests.support.config import backends_of, parse_yaml
 from tests.support.net import free_port
 
@@ -91,6 +93,21 @@ async def make_broker(
     broker = CredentialBroker(specs, signing, public_url, cache=cache)
     await broker.start()
     return broker
+
+
+async def refused_once_oversized(broker: CredentialBroker, peer: PeerServer, backend: str) -> str:
+    """Fetch with ``peer``'s answers padded by 1000 bytes (accepted), then by 2 MiB: the
+    refusal's detail. The padded answer stays valid, so only the size bound can refuse it."""
+    try:
+        peer.padding = 1000
+        assert await broker.headers(backend, route(backend), None)
+        peer.padding = 2 * 2**20  # streamed chunked, without Content-Length
+        broker.invalidate(backend, None)
+        with pytest.raises(UpstreamCredentialsUnavailable) as err:
+            await broker.headers(backend, route(backend), None)
+    finally:
+        await broker.close()
+    return err.value.detail
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

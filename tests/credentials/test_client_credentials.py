@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.errors import UpstreamCredentialsUnavailable
-from tests.credentials.conftest import make_broker, parse_backends, route
+from tests.credentials.conftest import make_broker, parse_backends, refused_once_oversized, route
 from tests.peers.cloud.oauth import OAuthServer
 from tests.peers.oidc_provider import CI_CLIENT, RESOURCE, OidcProvider, oidc_provider
 
@@ -163,25 +163,9 @@ async def test_a_token_response_over_1_mib_fails_the_fetch_without_being_read_wh
 ) -> None:
     specs, _ = parse_backends(
         tmp_path,
-        f"""
-backends:
-  app:
-    credentials:
-      type: client_credentials
-      token_url: {oauth.token_url}
-      client_id: gh-client
-      client_secret_file: {secret_file}
-""",
+        f"backends:\n  app:\n    credentials: {{type: client_credentials, "
+        f"token_url: '{oauth.token_url}', client_id: gh-client, "
+        f"client_secret_file: '{secret_file}'}}\n",
     )
-    oauth.padding = 1000  # padded, the answer is still a good token response
-    broker = await make_broker(specs)
-    try:
-        ((_, value),) = await broker.headers("app", route(), None)
-        assert value.startswith("Bearer ")
-        oauth.padding = 2 * 2**20  # streamed without Content-Length
-        broker.invalidate("app", None)
-        with pytest.raises(UpstreamCredentialsUnavailable) as err:
-            await broker.headers("app", route(), None)
-    finally:
-        await broker.close()
-    assert "token endpoint: response too large" in err.value.detail
+    detail = await refused_once_oversized(await make_broker(specs), oauth, "app")
+    assert "token endpoint: response too large" in detail

@@ -14,7 +14,14 @@ from aiohttp import web
 
 from proxy.credentials.broker import CredentialBroker
 from proxy.errors import UpstreamCredentialsUnavailable
-from tests.credentials.conftest import EXAMPLES, make_broker, parse_backends, route, run_function
+from tests.credentials.conftest import (
+    EXAMPLES,
+    make_broker,
+    parse_backends,
+    refused_once_oversized,
+    route,
+    run_function,
+)
 from tests.peers.cloud.google import GOOGLE_ISSUER, METADATA_SA, GooglePeer
 from tests.peers.cloud.server import PeerServer
 
@@ -179,16 +186,8 @@ async def test_a_metadata_answer_over_1_mib_fails_the_fetch(
     google: GooglePeer, tmp_path: Path
 ) -> None:
     broker = await _broker(tmp_path, f"      metadata_host: {google.host}\n")
-    google.padding = 1000  # whitespace after the token: still a good answer
-    try:
-        assert "Authorization" in dict(await broker.headers("fn", route("fn"), None))
-        google.padding = 2 * 2**20
-        broker.invalidate("fn", None)
-        with pytest.raises(UpstreamCredentialsUnavailable) as err:
-            await broker.headers("fn", route("fn"), None)
-    finally:
-        await broker.close()
-    assert "metadata server: response too large" in err.value.detail
+    detail = await refused_once_oversized(broker, google, "fn")
+    assert "metadata server: response too large" in detail
 
 
 async def test_an_iam_answer_over_1_mib_fails_the_impersonation(
@@ -202,13 +201,5 @@ async def test_an_iam_answer_over_1_mib_fails_the_impersonation(
         f"      service_account_key_file: {key_file}\n"
         f"      impersonate_service_account: {target}\n      iam_endpoint: {google.url}\n",
     )
-    google.padding = 1000
-    try:
-        assert "Authorization" in dict(await broker.headers("fn", route("fn"), None))
-        google.padding = 2 * 2**20
-        broker.invalidate("fn", None)
-        with pytest.raises(UpstreamCredentialsUnavailable) as err:
-            await broker.headers("fn", route("fn"), None)
-    finally:
-        await broker.close()
-    assert "IAM credentials API: response too large" in err.value.detail
+    detail = await refused_once_oversized(broker, google, "fn")
+    assert "IAM credentials API: response too large" in detail

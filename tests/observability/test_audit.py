@@ -92,18 +92,26 @@ def test_reopen_follows_logrotate(tmp_path: Path) -> None:
     assert [r["request_id"] for r in lines(path)] == ["after"]
 
 
-async def test_sighup_reopens_the_audit_file_of_a_running_proxy(
+async def rotated_after_one_request(
     gatehouse: GatehouseFactory, upstream_url: str
-) -> None:
+) -> tuple[Gatehouse, Path]:
+    """A running gatehouse whose audit file, holding one record, was just renamed away."""
     gh = gatehouse(
         backends={"up": {"urls": [upstream_url]}}, routes=[public_route("all", "/", "up")]
     )
+    async with aiohttp.ClientSession() as s, s.get(gh.url + "/echo") as r:
+        assert r.status == 200
+    assert len(gh.wait_audit(1)) == 1
+    rotated = gh.audit_path.with_suffix(".jsonl.1")
+    gh.audit_path.rename(rotated)
+    return gh, rotated
+
+
+async def test_sighup_reopens_the_audit_file_of_a_running_proxy(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    gh, rotated = await rotated_after_one_request(gatehouse, upstream_url)
     async with aiohttp.ClientSession() as s:
-        async with s.get(gh.url + "/echo") as r:
-            assert r.status == 200
-        gh.wait_audit(1)
-        rotated = gh.audit_path.with_suffix(".jsonl.1")
-        gh.audit_path.rename(rotated)
         gh.signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while not gh.audit_path.exists():
@@ -229,15 +237,8 @@ async def until_ready(gh: Gatehouse, ready: bool, timeout: float = 10.0) -> dict
 async def test_an_unopenable_audit_file_turns_readiness_false_and_requests_503_until_fixed(
     gatehouse: GatehouseFactory, upstream_url: str
 ) -> None:
-    gh = gatehouse(
-        backends={"up": {"urls": [upstream_url]}}, routes=[public_route("all", "/", "up")]
-    )
+    gh, rotated = await rotated_after_one_request(gatehouse, upstream_url)
     async with aiohttp.ClientSession() as s:
-        async with s.get(gh.url + "/echo") as r:
-            assert r.status == 200
-        assert len(gh.wait_audit(1)) == 1
-        rotated = gh.audit_path.with_suffix(".jsonl.1")
-        gh.audit_path.rename(rotated)
         gh.audit_path.mkdir()  # what logrotate can never open, even as root
         gh.signal(signal.SIGHUP)
         checks = await until_ready(gh, False)
