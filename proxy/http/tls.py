@@ -126,8 +126,18 @@ class Listener:
                 log.error("tls: reload failed, keeping the current certificates: %s", exc)
                 return False
             # The duplicate shares the kernel socket: both servers accept from
-            # the same queue until the old one is closed.
-            server = await self._start(self._sock.dup(), context)
+            # the same queue until the old one is closed, which closes its own
+            # descriptor (so the next reload duplicates the new one).
+            sock: socket.socket | None = None
+            try:
+                sock = self._sock.dup()
+                server = await self._start(sock, context)
+            except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                log.error("tls: reload failed, keeping the current listener: %s", exc)
+                return False
+            self._sock = sock
             old, self._server = self._server, server
             if old is not None:
                 old.close()  # its open connections carry on; the drain waits for them

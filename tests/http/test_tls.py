@@ -123,6 +123,10 @@ def test_a_client_ca_removed_before_sighup_is_refused_even_resuming_an_earlier_s
         resumed = https_get(gh.port, ctx, session)
         assert (resumed.status, resumed.reused) == (None, False)
     assert https_get(gh.port, ours).status == 200
+    # Every reload starts afresh: the CA put back is trusted again.
+    bundle.write_bytes(pki.ca.cert_file.read_bytes() + pki.partner_ca.cert_file.read_bytes())
+    gh.signal(signal.SIGHUP)
+    eventually(lambda: https_get(gh.port, partner).status == 200)
     assert gh.process.poll() is None
 
 
