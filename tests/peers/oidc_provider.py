@@ -3,6 +3,13 @@
 Keys are generated here and handed to the provider, so a test knows the
 private keys (to mint hostile tokens with a valid signature) and can rotate
 them by restarting the provider on the same port with a different key set.
+
+Accounts are ``{id: {email, name, groups, claims, amr, acr, groups_overage}}``:
+``claims`` are extra ID token claims (released with the ``profile`` scope),
+``amr``/``acr`` are recorded at login, and ``groups_overage`` replaces the
+groups claim by Entra ID's ``_claim_names`` pointer. Provider options used by
+tests: ``access_token_ttl``, ``id_token_ttl``, ``rotate_refresh_tokens``,
+``issue_refresh_tokens``, ``omit_id_token_on_refresh``, ``refresh_delay_ms``.
 """
 
 from __future__ import annotations
@@ -170,6 +177,12 @@ class OidcProvider:
     @property
     def jwks_uri(self) -> str:
         return f"{self.issuer}/jwks"
+
+    def token_requests(self) -> dict[str, int]:
+        """How many token requests the provider answered, by grant type."""
+        with urllib.request.urlopen(f"{self.issuer}/test/token-requests", timeout=5) as response:
+            counts: dict[str, int] = json.loads(response.read())
+        return counts
 
     def client_credentials_token(self, client: dict[str, str] | None = None) -> str:
         """An access token from the client-credentials grant (JWT for svc-ci)."""

@@ -17,15 +17,31 @@ const accounts = config.accounts ?? {};
 const clientGroups = config.client_groups ?? {};
 const resource = config.resource ?? 'urn:gatehouse:api';
 
+// Claims beyond the standard ones (tid, department...) that some accounts carry:
+// released with the profile scope, like most IdPs put tenant and profile data.
+const extraClaimNames = [...new Set(
+  Object.values(accounts).flatMap((account) => Object.keys(account.claims ?? {})),
+)];
+
 function accountClaims(id) {
   const account = accounts[id] ?? {};
-  return {
+  const claims = {
     sub: id,
     email: account.email ?? `${id}@example.test`,
     email_verified: true,
     name: account.name ?? id,
     groups: account.groups ?? [],
+    ...(account.claims ?? {}),
   };
+  if (account.groups_overage) {
+    // Entra ID past 200 groups: no groups claim, a pointer to Graph instead.
+    delete claims.groups;
+    claims._claim_names = { groups: 'src1' };
+    claims._claim_sources = {
+      src1: { endpoint: `https://graph.example.test/v1.0/users/${id}/getMemberObjects` },
+    };
+  }
+  return claims;
 }
 
 function build(issuer) {
@@ -35,9 +51,10 @@ function build(issuer) {
     cookies: { keys: ['gatehouse-test-provider-cookie-key'] },
     scopes: ['openid', 'offline_access', 'email', 'profile', 'groups', 'api:read'],
     claims: {
-      openid: ['sub'],
+      // How and when the user logged in, in every ID token as most IdPs do.
+      openid: ['sub', 'amr', 'acr', 'auth_time'],
       email: ['email', 'email_verified'],
-      profile: ['name'],
+      profile: ['name', ...extraClaimNames],
       groups: ['groups'],
     },
     // Put the requested claims into the ID token itself, as most IdPs do.
@@ -68,12 +85,14 @@ function build(issuer) {
         accountId: ctx.oidc.session.accountId,
       });
       grant.addOIDCScope(ctx.oidc.params.scope ?? 'openid');
-      grant.addOIDCClaims(['sub', 'email', 'email_verified', 'name', 'groups']);
+      grant.addOIDCClaims(['sub', 'email', 'email_verified', 'name', 'groups', ...extraClaimNames]);
       grant.addResourceScope(resource, 'api:read');
       await grant.save();
       return grant;
     },
-    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    // Tests opt out of refresh tokens (an IdP that issues none for the default scopes).
+    issueRefreshToken: async (ctx, client) => config.issue_refresh_tokens !== false
+      && client.grantTypeAllowed('refresh_token'),
     rotateRefreshToken: () => config.rotate_refresh_tokens !== false,
     pkce: { required: () => true },
     ttl: {
@@ -124,6 +143,45 @@ function build(issuer) {
       }
     });
   }
+  // Slow refresh answers (the token is spent at once, the answer comes late), so
+  // tests can race a logout or a second replica against a refresh in flight.
+  if (config.refresh_delay_ms) {
+    provider.use(async (ctx, next) => {
+      await next();
+      if (ctx.path === '/token' && ctx.oidc?.params?.grant_type === 'refresh_token') {
+        await new Promise((resolve) => { setTimeout(resolve, config.refresh_delay_ms); });
+      }
+    });
+  }
+
+  // Counts of token requests by grant type, for tests that must see how often
+  // a refresh token was spent.
+  const tokenRequests = {};
+  provider.use(async (ctx, next) => {
+    if (ctx.path === '/test/token-requests') {
+      ctx.body = tokenRequests;
+      return;
+    }
+    await next();
+    const grant = ctx.path === '/token' ? ctx.oidc?.params?.grant_type : undefined;
+    if (grant) {
+      tokenRequests[grant] = (tokenRequests[grant] ?? 0) + 1;
+    }
+  });
+
+  // Accounts may log in with multi-factor methods (amr) and an assurance level
+  // (acr); the dev login form has no such step, so they are set here.
+  const finished = provider.interactionFinished.bind(provider);
+  provider.interactionFinished = async (req, res, result, options) => {
+    const account = result.login ? accounts[result.login.accountId] : undefined;
+    if (account?.amr) {
+      result.login.amr = account.amr;
+    }
+    if (account?.acr) {
+      result.login.acr = account.acr;
+    }
+    return finished(req, res, result, options);
+  };
   return provider;
 }
 
