@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from proxy.errors import AuthenticationError
 from proxy.identity.config import HMAC_ALGORITHMS, IssuerConfig, normalise_type
 from proxy.identity.model import AuthMethod, Identity
+from proxy.identity.overage import overage_claims
 from proxy.identity.strict_json import StrictJSONError, loads
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
@@ -377,6 +378,7 @@ def identity_from_claims(
         scopes=frozenset(scopes),
         claims=MappingProxyType(dict(claims)),
         expires_at=float(exp) if isinstance(exp, int | float) else None,
+        unknown_claims=overage_claims(claims, cfg.claims.groups),
         token=token,
     )
 
