@@ -59,7 +59,7 @@ from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import ClientCertificate, Identity
 from proxy.observability import metrics
-from proxy.observability.audit import AuditRecord, AuditWriter
+from proxy.observability.audit import ENDPOINT_OUTCOME, AuditRecord, AuditWriter
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.model import Route
 from proxy.policy.store import PolicyStore
@@ -240,6 +240,9 @@ class Gateway:
                 if local is not None:
                     record.decision = "allow"
                     record.reason = "gatehouse_endpoint"
+                    outcome = local.get(ENDPOINT_OUTCOME)
+                    if outcome is not None:
+                        outcome.apply(record)  # login/logout: who, and how it went
                     local.headers["X-Request-Id"] = rid
                     return local
 

@@ -35,9 +35,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 import orjson
+from aiohttp import web
 
 from proxy.observability import metrics
 
@@ -96,6 +97,30 @@ class AuditRecord:
     policy_version: str | None = None
     # Reasons of ``mode: audit`` rules that fired: what they would have decided.
     dry_run: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointOutcome:
+    """What an endpoint of the proxy's own tells its request's audit record: who
+    logged in or out, or why the login failed."""
+
+    reason: str
+    decision: Literal["allow", "deny"] = "allow"
+    subject: str | None = None
+    issuer: str | None = None
+    auth: str | None = None
+
+    def apply(self, record: AuditRecord) -> None:
+        record.reason = self.reason
+        record.decision = self.decision
+        record.subject = self.subject
+        record.issuer = self.issuer
+        record.auth = self.auth
+
+
+# Where one of the proxy's own endpoints (login callback, logout) leaves its
+# EndpointOutcome on the response it returns, for the gateway's audit record.
+ENDPOINT_OUTCOME = web.ResponseKey("gatehouse.outcome", EndpointOutcome)
 
 
 _REOPEN = object()
