@@ -48,8 +48,7 @@ from proxy.config.schema import ListenConfig
 from proxy.errors import RequestTimeout
 from proxy.http.forwarding import new_request_id
 from proxy.http.headers import serialise_head
-from proxy.http.responses import error_response
-from proxy.http.server import GatehouseServer, audit_rejection, rejection
+from proxy.http.server import GatehouseServer, audit_rejection, rejection, rejection_response
 from proxy.observability.audit import AuditWriter
 
 log = logging.getLogger("gatehouse.server")
@@ -282,10 +281,13 @@ class HttpServer:
         listen: ListenConfig,
         audit: AuditWriter | None,
         upgrades: GatehouseServer,
+        clear_on_431: tuple[str, ...] = (),
     ) -> None:
         self.handler = handler
         self.audit = audit
         self.upgrades = upgrades
+        # Set-Cookie values for a 431 (see proxy.http.server.rejection_response).
+        self.clear_on_431 = clear_on_431
         self.keepalive = listen.keepalive_timeout
         self.header_timeout = listen.header_timeout
         self.max_line = listen.max_header_size
@@ -605,7 +607,7 @@ class _Connection(BaseProtocol):
     def _reject_with(self, status: int, reason: str) -> None:
         rid = new_request_id()
         log.debug("rejected request: %s", reason)
-        response = error_response(status, reason, rid)
+        response = rejection_response(status, reason, rid, self.server.clear_on_431)
         if self.server.audit is not None:
             peer = self.transport.get_extra_info("peername") if self.transport else None
             audit_rejection(self.server.audit, peer, status, reason, rid)

@@ -33,6 +33,20 @@ log = logging.getLogger("gatehouse.server")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
+def rejection_response(
+    status: int, reason: str, rid: str, clear_on_431: tuple[str, ...] = ()
+) -> web.Response:
+    """The short JSON answer to a request refused before the gateway. A 431 also
+    carries ``clear_on_431`` (Set-Cookie values clearing the session cookies): an
+    oversized Cookie header would otherwise lock the browser out, logout included,
+    until its cookies expire."""
+    response = error_response(status, reason, rid)
+    if status == 431:
+        for value in clear_on_431:
+            response.headers.add("Set-Cookie", value)
+    return response
+
+
 def rejection(exc: BaseException | None, status: int) -> tuple[int, str]:
     """The status and reason code for a request the parser (or aiohttp) refused."""
     if isinstance(exc, LineTooLong) or (
@@ -51,6 +65,7 @@ class _Protocol(RequestHandler):
     """One connection. Overrides aiohttp's text/HTML error pages."""
 
     audit: AuditWriter | None = None
+    clear_on_431: tuple[str, ...] = ()
 
     def handle_error(
         self,
@@ -67,7 +82,7 @@ class _Protocol(RequestHandler):
         else:
             log.debug("rejected request: %s", reason)
         rid = new_request_id()
-        response = error_response(status, reason, rid)
+        response = rejection_response(status, reason, rid, self.clear_on_431)
         response.force_close()
         if self.audit is not None and not request.get("gatehouse.audited"):
             self._audit_rejection(request, status, reason, rid)
@@ -96,22 +111,34 @@ def audit_rejection(audit: AuditWriter, peer: Any, status: int, reason: str, rid
 
 
 class GatehouseServer(web.Server):
-    def __init__(self, handler: Handler, audit: AuditWriter | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        audit: AuditWriter | None,
+        clear_on_431: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._audit = audit
+        self._clear_on_431 = clear_on_431
 
     def __call__(self) -> RequestHandler:
         protocol = _Protocol(self, loop=self._loop, **self._kwargs)
         protocol.audit = self._audit
+        protocol.clear_on_431 = self._clear_on_431
         return protocol
 
 
 def make_server(
-    handler: Handler, listen: ListenConfig, audit: AuditWriter | None
+    handler: Handler,
+    listen: ListenConfig,
+    audit: AuditWriter | None,
+    clear_on_431: tuple[str, ...] = (),
 ) -> GatehouseServer:
     return GatehouseServer(
         handler,
         audit,
+        clear_on_431,
         access_log=None,
         keepalive_timeout=listen.keepalive_timeout,
         max_line_size=listen.max_header_size,
