@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.config.reader import Mapping, SecretRef, each_mapping
+from proxy.policy.model import RateLimit
 
 ASYMMETRIC_ALGORITHMS = (
     "RS256",
@@ -149,6 +150,9 @@ class MtlsConfig:
     enabled: bool = False
 
 
+DEFAULT_LOGIN_RATE_LIMIT = RateLimit(requests=60, per=60.0, burst=60)
+
+
 @dataclass(frozen=True, slots=True)
 class BrowserConfig:
     issuer: str
@@ -162,6 +166,12 @@ class BrowserConfig:
     # Refresh the upstream tokens when they expire within this margin.
     refresh_margin: float = 60.0
     cookie_name: str = "__Host-gatehouse"
+    # A session not confirmed by the IdP (login or refresh) for this long is
+    # refreshed, or without a refresh token ends (the next page view goes through
+    # the IdP again); 0 = never.
+    revalidate_interval: float = 3600.0
+    # Login starts (redirects to the IdP) per client address.
+    login_rate_limit: RateLimit = DEFAULT_LOGIN_RATE_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +406,8 @@ def _browser(m: Mapping | None) -> BrowserConfig | None:
             )
     lifetime = m.duration("session_lifetime", 8 * 3600.0)
     margin = m.duration("refresh_margin", 60.0)
+    revalidate = m.duration("revalidate_interval", 3600.0)
+    login_limit = _login_rate_limit(m.mapping("login_rate_limit"))
     m.close()
     if issuer is None or client_id is None or keys_file is None:
         return None
@@ -409,7 +421,22 @@ def _browser(m: Mapping | None) -> BrowserConfig | None:
         allowed_redirect_hosts=hosts,
         session_lifetime=lifetime,
         refresh_margin=margin,
+        revalidate_interval=revalidate,
+        login_rate_limit=login_limit,
     )
+
+
+def _login_rate_limit(m: Mapping | None) -> RateLimit:
+    default = DEFAULT_LOGIN_RATE_LIMIT
+    if m is None:
+        return default
+    requests = m.integer("requests", default.requests, minimum=1)
+    per = m.duration("per", default.per)
+    if per <= 0:
+        m.error("per", f"{m.where}.per must be more than zero")
+    burst = m.integer("burst", requests, minimum=1)
+    m.close()
+    return RateLimit(requests=requests, per=max(per, 0.001), burst=burst)
 
 
 def _check_introspection_routing(m: Mapping, issuers: tuple[IssuerConfig, ...]) -> None:
