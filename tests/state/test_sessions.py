@@ -91,30 +91,92 @@ async def test_a_login_state_is_consumed_once_across_replicas(make_state: MakeSt
     assert await two.sessions.consume_once("state-other", 600)
 
 
+SESSION_END = time.time() + 3600
+
+
 async def test_the_refresh_lock_has_one_holder_and_only_it_releases(
     make_state: MakeState,
 ) -> None:
     one, two = await make_state(lock_ttl=0.3), await make_state(lock_ttl=0.3)
-    token = await one.sessions.lock("sid-1")
+    token = await one.sessions.lock("sid-1", SESSION_END)
     assert token is not None
-    assert await two.sessions.lock("sid-1") is None
+    assert await two.sessions.lock("sid-1", SESSION_END) is None
     await two.sessions.unlock("sid-1", "not-the-holder")
-    assert await two.sessions.lock("sid-1") is None
-    assert await two.sessions.lock("sid-2") is not None  # per session
+    assert await two.sessions.lock("sid-1", SESSION_END) is None
+    assert await two.sessions.lock("sid-2", SESSION_END) is not None  # per session
     await one.sessions.unlock("sid-1", token)
-    assert await two.sessions.lock("sid-1") is not None
+    assert await two.sessions.lock("sid-1", SESSION_END) is not None
 
 
 async def test_a_lock_whose_holder_died_expires_by_itself(make_state: MakeState) -> None:
     one, two = await make_state(lock_ttl=0.2), await make_state(lock_ttl=0.2)
-    assert await one.sessions.lock("sid-1") is not None
+    assert await one.sessions.lock("sid-1", SESSION_END) is not None
     await one.close()  # the holder is gone without releasing
-    assert await two.sessions.lock("sid-1") is None
+    assert await two.sessions.lock("sid-1", SESSION_END) is None
     deadline = time.monotonic() + 2
-    while await two.sessions.lock("sid-1") is None:
+    while await two.sessions.lock("sid-1", SESSION_END) is None:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     assert time.monotonic() < deadline
+
+
+async def test_a_held_lock_renewed_by_its_holder_outlives_its_ttl(make_state: MakeState) -> None:
+    one, two = await make_state(lock_ttl=0.2), await make_state(lock_ttl=0.2)
+    token = await one.sessions.lock("sid-1", SESSION_END)
+    assert token is not None
+    for _ in range(5):  # 0.5 s in all, 2.5 times the lock's lifetime
+        await asyncio.sleep(0.1)
+        assert await one.sessions.extend("sid-1", token)
+        assert await two.sessions.lock("sid-1", SESSION_END) is None
+    assert not await two.sessions.extend("sid-1", "not-the-holder")
+
+
+async def test_a_refresh_written_after_a_logout_does_not_bring_the_session_back(
+    make_state: MakeState,
+) -> None:
+    one, two = await make_state(), await make_state()
+    await one.sessions.save("sid-1", session())
+    token = await one.sessions.lock("sid-1", SESSION_END)
+    assert token is not None
+    await two.sessions.delete("sid-1")  # logout while the refresh is in flight
+    refreshed = {**session(), "rt": "rotated"}
+    assert await one.sessions.replace("sid-1", refreshed, token) == "ended"
+    assert await one.sessions.load("sid-1") is None
+    assert await two.sessions.load("sid-1") is None
+
+
+async def test_a_refresh_that_outlived_its_lock_cannot_overwrite_the_one_that_took_over(
+    make_state: MakeState,
+) -> None:
+    one, two = await make_state(lock_ttl=0.1), await make_state(lock_ttl=0.1)
+    await one.sessions.save("sid-1", session())
+    stale = await one.sessions.lock("sid-1", SESSION_END)
+    assert stale is not None
+    await asyncio.sleep(0.2)  # the first holder stalls past its lock
+    fresh = await two.sessions.lock("sid-1", SESSION_END)
+    assert fresh is not None
+    assert await two.sessions.replace("sid-1", {**session(), "rt": "second"}, fresh) == "written"
+    assert await one.sessions.replace("sid-1", {**session(), "rt": "first"}, stale) == "fenced"
+    await one.sessions.delete("sid-1", stale)  # a refusal seen by the stale holder
+    loaded = await one.sessions.load("sid-1")
+    assert loaded is not None and loaded["rt"] == "second"
+    await two.sessions.delete("sid-1", fresh)
+    assert await one.sessions.load("sid-1") is None
+
+
+async def test_a_refresh_holding_the_lock_writes_with_the_session_lifetime(
+    make_state: MakeState, redis_server: RedisServer
+) -> None:
+    one = await make_state()
+    await one.sessions.save("sid-1", session())
+    token = await one.sessions.lock("sid-1", SESSION_END)
+    assert token is not None
+    assert await one.sessions.replace("sid-1", {**session(), "rt": "new"}, token) == "written"
+    loaded = await one.sessions.load("sid-1")
+    assert loaded is not None and loaded["rt"] == "new"
+    with redis_server.inspect() as plain:
+        (key,) = plain.keys("gatehouse:session:*")
+        assert 3_590_000 < plain.pttl(key) <= 3_600_000
 
 
 async def test_an_unreachable_store_fails_closed_with_state_unavailable(
@@ -130,7 +192,7 @@ async def test_an_unreachable_store_fails_closed_with_state_unavailable(
         one.sessions.save("sid-1", session()),
         one.sessions.delete("sid-1"),
         one.sessions.consume_once("state", 600),
-        one.sessions.lock("sid-1"),
+        one.sessions.lock("sid-1", SESSION_END),
     ):
         with pytest.raises(StateUnavailable) as info:
             await attempt
