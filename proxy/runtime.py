@@ -38,6 +38,8 @@ from proxy.http.server import bind_socket, make_server, start_listener
 from proxy.http.tls import Listener
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.mtls import certificate_from_der
+from proxy.identity.session import clearing_cookies
+from proxy.identity.session_claims import PolicyClaims
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
@@ -117,8 +119,12 @@ async def serve(
     if config.identity.enabled:
         authenticator = Authenticator(config.identity)
         await authenticator.start()
-        if state is not None and authenticator.browser is not None:
-            authenticator.browser.use_session_store(state.sessions)
+        browser = authenticator.browser
+        if browser is not None:
+            if state is not None:
+                browser.use_session_store(state.sessions)
+            browser.use_listener_limit(config.listen.max_header_size)
+            browser.use_claims_in_use(PolicyClaims(lambda: policies.current))
         gateway.authenticator = authenticator
         gateway.local_endpoints += (authenticator.local_endpoint,)
         closers.append(authenticator.close)
@@ -148,8 +154,11 @@ async def serve(
             out["credentials"] = gateway.credentials.ready()
         return out
 
-    upgrades = make_server(gateway.handle, config.listen, audit)
-    server = HttpServer(gateway.handle, config.listen, audit, upgrades)
+    # A 431 (say, a Cookie header too large) clears our cookies, or it would repeat.
+    browser_cfg = config.identity.browser
+    clear_on_431 = tuple(clearing_cookies(browser_cfg.cookie_name)) if browser_cfg else ()
+    upgrades = make_server(gateway.handle, config.listen, audit, clear_on_431)
+    server = HttpServer(gateway.handle, config.listen, audit, upgrades, clear_on_431)
     listener = Listener(functools.partial(start_listener, server), sock, config.listen.tls)
     await listener.start()
 

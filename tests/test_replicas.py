@@ -11,12 +11,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
 
 from proxy.identity.session import new_cookie_key
-from tests.identity.browser_env import HTML, follow_login
+from tests.identity.browser_env import HTML, follow_login, post_logout
 from tests.peers.cloud.oauth import OAuthServer
 from tests.peers.oidc_provider import RESOURCE, WEB_CLIENT, OidcProvider, rsa_jwk
 from tests.state.redis_server import RedisServer, running_redis
@@ -82,13 +83,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def deployment(
-    tmp_path: Path, certs: dict[str, Path], upstream_url: str, redis_server: RedisServer
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    certs: dict[str, Path],
+    upstream_url: str,
+    redis_server: RedisServer,
 ) -> AsyncIterator[Deployment]:
+    """Two replicas; a test may pass ``{"provider": {...}, "state": {...}}`` options
+    through ``pytest.mark.parametrize("deployment", [...], indirect=True)``."""
+    tuned: dict[str, dict[str, Any]] = getattr(request, "param", {})
     ports = (free_port(), free_port())
     provider = OidcProvider(
         keys=[rsa_jwk("rsa-1")],
         redirect_uris=[f"https://localhost:{p}/.gatehouse/callback" for p in ports],
         accounts={"alice": {"email": "alice@example.test", "groups": ["eng"]}},
+        options=tuned.get("provider", {}),
     )
     for name, text in (
         ("cookie-keys", new_cookie_key()),
@@ -148,6 +157,7 @@ async def deployment(
                     "encryption_key_file": str(tmp_path / "state-key"),
                     "timeout": "250ms",
                     "reconnect_interval": "200ms",
+                    **tuned.get("state", {}),
                 },
             },
         }
@@ -177,8 +187,7 @@ async def test_a_login_on_one_replica_is_a_session_on_the_other_until_logout_on_
         seen = dict(body["headers"])
         assert seen["x-gatehouse-subject"] == "alice"
         assert seen["x-gatehouse-email"] == "alice@example.test"
-        async with http.get(f"{d.base(d.two)}/.gatehouse/logout", allow_redirects=False) as r:
-            assert r.status == 302
+        assert (await post_logout(http, d.base(d.two)))[0] == 303
     # Even with a kept copy of the cookie, the session is gone on every replica.
     for replica in (d.one, d.two):
         status, body = await d.get(replica, "/echo/app/data", cookie=cookie)
@@ -275,3 +284,75 @@ async def test_a_redis_outage_fails_sessions_closed_keeps_bearer_and_local_limit
         log = replica.stderr()
         assert "shared state (Redis) unreachable" in log
         assert "own buckets" in log
+
+
+# -- logout and refresh across replicas (issue 18 §4) -----------------------------------
+SLOW_REFRESH = {"provider": {"access_token_ttl": 30, "refresh_delay_ms": 1500}}
+
+
+@pytest.mark.parametrize("deployment", [SLOW_REFRESH], indirect=True)
+async def test_a_logout_during_a_refresh_in_flight_is_not_undone_by_the_refresh(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    async with d.client() as http:
+        cookie = await d.login(http, via=d.one)
+        # Access tokens live 30 s, the refresh margin is 60 s: this request refreshes,
+        # and the IdP takes 1.5 s to answer.
+        refreshing = asyncio.ensure_future(d.get(d.one, "/echo/app/data", cookie=cookie))
+        await asyncio.sleep(0.5)
+        assert (await post_logout(http, d.base(d.two)))[0] == 303
+        status, _ = await refreshing
+        assert status == 401  # the refresh found the session gone and did not restore it
+    for replica in (d.one, d.two):
+        status, body = await d.get(replica, "/echo/app/data", cookie=cookie)
+        assert (status, body["error"]) == (401, "unauthenticated")
+
+
+@pytest.mark.parametrize(
+    "deployment", [{**SLOW_REFRESH, "state": {"lock_ttl": "500ms"}}], indirect=True
+)
+async def test_a_refresh_slower_than_the_lock_spends_the_refresh_token_once(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    async with d.client() as http:
+        cookie = await d.login(http, via=d.one)
+    first = asyncio.ensure_future(d.get(d.one, "/echo/app/data", cookie=cookie))
+    # Past the 500 ms lock: replica two must still see the refresh as in flight.
+    await asyncio.sleep(0.9)
+    second = await d.get(d.two, "/echo/app/data", cookie=cookie)
+    assert second[0] == 200
+    assert (await first)[0] == 200
+    counts = await asyncio.to_thread(d.provider.token_requests)
+    assert counts.get("refresh_token") == 1
+    # The rotated token is the one stored: the grant is alive on both replicas.
+    for replica in (d.two, d.one):
+        assert (await d.get(replica, "/echo/app/data", cookie=cookie))[0] == 200
+
+
+# -- unauthenticated clients and Redis (issue 18 §1) -------------------------------------
+async def test_login_starts_and_failed_callbacks_store_nothing_in_redis(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    for attempt in range(40):
+        replica = d.one if attempt % 2 else d.two
+        async with d.client() as http:
+            async with http.get(
+                f"{d.base(replica)}/.gatehouse/login", allow_redirects=False
+            ) as start:
+                assert start.status == 302
+                state = parse_qs(urlsplit(start.headers["Location"]).query)["state"][0]
+            for query in (f"state={state}&error=access_denied", f"state={state}&code=forged"):
+                async with http.get(
+                    f"{d.base(replica)}/.gatehouse/callback?{query}", allow_redirects=False
+                ) as callback:
+                    assert callback.status == 400
+    with d.redis.inspect() as plain:
+        assert plain.keys("*") == []
+    # A login that succeeds records its state once, for the other replica's sake.
+    async with d.client() as http:
+        await d.login(http, via=d.one)
+    with d.redis.inspect() as plain:
+        assert len(plain.keys("gatehouse:login-state:*")) == 1

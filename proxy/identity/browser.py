@@ -5,7 +5,9 @@ authorization URL, the PKCE challenge and the token requests while aiohttp
 carries them. The core calls, from its aiohttp handler:
 
 * :meth:`BrowserLogin.handle` for every ``/.gatehouse/*`` path (callback,
-  login, logout); it returns None for paths it does not serve.
+  login, logout); it returns None for paths it does not serve. Login and
+  logout responses carry an :class:`~proxy.observability.audit.EndpointOutcome`
+  (who, and how it went) for the request's audit record.
 * :meth:`BrowserLogin.authenticate` (through ``Authenticator.authenticate_full``)
   to turn the session cookie into an identity, refreshing tokens shortly before
   they expire; the Set-Cookie values it returns go on the proxied response.
@@ -13,14 +15,24 @@ carries them. The core calls, from its aiohttp handler:
   none: navigations get a redirect to the IdP, API calls a 401 JSON answer.
 
 The login transaction (state, nonce, PKCE verifier, return path) lives in its
-own encrypted cookie; ``state`` is single-use (a consumed-state cache backs the
-cookie being cleared). A fresh session id is minted at every login.
+own encrypted cookie, so starting a login stores nothing server-side; login
+starts are rate limited per client address. ``state`` is single-use: an
+in-memory record per replica, and with a store a shared record written only
+once a login has succeeded. A fresh session id is minted at every login.
 
-Sessions live in the encrypted cookie itself, or, with a :class:`SessionStore`
+Sessions live in the encrypted cookie itself, bounded so the Cookie header
+stays within what the listener accepts, or, with a :class:`SessionStore`
 (shared state in Redis, for several replicas), server-side: the cookie then
 carries only the sealed session id, logout deletes the stored session on every
-replica, and a refresh takes the store's lock so no two replicas spend one
-rotating refresh token. An unreachable store fails those requests closed (503).
+replica, and a refresh runs under the store's fenced lock
+(:mod:`proxy.identity.stored_refresh`). An unreachable store fails those
+requests closed (503).
+
+A session not confirmed by the IdP for ``revalidate_interval`` is refreshed,
+or, without a refresh token, over: the next page view goes through the IdP
+again. Logout is a POST from this origin (``GET /.gatehouse/logout`` shows a
+form that posts it), and a session authenticates an unsafe method only for a
+request from this origin (:mod:`proxy.identity.same_origin`).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -47,16 +59,19 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[im
 from cachetools import TTLCache
 
 from proxy.errors import (
+    AccessDenied,
     AuthenticationError,
     GatehouseError,
     IdentityProviderUnavailable,
+    RateLimited,
     StateUnavailable,
 )
 from proxy.http.facts import RequestFacts
 from proxy.http.protocol import RequestView
 from proxy.http.responses import error_response
 from proxy.identity.config import BrowserConfig, IssuerConfig
-from proxy.identity.fetch import FetchError, ProviderMetadata, basic_auth, discover, post_form
+from proxy.identity.discovery import ProviderDiscovery
+from proxy.identity.fetch import FetchError, ProviderMetadata, basic_auth, post_form
 from proxy.identity.jwks import JwksClient
 from proxy.identity.jwt_verify import (
     UnknownKey,
@@ -67,20 +82,30 @@ from proxy.identity.jwt_verify import (
     verify_signature,
 )
 from proxy.identity.model import Identity
+from proxy.identity.overage import overage_claims
 from proxy.identity.redirects import is_api_request, safe_redirect_target
+from proxy.identity.same_origin import from_this_origin, is_unsafe
 from proxy.identity.session import (
     CookieAttrs,
     CookieCodec,
     SessionStore,
     clear_all,
     clear_cookie,
+    cookie_budget,
+    cookie_header_bytes,
     load_cookie_keys,
+    login_cookie_name,
     parse_cookie_header,
     read_chunked,
     render_set_cookie,
     write_chunked,
 )
+from proxy.identity.session_claims import needed_claims, session_claims, shedding_order
+from proxy.identity.stored_refresh import refresh_stored
+from proxy.observability.audit import ENDPOINT_OUTCOME, EndpointOutcome
 from proxy.observability.metrics import AUTH
+from proxy.policy.model import Route
+from proxy.policy.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +113,27 @@ LOGIN_TTL = 600
 ID_TOKEN_MAX_BYTES = 64 * 1024
 MAX_SESSION_TOKEN = 2048
 PREFIX = "/.gatehouse/"
-# How often a replica waiting for another's refresh of the same session looks again.
-REFRESH_POLL = 0.05
+LOGOUT_PATH = "/.gatehouse/logout"
+LOGIN_PATH = "/.gatehouse/login"
+# The listener's default max_header_size, until the runtime says otherwise.
+DEFAULT_MAX_HEADER = 8190
+# The longest a refresh (token request, ID token check) may take: other replicas
+# wait that long for its result, and the lock is renewed meanwhile.
+REFRESH_DEADLINE = 15.0
 WWW_AUTHENTICATE = 'Bearer realm="gatehouse"'
-# Session claims kept from the ID token: enough for policy, small enough for a cookie.
-_KEPT_CLAIMS = ("iss", "sub", "aud", "email", "email_verified", "name", "preferred_username")
+# Clickjacking and script-free: the logout page is one form posting to itself.
+LOGOUT_PAGE = (
+    b"<!doctype html><html><head><meta charset=utf-8><title>Sign out</title></head>"
+    b'<body><form method="post" action="/.gatehouse/logout">'
+    b'<button type="submit">Sign out</button></form></body></html>'
+)
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
+
+Session = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +142,11 @@ class SessionResult:
 
     identity: Identity | None
     set_cookies: tuple[str, ...] = ()
+
+
+def _outcome(response: web.StreamResponse, outcome: EndpointOutcome) -> web.StreamResponse:
+    response[ENDPOINT_OUTCOME] = outcome
+    return response
 
 
 class BrowserLogin:
@@ -127,52 +173,60 @@ class BrowserLogin:
         self.id_token_cfg = dataclasses.replace(
             base, audiences=(cfg.client_id,), required_claims=(), introspection=None
         )
-        self._shared_jwks = jwks
-        self.jwks: JwksClient | None = jwks
-        self.metadata: ProviderMetadata | None = None
+        self.provider = ProviderDiscovery(session, self.id_token_cfg, jwks)
         self.codec = CookieCodec(load_cookie_keys(cfg.cookie_keys_file))
         self._secret = cfg.client_secret.read() if cfg.client_secret else None
         self.session_cookie = cfg.cookie_name
-        self.login_cookie = f"{cfg.cookie_name}-login"
+        self.login_cookie = login_cookie_name(cfg.cookie_name)
+        self._cookie_budget = cookie_budget(DEFAULT_MAX_HEADER)
+        self._claims_in_use: Callable[[], Iterable[str]] = tuple
+        self._logins = RateLimiter()
+        self._login_route = Route(
+            name="gatehouse-login",
+            backend="",
+            source="identity.browser.login_rate_limit",
+            rate_limit=cfg.login_rate_limit,
+        )
         self._consumed: TTLCache[str, bool] = TTLCache(100_000, LOGIN_TTL, timer=clock)
+        # Cookie-only sessions logged out here: refused by this process from then on,
+        # so a refresh in flight during the logout cannot hand the session back.
+        self._logged_out: TTLCache[str, bool] = TTLCache(
+            100_000, max(cfg.session_lifetime, 1.0), timer=clock
+        )
         # Old refresh token hash -> refresh in flight or just done, so parallel requests
         # carrying the same session never spend a rotating refresh token twice.
-        self._refreshes: TTLCache[str, asyncio.Task[dict[str, Any] | None]] = TTLCache(
+        self._refreshes: TTLCache[str, asyncio.Task[Session | None]] = TTLCache(
             10_000, 60, timer=clock
         )
 
+    # -- wiring (before serving requests) ---------------------------------------
     def use_session_store(self, store: SessionStore | None) -> None:
-        """Keep sessions server-side in ``store`` (call before serving requests)."""
+        """Keep sessions server-side in ``store``."""
         self._store = store
+
+    def use_listener_limit(self, max_header_size: int) -> None:
+        """Bound cookie sessions so the Cookie header fits the listener's ``max_header_size``."""
+        self._cookie_budget = cookie_budget(max_header_size)
+
+    def use_claims_in_use(self, claims: Callable[[], Iterable[str]]) -> None:
+        """Claim paths the loaded policy reads: a shrinking session never drops them."""
+        self._claims_in_use = claims
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
-        try:
-            self.metadata = await discover(self._http, self.cfg.issuer)
-        except FetchError as exc:
-            log.warning("OIDC discovery for browser login failed: %s", exc)
-            return
-        if self.jwks is None:
-            cfg = dataclasses.replace(self.id_token_cfg, jwks_uri=self.metadata.jwks_uri)
-            self.jwks = JwksClient(cfg, self._http)
-            await self.jwks.refresh()
+        await self.provider.start()
 
     async def close(self) -> None:
-        if self.jwks is not None and self.jwks is not self._shared_jwks:
-            await self.jwks.close()
+        await self.provider.close()
         for task in list(self._refreshes.values()):
             task.cancel()
 
     def ready(self) -> bool:
-        return self.metadata is not None and self.jwks is not None and self.jwks.ready()
+        return self.provider.ready()
 
-    async def _metadata(self) -> ProviderMetadata:
-        if self.metadata is None:
-            try:
-                self.metadata = await discover(self._http, self.cfg.issuer)
-            except FetchError as exc:
-                raise IdentityProviderUnavailable(detail=f"discovery failed: {exc}") from exc
-        return self.metadata
+    @property
+    def metadata(self) -> ProviderMetadata | None:
+        return self.provider.metadata
 
     def _client_auth(self) -> str | None:
         return None if self._secret is None else basic_auth(self.cfg.client_id, self._secret)
@@ -195,31 +249,31 @@ class BrowserLogin:
                 {"WWW-Authenticate": WWW_AUTHENTICATE},
             )
         target = facts.path + (f"?{facts.query}" if facts.query else "")
-        return await self._start_login(_authority(facts), target, facts.headers)
+        return await self._start_login(facts, target)
 
-    async def _start_login(
-        self, host: str, return_to: str, headers: Mapping[str, str]
-    ) -> web.Response:
-        metadata = await self._metadata()
+    async def _start_login(self, facts: RequestFacts, return_to: str) -> web.Response:
+        # Each start costs the IdP a login page; the transaction itself is only a cookie.
+        if not self._logins.allow(self._login_route, f"ip:{facts.client_ip}", self._clock()):
+            raise RateLimited(detail="login starts from this address over login_rate_limit")
+        metadata = await self.provider.get()
         if metadata.authorization_endpoint is None:
             raise IdentityProviderUnavailable(detail="IdP has no authorization endpoint")
         state = secrets.token_urlsafe(32)
         nonce = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
         target = safe_redirect_target(return_to, self.cfg.allowed_redirect_hosts) or "/"
-        now = self._clock()
         transaction = {
             "state": state,
             "nonce": nonce,
             "verifier": verifier,
             "rd": target,
-            "exp": now + LOGIN_TTL,
+            "exp": self._clock() + LOGIN_TTL,
         }
         url = prepare_grant_uri(
             metadata.authorization_endpoint,
             self.cfg.client_id,
             "code",
-            redirect_uri=self.redirect_uri(host),
+            redirect_uri=self.redirect_uri(_authority(facts)),
             scope=list(self.cfg.scopes),
             state=state,
             nonce=nonce,
@@ -238,40 +292,49 @@ class BrowserLogin:
         return response
 
     # -- /.gatehouse/* -----------------------------------------------------------
-    async def handle(
-        self, request: RequestView, facts: RequestFacts | None = None
-    ) -> web.StreamResponse | None:
+    async def handle(self, request: RequestView, facts: RequestFacts) -> web.StreamResponse | None:
         """Serve ``/.gatehouse/{callback,login,logout}``; None for any other path."""
-        path = facts.path if facts is not None else request.path
+        path = facts.path
         if not path.startswith(PREFIX):
             return None
-        host = _authority(facts) if facts is not None else request.host
         if path == self.cfg.redirect_path:
-            return await self._callback(request, host, facts.request_id if facts else "")
-        if path == "/.gatehouse/logout":
-            return await self._logout(request, host)
-        if path == "/.gatehouse/login":
-            target = request.query.get("rd", "/")
-            return await self._start_login(host, target, request.headers)
+            return await self._callback(request, facts)
+        if path == LOGOUT_PATH:
+            if facts.method == "POST":
+                return await self._logout(facts)
+            if facts.method in ("GET", "HEAD"):
+                # A page that posts the logout: a link or an image cannot log anyone out.
+                page = web.Response(body=LOGOUT_PAGE, content_type="text/html")
+                page.headers.update(PAGE_HEADERS)
+                return page
+            allow = {"Allow": "GET, POST"}
+            return error_response(405, "method_not_allowed", facts.request_id, allow)
+        if path == LOGIN_PATH:
+            return await self._start_login(facts, request.query.get("rd", "/"))
         return None
 
-    async def _callback(
-        self, request: RequestView, host: str, request_id: str
-    ) -> web.StreamResponse:
-        cookies = parse_cookie_header(request.headers.get("Cookie"))
+    async def _callback(self, request: RequestView, facts: RequestFacts) -> web.StreamResponse:
+        cookies = parse_cookie_header(facts.headers.get("cookie"))
         clear_login = clear_cookie(self.login_cookie)
         try:
-            tx = await self._transaction(cookies, request.query)
-            session = await self._exchange(host, request.query, tx)
+            tx = self._transaction(cookies, request.query)
+            session = await self._exchange(_authority(facts), request.query, tx)
+            # Replicas share the consumed states, recorded only for a login that
+            # succeeded: a failed or forged callback leaves nothing in the store.
+            if self._store is not None and not await self._store.consume_once(
+                str(tx["state"]), LOGIN_TTL
+            ):
+                raise AuthenticationError("invalid_state", detail="state already used")
+            session = self._fit(session)
         except StateUnavailable:
             raise
         except GatehouseError as exc:
             AUTH.labels(issuer=self.cfg.issuer, method="session", result=exc.reason).inc()
             # A failed login is the browser's request gone wrong, not missing
             # credentials: 400 with the reason (invalid_state, invalid_nonce...).
-            response = error_response(400, exc.reason, request_id)
+            response = error_response(400, exc.reason, facts.request_id)
             response.headers.add("Set-Cookie", clear_login)
-            return response
+            return _outcome(response, EndpointOutcome(exc.reason, "deny"))
         AUTH.labels(issuer=self.cfg.issuer, method="session", result="login").inc()
         response = web.Response(
             status=302, headers={"Location": str(tx["rd"]), "Cache-Control": "no-store"}
@@ -281,11 +344,19 @@ class BrowserLogin:
             await self._store.save(str(session["sid"]), session)
         for value in self._session_cookies(session, cookies):
             response.headers.add("Set-Cookie", value)
-        return response
+        return _outcome(response, self._audited("login", session))
 
-    async def _transaction(
-        self, cookies: Mapping[str, str], query: Mapping[str, str]
-    ) -> dict[str, Any]:
+    def _audited(self, reason: str, session: Mapping[str, Any] | None) -> EndpointOutcome:
+        claims: Mapping[str, Any] = (session or {}).get("claims") or {}
+        subject = claims.get(self.id_token_cfg.claims.subject)
+        return EndpointOutcome(
+            reason,
+            subject=subject if isinstance(subject, str) else None,
+            issuer=self.cfg.issuer if session is not None else None,
+            auth="session" if session is not None else None,
+        )
+
+    def _transaction(self, cookies: Mapping[str, str], query: Mapping[str, str]) -> Session:
         sealed = cookies.get(self.login_cookie)
         tx = self.codec.open(self.login_cookie, sealed, now=self._clock()) if sealed else None
         if tx is None:
@@ -296,9 +367,6 @@ class BrowserLogin:
         if state in self._consumed:
             raise AuthenticationError("invalid_state", detail="state already used")
         self._consumed[state] = True
-        # Replicas share the consumed states: a replayed callback fails on every one.
-        if self._store is not None and not await self._store.consume_once(state, LOGIN_TTL):
-            raise AuthenticationError("invalid_state", detail="state already used")
         if "error" in query:
             raise AuthenticationError("login_failed", detail="IdP returned an error")
         if not query.get("code"):
@@ -307,8 +375,8 @@ class BrowserLogin:
 
     async def _exchange(
         self, host: str, query: Mapping[str, str], tx: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        metadata = await self._metadata()
+    ) -> Session:
+        metadata = await self.provider.get()
         body = prepare_token_request(
             "authorization_code",
             code=query["code"],
@@ -338,18 +406,17 @@ class BrowserLogin:
     def _token_fields(
         self,
         tokens: Mapping[str, Any],
-        claims: Mapping[str, Any],
+        claims: Mapping[str, Any] | None,
         previous: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:
+    ) -> Session:
+        """Session fields from a token response; ``claims`` None: the response had no
+        ID token, and the previous claims stand."""
         previous = previous or {}
         now = self._clock()
         expires_in = tokens.get("expires_in")
         at_exp = now + float(expires_in) if isinstance(expires_in, int | float) else None
-        names = {*_KEPT_CLAIMS, *(path.split(".")[0] for path in self.id_token_cfg.claims.groups)}
-        kept = {k: claims[k] for k in names if k in claims}
         access_token = tokens.get("access_token")
-        return {
-            "claims": kept or previous.get("claims", {}),
+        fields: Session = {
             # Big access tokens (group lists) would push the Cookie header past what
             # servers accept; identity then carries no token for exchange.
             "at": access_token
@@ -358,9 +425,20 @@ class BrowserLogin:
             "at_exp": at_exp,
             # IdPs that rotate refresh tokens send a new one; others keep the old one valid.
             "rt": tokens.get("refresh_token") or previous.get("rt"),
+            # The IdP vouched for the caller just now: the revalidation clock restarts.
+            "checked": now,
         }
+        if claims is None:
+            fields["claims"] = previous.get("claims", {})
+            fields["unknown"] = previous.get("unknown", [])
+        else:
+            kept, left_out = session_claims(claims)
+            unknown = left_out | overage_claims(claims, self.id_token_cfg.claims.groups)
+            fields["claims"] = kept
+            fields["unknown"] = sorted(unknown)
+        return fields
 
-    async def _token_request(self, metadata: ProviderMetadata, body: str) -> dict[str, Any]:
+    async def _token_request(self, metadata: ProviderMetadata, body: str) -> Session:
         if metadata.token_endpoint is None:
             raise IdentityProviderUnavailable(detail="IdP has no token endpoint")
         try:
@@ -376,10 +454,10 @@ class BrowserLogin:
             raise AuthenticationError("login_failed", detail=f"token endpoint refused: {error}")
         return tokens
 
-    async def _verify_id_token(self, id_token: str) -> dict[str, Any]:
+    async def _verify_id_token(self, id_token: str) -> Session:
         cfg = self.id_token_cfg
         header = parse_header(id_token, self._max_token_bytes)
-        jwks = self.jwks
+        jwks = self.provider.jwks
         if jwks is None:
             raise IdentityProviderUnavailable(detail="no JWKS for the browser issuer")
         try:
@@ -397,30 +475,74 @@ class BrowserLogin:
         return claims
 
     # -- sessions ------------------------------------------------------------------
-    def _session_cookies(self, session: Mapping[str, Any], present: Mapping[str, str]) -> list[str]:
-        max_age = int(float(session["exp"]) - self._clock())
+    def _sealed(self, session: Mapping[str, Any]) -> str:
         content: Mapping[str, Any] = session
         if self._store is not None:
             # Only the id travels; sealing it means ids cannot be guessed or forged.
             content = {"ref": session["sid"], "exp": session["exp"]}
-        value = self.codec.seal(self.session_cookie, content)
+        return self.codec.seal(self.session_cookie, content)
+
+    def _fit(self, session: Session) -> Session:
+        """``session`` shrunk until its cookies fit the listener's header limit.
+
+        Claims no criterion needs go first (largest first; each becomes unknown),
+        then the access token (token exchange then answers bearer_token_required);
+        a session that still does not fit is refused (``session_too_large``), since
+        every request carrying it would be refused with 431.
+        """
+        if self._store is not None:
+            return session  # the cookie is a short reference
+        budget = self._cookie_budget
+        if self._cookie_bytes(session) <= budget:
+            return session
+        claims = dict(session.get("claims") or {})
+        unknown = set(session.get("unknown") or ())
+        needed = needed_claims(self.id_token_cfg.claims, self._claims_in_use())
+        fitted = dict(session)
+        for name in shedding_order(claims, needed):
+            del claims[name]
+            unknown.add(name)
+            fitted = {**fitted, "claims": dict(claims), "unknown": sorted(unknown)}
+            if self._cookie_bytes(fitted) <= budget:
+                return fitted
+        if fitted.get("at") is not None:
+            fitted = {**fitted, "at": None}
+            if self._cookie_bytes(fitted) <= budget:
+                return fitted
+        log.warning(
+            "browser session of %d bytes does not fit the %d-byte cookie budget "
+            "(listen.max_header_size): login refused; configure state: (Redis) to keep "
+            "sessions server-side, or raise listen.max_header_size",
+            self._cookie_bytes(fitted),
+            budget,
+        )
+        raise AuthenticationError("session_too_large", detail="session exceeds the cookie budget")
+
+    def _cookie_bytes(self, session: Mapping[str, Any]) -> int:
+        return cookie_header_bytes(self.session_cookie, self._sealed(session))
+
+    def _session_cookies(self, session: Mapping[str, Any], present: Mapping[str, str]) -> list[str]:
+        max_age = int(float(session["exp"]) - self._clock())
+        value = self._sealed(session)
         return write_chunked(self.session_cookie, value, present, CookieAttrs(max_age=max_age))
 
-    def read_session(self, cookies: Mapping[str, str]) -> dict[str, Any] | None:
+    def read_session(self, cookies: Mapping[str, str]) -> Session | None:
         """The session cookie's sealed content (a whole session, or a store reference)."""
         value = read_chunked(self.session_cookie, cookies)
         if value is None:
             return None
         return self.codec.open(self.session_cookie, value, now=self._clock())
 
-    async def _load_session(self, cookies: Mapping[str, str]) -> dict[str, Any] | None:
+    async def _load_session(self, cookies: Mapping[str, str]) -> Session | None:
         content = self.read_session(cookies)
         if content is None:
             return None
         ref = content.get("ref")
         if self._store is None:
             # A reference cookie from a store-backed deployment is no session by itself.
-            return None if ref is not None else content
+            if ref is not None or str(content.get("sid")) in self._logged_out:
+                return None
+            return content
         if not isinstance(ref, str):
             return None  # a whole-session cookie from before the store: log in again
         session = await self._store.load(ref)
@@ -428,89 +550,111 @@ class BrowserLogin:
             return None  # logged out (on any replica) or expired
         return session
 
-    def _refresh_due(self, session: Mapping[str, Any]) -> bool:
+    def _usable(self, session: Mapping[str, Any]) -> bool:
         at_exp = session.get("at_exp")
-        return (
-            isinstance(at_exp, int | float)
-            and at_exp - self._clock() < self.cfg.refresh_margin
-            and bool(session.get("rt"))
+        return isinstance(at_exp, int | float) and at_exp > self._clock()
+
+    def _lapsed(self, session: Mapping[str, Any]) -> bool:
+        """Not confirmed by the IdP (login or refresh) for ``revalidate_interval``."""
+        interval = self.cfg.revalidate_interval
+        if interval <= 0:
+            return False
+        checked = session.get("checked", session.get("iat"))
+        return not isinstance(checked, int | float) or self._clock() - checked >= interval
+
+    def _refresh_due(self, session: Mapping[str, Any]) -> bool:
+        if not session.get("rt"):
+            return False
+        at_exp = session.get("at_exp")
+        expiring = (
+            isinstance(at_exp, int | float) and at_exp - self._clock() < self.cfg.refresh_margin
         )
+        return expiring or self._lapsed(session)
 
     async def authenticate(self, facts: RequestFacts) -> SessionResult | None:
         cookies = parse_cookie_header(facts.headers.get("cookie"))
         session = await self._load_session(cookies)
         if session is None:
             return None
+        if is_unsafe(facts.method) and not from_this_origin(facts.headers, facts.scheme):
+            # SameSite=Lax still sends the cookie from sibling hosts of the same site.
+            raise AccessDenied("cross_site_request", detail="session request from another origin")
         set_cookies: tuple[str, ...] = ()
         if self._refresh_due(session):
             refreshed = await self._refresh_once(session)
-            if refreshed is None:
-                # The IdP refused the refresh token: the session is over.
+            if refreshed is None or str(session["sid"]) in self._logged_out:
+                # The IdP refused the refresh token (or a logout came first): the session is over.
                 AUTH.labels(issuer=self.cfg.issuer, method="session", result="refresh_failed").inc()
-                return SessionResult(None, tuple(clear_all(self.session_cookie, cookies)))
+                return self._ended(cookies)
             session = refreshed
             if self._store is None:
+                try:
+                    session = self._fit(session)
+                except AuthenticationError:
+                    return self._ended(cookies)
                 set_cookies = tuple(self._session_cookies(session, cookies))
+        elif self._lapsed(session):
+            # No refresh token to re-check with the IdP: the session ends, and the next
+            # page view goes through the IdP (silently, while its own session lives).
+            AUTH.labels(issuer=self.cfg.issuer, method="session", result="revalidate").inc()
+            return self._ended(cookies)
         AUTH.labels(issuer=self.cfg.issuer, method="session", result="ok").inc()
         return SessionResult(self._identity(session), set_cookies)
+
+    def _ended(self, cookies: Mapping[str, str]) -> SessionResult:
+        return SessionResult(None, tuple(clear_all(self.session_cookie, cookies)))
 
     def _identity(self, session: Mapping[str, Any]) -> Identity:
         claims = dict(session.get("claims") or {})
         identity = identity_from_claims(claims, self.id_token_cfg, "session", session.get("at"))
-        return dataclasses.replace(identity, expires_at=float(session["exp"]))
+        verified = claims.get("email_verified")
+        return dataclasses.replace(
+            identity,
+            expires_at=float(session["exp"]),
+            unknown_claims=frozenset(session.get("unknown") or ()) | identity.unknown_claims,
+            email_verified=identity.email_verified
+            if identity.email_verified is not None or not isinstance(verified, bool)
+            else verified,
+        )
 
-    async def _refresh_once(self, session: dict[str, Any]) -> dict[str, Any] | None:
+    async def _refresh_once(self, session: Session) -> Session | None:
         key = hashlib.sha256(str(session["rt"]).encode()).hexdigest()
         task = self._refreshes.get(key)
         if task is None:
-            refresh = (
-                self._refresh(session) if self._store is None else self._refresh_stored(session)
-            )
+            if self._store is None:
+                refresh = self._refresh(session)
+            else:
+                refresh = refresh_stored(
+                    self._store,
+                    session,
+                    self._refresh,
+                    due=self._refresh_due,
+                    usable=self._usable,
+                    deadline=REFRESH_DEADLINE,
+                )
             task = asyncio.get_running_loop().create_task(refresh)
             self._refreshes[key] = task
             task.add_done_callback(lambda t: self._forget_failed(key, t))
         return await asyncio.shield(task)
 
-    def _forget_failed(self, key: str, task: asyncio.Task[dict[str, Any] | None]) -> None:
+    def _forget_failed(self, key: str, task: asyncio.Task[Session | None]) -> None:
         # Only successful refreshes are shared; after an IdP error the next request retries.
         if task.cancelled() or task.exception() is not None:
             self._refreshes.pop(key, None)
 
-    async def _refresh_stored(self, session: dict[str, Any]) -> dict[str, Any] | None:
-        """Refresh a stored session under the store's lock: one replica spends the token."""
-        store = self._store
-        assert store is not None
-        sid = str(session["sid"])
-        deadline = time.monotonic() + store.lock_ttl
-        current = session
-        while True:
-            token = await store.lock(sid)
-            if token is not None:
-                try:
-                    latest = await store.load(sid)
-                    if latest is None or not self._refresh_due(latest):
-                        return latest  # logged out meanwhile, or refreshed by another replica
-                    refreshed = await self._refresh(latest)
-                    if refreshed is None:
-                        await store.delete(sid)
-                    elif refreshed is not latest:
-                        await store.save(sid, refreshed)
-                    return refreshed
-                finally:
-                    await store.unlock(sid, token)
-            at_exp = current.get("at_exp")
-            if isinstance(at_exp, int | float) and at_exp > self._clock():
-                return current  # another replica is refreshing; this token still works
-            if time.monotonic() >= deadline:
-                raise IdentityProviderUnavailable(detail="session refresh elsewhere did not finish")
-            await asyncio.sleep(REFRESH_POLL)
-            latest = await store.load(sid)
-            if latest is None or not self._refresh_due(latest):
-                return latest
-            current = latest
+    async def _refresh(self, session: Session) -> Session | None:
+        """The session with fresh tokens; None when the IdP refused the refresh token;
+        ``session`` itself when the IdP is away and its access token still valid."""
+        try:
+            async with asyncio.timeout(REFRESH_DEADLINE):
+                return await self._refresh_tokens(session)
+        except (IdentityProviderUnavailable, TimeoutError):
+            if self._usable(session):
+                return session  # still valid: try again on a later request
+            raise IdentityProviderUnavailable(detail="session refresh failed") from None
 
-    async def _refresh(self, session: dict[str, Any]) -> dict[str, Any] | None:
-        metadata = await self._metadata()
+    async def _refresh_tokens(self, session: Session) -> Session | None:
+        metadata = await self.provider.get()
         body = prepare_token_request(
             "refresh_token", refresh_token=session["rt"], **self._public_client_id()
         )
@@ -518,43 +662,47 @@ class BrowserLogin:
             tokens = await self._token_request(metadata, body)
         except AuthenticationError:
             return None
-        except IdentityProviderUnavailable:
-            at_exp = session.get("at_exp")
-            if isinstance(at_exp, int | float) and at_exp > self._clock():
-                return session  # still valid: try again on a later request
-            raise
-        claims: Mapping[str, Any] = session.get("claims") or {}
+        claims: Mapping[str, Any] | None = None
         id_token = tokens.get("id_token")
         if isinstance(id_token, str):
-            fresh = await self._verify_id_token(id_token)
-            if fresh.get("sub") != claims.get("sub"):
+            claims = await self._verify_id_token(id_token)
+            previous: Mapping[str, Any] = session.get("claims") or {}
+            if claims.get("sub") != previous.get("sub"):
                 return None
-            claims = fresh
         return {**session, **self._token_fields(tokens, claims, session)}
 
-    async def _logout(self, request: RequestView, host: str) -> web.StreamResponse:
-        cookies = parse_cookie_header(request.headers.get("Cookie"))
+    async def _logout(self, facts: RequestFacts) -> web.StreamResponse:
+        if not from_this_origin(facts.headers, facts.scheme):
+            response = error_response(403, "cross_site_request", facts.request_id)
+            return _outcome(response, EndpointOutcome("cross_site_request", "deny"))
+        cookies = parse_cookie_header(facts.headers.get("cookie"))
         content = self.read_session(cookies)
-        if self._store is not None and content is not None and isinstance(content.get("ref"), str):
+        session: Mapping[str, Any] | None = content
+        ref = content.get("ref") if content is not None else None
+        if self._store is not None and isinstance(ref, str):
+            session = await self._store.load(ref)
             # Revoked everywhere, or (store unreachable) a 503: never a logout that did not happen.
-            await self._store.delete(content["ref"])
+            await self._store.delete(ref)
+        elif content is not None and ref is None:
+            self._logged_out[str(content.get("sid"))] = True
         location = "/"
         metadata = self.metadata
         if metadata is not None and metadata.end_session_endpoint:
             # client_id instead of id_token_hint: ID tokens are not kept in the cookie.
             params = {
                 "client_id": self.cfg.client_id,
-                "post_logout_redirect_uri": f"https://{host}/",
+                "post_logout_redirect_uri": f"https://{_authority(facts)}/",
             }
             location = f"{metadata.end_session_endpoint}?{urlencode(params)}"
+        # 303: the browser follows a POST's redirect with a GET.
         response = web.Response(
-            status=302, headers={"Location": location, "Cache-Control": "no-store"}
+            status=303, headers={"Location": location, "Cache-Control": "no-store"}
         )
         for value in clear_all(self.session_cookie, cookies):
             response.headers.add("Set-Cookie", value)
         if self.session_cookie not in cookies:
             response.headers.add("Set-Cookie", clear_cookie(self.session_cookie))
-        return response
+        return _outcome(response, self._audited("logout", session))
 
 
 def _authority(facts: RequestFacts) -> str:

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -32,6 +32,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 CHUNK_SIZE = 3800  # value bytes per cookie; leaves room for name and attributes
 MAX_CHUNKS = 8
+# Room left in the browser's Cookie header for the site's other cookies (and our
+# login cookie during a new login) beyond the session's own.
+COOKIE_HEADROOM = 1024
 MAX_PLAINTEXT = 256 * 1024
 _VERSION = "v1"
 
@@ -164,6 +167,33 @@ def write_chunked(
     return out
 
 
+def cookie_header_bytes(name: str, value: str) -> int:
+    """Bytes ``value`` stored under ``name`` (chunked as :func:`write_chunked` does)
+    takes in a Cookie request header, separators included."""
+    if len(value) <= CHUNK_SIZE:
+        return len(name) + 1 + len(value) + 2
+    pieces = range(0, len(value), CHUNK_SIZE)
+    names = sum(len(f"{name}-{i}") + 1 + 2 for i, _ in enumerate(pieces))
+    return names + len(value)
+
+
+def cookie_budget(max_header_size: int) -> int:
+    """Bytes a session's cookies may take so the whole Cookie header line stays within
+    the listener's ``max_header_size`` (beyond it every request would get 431)."""
+    return max_header_size - len("Cookie") - COOKIE_HEADROOM
+
+
+def login_cookie_name(name: str) -> str:
+    """The login transaction's cookie, beside the session cookie ``name``."""
+    return f"{name}-login"
+
+
+def clearing_cookies(name: str) -> list[str]:
+    """Set-Cookie values that clear every cookie of ours: the session (whole or chunked)
+    and the login transaction. Sent with a 431, whose request could not be read."""
+    return [clear_cookie(n) for n in (name, *chunk_names(name), login_cookie_name(name))]
+
+
 def read_chunked(name: str, cookies: Mapping[str, str]) -> str | None:
     if name in cookies:
         return cookies[name]
@@ -196,12 +226,23 @@ class SessionStore(Protocol):
     async def save(self, sid: str, session: Mapping[str, Any]) -> None:
         """Store ``session`` until its ``exp``."""
 
-    async def delete(self, sid: str) -> None: ...
+    async def replace(
+        self, sid: str, session: Mapping[str, Any], token: str
+    ) -> Literal["written", "ended", "fenced"]:
+        """Store a refreshed ``session`` only while it still exists (``ended``: a logout
+        deleted it) and ``token`` still fences the refresh lock (``fenced``: another
+        replica took the lock over)."""
+
+    async def delete(self, sid: str, token: str | None = None) -> None:
+        """Revoke; with a refresh lock ``token``, only while that token fences the lock."""
 
     async def consume_once(self, token: str, ttl: float) -> bool:
         """True the first time any replica consumes ``token`` (login ``state``)."""
 
-    async def lock(self, sid: str) -> str | None:
+    async def lock(self, sid: str, expires_at: float) -> str | None:
         """The refresh lock's holder token, or None while another replica holds it."""
+
+    async def extend(self, sid: str, token: str) -> bool:
+        """Renew the refresh lock; False when it is no longer ours."""
 
     async def unlock(self, sid: str, token: str) -> None: ...

@@ -8,10 +8,12 @@ endpoints first, then ``authenticate_full`` (applying Set-Cookie values), then
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +32,32 @@ from proxy.identity.config import BrowserConfig, IdentityConfig
 from proxy.identity.session import CookieCodec, load_cookie_keys, new_cookie_key
 from tests.peers.cloud.tls import make_tls
 from tests.peers.oidc_provider import WEB_CLIENT, OidcProvider, rsa_jwk
+from tests.support.gatehouse import Gatehouse
+from tests.support.net import free_port
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
+
+
+def guids(count: int) -> list[str]:
+    """Entra-style group object ids, which barely compress."""
+    return [str(uuid.UUID(bytes=hashlib.sha256(b"%d" % i).digest()[:16])) for i in range(count)]
+
+
+def same_origin(base: str) -> dict[str, str]:
+    """What a browser sends with a POST from a page of ``base``."""
+    return {"Origin": base, "Sec-Fetch-Site": "same-origin"}
+
+
+async def post_logout(http: aiohttp.ClientSession, base: str) -> tuple[int, str, list[str]]:
+    """Sign out as the logout page's form does; status, Location and Set-Cookie values."""
+    async with http.post(
+        f"{base}/.gatehouse/logout", headers=same_origin(base), allow_redirects=False
+    ) as response:
+        return (
+            response.status,
+            response.headers.get("Location", ""),
+            response.headers.getall("Set-Cookie", []),
+        )
 
 
 def request_facts(request: web.BaseRequest) -> RequestFacts:
@@ -65,6 +91,9 @@ def build_app(auth: Authenticator) -> web.Application:
                     "groups": sorted(identity.groups),
                     "method": identity.method,
                     "has_token": identity.token is not None,
+                    "claims": dict(identity.claims),
+                    "unknown": sorted(identity.unknown_claims),
+                    "email_verified": identity.email_verified,
                 }
             )
         for value in result.set_cookies:
@@ -221,4 +250,134 @@ async def browser_env(
         else:
             sock.close()
         await auth.close()
+        await asyncio.to_thread(provider.close)
+
+
+# -- a real gatehouse process with browser login --------------------------------------
+@dataclass
+class Deployment:
+    """One ``gatehouse run`` with browser login, the real provider, and the test CA."""
+
+    gh: Gatehouse
+    provider: OidcProvider
+    client_ssl: ssl.SSLContext
+
+    @property
+    def base(self) -> str:
+        return f"https://localhost:{self.gh.port}"
+
+    @property
+    def callback_prefix(self) -> str:
+        return f"{self.base}/.gatehouse/callback"
+
+    def client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.client_ssl),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+
+    async def until_callback(
+        self, http: aiohttp.ClientSession, path: str = "/echo/page", user: str = "alice"
+    ) -> str:
+        return await follow_login(
+            http,
+            self.base + path,
+            issuer=self.provider.issuer,
+            callback_prefix=self.callback_prefix,
+            user=user,
+        )
+
+    async def login(
+        self, http: aiohttp.ClientSession, path: str = "/echo/page", user: str = "alice"
+    ) -> tuple[int, dict[str, Any]]:
+        """Sign in through ``path``; the callback's status and JSON body (if any)."""
+        callback = await self.until_callback(http, path, user)
+        async with http.get(callback, headers=HTML, allow_redirects=False) as response:
+            if response.status != 302:
+                return response.status, await response.json(content_type=None)
+        return 302, {}
+
+    async def get(
+        self,
+        http: aiohttp.ClientSession,
+        path: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """An API call (JSON accepted) through the gatehouse; status and JSON body."""
+        sent = {"Accept": "application/json", **(headers or {})}
+        async with http.request(
+            method, self.base + path, headers=sent, allow_redirects=False
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+    def records(self, count: int) -> list[dict[str, Any]]:
+        return self.gh.wait_audit(count)
+
+
+@asynccontextmanager
+async def browser_gatehouse(
+    gatehouse: Callable[..., Gatehouse],
+    upstream_url: str,
+    certs: dict[str, Path],
+    tmp_path: Path,
+    *,
+    accounts: dict[str, dict[str, Any]] | None = None,
+    routes: list[dict[str, Any]] | None = None,
+    browser: dict[str, Any] | None = None,
+    listen: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    provider_options: dict[str, Any] | None = None,
+    start_provider: bool = True,
+) -> AsyncIterator[Deployment]:
+    """A gatehouse with browser login in front of the echo upstream, and its provider
+    (not started with ``start_provider=False``: its port and issuer are fixed anyway)."""
+    port = free_port()
+    base = f"https://localhost:{port}"
+    provider = OidcProvider(
+        keys=[rsa_jwk("rsa-1")],
+        redirect_uris=[f"{base}/.gatehouse/callback"],
+        accounts=accounts or {"alice": {"email": "alice@example.test", "groups": ["eng"]}},
+        options=provider_options or {},
+        port=free_port(),
+    )
+    provider.issuer = f"http://127.0.0.1:{provider.port}"
+    if start_provider:
+        await asyncio.to_thread(provider.start)
+    try:
+        keys = tmp_path / "cookie-keys"
+        keys.write_text(new_cookie_key() + "\n")
+        secret = tmp_path / "client-secret"
+        secret.write_text(WEB_CLIENT["client_secret"])
+        identity = {
+            "browser": {
+                "issuer": provider.issuer,
+                "client_id": WEB_CLIENT["client_id"],
+                "client_secret_file": str(secret),
+                "cookie_keys_file": str(keys),
+                "scopes": ["openid", "email", "profile", "groups"],
+                **(browser or {}),
+            }
+        }
+        default_routes = [
+            {
+                "name": "app",
+                "path": "/echo",
+                "backend": "up",
+                "allow": [{"name": "signed-in", "authenticated": True}],
+            }
+        ]
+        tls = {"cert_file": str(certs["server_cert"]), "key_file": str(certs["server_key"])}
+        gh = await asyncio.to_thread(
+            gatehouse,
+            port=port,
+            backends={"up": {"urls": [upstream_url]}},
+            routes=routes or default_routes,
+            listen={"tls": tls, **(listen or {})},
+            extra={"identity": identity, **(extra or {})},
+        )
+        client_ssl = ssl.create_default_context(cafile=str(certs["ca"]))
+        yield Deployment(gh, provider, client_ssl)
+    finally:
         await asyncio.to_thread(provider.close)

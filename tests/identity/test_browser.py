@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
-import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -12,10 +12,10 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[im
 from yarl import URL
 
 from proxy.observability.metrics import AUTH
-from tests.identity.browser_env import HTML, browser_env, state_of
+from tests.identity.browser_env import HTML, browser_env, guids, post_logout, state_of
 
 # Entra-style: up to 200 group object ids, which barely compress.
-BIG_GROUPS = [str(uuid.UUID(bytes=hashlib.sha256(b"%d" % i).digest()[:16])) for i in range(200)]
+BIG_GROUPS = guids(200)
 
 
 async def test_login_with_pkce_yields_a_session_identity(tmp_path: Path) -> None:
@@ -28,13 +28,14 @@ async def test_login_with_pkce_yields_a_session_identity(tmp_path: Path) -> None
         assert query["code_challenge_method"] == ["S256"]
         assert query["nonce"] and query["state"]
         result = await env.login(http)
-        assert result == {
+        assert {k: result[k] for k in ("sub", "email", "groups", "method", "has_token")} == {
             "sub": "alice",
             "email": "alice@example.test",
             "groups": ["eng"],
             "method": "session",
             "has_token": True,
         }
+        assert result["email_verified"] is True
 
 
 async def test_session_cookies_are_host_prefixed_secure_httponly_lax(tmp_path: Path) -> None:
@@ -266,10 +267,8 @@ async def test_refused_refresh_ends_the_session(tmp_path: Path) -> None:
 async def test_logout_clears_the_session_and_goes_to_the_idp(tmp_path: Path) -> None:
     async with browser_env(tmp_path) as env, env.client() as http:
         await env.login(http)
-        async with http.get(f"{env.app_url}/.gatehouse/logout", allow_redirects=False) as r:
-            assert r.status == 302
-            location = r.headers["Location"]
-            cleared = r.headers.getall("Set-Cookie")
+        status, location, cleared = await post_logout(http, env.app_url)
+        assert status == 303
         assert location.startswith(f"{env.provider.issuer}/session/end?")
         query = parse_qs(urlsplit(location).query)
         assert query["post_logout_redirect_uri"] == [f"{env.app_url}/"]
@@ -296,3 +295,74 @@ async def test_idp_down_during_refresh_keeps_a_still_valid_session(tmp_path: Pat
         after = env.session_of(http)
         assert before is not None and after is not None
         assert after["rt"] == before["rt"]  # nothing spent: the refresh is retried later
+
+
+# -- which claims a session keeps (issue 18 §2) -----------------------------------------
+async def test_a_session_keeps_the_id_token_claims_and_names_the_ones_it_left_out(
+    tmp_path: Path,
+) -> None:
+    accounts = {
+        "alice": {
+            "groups": ["eng"],
+            "amr": ["pwd", "mfa"],
+            "acr": "urn:example:loa:2",
+            "claims": {"tid": "tenant-1", "department": "finance"},
+        }
+    }
+    async with browser_env(tmp_path, accounts=accounts) as env, env.client() as http:
+        result = await env.login(http)
+        claims = result["claims"]
+        assert claims["amr"] == ["pwd", "mfa"] and claims["acr"] == "urn:example:loa:2"
+        assert claims["tid"] == "tenant-1" and claims["department"] == "finance"
+        assert "auth_time" in claims and "nonce" not in claims
+        # Claims of the ID token itself are left out, and so unknown, never absent.
+        assert {"nonce", "iat", "exp"} <= set(result["unknown"])
+        assert not {"amr", "acr", "tid", "department", "groups"} & set(result["unknown"])
+
+
+async def test_entra_group_overage_makes_a_sessions_groups_unknown_not_empty(
+    tmp_path: Path,
+) -> None:
+    accounts = {"alice": {"groups_overage": True}}
+    async with browser_env(tmp_path, accounts=accounts) as env, env.client() as http:
+        result = await env.login(http)
+        assert result["groups"] == []
+        assert "groups" in result["unknown"]
+        assert "_claim_names" not in result["claims"]
+
+
+async def test_a_session_shrunk_for_the_listener_drops_unneeded_claims_first_as_unknown(
+    tmp_path: Path,
+) -> None:
+    noise = b"".join(hashlib.sha512(b"%d" % i).digest() for i in range(30))
+    accounts = {
+        "alice": {
+            "groups": BIG_GROUPS[:60],
+            "claims": {"tid": "t-1", "blob": base64.b64encode(noise).decode()},
+        }
+    }
+    async with browser_env(tmp_path, accounts=accounts) as env, env.client() as http:
+        assert env.auth.browser is not None
+        env.auth.browser.use_listener_limit(4096)
+        result = await env.login(http)
+        assert "blob" in result["unknown"] and "blob" not in result["claims"]
+        assert result["claims"]["tid"] == "t-1"
+        assert len(result["groups"]) == 60
+        sent = sum(len(c.key) + len(c.value) + 3 for c in http.cookie_jar)
+        assert sent <= 4096 - len("Cookie") - 1024
+
+
+async def test_a_claim_the_policy_reads_is_kept_when_the_session_shrinks(tmp_path: Path) -> None:
+    noise = b"".join(hashlib.sha512(b"%d" % i).digest() for i in range(30))
+    accounts = {
+        "alice": {"groups": BIG_GROUPS[:60], "claims": {"blob": base64.b64encode(noise).decode()}}
+    }
+    async with browser_env(tmp_path, accounts=accounts) as env, env.client() as http:
+        assert env.auth.browser is not None
+        env.auth.browser.use_listener_limit(4096)
+        env.auth.browser.use_claims_in_use(lambda: ("blob.part",))
+        callback = await env.until_callback(http)
+        async with http.get(callback, allow_redirects=False) as response:
+            # Keeping it cannot fit: a clear refusal instead of a session that breaks.
+            assert response.status == 400
+            assert (await response.json())["error"] == "session_too_large"

@@ -7,11 +7,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.identity.session import (
     CHUNK_SIZE,
+    MAX_CHUNKS,
     CookieAttrs,
     CookieCodec,
+    clearing_cookies,
+    cookie_budget,
+    cookie_header_bytes,
     load_cookie_keys,
     parse_cookie_header,
     read_chunked,
@@ -104,3 +110,24 @@ def test_set_cookie_carries_host_prefix_requirements() -> None:
 def test_cookie_header_parsing_keeps_the_first_value() -> None:
     cookies = parse_cookie_header('a=1; b="2"; a=3; junk; =x')
     assert cookies == {"a": "1", "b": "2"}
+
+
+@given(st.integers(min_value=1, max_value=CHUNK_SIZE * MAX_CHUNKS))
+def test_cookie_header_bytes_is_what_the_chunks_take_in_a_cookie_header(length: int) -> None:
+    value = "v" * length
+    pairs = [c.split(";")[0] for c in write_chunked(NAME, value, {}, CookieAttrs())]
+    header = "; ".join(pairs)
+    # Each of our cookies also brings the "; " that separates it from the next one.
+    assert cookie_header_bytes(NAME, value) == len(header) + 2
+
+
+def test_the_cookie_budget_leaves_the_header_line_room_for_the_sites_other_cookies() -> None:
+    assert cookie_budget(8190) == 8190 - len("Cookie") - 1024
+    assert cookie_budget(4096) < 4096 - 1000
+
+
+def test_a_431_clears_the_session_its_chunks_and_the_login_cookie() -> None:
+    cleared = clearing_cookies(NAME)
+    names = [c.split("=")[0] for c in cleared]
+    assert names == [NAME, *(f"{NAME}-{i}" for i in range(MAX_CHUNKS)), f"{NAME}-login"]
+    assert all("Max-Age=0" in c and "Path=/" in c and "Secure" in c for c in cleared)

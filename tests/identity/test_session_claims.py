@@ -1,0 +1,78 @@
+"""What a browser session keeps of the ID token, and what it treats as unknown (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from proxy.identity.config import ClaimMapping
+from proxy.identity.session_claims import (
+    PolicyClaims,
+    needed_claims,
+    policy_claim_paths,
+    session_claims,
+    shedding_order,
+)
+from tests.policy.support import policy
+
+ID_TOKEN = {
+    "iss": "https://login.example.com",
+    "sub": "alice",
+    "aud": "gatehouse",
+    "exp": 1,
+    "iat": 0,
+    "nonce": "n",
+    "at_hash": "h",
+    "auth_time": 0,
+    "amr": ["pwd", "mfa"],
+    "tid": "tenant",
+    "groups": ["eng"],
+    "_claim_names": {"roles": "src1"},
+    "_claim_sources": {"src1": {"endpoint": "https://graph.example.com"}},
+}
+
+
+def test_a_session_keeps_every_claim_but_those_of_the_token_itself() -> None:
+    kept, left_out = session_claims(ID_TOKEN)
+    assert set(kept) == {"iss", "sub", "aud", "auth_time", "amr", "tid", "groups"}
+    assert left_out == {"exp", "iat", "nonce", "at_hash", "_claim_names", "_claim_sources"}
+
+
+def test_needed_claims_are_identity_mfa_tenant_and_the_roots_of_policy_paths() -> None:
+    mapping = ClaimMapping(subject="oid", email="upn", groups=("realm_access.roles", "groups"))
+    needed = needed_claims(mapping, ("department", "org.unit"))
+    assert {"oid", "upn", "realm_access", "groups", "amr", "acr", "tid"} <= needed
+    assert {"department", "org"} <= needed
+    assert "name" not in needed
+
+
+def test_claims_shed_largest_first_and_never_a_needed_one() -> None:
+    claims = {"sub": "a", "name": "Al", "blob": "x" * 500, "bio": "y" * 50, "tid": "z" * 900}
+    order = shedding_order(claims, needed_claims(ClaimMapping()))
+    assert order == ["blob", "bio", "name"]
+
+
+def test_claim_paths_come_from_nested_claim_criteria_and_pass_claims(tmp_path: Path) -> None:
+    policies = policy(
+        tmp_path,
+        """
+        routes:
+          - name: app
+            path: /
+            backend: up
+            pass_claims: {claims: [department]}
+            deny:
+              - name: guests
+                any:
+                  - not: {claim: {path: tenant.kind, is: guest}}
+                  - claim: {path: acct, exists: false}
+            allow:
+              - name: staff
+                all:
+                  - groups: [eng]
+                  - claim: [{path: level, in: [senior]}]
+        """,
+        {"up"},
+    )
+    assert policy_claim_paths(policies.routes) == {"department", "tenant.kind", "acct", "level"}
+    memo = PolicyClaims(lambda: policies)
+    assert memo() == memo() == policy_claim_paths(policies.routes)
