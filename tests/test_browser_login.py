@@ -217,9 +217,15 @@ async def test_a_session_authenticates_unsafe_methods_only_for_requests_from_thi
         # Safe methods are not state changes: a cross-site link still works.
         status, _ = await d.get(http, "/echo/page", "GET", {"Sec-Fetch-Site": "cross-site"})
         assert status == 200
-        records = d.gh.wait_audit(2 + 4 * 6 + 1)
+        # A WebSocket handshake from a sibling host's page (cross-site WebSocket hijacking).
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+        for origin in ("https://evil.localhost", "null"):
+            headers = {**upgrade, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": origin}
+            status, body = await d.get(http, "/echo/socket", "GET", headers)
+            assert (status, body["error"]) == (403, "cross_site_request")
+        records = d.gh.wait_audit(2 + 4 * 6 + 1 + 2)
         refused = [r for r in records if r["reason"] == "cross_site_request"]
-        assert len(refused) == 16
+        assert len(refused) == 18
         assert all(r["status"] == 403 and r["upstream_status"] is None for r in refused)
 
 

@@ -84,7 +84,7 @@ from proxy.identity.jwt_verify import (
 from proxy.identity.model import Identity
 from proxy.identity.overage import overage_claims
 from proxy.identity.redirects import is_api_request, safe_redirect_target
-from proxy.identity.same_origin import from_this_origin, is_unsafe
+from proxy.identity.same_origin import changes_state, from_this_origin
 from proxy.identity.session import (
     CookieAttrs,
     CookieCodec,
@@ -105,7 +105,7 @@ from proxy.identity.stored_refresh import refresh_stored
 from proxy.observability.audit import ENDPOINT_OUTCOME, EndpointOutcome
 from proxy.observability.metrics import AUTH
 from proxy.policy.model import Route
-from proxy.policy.ratelimit import RateLimiter
+from proxy.policy.ratelimit import RateLimiter, rate_key
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class BrowserLogin:
 
     async def _start_login(self, facts: RequestFacts, return_to: str) -> web.Response:
         # Each start costs the IdP a login page; the transaction itself is only a cookie.
-        if not self._logins.allow(self._login_route, f"ip:{facts.client_ip}", self._clock()):
+        if not self._logins.allow(self._login_route, rate_key(None, facts), self._clock()):
             raise RateLimited(detail="login starts from this address over login_rate_limit")
         metadata = await self.provider.get()
         if metadata.authorization_endpoint is None:
@@ -576,7 +576,9 @@ class BrowserLogin:
         session = await self._load_session(cookies)
         if session is None:
             return None
-        if is_unsafe(facts.method) and not from_this_origin(facts.headers, facts.scheme):
+        if changes_state(facts.method, facts.headers) and not from_this_origin(
+            facts.headers, facts.scheme
+        ):
             # SameSite=Lax still sends the cookie from sibling hosts of the same site.
             raise AccessDenied("cross_site_request", detail="session request from another origin")
         set_cookies: tuple[str, ...] = ()
@@ -607,14 +609,14 @@ class BrowserLogin:
     def _identity(self, session: Mapping[str, Any]) -> Identity:
         claims = dict(session.get("claims") or {})
         identity = identity_from_claims(claims, self.id_token_cfg, "session", session.get("at"))
-        verified = claims.get("email_verified")
+        verified = identity.email_verified
+        if verified is None and isinstance(claims.get("email_verified"), bool):
+            verified = claims["email_verified"]
         return dataclasses.replace(
             identity,
             expires_at=float(session["exp"]),
             unknown_claims=frozenset(session.get("unknown") or ()) | identity.unknown_claims,
-            email_verified=identity.email_verified
-            if identity.email_verified is not None or not isinstance(verified, bool)
-            else verified,
+            email_verified=verified,
         )
 
     async def _refresh_once(self, session: Session) -> Session | None:

@@ -5,7 +5,9 @@ sibling host of the same site (``evil.example.com`` next to
 ``app.example.com``) is same-site: its pages can still make the browser send
 our cookie with a state-changing request. So a session may authenticate an
 unsafe method (and the logout POST) only when the browser says the request
-comes from this origin:
+comes from this origin. A WebSocket handshake is a GET, but opens a channel
+for both directions (cross-site WebSocket hijacking): it is checked the same
+way. The browser's account of where a request comes from:
 
 * ``Sec-Fetch-Site`` (every current browser sends it): ``same-origin``, or
   ``none`` (the user's own action: address bar, bookmark);
@@ -27,6 +29,11 @@ _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 def is_unsafe(method: str) -> bool:
     return method.upper() not in SAFE_METHODS
+
+
+def changes_state(method: str, headers: Mapping[str, str]) -> bool:
+    """An unsafe method, or a WebSocket handshake (``headers``: lower-case names)."""
+    return is_unsafe(method) or headers.get("upgrade", "").strip().lower() == "websocket"
 
 
 def from_this_origin(headers: Mapping[str, str], scheme: str = "https") -> bool:

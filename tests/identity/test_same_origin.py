@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.identity.same_origin import from_this_origin, is_unsafe
+from proxy.identity.same_origin import changes_state, from_this_origin, is_unsafe
 
 HOST = {"host": "app.example.com"}
 
@@ -76,3 +76,10 @@ def test_unsafe_methods() -> None:
         "DELETE",
     ]
     assert is_unsafe("PROPFIND")
+
+
+def test_a_websocket_handshake_changes_state_like_an_unsafe_method() -> None:
+    assert changes_state("GET", {"upgrade": "WebSocket"})
+    assert changes_state("POST", {})
+    assert not changes_state("GET", {"upgrade": "h2c"})
+    assert not changes_state("GET", {})
