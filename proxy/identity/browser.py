@@ -1,8 +1,9 @@
 """Browser login: OIDC authorization code + PKCE, sessions in encrypted cookies.
 
 Authlib has no aiohttp integration, so its protocol helpers build the
-authorization URL, the PKCE challenge and the token requests while aiohttp
-carries them. The core calls, from its aiohttp handler:
+authorization URL and the PKCE challenge here, and the token requests in
+:mod:`proxy.identity.token_client`, while aiohttp carries them. The core
+calls, from its aiohttp handler:
 
 * :meth:`BrowserLogin.handle` for every ``/.gatehouse/*`` path (callback,
   login, logout); it returns None for paths it does not serve. Login and
@@ -51,10 +52,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
-from authlib.oauth2.rfc6749.parameters import (  # type: ignore[import-untyped]
-    prepare_grant_uri,
-    prepare_token_request,
-)
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri  # type: ignore[import-untyped]
 from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
 from cachetools import TTLCache
 
@@ -71,16 +69,9 @@ from proxy.http.protocol import RequestView
 from proxy.http.responses import error_response
 from proxy.identity.config import BrowserConfig, IssuerConfig
 from proxy.identity.discovery import ProviderDiscovery
-from proxy.identity.fetch import FetchError, ProviderMetadata, basic_auth, post_form
+from proxy.identity.fetch import ProviderMetadata
 from proxy.identity.jwks import JwksClient
-from proxy.identity.jwt_verify import (
-    UnknownKey,
-    VerificationKey,
-    identity_from_claims,
-    parse_header,
-    select_key,
-    verify_signature,
-)
+from proxy.identity.jwt_verify import identity_from_claims
 from proxy.identity.model import Identity
 from proxy.identity.overage import overage_claims
 from proxy.identity.redirects import is_api_request, safe_redirect_target
@@ -100,8 +91,9 @@ from proxy.identity.session import (
     render_set_cookie,
     write_chunked,
 )
-from proxy.identity.session_claims import needed_claims, session_claims, shedding_order
+from proxy.identity.session_claims import needed_claims, session_claims, shrink
 from proxy.identity.stored_refresh import refresh_stored
+from proxy.identity.token_client import TokenClient
 from proxy.observability.audit import ENDPOINT_OUTCOME, EndpointOutcome
 from proxy.observability.metrics import AUTH
 from proxy.policy.model import Route
@@ -165,17 +157,24 @@ class BrowserLogin:
         self._store = store
         self._http = session
         self._clock = clock
-        # ID tokens arrive from the IdP over TLS, not from clients, and carry every group:
-        # allow more than the bearer-token cap so big group lists still log in.
-        self._max_token_bytes = max(max_token_bytes, ID_TOKEN_MAX_BYTES)
         base = issuer_config or IssuerConfig(issuer=cfg.issuer, audiences=(cfg.client_id,))
         # ID tokens are verified like bearer tokens, but their audience is this client.
         self.id_token_cfg = dataclasses.replace(
             base, audiences=(cfg.client_id,), required_claims=(), introspection=None
         )
         self.provider = ProviderDiscovery(session, self.id_token_cfg, jwks)
+        self.tokens = TokenClient(
+            session,
+            self.provider,
+            self.id_token_cfg,
+            client_id=cfg.client_id,
+            secret=cfg.client_secret.read() if cfg.client_secret else None,
+            # ID tokens arrive from the IdP over TLS, not from clients, and carry every
+            # group: allow more than the bearer-token cap so big group lists still log in.
+            max_token_bytes=max(max_token_bytes, ID_TOKEN_MAX_BYTES),
+            clock=clock,
+        )
         self.codec = CookieCodec(load_cookie_keys(cfg.cookie_keys_file))
-        self._secret = cfg.client_secret.read() if cfg.client_secret else None
         self.session_cookie = cfg.cookie_name
         self.login_cookie = login_cookie_name(cfg.cookie_name)
         self._cookie_budget = cookie_budget(DEFAULT_MAX_HEADER)
@@ -227,13 +226,6 @@ class BrowserLogin:
     @property
     def metadata(self) -> ProviderMetadata | None:
         return self.provider.metadata
-
-    def _client_auth(self) -> str | None:
-        return None if self._secret is None else basic_auth(self.cfg.client_id, self._secret)
-
-    def _public_client_id(self) -> dict[str, str]:
-        """Public clients (no secret) name themselves in the token request body."""
-        return {} if self._secret is not None else {"client_id": self.cfg.client_id}
 
     def redirect_uri(self, host: str) -> str:
         return f"https://{host}{self.cfg.redirect_path}"
@@ -376,19 +368,9 @@ class BrowserLogin:
     async def _exchange(
         self, host: str, query: Mapping[str, str], tx: Mapping[str, Any]
     ) -> Session:
-        metadata = await self.provider.get()
-        body = prepare_token_request(
-            "authorization_code",
-            code=query["code"],
-            redirect_uri=self.redirect_uri(host),
-            code_verifier=tx["verifier"],
-            **self._public_client_id(),
+        tokens, claims = await self.tokens.redeem_code(
+            query["code"], self.redirect_uri(host), str(tx["verifier"])
         )
-        tokens = await self._token_request(metadata, body)
-        id_token = tokens.get("id_token")
-        if not isinstance(id_token, str):
-            raise AuthenticationError("login_failed", detail="token response without id_token")
-        claims = await self._verify_id_token(id_token)
         nonce = claims.get("nonce")
         if not isinstance(nonce, str) or not hmac.compare_digest(
             nonce.encode(), str(tx["nonce"]).encode()
@@ -438,42 +420,6 @@ class BrowserLogin:
             fields["unknown"] = sorted(unknown)
         return fields
 
-    async def _token_request(self, metadata: ProviderMetadata, body: str) -> Session:
-        if metadata.token_endpoint is None:
-            raise IdentityProviderUnavailable(detail="IdP has no token endpoint")
-        try:
-            status, tokens = await post_form(
-                self._http, metadata.token_endpoint, body, authorization=self._client_auth()
-            )
-        except FetchError as exc:
-            raise IdentityProviderUnavailable(detail=f"token endpoint: {exc}") from exc
-        if status >= 500:
-            raise IdentityProviderUnavailable(detail=f"token endpoint answered HTTP {status}")
-        if status != 200 or not isinstance(tokens, dict):
-            error = tokens.get("error") if isinstance(tokens, dict) else None
-            raise AuthenticationError("login_failed", detail=f"token endpoint refused: {error}")
-        return tokens
-
-    async def _verify_id_token(self, id_token: str) -> Session:
-        cfg = self.id_token_cfg
-        header = parse_header(id_token, self._max_token_bytes)
-        jwks = self.provider.jwks
-        if jwks is None:
-            raise IdentityProviderUnavailable(detail="no JWKS for the browser issuer")
-        try:
-            key: VerificationKey = select_key(header, cfg, jwks.current(), None)
-        except UnknownKey:
-            await jwks.refresh_for_unknown_kid()
-            try:
-                key = select_key(header, cfg, jwks.current(refresh=False), None)
-            except UnknownKey:
-                raise IdentityProviderUnavailable(detail="no key for ID token") from None
-        claims = verify_signature(id_token, header, key, cfg, self._clock())
-        aud = claims.get("aud")
-        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self.cfg.client_id:
-            raise AuthenticationError("invalid_token", detail="ID token azp is not this client")
-        return claims
-
     # -- sessions ------------------------------------------------------------------
     def _sealed(self, session: Mapping[str, Any]) -> str:
         content: Mapping[str, Any] = session
@@ -483,40 +429,24 @@ class BrowserLogin:
         return self.codec.seal(self.session_cookie, content)
 
     def _fit(self, session: Session) -> Session:
-        """``session`` shrunk until its cookies fit the listener's header limit.
-
-        Claims no criterion needs go first (largest first; each becomes unknown),
-        then the access token (token exchange then answers bearer_token_required);
-        a session that still does not fit is refused (``session_too_large``), since
-        every request carrying it would be refused with 431.
-        """
+        """``session`` shrunk until its cookies fit the listener's header limit (see
+        :func:`~proxy.identity.session_claims.shrink`); a session that cannot fit is
+        refused (``session_too_large``): every request carrying it would get 431."""
         if self._store is not None:
             return session  # the cookie is a short reference
         budget = self._cookie_budget
-        if self._cookie_bytes(session) <= budget:
-            return session
-        claims = dict(session.get("claims") or {})
-        unknown = set(session.get("unknown") or ())
         needed = needed_claims(self.id_token_cfg.claims, self._claims_in_use())
-        fitted = dict(session)
-        for name in shedding_order(claims, needed):
-            del claims[name]
-            unknown.add(name)
-            fitted = {**fitted, "claims": dict(claims), "unknown": sorted(unknown)}
-            if self._cookie_bytes(fitted) <= budget:
-                return fitted
-        if fitted.get("at") is not None:
-            fitted = {**fitted, "at": None}
-            if self._cookie_bytes(fitted) <= budget:
-                return fitted
-        log.warning(
-            "browser session of %d bytes does not fit the %d-byte cookie budget "
-            "(listen.max_header_size): login refused; configure state: (Redis) to keep "
-            "sessions server-side, or raise listen.max_header_size",
-            self._cookie_bytes(fitted),
-            budget,
-        )
-        raise AuthenticationError("session_too_large", detail="session exceeds the cookie budget")
+        fitted = shrink(session, needed, lambda s: self._cookie_bytes(s) <= budget)
+        if fitted is None:
+            log.warning(
+                "browser session of %d bytes does not fit the %d-byte cookie budget "
+                "(listen.max_header_size): login refused; configure state: (Redis) to keep "
+                "sessions server-side, or raise listen.max_header_size",
+                self._cookie_bytes(session),
+                budget,
+            )
+            raise AuthenticationError("session_too_large", detail="session over the cookie budget")
+        return fitted
 
     def _cookie_bytes(self, session: Mapping[str, Any]) -> int:
         return cookie_header_bytes(self.session_cookie, self._sealed(session))
@@ -656,21 +586,13 @@ class BrowserLogin:
             raise IdentityProviderUnavailable(detail="session refresh failed") from None
 
     async def _refresh_tokens(self, session: Session) -> Session | None:
-        metadata = await self.provider.get()
-        body = prepare_token_request(
-            "refresh_token", refresh_token=session["rt"], **self._public_client_id()
-        )
-        try:
-            tokens = await self._token_request(metadata, body)
-        except AuthenticationError:
+        answer = await self.tokens.refresh(str(session["rt"]))
+        if answer is None:
             return None
-        claims: Mapping[str, Any] | None = None
-        id_token = tokens.get("id_token")
-        if isinstance(id_token, str):
-            claims = await self._verify_id_token(id_token)
-            previous: Mapping[str, Any] = session.get("claims") or {}
-            if claims.get("sub") != previous.get("sub"):
-                return None
+        tokens, claims = answer
+        previous: Mapping[str, Any] = session.get("claims") or {}
+        if claims is not None and claims.get("sub") != previous.get("sub"):
+            return None
         return {**session, **self._token_fields(tokens, claims, session)}
 
     async def _logout(self, facts: RequestFacts) -> web.StreamResponse:

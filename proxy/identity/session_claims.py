@@ -60,6 +60,32 @@ def shedding_order(claims: Mapping[str, Any], needed: frozenset[str]) -> list[st
     return sorted(optional, key=lambda name: (-_size(claims[name]), name))
 
 
+def shrink(
+    session: Mapping[str, Any], needed: frozenset[str], fits: Callable[[Mapping[str, Any]], bool]
+) -> dict[str, Any] | None:
+    """``session`` made small enough that ``fits`` holds, or None when it cannot be.
+
+    Claims nothing needs go first, largest first, each becoming unknown; then
+    the access token (only token exchange uses it). Needed claims never go.
+    """
+    fitted = dict(session)
+    if fits(fitted):
+        return fitted
+    claims = dict(session.get("claims") or {})
+    unknown = set(session.get("unknown") or ())
+    for name in shedding_order(claims, needed):
+        del claims[name]
+        unknown.add(name)
+        fitted = {**fitted, "claims": dict(claims), "unknown": sorted(unknown)}
+        if fits(fitted):
+            return fitted
+    if fitted.get("at") is not None:
+        fitted = {**fitted, "at": None}
+        if fits(fitted):
+            return fitted
+    return None
+
+
 def _size(value: Any) -> int:
     try:
         return len(orjson.dumps(value))

@@ -11,6 +11,7 @@ from proxy.identity.session_claims import (
     policy_claim_paths,
     session_claims,
     shedding_order,
+    shrink,
 )
 from tests.policy.support import policy
 
@@ -76,3 +77,33 @@ def test_claim_paths_come_from_nested_claim_criteria_and_pass_claims(tmp_path: P
     assert policy_claim_paths(policies.routes) == {"department", "tenant.kind", "acct", "level"}
     memo = PolicyClaims(lambda: policies)
     assert memo() == memo() == policy_claim_paths(policies.routes)
+
+
+def _session() -> dict[str, object]:
+    return {
+        "claims": {"sub": "a", "groups": ["g"] * 50, "bio": "b" * 300, "nick": "n" * 30},
+        "unknown": ["nonce"],
+        "at": "t" * 200,
+    }
+
+
+def _weight(session: object) -> int:
+    return len(repr(session))
+
+
+def test_a_session_sheds_unneeded_claims_largest_first_then_the_access_token() -> None:
+    needed = needed_claims(ClaimMapping())
+    full = _weight(_session())
+    without_bio = shrink(_session(), needed, lambda s: _weight(s) <= full - 300)
+    assert without_bio is not None
+    assert set(without_bio["claims"]) == {"sub", "groups", "nick"}
+    assert without_bio["unknown"] == ["bio", "nonce"] and without_bio["at"] is not None
+    lean = shrink(_session(), needed, lambda s: _weight(s) <= full - 520)
+    assert lean is not None and lean["at"] is None
+    assert set(lean["claims"]) == {"sub", "groups"} and lean["unknown"] == ["bio", "nick", "nonce"]
+
+
+def test_a_session_that_fits_is_left_alone_and_one_that_never_fits_is_refused() -> None:
+    needed = needed_claims(ClaimMapping())
+    assert shrink(_session(), needed, lambda s: True) == _session()
+    assert shrink(_session(), needed, lambda s: False) is None
