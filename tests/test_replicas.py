@@ -287,7 +287,7 @@ async def test_a_redis_outage_fails_sessions_closed_keeps_bearer_and_local_limit
 
 
 # -- logout and refresh across replicas (issue 18 §4) -----------------------------------
-SLOW_REFRESH = {"provider": {"access_token_ttl": 30, "refresh_delay_ms": 1500}}
+SLOW_REFRESH = {"provider": {"access_token_ttl": 30, "refresh_delay_ms": 3000}}
 
 
 @pytest.mark.parametrize("deployment", [SLOW_REFRESH], indirect=True)
@@ -298,7 +298,7 @@ async def test_a_logout_during_a_refresh_in_flight_is_not_undone_by_the_refresh(
     async with d.client() as http:
         cookie = await d.login(http, via=d.one)
         # Access tokens live 30 s, the refresh margin is 60 s: this request refreshes,
-        # and the IdP takes 1.5 s to answer.
+        # and the IdP takes 3 s to answer.
         refreshing = asyncio.ensure_future(d.get(d.one, "/echo/app/data", cookie=cookie))
         await asyncio.sleep(0.5)
         assert (await post_logout(http, d.base(d.two)))[0] == 303
@@ -310,7 +310,9 @@ async def test_a_logout_during_a_refresh_in_flight_is_not_undone_by_the_refresh(
 
 
 @pytest.mark.parametrize(
-    "deployment", [{**SLOW_REFRESH, "state": {"lock_ttl": "500ms"}}], indirect=True
+    "deployment",
+    [{"provider": {"access_token_ttl": 30, "refresh_delay_ms": 2500}, "state": {"lock_ttl": "1s"}}],
+    indirect=True,
 )
 async def test_a_refresh_slower_than_the_lock_spends_the_refresh_token_once(
     deployment: Deployment,
@@ -319,8 +321,8 @@ async def test_a_refresh_slower_than_the_lock_spends_the_refresh_token_once(
     async with d.client() as http:
         cookie = await d.login(http, via=d.one)
     first = asyncio.ensure_future(d.get(d.one, "/echo/app/data", cookie=cookie))
-    # Past the 500 ms lock: replica two must still see the refresh as in flight.
-    await asyncio.sleep(0.9)
+    # Past the 1 s lock: replica two must still see the refresh as in flight.
+    await asyncio.sleep(1.6)
     second = await d.get(d.two, "/echo/app/data", cookie=cookie)
     assert second[0] == 200
     assert (await first)[0] == 200
