@@ -539,14 +539,10 @@ class BrowserLogin:
     def _identity(self, session: Mapping[str, Any]) -> Identity:
         claims = dict(session.get("claims") or {})
         identity = identity_from_claims(claims, self.id_token_cfg, "session", session.get("at"))
-        verified = identity.email_verified
-        if verified is None and isinstance(claims.get("email_verified"), bool):
-            verified = claims["email_verified"]
         return dataclasses.replace(
             identity,
             expires_at=float(session["exp"]),
             unknown_claims=frozenset(session.get("unknown") or ()) | identity.unknown_claims,
-            email_verified=verified,
         )
 
     async def _refresh_once(self, session: Session) -> Session | None:
