@@ -39,7 +39,6 @@ from proxy.http.tls import Listener
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.mtls import certificate_from_der
 from proxy.identity.session import clearing_cookies
-from proxy.identity.session_claims import PolicyClaims
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
@@ -124,7 +123,7 @@ async def serve(
             if state is not None:
                 browser.use_session_store(state.sessions)
             browser.use_listener_limit(config.listen.max_header_size)
-            browser.use_claims_in_use(PolicyClaims(lambda: policies.current))
+            browser.use_claims_in_use(lambda: policies.current.referenced_claims)
         gateway.authenticator = authenticator
         gateway.local_endpoints += (authenticator.local_endpoint,)
         closers.append(authenticator.close)

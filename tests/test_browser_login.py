@@ -436,3 +436,32 @@ async def test_login_starts_are_rate_limited_per_client_address(
         assert (await d.get(http, "/echo/data"))[0] == 401
         records = d.gh.wait_audit(9)
         assert [r["reason"] for r in records].count("rate_limited") == 3
+
+
+async def test_a_deny_on_groups_cut_by_entra_overage_fails_closed_for_a_session(
+    gatehouse: GatehouseFactory, upstream_url: str, certs: dict[str, Path], tmp_path: Path
+) -> None:
+    accounts = {
+        "contractor": {"groups_overage": True},  # more groups than the token could carry
+        "alice": {"groups": ["eng"]},
+    }
+    routes = [
+        {
+            "name": "app",
+            "path": "/echo",
+            "backend": "up",
+            "deny": [{"name": "no-contractors", "groups": ["contractors"]}],
+            "allow": [{"name": "signed-in", "authenticated": True}],
+        }
+    ]
+    async with browser_gatehouse(
+        gatehouse, upstream_url, certs, tmp_path, accounts=accounts, routes=routes
+    ) as d:
+        for user, expected in (
+            ("contractor", (403, "unknown_claims:no-contractors")),
+            ("alice", (200, None)),
+        ):
+            async with d.client() as http:
+                assert (await d.login(http, user=user))[0] == 302
+                status, body = await d.get(http, "/echo/page")
+                assert (status, body.get("error")) == expected, user

@@ -97,7 +97,7 @@ from proxy.identity.token_client import TokenClient
 from proxy.observability.audit import ENDPOINT_OUTCOME, EndpointOutcome
 from proxy.observability.metrics import AUTH
 from proxy.policy.model import Route
-from proxy.policy.ratelimit import RateLimiter, rate_key
+from proxy.ratelimit import RateLimiter, rate_key
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ largest first. A claim the ID token had and the session does not keep is
 not pass.
 
 *Needed* claims are never dropped: who the caller is (subject, email, groups
-as configured for the issuer), ``amr``/``acr``/``tid``, and the claims the
-loaded policy names in ``claim`` criteria and ``pass_claims``.
+as configured for the issuer), ``amr``/``acr``/``tid``, and every claim the
+loaded policy reads (``PolicySet.referenced_claims``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from typing import Any
 import orjson
 
 from proxy.identity.config import ClaimMapping
-from proxy.policy.criteria import Claim, Criterion, children_of
-from proxy.policy.evaluate import PolicySet
-from proxy.policy.model import Route
 
 # Claims of one token instance: meaningless for a session that outlives it.
 TOKEN_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash", "iat", "nbf", "exp", "jti"})
@@ -91,34 +88,3 @@ def _size(value: Any) -> int:
         return len(orjson.dumps(value))
     except TypeError:
         return 0
-
-
-def policy_claim_paths(routes: Iterable[Route]) -> frozenset[str]:
-    """Claim paths the routes' rules read (``claim`` criteria) or pass on (``pass_claims``).
-
-    Stands in until the policy set exposes what it references itself.
-    """
-    paths: set[str] = set()
-    for route in routes:
-        paths.update(route.pass_claims)
-        pending: list[Criterion] = [rule.criterion for rule in (*route.allow, *route.deny)]
-        while pending:
-            criterion = pending.pop()
-            if isinstance(criterion, Claim):
-                paths.add(criterion.path)
-            pending.extend(children_of(criterion))
-    return frozenset(paths)
-
-
-class PolicyClaims:
-    """The claim paths of the policy version loaded now, computed once per version."""
-
-    def __init__(self, current: Callable[[], PolicySet]) -> None:
-        self._current = current
-        self._memo: tuple[str, frozenset[str]] = ("", frozenset())
-
-    def __call__(self) -> frozenset[str]:
-        policy = self._current()
-        if self._memo[0] != policy.version:
-            self._memo = (policy.version, policy_claim_paths(policy.routes))
-        return self._memo[1]

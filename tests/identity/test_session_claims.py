@@ -6,9 +6,7 @@ from pathlib import Path
 
 from proxy.identity.config import ClaimMapping
 from proxy.identity.session_claims import (
-    PolicyClaims,
     needed_claims,
-    policy_claim_paths,
     session_claims,
     shedding_order,
     shrink,
@@ -52,7 +50,7 @@ def test_claims_shed_largest_first_and_never_a_needed_one() -> None:
     assert order == ["blob", "bio", "name"]
 
 
-def test_claim_paths_come_from_nested_claim_criteria_and_pass_claims(tmp_path: Path) -> None:
+def test_a_session_keeps_the_claims_the_loaded_policy_reads(tmp_path: Path) -> None:
     policies = policy(
         tmp_path,
         """
@@ -74,9 +72,10 @@ def test_claim_paths_come_from_nested_claim_criteria_and_pass_claims(tmp_path: P
         """,
         {"up"},
     )
-    assert policy_claim_paths(policies.routes) == {"department", "tenant.kind", "acct", "level"}
-    memo = PolicyClaims(lambda: policies)
-    assert memo() == memo() == policy_claim_paths(policies.routes)
+    needed = needed_claims(ClaimMapping(), policies.referenced_claims)
+    assert {"department", "tenant", "acct", "level", "groups"} <= needed
+    claims = {"sub": "a", "department": "d" * 90, "tenant": {"kind": "x" * 90}, "bio": "b"}
+    assert shedding_order(claims, needed) == ["bio"]
 
 
 def _session() -> dict[str, object]:
