@@ -441,7 +441,7 @@ async def test_login_starts_are_rate_limited_per_client_address(
 async def test_a_deny_on_groups_cut_by_entra_overage_fails_closed_for_a_session(
     gatehouse: GatehouseFactory, upstream_url: str, certs: dict[str, Path], tmp_path: Path
 ) -> None:
-    accounts = {
+    accounts: dict[str, dict[str, Any]] = {
         "contractor": {"groups_overage": True},  # more groups than the token could carry
         "alice": {"groups": ["eng"]},
     }
