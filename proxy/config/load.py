@@ -6,20 +6,24 @@ import hashlib
 import os
 import re
 import ssl
+from collections.abc import Mapping as EnvMapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from proxy.config.keyfiles import check_key_file
-from proxy.config.reader import ConfigError, Mapping, Problems, load_document
+from proxy.config.reader import ConfigError, Mapping, Problems, load_document, unreadable
 from proxy.config.schema import (
     Address,
     AdminConfig,
     AuditConfig,
     BackendConfig,
     Config,
+    IdentityHeaders,
     ListenConfig,
+    LogConfig,
     Timeouts,
     TLSConfig,
+    TracingConfig,
 )
 from proxy.credentials.config import parse_assertion_signing, parse_credentials
 from proxy.http.canonical import PathOptions
@@ -29,7 +33,7 @@ from proxy.identity.config import parse_identity
 from proxy.state.config import parse_state
 from proxy.upstream.config import parse_backend_options
 
-__all__ = ["ConfigError", "load_config", "parse_address"]
+__all__ = ["ConfigError", "load_config", "parse_address", "read_config"]
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,62})$")
 
@@ -72,11 +76,19 @@ def _tls(m: Mapping | None) -> TLSConfig | None:
     if cert is None or key is None:
         return None
     config = TLSConfig(cert, key, ca, client_auth, min_version, crl)
+    files = [f for f in (cert, key, ca, crl) if f is not None]
+    if m.doc.offline or any(unreadable(f) is not None for f in files):
+        return config  # run-time-only files, or each problem already reported at its line
     try:
         server_context(config)  # the files load together, now rather than in every worker
     except CrlError as exc:
         m.error("crl_file", f"{m.where}.crl_file: {exc}")
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            m.error("key_file", f"{m.where}.key_file: does not match the certificate in cert_file")
+        else:
+            m.error(None, f"{m.where}: cannot load the certificate, key or client CAs: {exc}")
+    except OSError as exc:
         m.error(None, f"{m.where}: cannot load the certificate, key or client CAs: {exc}")
     return config
 
@@ -133,7 +145,7 @@ def _audit(m: Mapping | None) -> AuditConfig:
     output = m.text("output", "stdout")
     if output not in ("stdout", "-"):
         out_path = m.doc.resolve_path(output)
-        problem = _audit_file_problem(out_path)
+        problem = None if m.doc.offline else _audit_file_problem(out_path)
         if problem:
             m.error("output", f"audit.output: {problem}")
         output = str(out_path)
@@ -200,18 +212,124 @@ def _backends(m: Mapping | None) -> dict[str, BackendConfig]:
     return out
 
 
-def load_config(path: Path) -> Config:
-    """Parse and validate ``path`` (and the policy files it names) or raise ConfigError."""
+LOG_FORMATS = ("auto", "json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log(m: Mapping | None) -> LogConfig:
+    if m is None:
+        return LogConfig()
+    log = LogConfig(
+        format=m.choice("format", LOG_FORMATS, "auto"),
+        level=m.choice("level", LOG_LEVELS, "info"),
+    )
+    m.close()
+    return log
+
+
+def _otlp_endpoint(m: Mapping, key: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        m.error(key, f"{m.where}.{key}: expected an http(s) URL, got {value!r}")
+        return None
+    return value.rstrip("/")
+
+
+def _tracing(m: Mapping | None, environ: EnvMapping[str, str]) -> TracingConfig | None:
+    """The ``tracing:`` section, else the standard OTEL_* variables, else off."""
+    if m is None:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not endpoint:
+            return None
+        return TracingConfig(
+            otlp_endpoint=endpoint.rstrip("/"),
+            service_name=environ.get("OTEL_SERVICE_NAME") or "gatehouse",
+        )
+    endpoint = _otlp_endpoint(
+        m, "otlp_endpoint", m.text("otlp_endpoint", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    )
+    if endpoint is None and not m.has("otlp_endpoint"):
+        m.error(None, f"{m.where}: missing 'otlp_endpoint' (or set OTEL_EXPORTER_OTLP_ENDPOINT)")
+    service = m.text("service_name", environ.get("OTEL_SERVICE_NAME") or "gatehouse")
+    ratio = 1.0
+    got = m._typed("sample_ratio", False, (int, float), "a number between 0 and 1")
+    if got is not None:
+        value = float(got[0])  # type: ignore[arg-type]
+        if 0.0 <= value <= 1.0:
+            ratio = value
+        else:
+            m.doc.error(got[1], f"{m.where}.sample_ratio: must be between 0 and 1")
+    m.close()
+    if endpoint is None:
+        return None
+    return TracingConfig(otlp_endpoint=endpoint, service_name=service, sample_ratio=ratio)
+
+
+# Names an identity header must never take: the proxy writes or reads these itself.
+_RESERVED_HEADERS = frozenset(
+    {"authorization", "cookie", "host", "content-length", "transfer-encoding", "connection"}
+)
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _identity_headers(identity: Mapping | None) -> IdentityHeaders:
+    """``identity.headers``: read here, beside the identity section's own keys."""
+    m = identity.mapping("headers") if identity is not None else None
+    if m is None:
+        return IdentityHeaders()
+    default = IdentityHeaders()
+    names = {}
+    for key in ("subject", "email", "groups"):
+        value = m.text(key, getattr(default, key))
+        if not _HEADER_TOKEN.match(value) or value.lower() in _RESERVED_HEADERS:
+            m.error(key, f"{m.where}.{key}: not a header name Gatehouse may set: {value!r}")
+            value = getattr(default, key)
+        names[key] = value
+    m.close()
+    headers = IdentityHeaders(**names)
+    if len(headers.names()) < 4:
+        m.error(None, f"{m.where}: subject, email and groups need three different names")
+        return default
+    return headers
+
+
+def load_config(
+    path: Path, *, offline: bool = False, environ: EnvMapping[str, str] | None = None
+) -> Config:
+    """Parse and validate ``path`` completely, or raise ConfigError with every problem."""
     problems = Problems()
-    doc, node = load_document(path, problems)
+    config = read_config(path, problems, offline=offline, environ=environ)
+    problems.raise_if_any()
+    assert config is not None  # no problems: the file was a mapping
+    return config
+
+
+def read_config(
+    path: Path,
+    problems: Problems,
+    *,
+    offline: bool = False,
+    environ: EnvMapping[str, str] | None = None,
+) -> Config | None:
+    """Parse ``path``, recording problems instead of raising.
+
+    The result is as complete as the file allows, so ``gatehouse check`` can
+    go on to check the policies against it in the same pass; None when the
+    file is not a YAML mapping at all. ``environ`` (default: the process
+    environment) fills ``${VAR}``; ``offline`` skips checks of files that
+    exist only where Gatehouse runs.
+    """
+    env = os.environ if environ is None else environ
+    doc, node = load_document(path, problems, environ=env, offline=offline)
     if node is None:
-        problems.raise_if_any()
-        problems.add(path, 1, "configuration is empty")
-        problems.raise_if_any()
+        if not problems.items:
+            problems.add(path, 1, "configuration is empty")
+        return None
     root = Mapping.of(doc, node, "config")
     if root is None:
-        problems.raise_if_any()
-        raise AssertionError("unreachable: non-mapping root is reported")
+        return None
     listen = _listen(root.mapping("listen"))
     admin_m = root.mapping("admin")
     admin = None
@@ -228,7 +346,9 @@ def load_config(path: Path) -> Config:
     if not policy_dir.is_dir():
         root.error("policies", f"policies.dir: directory not found: {policy_dir}")
     backends = _backends(root.mapping("backends"))
-    identity = parse_identity(root.mapping("identity"))
+    identity_m = root.mapping("identity")
+    identity_headers = _identity_headers(identity_m)
+    identity = parse_identity(identity_m)
     assertions = parse_assertion_signing(root.mapping("assertions"))
     if assertions is None and any(
         spec.type == "assertion" for b in backends.values() for spec in b.credentials
@@ -248,10 +368,11 @@ def load_config(path: Path) -> Config:
     if shutdown_m is not None:
         drain = shutdown_m.duration("drain_timeout", 30.0)
         shutdown_m.close()
+    log = _log(root.mapping("log"))
+    tracing = _tracing(root.mapping("tracing"), env)
     root.close()
 
     config_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else ""
-    problems.raise_if_any()
     return Config(
         source=path,
         listen=listen,
@@ -265,4 +386,7 @@ def load_config(path: Path) -> Config:
         drain_timeout=drain,
         config_hash=config_hash,
         state=state,
+        log=log,
+        tracing=tracing,
+        identity_headers=identity_headers,
     )

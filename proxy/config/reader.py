@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator
+from collections.abc import Mapping as EnvMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -108,12 +109,39 @@ class SecretRef:
         return f"{self.kind}:{self.name}"
 
 
-class Doc:
-    """One YAML file: its path, base directory and the shared problem list."""
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, or None when it can (opened, not read)."""
+    try:
+        with path.open("rb"):
+            return None
+    except FileNotFoundError:
+        return f"file not found: {path}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
 
-    def __init__(self, path: Path, problems: Problems) -> None:
+
+class Doc:
+    """One YAML file: its path, base directory and the shared problem list.
+
+    ``environ`` is set for the main configuration file only: its scalars have
+    had ``${VAR}`` substituted from it, and a non-secret value written as an
+    ``env:NAME`` reference is refused (only secrets are read by reference).
+    ``offline`` skips checks of files that exist only where Gatehouse runs
+    (secrets, certificates), for CI.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        problems: Problems,
+        *,
+        environ: EnvMapping[str, str] | None = None,
+        offline: bool = False,
+    ) -> None:
         self.path = path
         self.problems = problems
+        self.environ = environ
+        self.offline = offline
 
     def error(self, node: yaml.Node | None, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -124,9 +152,19 @@ class Doc:
         return p if p.is_absolute() else (self.path.parent / p)
 
 
-def load_document(path: Path, problems: Problems) -> tuple[Doc, yaml.Node | None]:
-    """Compose ``path`` into a node tree, recording a missing file or bad YAML."""
-    doc = Doc(path, problems)
+def load_document(
+    path: Path,
+    problems: Problems,
+    *,
+    environ: EnvMapping[str, str] | None = None,
+    offline: bool = False,
+) -> tuple[Doc, yaml.Node | None]:
+    """Compose ``path`` into a node tree, recording a missing file or bad YAML.
+
+    With ``environ``, ``${VAR}`` and ``${VAR:-default}`` in scalar values are
+    replaced from it (see :func:`substitute_environment`).
+    """
+    doc = Doc(path, problems, environ=environ, offline=offline)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -145,10 +183,83 @@ def load_document(path: Path, problems: Problems) -> tuple[Doc, yaml.Node | None
     except yaml.YAMLError as exc:
         problems.add(path, 1, f"invalid YAML: {exc}")
         return doc, None
+    if environ is not None and node is not None:
+        substitute_environment(doc, node, environ)
     return doc, node
 
 
 _CONSTRUCTOR = yaml.SafeLoader("")
+
+# ${NAME} or ${NAME:-default}; "$${" is a literal "${".
+_VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_REFERENCE = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def expand_variables(text: str, environ: EnvMapping[str, str]) -> tuple[str, list[str]]:
+    """``text`` with ``${VAR}``/``${VAR:-default}`` replaced, and the unset names.
+
+    As in the shell, the default applies when the variable is unset or empty.
+    """
+    missing: list[str] = []
+
+    def replace(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        value = environ.get(m.group(1), "")
+        if value:
+            return value
+        if m.group(2) is not None:
+            return m.group(2)
+        if m.group(1) not in environ:
+            missing.append(m.group(1))
+        return ""
+
+    return _VARIABLE.sub(replace, text), missing
+
+
+def substitute_environment(doc: Doc, root: yaml.Node, environ: EnvMapping[str, str]) -> None:
+    """Replace variables in every scalar value of the tree, in place.
+
+    Done on the composed nodes, so every later problem still names the line
+    the value was written on. A plain scalar is typed again after the
+    substitution (``port: ${PORT}`` is an integer); a quoted one stays a string.
+    """
+    stack: list[tuple[yaml.Node, str]] = [(root, "config")]
+    seen: set[int] = set()
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen:  # an alias shares its anchor's node
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                stack.append((value, f"{where}.{name}"))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.ScalarNode) and "${" in node.value:
+            _substitute_scalar(doc, node, where, environ)
+
+
+def _substitute_scalar(
+    doc: Doc, node: yaml.ScalarNode, where: str, environ: EnvMapping[str, str]
+) -> None:
+    value, missing = expand_variables(node.value, environ)
+    for name in missing:
+        doc.error(
+            node,
+            f"{where}: environment variable {name} is not set "
+            f"(write ${{{name}:-default}} to give a default)",
+        )
+    if "${" in _VARIABLE.sub("", node.value):
+        doc.error(
+            node,
+            f"{where}: expected ${{NAME}} or ${{NAME:-default}} after '${{' "
+            "(write $${ for a literal ${)",
+        )
+    if node.style is None:  # plain: typed by its new text, as YAML would have
+        node.tag = _CONSTRUCTOR.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+    node.value = value
 
 
 def _scalar_value(node: yaml.ScalarNode) -> object:
@@ -245,6 +356,23 @@ class Mapping:
             return None
         return value
 
+    def _is_reference(self, value: object) -> bool:
+        """An ``env:NAME`` where a plain value belongs (main configuration only)."""
+        return (
+            self.doc.environ is not None
+            and isinstance(value, str)
+            and _REFERENCE.fullmatch(value) is not None
+        )
+
+    def _refuse_reference(self, node: yaml.Node, where: str, value: str) -> None:
+        # Taken literally, "env:AZURE_CLIENT_ID" would be sent as a client id.
+        name = value[4:]
+        self.doc.error(
+            node,
+            f"{where}: '{value}' references are read for secrets only; "
+            f"write '${{{name}}}' to take this value from the environment",
+        )
+
     def close(self, allowed_extra: tuple[str, ...] = ()) -> None:
         for key, (key_node, _) in self._items.items():
             if key not in self._used and key not in allowed_extra:
@@ -254,7 +382,13 @@ class Mapping:
 
     # -- scalars ----------------------------------------------------------
     def _typed(
-        self, key: str, required: bool, want: tuple[type, ...], what: str
+        self,
+        key: str,
+        required: bool,
+        want: tuple[type, ...],
+        what: str,
+        *,
+        reference: bool = False,
     ) -> tuple[object, yaml.Node] | None:
         node = self._take(key, required)
         if node is None:
@@ -263,6 +397,9 @@ class Mapping:
             self.doc.error(node, f"{self.where}.{key}: expected {what}, got {node_kind(node)}")
             return None
         value = _scalar_value(node)
+        if not reference and self._is_reference(value):
+            self._refuse_reference(node, f"{self.where}.{key}", str(value))
+            return None
         # bool is an int subclass; never accept it where a number is wanted.
         if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
             self.doc.error(node, f"{self.where}.{key}: expected {what}, got {node_kind(node)}")
@@ -355,8 +492,10 @@ class Mapping:
         if got is None:
             return None
         path = self.doc.resolve_path(str(got[0]))
-        if must_exist and not path.exists():
-            self.doc.error(got[1], f"{self.where}.{key}: file not found: {path}")
+        if must_exist and not self.doc.offline:
+            problem = unreadable(path)
+            if problem is not None:
+                self.doc.error(got[1], f"{self.where}.{key}: {problem}")
         return path
 
     def secret(self, key: str, *, required: bool = False) -> SecretRef | None:
@@ -372,7 +511,7 @@ class Mapping:
             if self.has(key):
                 self.error(key, f"{self.where}: give either '{key}' or '{file_key}', not both")
             return SecretRef("file", str(path)) if path is not None else None
-        got = self._typed(key, False, (str,), "a reference like env:NAME")
+        got = self._typed(key, False, (str,), "a reference like env:NAME", reference=True)
         if got is None:
             if required:
                 self.doc.error(
@@ -426,7 +565,9 @@ class Mapping:
         out: list[str] = []
         for item in items:
             value = _scalar_value(item) if isinstance(item, yaml.ScalarNode) else None
-            if isinstance(value, str):
+            if self._is_reference(value):
+                self._refuse_reference(item, f"{self.where}.{key}", str(value))
+            elif isinstance(value, str):
                 out.append(value)
             else:
                 self.doc.error(

@@ -65,6 +65,41 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "auto"  # json | text | auto: JSON unless standard error is a terminal
+    level: str = "info"  # debug | info | warning | error
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """OpenTelemetry traces over OTLP/HTTP (needs ``pip install 'gatehouse[otel]'``)."""
+
+    otlp_endpoint: str  # base URL: spans are posted to <endpoint>/v1/traces
+    service_name: str = "gatehouse"
+    sample_ratio: float = 1.0  # of traces started here; a caller's sampled flag is followed
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeaders:
+    """The headers that tell an upstream who called (``identity.headers``)."""
+
+    subject: str = "X-Gatehouse-Subject"
+    email: str = "X-Gatehouse-Email"
+    groups: str = "X-Gatehouse-Groups"
+
+    @property
+    def groups_truncated(self) -> str:
+        return f"{self.groups}-Truncated"
+
+    def names(self) -> frozenset[str]:
+        """Normalised names: a client's copy of any of them never reaches an upstream."""
+        return frozenset(
+            n.lower().replace("_", "-")
+            for n in (self.subject, self.email, self.groups, self.groups_truncated)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Timeouts:
     connect: float = 5.0
     read: float = 30.0  # idle time between reads from the upstream
@@ -97,3 +132,6 @@ class Config:
     drain_timeout: float = 30.0
     config_hash: str = ""
     state: StateConfig | None = None
+    log: LogConfig = LogConfig()
+    tracing: TracingConfig | None = None
+    identity_headers: IdentityHeaders = IdentityHeaders()
