@@ -2,20 +2,26 @@
 
 Imports are deferred into the subcommands: ``run --workers N`` must set
 ``PROMETHEUS_MULTIPROC_DIR`` before any metric object is created.
+
+Exit codes: 0 fine, 1 a check found a failure (a credential, a policy test),
+2 the configuration (or a file or port it names) is unusable, printed as
+``file:line: message`` or ``key: message``, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 EXIT_CONFIG = 2
+CONFIG_ENV = "GATEHOUSE_CONFIG"
 
 # Subcommand groups contributed by other packages: ``add_commands(subparsers)``.
 _COMMAND_MODULES = (
@@ -25,56 +31,99 @@ _COMMAND_MODULES = (
     "proxy.state.cli",
 )
 
+# Shown by ``gatehouse version``: what decides behaviour and performance.
+KEY_LIBRARIES = (
+    "aiohttp",
+    "httptools",
+    "pyjwt",
+    "authlib",
+    "cryptography",
+    "pyyaml",
+    "orjson",
+    "prometheus-client",
+    "uvloop",
+    "azure-identity",
+    "google-auth",
+    "redis",
+    "opentelemetry-sdk",
+)
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, defaulting to ``$GATEHOUSE_CONFIG``; required without it."""
+    default = os.environ.get(CONFIG_ENV) or None
+    parser.add_argument(
+        "--config",
+        default=default,
+        required=default is None,
+        metavar="FILE",
+        help=f"path to gatehouse.yaml (default: ${CONFIG_ENV}"
+        + (f", now {default})" if default else ", unset)"),
     )
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def print_problems(problems: Any, stream: Any = None) -> None:
+    out = stream or sys.stderr
+    for problem in problems:
+        print(problem, file=out)
+    print(f"{len(problems)} problem(s); configuration refused", file=out)
 
 
 def load_everything(path: Path) -> Any:
     """Validate the config file and the policies it names; print every problem."""
-    from proxy.config.load import load_config
-    from proxy.config.reader import ConfigError
-    from proxy.policy.load import load_policies
+    from proxy.config.check import check_configuration
 
-    try:
-        config = load_config(path)
-        load_policies(config.policy_dir, set(config.backends))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s); configuration refused", file=sys.stderr)
+    report = check_configuration(path)
+    if not report.ok:
+        print_problems(report.problems)
         return None
-    return config
+    return report.config
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_everything(Path(args.config))
-    if config is None:
+    from proxy.config.check import check_configuration
+
+    report = check_configuration(Path(args.config), offline=args.offline)
+    if args.json:
+        print_json(report.as_json())
+        return 0 if report.ok else EXIT_CONFIG
+    for warning in report.warnings:
+        print(warning)
+    if not report.ok:
+        print_problems(report.problems)
         return EXIT_CONFIG
-    print(f"{args.config}: OK ({len(config.backends)} backends, policies in {config.policy_dir})")
+    print(report.summary())
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from proxy.observability import logs
+
     workers = int(args.workers)
     if workers < 1:
-        print("--workers must be at least 1", file=sys.stderr)
+        print("--workers: must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gatehouse-metrics-")
-    _setup_logging(args.verbose)
+    logs.configure("auto", "debug" if args.verbose else "info")
     config = load_everything(Path(args.config))
     if config is None:
         return EXIT_CONFIG
+    logs.configure(config.log.format, "debug" if args.verbose else config.log.level)
+    from proxy.errors import StartupError
     from proxy.runtime import run_single, run_workers
 
-    if workers == 1:
-        return run_single(config)
-    return run_workers(config, workers)
+    try:
+        if workers == 1:
+            return run_single(config)
+        return run_workers(config, workers)
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_dev_cert(args: argparse.Namespace) -> int:
@@ -88,10 +137,47 @@ def cmd_dev_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _setup_logging(args.verbose)
-    from proxy.demo import run_demo
+    from proxy.observability import logs
 
-    return run_demo(port=args.port, admin_port=args.admin_port, idp_port=args.idp_port)
+    logs.configure("auto", "debug" if args.verbose else "info")
+    from proxy.demo import run_demo
+    from proxy.errors import StartupError
+
+    try:
+        return run_demo(port=args.port, admin_port=args.admin_port, idp_port=args.idp_port)
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def versions() -> list[tuple[str, str]]:
+    """(name, version) of Gatehouse, Python and the key libraries ("-": not installed)."""
+    import platform
+    from importlib import metadata
+
+    from proxy import __version__
+
+    out = [
+        ("gatehouse", __version__),
+        ("python", f"{platform.python_version()} ({platform.python_implementation()})"),
+    ]
+    for name in KEY_LIBRARIES:
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, "-"))
+    return out
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    found = versions()
+    if args.json:
+        print_json(dict(found))
+        return 0
+    width = max(len(name) for name, _ in found)
+    for name, version in found:
+        print(f"{name:<{width}}  {version}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,25 +186,43 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="serve with a configuration file")
-    p.add_argument("--config", required=True, help="path to gatehouse.yaml")
-    p.add_argument("--workers", default=1, type=int, help="worker processes (SO_REUSEPORT)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_config_argument(p)
+    p.add_argument(
+        "--workers", default=1, type=int, help="worker processes sharing the port (SO_REUSEPORT)"
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="log at debug level (overrides log.level)"
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="validate a configuration and its policies, then exit")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser(
+        "check", help="validate a configuration and its policies in one pass, then exit"
+    )
+    add_config_argument(p)
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip files that exist only where Gatehouse runs (secrets, certificates), for CI",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("version", help="print the versions of Gatehouse, Python and key libraries")
+    p.add_argument("--json", action="store_true", help="print them as a JSON object")
+    p.set_defaults(func=cmd_version)
+
     p = sub.add_parser("dev-cert", help="write a development CA, server and client certificate")
-    p.add_argument("dir")
+    p.add_argument("dir", help="directory to write the certificates and keys to")
     p.add_argument("--host", action="append", default=[], help="server DNS name (repeatable)")
     p.set_defaults(func=cmd_dev_cert)
 
     p = sub.add_parser("demo", help="dev IdP + sample upstream + proxy, with things to try")
-    p.add_argument("--port", type=int, default=8443)
-    p.add_argument("--admin-port", type=int, default=9901)
-    p.add_argument("--idp-port", type=int, default=9000)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--port", type=int, default=8443, help="the proxy's HTTPS port (default 8443)")
+    p.add_argument(
+        "--admin-port", type=int, default=9901, help="metrics and probes port (default 9901)"
+    )
+    p.add_argument("--idp-port", type=int, default=9000, help="the dev IdP's port (default 9000)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     p.set_defaults(func=cmd_demo)
 
     for module_name in _COMMAND_MODULES:

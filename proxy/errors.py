@@ -127,3 +127,14 @@ class ServiceUnavailable(GatehouseError):
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+# -- start-up ---------------------------------------------------------------
+class StartupError(Exception):
+    """Something the configuration names cannot be had at start-up: a port in
+    use, a file that cannot be read. Printed as ``key: message`` (exit 2)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
