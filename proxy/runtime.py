@@ -28,9 +28,10 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import __version__
-from proxy.config.schema import Config
+from proxy.config.schema import Address, Config
 from proxy.credentials.broker import CredentialBroker
 from proxy.credentials.cache import CredentialCache
+from proxy.errors import StartupError
 from proxy.gateway import Gateway, LocalEndpoint
 from proxy.http.facts import RequestFacts
 from proxy.http.protocol import HttpServer, RequestView
@@ -50,6 +51,14 @@ from proxy.upstream.reachability import Reachability
 from proxy.upstream.websocket import new_client_session
 
 log = logging.getLogger("gatehouse")
+
+
+def bind_or_refuse(key: str, address: Address, *, reuse_port: bool, backlog: int) -> socket.socket:
+    """``bind_socket``, with a taken or forbidden address as a :class:`StartupError`."""
+    try:
+        return bind_socket(address, reuse_port=reuse_port, backlog=backlog)
+    except OSError as exc:
+        raise StartupError(key, f"cannot listen on {address}: {exc.strerror}") from None
 
 
 def _install_uvloop() -> None:
@@ -85,8 +94,20 @@ async def serve(
     if sock is None:
         # Bind first: a taken port should fail start-up at once, before any
         # component opens connections.
-        sock = bind_socket(config.listen.address, reuse_port=False, backlog=config.listen.backlog)
-    audit = AuditWriter(config.audit.output, max_buffer=config.audit.max_buffer)
+        sock = bind_or_refuse(
+            "listen.address", config.listen.address, reuse_port=False, backlog=config.listen.backlog
+        )
+    admin_sock: socket.socket | None = None
+    if admin_in_process and config.admin is not None:
+        admin_sock = bind_or_refuse(
+            "admin.address", config.admin.address, reuse_port=False, backlog=128
+        )
+    try:
+        audit = AuditWriter(config.audit.output, max_buffer=config.audit.max_buffer)
+    except OSError as exc:
+        raise StartupError(
+            "audit.output", f"cannot open {config.audit.output}: {exc.strerror}"
+        ) from None
     policies = PolicyStore(config.policy_dir, backends=set(config.backends))
     session = new_client_session()
     client = UpstreamClient()
@@ -162,11 +183,10 @@ async def serve(
     await listener.start()
 
     admin_runner: web.AppRunner | None = None
-    if admin_in_process and config.admin is not None:
+    if admin_sock is not None:
         admin_runner = web.AppRunner(admin_app(checks), access_log=None)
         await admin_runner.setup()
-        site = web.TCPSite(admin_runner, config.admin.address.host, config.admin.address.port)
-        await site.start()
+        await web.SockSite(admin_runner, admin_sock).start()
 
     metrics.BUILD_INFO.labels(__version__, config.config_hash).set(1)
     metrics.CONFIG_LAST_RELOAD_SUCCESS.set(time.time())
@@ -203,7 +223,7 @@ async def serve(
     ]
     if started is not None:
         started()
-    log.info("gatehouse %s serving on %s (pid %d)", __version__, config.listen.address, os.getpid())
+    log_started(config, policies.current.version, len(policies.current.routes))
     try:
         await stop.wait()
     finally:
@@ -227,6 +247,33 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+def log_started(config: Config, policy_version: str, routes: int) -> None:
+    """The one start-up line: what this worker serves, for whoever reads the logs first."""
+    issuers = [i.issuer for i in config.identity.issuers]
+    log.info(
+        "gatehouse %s serving on %s (%d routes, %d backends, policy version %s)",
+        __version__,
+        config.listen.address,
+        routes,
+        len(config.backends),
+        policy_version,
+        extra={
+            "version": __version__,
+            "pid": os.getpid(),
+            "listen": str(config.listen.address),
+            "tls": config.listen.tls is not None,
+            "admin": str(config.admin.address) if config.admin else None,
+            "routes": routes,
+            "backends": sorted(config.backends),
+            "issuers": issuers,
+            "policy_version": policy_version,
+            "config_hash": config.config_hash,
+            "state": config.state is not None,
+            "tracing": config.tracing.otlp_endpoint if config.tracing else None,
+        },
+    )
 
 
 JWKS_PATH = "/.well-known/gatehouse/jwks.json"
@@ -278,8 +325,12 @@ def run_workers(config: Config, workers: int) -> int:
     run_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp("-gatehouse"))
     board = ReadinessBoard(run_dir / "ready")
     # Bind once here so a taken port fails start-up loudly, before any fork.
-    probe = bind_socket(config.listen.address, reuse_port=True, backlog=config.listen.backlog)
+    probe = bind_or_refuse(
+        "listen.address", config.listen.address, reuse_port=True, backlog=config.listen.backlog
+    )
     probe.close()
+    if config.admin is not None:
+        bind_or_refuse("admin.address", config.admin.address, reuse_port=False, backlog=1).close()
 
     def spawn(role: str) -> int:
         pid = os.fork()
