@@ -42,10 +42,12 @@ import binascii
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import yaml
 
@@ -57,11 +59,12 @@ from proxy.config.reader import (
     each_mapping,
     load_document,
 )
-from proxy.errors import RequestRejected
+from proxy.errors import GatehouseError, RequestRejected
 from proxy.http.canonical import canonicalise_target
 from proxy.http.facts import RequestFacts
-from proxy.identity.config import IdentityConfig
+from proxy.identity.config import IdentityConfig, IssuerConfig
 from proxy.identity.jwt_verify import email_verified
+from proxy.identity.jwt_verify import identity_from_claims as mapped_identity
 from proxy.identity.model import AuthMethod, ClientCertificate, Identity
 from proxy.policy.check import check_policies
 from proxy.policy.criteria.auth_method import AUTH_METHODS
@@ -81,36 +84,70 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     check.add_argument("--config", type=Path, help="gatehouse config: backends and policy dir")
     check.add_argument("--backends", help="comma-separated backend names that must exist")
     check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(func=cmd_check)
 
     explain = sub.add_parser("explain", help="show how one request would be decided")
-    explain.add_argument("--method", default="GET")
+    explain.add_argument("--method", default="GET", help="HTTP method (default GET)")
     explain.add_argument("--url", required=True, help="https://host/path?query or /path")
     who = explain.add_mutually_exclusive_group(required=True)
     who.add_argument("--claims", type=Path, help="JSON or YAML file with the caller's claims")
     who.add_argument("--token", help="a JWT; its payload is decoded WITHOUT verification")
     who.add_argument("--anonymous", action="store_true", help="a caller without identity")
-    explain.add_argument("--auth-method", default="jwt", choices=AUTH_METHODS)
-    explain.add_argument("--source-ip", default="127.0.0.1")
-    explain.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
+    explain.add_argument(
+        "--auth-method",
+        default="jwt",
+        choices=AUTH_METHODS,
+        help="how the caller authenticated (default jwt)",
+    )
+    explain.add_argument(
+        "--source-ip", default="127.0.0.1", help="the trusted client address (default 127.0.0.1)"
+    )
+    explain.add_argument(
+        "--config",
+        type=Path,
+        help="gatehouse config: its policy directory, and its issuers' claim mappings "
+        "for --token/--claims (as the proxy would map them)",
+    )
+    explain.add_argument(
+        "--policies",
+        type=Path,
+        help=f"policy directory (default: the one --config names, else ./{DEFAULT_POLICIES})",
+    )
     explain.add_argument("--time", help="ISO 8601 instant to evaluate time rules at")
+    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
     explain.set_defaults(func=cmd_explain)
 
     test = sub.add_parser("test", help="run policy fixture files")
-    test.add_argument("files", nargs="+", type=Path)
+    test.add_argument("files", nargs="+", type=Path, help="fixture files (YAML lists of cases)")
     test.add_argument(
         "--policies",
         type=Path,
         help="policy directory (default: the parent of a fixture's tests/ directory, "
         "else ./policies)",
     )
+    test.add_argument("--json", action="store_true", help="print the results as JSON")
+    test.add_argument(
+        "--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML to FILE"
+    )
     test.set_defaults(func=cmd_test)
 
 
-def _print_problems(exc: ConfigError) -> int:
+def _print_problems(exc: ConfigError, as_json: bool = False) -> int:
+    if as_json:
+        _print_json({"ok": False, "problems": _problems_json(exc)})
+        return 2
     for problem in exc.problems:
         print(problem)
     return 2
+
+
+def _problems_json(exc: ConfigError) -> list[dict[str, object]]:
+    return [{"file": p.file, "line": p.line, "message": p.message} for p in exc.problems]
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
 
 
 # -- check ----------------------------------------------------------------------
@@ -122,15 +159,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             config_paths, backends, sources = config_context(args.config)
         except ConfigError as exc:
-            return _print_problems(exc)
+            return _print_problems(exc, args.json)
         files = files or config_paths
     if args.backends:
         backends = {b.strip() for b in args.backends.split(",") if b.strip()}
     try:
         policy = load_policies(files or [DEFAULT_POLICIES], backends)
     except ConfigError as exc:
-        return _print_problems(exc)
+        return _print_problems(exc, args.json)
     findings = check_policies(policy, sources)
+    if args.json:
+        _print_json(
+            {
+                "ok": True,
+                "routes": len(policy.routes),
+                "files": list(policy.files),
+                "policy_version": policy.version,
+                "warnings": [
+                    {"source": f.source, "level": f.level, "message": f.message} for f in findings
+                ],
+            }
+        )
+        return 1 if findings and args.strict else 0
     for finding in findings:
         print(finding)
     print(
@@ -166,18 +216,31 @@ def identity_sources(identity: IdentityConfig) -> list[str]:
 
 # -- explain ----------------------------------------------------------------------
 def cmd_explain(args: argparse.Namespace) -> int:
+    issuers: dict[str, IssuerConfig] = {}
+    policy_dir = args.policies or DEFAULT_POLICIES
+    if args.config is not None:
+        try:
+            config = _load_config(args.config)
+        except ConfigError as exc:
+            return _print_problems(exc, args.json)
+        issuers = {i.issuer: i for i in config.identity.issuers}
+        policy_dir = args.policies or config.policy_dir
     try:
-        policy = load_policies(args.policies)
+        policy = load_policies(policy_dir)
     except ConfigError as exc:
-        return _print_problems(exc)
+        return _print_problems(exc, args.json)
+    notes: list[str] = []
     identity: Identity | None = None
     try:
         if args.claims is not None:
             claims = _load_claims(args.claims)
-            identity = identity_from_claims(claims, args.auth_method)
+            identity = caller_identity(claims, args.auth_method, issuers, notes)
         elif args.token is not None:
-            print("note: token signature NOT verified; its payload is decoded for explanation only")
-            identity = identity_from_claims(decode_unverified(args.token), args.auth_method)
+            notes.append(
+                "token signature NOT verified; its payload is decoded for explanation only"
+            )
+            claims = decode_unverified(args.token)
+            identity = caller_identity(claims, args.auth_method, issuers, notes)
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
@@ -185,8 +248,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         facts = request_facts(args.method, args.url, args.source_ip, {})
     except RequestRejected as exc:
+        if args.json:
+            _print_json({"rejected": {"status": 400, "reason": exc.reason, "detail": exc.detail}})
+            return 0
         print(f"request rejected before matching: 400 {exc.reason} ({exc.detail})")
         return 0
+    explanation = policy.explain(facts, identity, now)
+    if args.json:
+        _print_json(explanation_json(explanation, facts, identity, notes))
+        return 0
+    for note in notes:
+        print(f"note: {note}")
     if identity is None:
         print("caller: anonymous")
     else:
@@ -194,9 +266,80 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(
         f"request: {facts.method} host={facts.host} path={facts.path} source_ip={facts.client_ip}"
     )
-    for line in policy.explain(facts, identity, now).lines():
+    for line in explanation.lines():
         print(line)
     return 0
+
+
+def _load_config(path: Path) -> Any:
+    from proxy.config.load import load_config  # the core's loader; imported on demand
+
+    return load_config(path)
+
+
+def caller_identity(
+    claims: dict[str, Any], method: str, issuers: dict[str, IssuerConfig], notes: list[str]
+) -> Identity:
+    """The identity the proxy would build: with the issuer's claim mappings when known."""
+    issuer = issuers.get(str(claims.get("iss", "")))
+    if issuer is None:
+        if issuers:
+            notes.append(
+                f"issuer {claims.get('iss')!r} is not in the configuration: the proxy would "
+                "refuse this token (401); standard claims are used below"
+            )
+        return identity_from_claims(claims, method)
+    try:
+        return mapped_identity(claims, issuer, auth_method(method), None)
+    except GatehouseError as exc:
+        raise ValueError(
+            f"the proxy would refuse this caller: {exc.detail or exc.reason}"
+        ) from None
+
+
+def explanation_json(
+    explanation: Explanation, facts: RequestFacts, identity: Identity | None, notes: list[str]
+) -> dict[str, Any]:
+    decision = explanation.decision
+    route = explanation.route
+    return {
+        "notes": notes,
+        "caller": None
+        if identity is None
+        else {
+            "subject": identity.subject,
+            "issuer": identity.issuer,
+            "method": identity.method,
+            "email": identity.email,
+            "groups": sorted(identity.groups),
+            "scopes": sorted(identity.scopes),
+        },
+        "request": {
+            "method": facts.method,
+            "host": facts.host,
+            "path": facts.path,
+            "source_ip": facts.client_ip,
+        },
+        "route": None if route is None else {"name": route.name, "backend": route.backend},
+        "rules": [
+            {
+                "effect": item.rule.effect,
+                "name": item.rule.name,
+                "mode": item.rule.mode,
+                "source": item.rule.source,
+                "outcome": explanation.text(item.outcome),
+            }
+            for item in explanation.rules
+        ],
+        "decision": {
+            "decision": "allow" if decision.allowed else "deny",
+            "reason": decision.reason,
+            "route": decision.route,
+            "audit": list(decision.audit),
+            "policy_version": decision.policy_version,
+        },
+        "lines": explanation.lines(),
+    }
 
 
 def decode_unverified(token: str) -> dict[str, Any]:
@@ -312,6 +455,16 @@ class _Case:
         self.expect: dict[str, Any] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    name: str
+    source: str
+    file: Path
+    problem: str | None  # None: passed
+    explanation: tuple[str, ...]
+    seconds: float
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     problems = Problems()
     suites: list[tuple[Path, list[_Case]]] = []
@@ -320,9 +473,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     try:
         problems.raise_if_any()
     except ConfigError as exc:
-        return _print_problems(exc)
+        return _print_problems(exc, args.json)
     loaded: dict[Path, PolicySet] = {}
-    failures = passed = 0
+    results: list[CaseResult] = []
     for path, cases in suites:
         policy_dir = args.policies or (
             path.parent.parent if path.parent.name == "tests" else DEFAULT_POLICIES
@@ -331,20 +484,78 @@ def cmd_test(args: argparse.Namespace) -> int:
             try:
                 loaded[policy_dir] = load_policies(policy_dir)
             except ConfigError as exc:
-                return _print_problems(exc)
+                return _print_problems(exc, args.json)
         policy = loaded[policy_dir]
         for case in cases:
+            started = time.perf_counter()
             problem, explanation = run_case(policy, case)
-            if problem is None:
-                passed += 1
-                print(f"PASS {case.name}")
-                continue
-            failures += 1
-            print(f"FAIL {case.name} ({case.source}): {problem}")
-            for line in explanation.lines() if explanation else ():
-                print(f"    {line}")
-    print(f"{passed} passed, {failures} failed")
+            lines = tuple(explanation.lines()) if explanation and problem else ()
+            elapsed = time.perf_counter() - started
+            results.append(CaseResult(case.name, case.source, path, problem, lines, elapsed))
+    failures = sum(r.problem is not None for r in results)
+    if args.junit is not None:
+        write_junit(args.junit, results)
+    if args.json:
+        _print_json(
+            {
+                "passed": len(results) - failures,
+                "failed": failures,
+                "cases": [
+                    {
+                        "name": r.name,
+                        "source": r.source,
+                        "passed": r.problem is None,
+                        "problem": r.problem,
+                        "explanation": list(r.explanation),
+                    }
+                    for r in results
+                ],
+            }
+        )
+        return 1 if failures else 0
+    for r in results:
+        if r.problem is None:
+            print(f"PASS {r.name}")
+            continue
+        print(f"FAIL {r.name} ({r.source}): {r.problem}")
+        for line in r.explanation:
+            print(f"    {line}")
+    print(f"{len(results) - failures} passed, {failures} failed")
     return 1 if failures else 0
+
+
+def write_junit(path: Path, results: list[CaseResult]) -> None:
+    """JUnit XML as CI systems read it: one testsuite per fixture file."""
+    root = ElementTree.Element("testsuites", name="gatehouse policy test")
+    by_file: dict[Path, list[CaseResult]] = {}
+    for r in results:
+        by_file.setdefault(r.file, []).append(r)
+    for file, cases in by_file.items():
+        suite = ElementTree.SubElement(
+            root,
+            "testsuite",
+            name=str(file),
+            tests=str(len(cases)),
+            failures=str(sum(c.problem is not None for c in cases)),
+            errors="0",
+            time=f"{sum(c.seconds for c in cases):.6f}",
+        )
+        for case in cases:
+            element = ElementTree.SubElement(
+                suite,
+                "testcase",
+                classname=str(file),
+                name=case.name,
+                file=case.source.rsplit(":", 1)[0],
+                line=case.source.rsplit(":", 1)[-1],
+                time=f"{case.seconds:.6f}",
+            )
+            if case.problem is not None:
+                failure = ElementTree.SubElement(element, "failure", message=case.problem)
+                failure.text = "\n".join(case.explanation)
+    root.set("tests", str(len(results)))
+    root.set("failures", str(sum(r.problem is not None for r in results)))
+    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def run_case(policy: PolicySet, case: _Case) -> tuple[str | None, Explanation | None]:
