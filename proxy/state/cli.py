@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import secrets
 import sys
 import time
@@ -32,7 +34,8 @@ def _state_section(path: Path) -> Any:
     from proxy.state.config import parse_state
 
     problems = Problems()
-    doc, node = load_document(path, problems)
+    # As the proxy reads it: ${VAR} substituted from the environment.
+    doc, node = load_document(path, problems, environ=os.environ)
     root = Mapping.of(doc, node, "config") if node is not None else None
     cfg = parse_state(root.mapping("state")) if root is not None else None
     for problem in problems.items:
@@ -44,7 +47,14 @@ def _state_section(path: Path) -> Any:
     return cfg
 
 
-async def _check(cfg: Any) -> int:
+def _result(as_json: bool, ok: bool, text: str, **fields: object) -> None:
+    if as_json:
+        print(json.dumps({"result": "ok" if ok else "failed", "detail": text, **fields}, indent=2))
+    else:
+        print(f"state: {'OK' if ok else 'FAILED'} {text}")
+
+
+async def _check(cfg: Any, as_json: bool = False) -> int:
     from redis.asyncio import Redis
 
     from proxy.state.client import StateClient, StateUnreachable
@@ -52,7 +62,7 @@ async def _check(cfg: Any) -> int:
     try:
         client = StateClient(cfg)
     except (OSError, KeyError, ValueError) as exc:
-        print(f"state: FAILED encryption key or password unusable: {exc}")
+        _result(as_json, False, f"encryption key or password unusable: {exc}")
         return EXIT_FAILED
     key = client.key("check", secrets.token_hex(8))
     sealed = client.codec.seal(key, {"exp": time.time() + 60})
@@ -66,20 +76,26 @@ async def _check(cfg: Any) -> int:
     try:
         started = time.perf_counter()
         if not await client.ping():
-            print("state: FAILED Redis unreachable")
+            _result(as_json, False, "Redis unreachable")
             return EXIT_FAILED
         ok = await client.run(round_trip)
         elapsed = (time.perf_counter() - started) * 1000
     except StateUnreachable as exc:
-        print(f"state: FAILED {exc}")
+        _result(as_json, False, str(exc))
         return EXIT_FAILED
     finally:
         await client.close()
     if not ok:
-        print("state: FAILED a sealed value did not read back")
+        _result(as_json, False, "a sealed value did not read back")
         return EXIT_FAILED
     # Never the URL itself: operators paste this output into tickets.
-    print(f"state: OK (write, read, delete under {cfg.key_prefix!r} in {elapsed:.1f} ms)")
+    _result(
+        as_json,
+        True,
+        f"(write, read, delete under {cfg.key_prefix!r} in {elapsed:.1f} ms)",
+        key_prefix=cfg.key_prefix,
+        milliseconds=round(elapsed, 1),
+    )
     return 0
 
 
@@ -87,10 +103,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _state_section(Path(args.config))
     if cfg is None:
         return EXIT_USAGE
-    return asyncio.run(_check(cfg))
+    return asyncio.run(_check(cfg, args.json))
 
 
 def add_commands(subparsers: Any) -> None:
+    from proxy.cli import add_config_argument
+
     parser = subparsers.add_parser("state", help="shared state for replicas (Redis)")
     sub = parser.add_subparsers(dest="state_command", metavar="ACTION", required=True)
 
@@ -100,5 +118,6 @@ def add_commands(subparsers: Any) -> None:
     p = sub.add_parser(
         "check", help="connect to the configured Redis and write, read and delete one sealed value"
     )
-    p.add_argument("--config", required=True)
+    add_config_argument(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check)
