@@ -120,6 +120,11 @@ def cmd_dev_idp(args: argparse.Namespace) -> int:
             args.host, args.port, Path(args.key_file), args.audience
         )
         print(f"dev IdP (development only) listening: issuer {issuer}", flush=True)
+        print(
+            "mint a token it accepts with:\n  "
+            + devidp.dev_token_command(Path(args.key_file), issuer, args.audience),
+            flush=True,
+        )
         try:
             await asyncio.Event().wait()
         finally:
@@ -131,7 +136,17 @@ def cmd_dev_idp(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_token(args: argparse.Namespace) -> int:
-    key = devidp.load_or_create_key(Path(args.key_file))
+    key_file = Path(args.key_file)
+    if not key_file.exists():
+        # A token signed by a brand-new key is refused by any dev IdP (or demo)
+        # already running with the old one: say so instead of a puzzling 401.
+        print(
+            f"dev-token: created a new signing key {key_file.resolve()}; a dev IdP or demo "
+            "started with another key refuses this token (run dev-token from the directory "
+            "you started it in, or pass --key-file)",
+            file=sys.stderr,
+        )
+    key = devidp.load_or_create_key(key_file)
     try:
         token = devidp.mint_token(
             key,
@@ -155,8 +170,8 @@ def add_commands(sub: Any) -> None:
 
     c = apikey.add_parser("create", help="create a key and print it once")
     c.add_argument("--file", required=True, help="API key file (created if absent)")
-    c.add_argument("--name", required=True)
-    c.add_argument("--subject", required=True)
+    c.add_argument("--name", required=True, help="a name for the key, shown by list")
+    c.add_argument("--subject", required=True, help="the subject the key authenticates as")
     c.add_argument("--groups", nargs="*", default=[], help="group names (space or comma list)")
     c.add_argument("--expires", type=_duration, default=None, help="lifetime, e.g. 90d")
     c.add_argument(
@@ -167,27 +182,43 @@ def add_commands(sub: Any) -> None:
     c.set_defaults(func=cmd_apikey_create)
 
     c = apikey.add_parser("list", help="list keys (never the secrets)")
-    c.add_argument("--file", required=True)
+    c.add_argument("--file", required=True, help="API key file (identity.api_keys.file)")
     c.set_defaults(func=cmd_apikey_list)
 
     c = apikey.add_parser("revoke", help="remove a key by id")
-    c.add_argument("--file", required=True)
-    c.add_argument("--id", required=True)
+    c.add_argument("--file", required=True, help="API key file (identity.api_keys.file)")
+    c.add_argument("--id", required=True, help="the key's id, as list shows it")
     c.set_defaults(func=cmd_apikey_revoke)
 
     p = sub.add_parser("dev-idp", help="development OIDC issuer on loopback (never production)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=devidp.DEFAULT_PORT)
-    p.add_argument("--key-file", default=str(devidp.DEFAULT_KEY_FILE))
-    p.add_argument("--audience", default=devidp.DEFAULT_AUDIENCE)
+    p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=devidp.DEFAULT_PORT, help="port (default %(default)s)"
+    )
+    p.add_argument(
+        "--key-file",
+        default=str(devidp.DEFAULT_KEY_FILE),
+        help="signing key, created on first use (default %(default)s)",
+    )
+    p.add_argument(
+        "--audience", default=devidp.DEFAULT_AUDIENCE, help="aud of tokens (default %(default)s)"
+    )
     p.set_defaults(func=cmd_dev_idp)
 
     p = sub.add_parser("dev-token", help="print a token signed by the dev IdP key")
-    p.add_argument("--sub", required=True)
-    p.add_argument("--groups", nargs="*", default=[])
-    p.add_argument("--email", default=None)
-    p.add_argument("--ttl", type=_duration, default=600.0, help="lifetime, e.g. 10m")
-    p.add_argument("--key-file", default=str(devidp.DEFAULT_KEY_FILE))
-    p.add_argument("--issuer", default=devidp.DEFAULT_ISSUER)
-    p.add_argument("--audience", default=devidp.DEFAULT_AUDIENCE)
+    p.add_argument("--sub", required=True, help="the subject (sub claim)")
+    p.add_argument("--groups", nargs="*", default=[], help="group names (space or comma list)")
+    p.add_argument("--email", default=None, help="the email claim")
+    p.add_argument("--ttl", type=_duration, default=600.0, help="lifetime, e.g. 10m (default 10m)")
+    p.add_argument(
+        "--key-file",
+        default=str(devidp.DEFAULT_KEY_FILE),
+        help="the dev IdP's signing key (default %(default)s; created, with a warning, if absent)",
+    )
+    p.add_argument(
+        "--issuer", default=devidp.DEFAULT_ISSUER, help="iss of the token (default %(default)s)"
+    )
+    p.add_argument(
+        "--audience", default=devidp.DEFAULT_AUDIENCE, help="aud of the token (default %(default)s)"
+    )
     p.set_defaults(func=cmd_dev_token)

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -57,6 +58,18 @@ def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return key
+
+
+def dev_token_command(key_file: Path, issuer: str, audience: str) -> str:
+    """The ``gatehouse dev-token`` command line minting tokens this dev IdP accepts."""
+    parts = ["gatehouse dev-token --sub alice --groups eng"]
+    if key_file != DEFAULT_KEY_FILE:
+        parts.append(f"--key-file {shlex.quote(str(key_file))}")
+    if issuer != DEFAULT_ISSUER:
+        parts.append(f"--issuer {shlex.quote(issuer)}")
+    if audience != DEFAULT_AUDIENCE:
+        parts.append(f"--audience {shlex.quote(audience)}")
+    return " ".join(parts)
 
 
 def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
