@@ -110,7 +110,7 @@ def _signing_key(path: Path) -> Path:
 
 
 def _record(rid: str) -> AuditRecord:
-    record = AuditRecord(ts=time.time(), request_id=rid)
+    record = AuditRecord(ts_epoch=time.time(), request_id=rid)
     record.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     record.client_ip = "127.0.0.1"
     record.method = "GET"

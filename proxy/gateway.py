@@ -141,7 +141,7 @@ class Gateway:
 
     async def handle(self, request: Incoming) -> web.StreamResponse | Written:
         started = time.perf_counter()
-        record = AuditRecord(ts=time.time(), request_id="")
+        record = AuditRecord(ts_epoch=time.time(), request_id="")
         if not isinstance(request, Request):
             request["gatehouse.audited"] = True  # aiohttp's error page hook must not audit again
         _inflight.inc()

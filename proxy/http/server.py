@@ -99,7 +99,7 @@ class _Protocol(RequestHandler):
 def audit_rejection(audit: AuditWriter, peer: Any, status: int, reason: str, rid: str) -> None:
     """The one audit record of a request refused before it reached the gateway."""
     record = AuditRecord(
-        ts=time.time(),
+        ts_epoch=time.time(),
         request_id=rid,
         client_ip=str(peer[0]) if isinstance(peer, tuple) else None,
         decision="deny",

@@ -41,14 +41,17 @@ import orjson
 from aiohttp import web
 
 from proxy.observability import metrics
+from proxy.observability.logs import rfc3339
 
 log = logging.getLogger("gatehouse.audit")
 
 FIELDS = (
     "ts",
+    "ts_epoch",
     "request_id",
     "trace_id",
     "client_ip",
+    "user_agent",
     "method",
     "host",
     "path",
@@ -70,14 +73,21 @@ FIELDS = (
 
 # Not slotted on purpose: orjson serialises a dataclass from its ``__dict__``
 # about twice as fast as from slots, and one record per request is serialised.
-@dataclass
+# Keyword-only, so ``ts`` (filled in when the record is written) comes first.
+@dataclass(kw_only=True)
 class AuditRecord:
-    """Filled in by the stages as the request progresses; written once at the end."""
+    """Filled in by the stages as the request progresses; written once at the end.
 
-    ts: float
+    ``ts_epoch`` is when the request arrived (Unix seconds); ``ts`` is the same
+    instant in RFC 3339, set when the record is encoded.
+    """
+
+    ts: str = ""
+    ts_epoch: float
     request_id: str
     trace_id: str | None = None
     client_ip: str | None = None
+    user_agent: str | None = None  # bounded by the gateway
     method: str | None = None
     host: str | None = None
     path: str | None = None
@@ -414,6 +424,7 @@ def _encode_batch(records: list[AuditRecord]) -> bytes:
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     out = []
     for record in records:
+        record.ts = rfc3339(record.ts_epoch)
         record.duration_ms = round(record.duration_ms, 3)
         out.append(dumps(record, option=newline))
     return b"".join(out)

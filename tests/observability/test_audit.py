@@ -13,6 +13,7 @@ import sys
 import termios
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -44,14 +45,14 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def write_ids(writer: AuditWriter, ids: range, prefix: str = "r") -> None:
     for i in ids:
-        writer.write(AuditRecord(ts=float(i), request_id=f"{prefix}{i}"))
+        writer.write(AuditRecord(ts_epoch=float(i), request_id=f"{prefix}{i}"))
 
 
 def test_records_are_json_lines_with_every_field(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     writer = AuditWriter(str(path))
     writer.write(
-        AuditRecord(ts=1.0, request_id="r1", status=200, decision="allow", reason="allowed:x")
+        AuditRecord(ts_epoch=1.0, request_id="r1", status=200, decision="allow", reason="allowed:x")
     )
     writer.close()
     [record] = lines(path)
@@ -59,11 +60,26 @@ def test_records_are_json_lines_with_every_field(tmp_path: Path) -> None:
     assert record["request_id"] == "r1" and record["status"] == 200
 
 
+def test_ts_is_rfc3339_utc_and_the_epoch_stays_in_ts_epoch(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(str(path))
+    arrived = 1795282462.2505
+    writer.write(AuditRecord(ts_epoch=arrived, request_id="r1"))
+    writer.write(AuditRecord(ts_epoch=arrived + 1.0, request_id="r2"))
+    writer.close()
+    first, second = lines(path)
+    assert first["ts"] == "2026-11-21T17:34:22.250Z"
+    assert first["ts_epoch"] == arrived
+    assert second["ts"] == "2026-11-21T17:34:23.250Z"
+    parsed = datetime.fromisoformat(str(first["ts"]))
+    assert parsed.tzinfo is not None and abs(parsed.timestamp() - arrived) < 0.001
+
+
 def test_close_drains_everything_queued(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     writer = AuditWriter(str(path))
     for i in range(20_000):
-        writer.write(AuditRecord(ts=float(i), request_id=f"r{i}"))
+        writer.write(AuditRecord(ts_epoch=float(i), request_id=f"r{i}"))
     writer.close()
     assert len(lines(path)) == 20_000
 
@@ -72,7 +88,7 @@ def test_write_returns_without_waiting_for_the_disk(tmp_path: Path) -> None:
     writer = AuditWriter(str(tmp_path / "audit.jsonl"))
     started = time.perf_counter()
     for i in range(10_000):
-        writer.write(AuditRecord(ts=float(i), request_id="r"))
+        writer.write(AuditRecord(ts_epoch=float(i), request_id="r"))
     queued = time.perf_counter() - started
     writer.close()
     # Serialising a batch is CPU only; the disk write happens in the thread.
@@ -82,11 +98,11 @@ def test_write_returns_without_waiting_for_the_disk(tmp_path: Path) -> None:
 def test_reopen_follows_logrotate(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     writer = AuditWriter(str(path))
-    writer.write(AuditRecord(ts=1.0, request_id="before"))
+    writer.write(AuditRecord(ts_epoch=1.0, request_id="before"))
     writer.flush()
     path.rename(tmp_path / "audit.jsonl.1")
     writer.reopen()
-    writer.write(AuditRecord(ts=2.0, request_id="after"))
+    writer.write(AuditRecord(ts_epoch=2.0, request_id="after"))
     writer.close()
     assert [r["request_id"] for r in lines(tmp_path / "audit.jsonl.1")] == ["before"]
     assert [r["request_id"] for r in lines(path)] == ["after"]
@@ -355,7 +371,7 @@ def test_a_full_non_blocking_stdout_pipe_is_waited_out_and_nothing_is_lost(
         "from proxy.observability.audit import AuditRecord, AuditWriter\n"
         "w = AuditWriter('stdout')\n"
         "for i in range(3000):\n"
-        "    w.write(AuditRecord(ts=time.time(), request_id=f'r{i}', path='/' + 'x' * 200))\n"
+        "    w.write(AuditRecord(ts_epoch=time.time(), request_id=f'r{i}', path='/' + 'x' * 200))\n"
         "w.close()\n"
         "assert w.writable\n"
     )

@@ -208,7 +208,7 @@ async def front() -> AsyncIterator[Front]:
         backend = BackendConfig("b", pool.urls, Timeouts(connect=1.0, read=2.0, total=3.0))
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            record = AuditRecord(ts=0.0, request_id="test")
+            record = AuditRecord(ts_epoch=0.0, request_id="test")
 
             async def attempt(endpoint: str, remaining: float | None) -> UpstreamResponse:
                 return await send(
