@@ -86,6 +86,8 @@ Incoming = Request | web.BaseRequest
 LOCAL_PREFIXES = ("/.gatehouse/", "/.well-known/gatehouse/")
 LocalEndpoint = Callable[[RequestView, RequestFacts], Awaitable[web.StreamResponse | None]]
 CertificateReader = Callable[[bytes], ClientCertificate]
+# Characters of User-Agent kept in the audit record: enough to name any client.
+USER_AGENT_LIMIT = 256
 
 
 @dataclass
@@ -213,6 +215,9 @@ class Gateway:
         record.trace_id = trace.trace_id
         record.client_ip = client_ip
         record.host = host_header
+        user_agent = first.get("user-agent")
+        if user_agent is not None:
+            record.user_agent = user_agent[:USER_AGENT_LIMIT]
 
         # -- canonicalise --------------------------------------------------
         path, query = canonicalise_target(request.raw_path, cfg.path)

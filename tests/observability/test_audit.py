@@ -397,3 +397,22 @@ def test_a_full_non_blocking_stdout_pipe_is_waited_out_and_nothing_is_lost(
 def _pending(fd: int) -> int:
     """Bytes waiting in a pipe."""
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), sys.byteorder)
+
+
+async def test_the_audit_record_names_the_user_agent_within_a_bound(
+    gatehouse: GatehouseFactory, upstream_url: str
+) -> None:
+    gh = gatehouse(
+        backends={"up": {"urls": [upstream_url]}}, routes=[public_route("all", "/", "up")]
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gh.url + "/echo", headers={"User-Agent": "curl/8.5.0"}) as r:
+            assert r.status == 200
+        async with s.get(gh.url + "/echo", headers={"User-Agent": "x" * 5000}) as r:
+            assert r.status == 200
+        async with s.get(gh.url + "/echo", skip_auto_headers=["User-Agent"]) as r:
+            assert r.status == 200
+    first, long, none = gh.wait_audit(3)
+    assert first["user_agent"] == "curl/8.5.0"
+    assert long["user_agent"] == "x" * 256
+    assert none["user_agent"] is None
