@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping as EnvMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -287,8 +288,21 @@ def _client_credentials(m: Mapping, backend: str) -> ClientCredentialsSpec | Non
     )  # fmt: skip
 
 
+# What AKS workload identity injects into a pod (with AZURE_AUTHORITY_HOST, which
+# the SDK reads itself): the azure provider takes them as its defaults.
+WORKLOAD_IDENTITY_ENV = {
+    "client_id": "AZURE_CLIENT_ID",
+    "tenant_id": "AZURE_TENANT_ID",
+    "token_file": "AZURE_FEDERATED_TOKEN_FILE",
+}
+
+
 def _azure(m: Mapping, backend: str) -> AzureSpec | None:
-    mode = m.choice("mode", AZURE_MODES, "managed_identity")
+    env = m.doc.environ or {}
+    # In a pod with workload identity, that is the default mode.
+    injected = all(env.get(var) for var in WORKLOAD_IDENTITY_ENV.values())
+    mode = m.choice("mode", AZURE_MODES, "workload_identity" if injected else "managed_identity")
+    workload = mode == "workload_identity"
     scope = m.text("scope", None)
     resource = m.text("resource", None)
     app_id = m.text("app_id", None)
@@ -300,13 +314,28 @@ def _azure(m: Mapping, backend: str) -> AzureSpec | None:
         scope = f"api://{app_id}/.default"
     elif resource:
         scope = resource.rstrip("/") + "/.default"
-    client_id = m.text("client_id", None, required=mode != "managed_identity")
-    tenant_id = m.text("tenant_id", None, required=mode != "managed_identity")
+    needs_app = mode in ("client_secret", "certificate")
+    client_id = m.text("client_id", _injected(env, "client_id", workload), required=needs_app)
+    tenant_id = m.text("tenant_id", _injected(env, "tenant_id", workload), required=needs_app)
     secret = m.secret("client_secret", required=mode == "client_secret")
     check_secret(m, "client_secret", secret)
     cert = m.path("certificate_file", required=mode == "certificate")
     check_key_file(m, "certificate_file", cert)  # PEM with the private key
-    token_file = m.path("token_file", required=mode == "workload_identity", must_exist=False)
+    token_file = m.path("token_file", must_exist=False)
+    if token_file is None and _injected(env, "token_file", workload):
+        token_file = Path(env[WORKLOAD_IDENTITY_ENV["token_file"]])
+    if workload and not m.doc.offline:
+        for key, value in (
+            ("client_id", client_id),
+            ("tenant_id", tenant_id),
+            ("token_file", token_file),
+        ):
+            if value is None:
+                m.error(
+                    None,
+                    f"{m.where}: workload_identity needs '{key}', or "
+                    f"{WORKLOAD_IDENTITY_ENV[key]} in the environment (AKS sets it)",
+                )
     authority = _url(m, "authority", required=False)
     ca = m.path("ca_bundle")
     header = _header_name(m, "header", "Authorization")
@@ -320,6 +349,11 @@ def _azure(m: Mapping, backend: str) -> AzureSpec | None:
         backend, _where(m), mode, scope, client_id, tenant_id, secret, cert, token_file,
         authority, ca, header,
     )  # fmt: skip
+
+
+def _injected(env: EnvMapping[str, str], key: str, workload: bool) -> str | None:
+    """The workload-identity variable behind ``key``, when that mode is in use."""
+    return (env.get(WORKLOAD_IDENTITY_ENV[key]) or None) if workload else None
 
 
 def _gcp(m: Mapping, backend: str) -> GcpSpec | None:

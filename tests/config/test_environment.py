@@ -7,15 +7,23 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jwt
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config.load import load_config
 from proxy.config.reader import expand_variables
+from tests.peers.cloud.azure import TENANT, AzurePeer
+from tests.peers.cloud.keys import Issuer
+from tests.peers.cloud.tls import LocalTls, make_tls
+from tests.support.cli import gatehouse_async
 
 REPO = Path(__file__).resolve().parents[2]
+APP_ID = "5e7a0c1d-0000-4000-8000-00000000a11d"
 ROUTE = (
     "routes:\n  - name: r\n    path: /api\n    backend: up\n    allow: [{name: a, groups: [eng]}]\n"
 )
@@ -31,6 +39,15 @@ def gatehouse(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         timeout=60,
         env={**base, **(env or {})},
     )
+
+
+@pytest.fixture
+async def entra_peer(tmp_path: Path) -> AsyncIterator[tuple[AzurePeer, LocalTls]]:
+    """A local Entra ID token endpoint over TLS (tests/peers/cloud/azure.py)."""
+    tls = make_tls(tmp_path)
+    entra = await AzurePeer(ssl_context=tls.server_context()).start()
+    yield entra, tls
+    await entra.stop()
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -174,3 +191,58 @@ def test_gatehouse_config_is_the_default_config_file(tmp_path: Path) -> None:
     missing = gatehouse("check")
     assert missing.returncode == 2
     assert "--config" in missing.stderr
+
+
+async def test_aks_workload_identity_variables_configure_the_azure_provider(
+    tmp_path: Path, entra_peer: tuple[AzurePeer, LocalTls]
+) -> None:
+    """``type: azure`` with an app id is enough in a pod that AKS workload identity set up."""
+    entra, tls = entra_peer
+    cluster = Issuer("https://oidc.cluster.test")
+    entra.federated_issuer = cluster
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text(
+        cluster.mint(
+            {"sub": "system:serviceaccount:apps:gatehouse", "aud": "api://AzureADTokenExchange"}
+        )
+    )
+    path = write(
+        tmp_path,
+        "backends:\n"
+        "  up:\n"
+        "    urls: [http://127.0.0.1:1]\n"
+        f"    credentials: {{type: azure, app_id: {APP_ID}, ca_bundle: {tls.ca_file}}}\n",
+    )
+    injected = {
+        "AZURE_CLIENT_ID": "wi-client",
+        "AZURE_TENANT_ID": TENANT,
+        "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
+        "AZURE_AUTHORITY_HOST": entra.url,
+    }
+    code, out, err = await gatehouse_async(
+        "credentials", "check", "--config", str(path), "--json", env=injected
+    )
+    assert code == 0, out + err
+    [backend] = json.loads(out)["backends"]
+    assert backend["result"] == "ok" and backend["types"] == "azure"
+    assert entra.calls["entra"] == 1
+    [token] = entra.issuer.issued
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["azp"] == "wi-client" and claims["aud"] == f"api://{APP_ID}"
+
+    # Without the variables the same file names what is missing, and where.
+    code, _, err = await gatehouse_async(
+        "check",
+        "--config",
+        str(path),
+        env={"AZURE_TENANT_ID": TENANT, "AZURE_FEDERATED_TOKEN_FILE": str(token_file)},
+    )
+    assert code == 0, "without all three, managed identity stays the default"
+    explicit = write(
+        tmp_path,
+        path.read_text().replace("type: azure,", "type: azure, mode: workload_identity,"),
+    )
+    code, _, err = await gatehouse_async("check", "--config", str(explicit))
+    assert code == 2
+    assert f"{explicit}:4: backends.up.credentials: workload_identity needs 'client_id'" in err
+    assert "AZURE_CLIENT_ID in the environment" in err

@@ -10,12 +10,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def gatehouse_async(*args: str) -> tuple[int, str, str]:
+async def gatehouse_async(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the CLI without blocking the loop: the test's peers serve meanwhile.
 
-    ``GATEHOUSE_CONFIG`` of the caller's environment is not passed on.
+    The child gets this process's environment plus ``env``, without
+    ``GATEHOUSE_CONFIG`` or Azure's variables (a test names the ones it means).
     """
-    env = {k: v for k, v in os.environ.items() if k != "GATEHOUSE_CONFIG"}
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "GATEHOUSE_CONFIG" and not k.startswith(("AZURE_", "IDENTITY_", "MSI_"))
+    }
+    env = {**inherited, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
