@@ -47,7 +47,8 @@ class AzureProvider(FetchingProvider):
         aio = _sdk()
         s = self.spec
         # Our cache retries with backoff; SDK-internal retries would only stall requests.
-        common: dict[str, Any] = {"retry_total": 0}
+        # logging_enable=False: azure-core's network trace (bodies included) stays off.
+        common: dict[str, Any] = {"retry_total": 0, "logging_enable": False}
         if s.ca_bundle is not None:
             common["connection_verify"] = str(s.ca_bundle)
         if s.authority is not None:
