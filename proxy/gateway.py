@@ -153,7 +153,9 @@ class Gateway:
         except GatehouseError as exc:
             response = self._fail(exc, record)
         except Exception:
-            log.exception("unexpected failure handling request %s", record.request_id)
+            log.exception(
+                "unexpected failure handling request %s", record.request_id, extra=_context(record)
+            )
             response = self._fail(GatehouseError(), record)
         finally:
             _inflight.dec()
@@ -184,7 +186,13 @@ class Gateway:
         # an allow is still an allowed request that failed.
         record.reason = exc.reason
         if exc.detail:
-            log.info("request %s: %s (%s)", record.request_id, exc.reason, exc.detail)
+            log.info(
+                "request %s: %s (%s)",
+                record.request_id,
+                exc.reason,
+                exc.detail,
+                extra=_context(record),
+            )
         if isinstance(exc, UpstreamError) and record.backend:
             metrics.child(metrics.UPSTREAM_ERRORS, record.backend, exc.reason).inc()
         headers = {}
@@ -509,6 +517,11 @@ def header_policy_for(
         set=route.set_request_headers,
         cookie_prefixes=cookie_prefixes,
     )
+
+
+def _context(record: AuditRecord) -> dict[str, str | None]:
+    """The request's fields for a log record (``extra=``): JSON logs carry them as keys."""
+    return {"request_id": record.request_id, "route": record.route, "backend": record.backend}
 
 
 def _peer_ip(request: Incoming) -> str:

@@ -95,8 +95,14 @@ class PolicyStore:
                 self._signature = signature
                 CONFIG_RELOADS.labels(result="error").inc()
                 detail = str(exc) if exc.problems else _removed_message(removed)
+                # One record: the problems travel as a list (indented lines in text logs).
                 log.error(
-                    "policy reload failed; keeping policy version %s\n%s", old.version, detail
+                    "policy reload failed; keeping policy version %s",
+                    old.version,
+                    extra={
+                        "policy_version": old.version,
+                        "problems": [str(p) for p in exc.problems] or [detail],
+                    },
                 )
                 return False
             findings = check_policies(new)
