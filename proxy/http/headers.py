@@ -86,6 +86,34 @@ METHOD_OVERRIDE_HEADERS = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
 
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeaders:
+    """The headers that tell an upstream who called (``identity.headers``).
+
+    ``X-Forwarded-User/Email/Groups`` suit an upstream written for
+    oauth2-proxy. A client's copy of any configured name, in any spelling, is
+    dropped like every other identity header.
+    """
+
+    subject: str = "X-Gatehouse-Subject"
+    email: str = "X-Gatehouse-Email"
+    groups: str = "X-Gatehouse-Groups"
+
+    @property
+    def groups_truncated(self) -> str:
+        return f"{self.groups}-Truncated"
+
+    def names(self) -> frozenset[str]:
+        """Normalised names (lower case, ``_`` as ``-``)."""
+        return frozenset(
+            normalise_name(n)
+            for n in (self.subject, self.email, self.groups, self.groups_truncated)
+        )
+
+
+DEFAULT_IDENTITY_NAMES = IdentityHeaders()
+
 NAMESPACE_PREFIX = "x-gatehouse-"
 COOKIE_PREFIXES = ("__Host-gatehouse", "gatehouse")
 
@@ -409,35 +437,45 @@ def identity_headers(
     email: str | None,
     groups: Iterable[str],
     groups_budget: int = IDENTITY_VALUE_LIMIT,
+    names: IdentityHeaders = DEFAULT_IDENTITY_NAMES,
 ) -> Headers:
-    """``X-Gatehouse-Subject/Email/Groups`` telling the upstream who called.
+    """Subject, email and groups headers telling the upstream who called.
 
+    Named by ``names`` (``X-Gatehouse-Subject/Email/Groups`` by default).
     Values are encoded with :func:`encode_identity_value`. A subject or email
     over the budget raises :class:`IdentityTooLarge` (cutting it could name
     somebody else). Groups are cut at ``groups_budget`` bytes on a group
-    boundary, in sorted order, and then ``X-Gatehouse-Groups-Truncated: true``
+    boundary, in sorted order, and then ``<groups header>-Truncated: true``
     says so: an upstream that needs every group verifies the signed
     assertion, which carries them all.
     """
     if isinstance(groups, frozenset):
         # An identity's values do not change; cached identities repeat them per request.
-        return list(_identity_headers(subject, email, groups, groups_budget))
-    return _build_identity_headers(subject, email, groups, groups_budget)
+        return list(_identity_headers(subject, email, groups, groups_budget, names))
+    return _build_identity_headers(subject, email, groups, groups_budget, names)
 
 
 @lru_cache(maxsize=4096)
 def _identity_headers(
-    subject: str, email: str | None, groups: frozenset[str], groups_budget: int
+    subject: str,
+    email: str | None,
+    groups: frozenset[str],
+    groups_budget: int,
+    names: IdentityHeaders,
 ) -> tuple[tuple[str, str], ...]:
-    return tuple(_build_identity_headers(subject, email, groups, groups_budget))
+    return tuple(_build_identity_headers(subject, email, groups, groups_budget, names))
 
 
 def _build_identity_headers(
-    subject: str, email: str | None, groups: Iterable[str], groups_budget: int
+    subject: str,
+    email: str | None,
+    groups: Iterable[str],
+    groups_budget: int,
+    names: IdentityHeaders,
 ) -> Headers:
-    out: Headers = [("X-Gatehouse-Subject", _bounded(subject))]
+    out: Headers = [(names.subject, _bounded(subject))]
     if email:
-        out.append(("X-Gatehouse-Email", _bounded(email)))
+        out.append((names.email, _bounded(email)))
     joined: list[str] = []
     size = 0
     truncated = False
@@ -451,9 +489,9 @@ def _build_identity_headers(
         joined.append(g)
         size += len(g) + 1
     if joined:
-        out.append(("X-Gatehouse-Groups", ",".join(joined)))
+        out.append((names.groups, ",".join(joined)))
     if truncated:
-        out.append(("X-Gatehouse-Groups-Truncated", "true"))
+        out.append((names.groups_truncated, "true"))
     return out
 
 
