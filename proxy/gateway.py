@@ -46,6 +46,7 @@ from proxy.http.forwarding import (
 )
 from proxy.http.headers import (
     COOKIE_PREFIXES,
+    DEFAULT_IDENTITY_HEADERS,
     SINGLE_VALUED,
     RequestHeaderPolicy,
     filter_request_headers,
@@ -125,6 +126,11 @@ class Gateway:
             for name, backend in self.config.backends.items()
             if any(spec.type == "token_exchange" for spec in backend.credentials)
         )
+
+    @functools.cached_property
+    def identity_header_names(self) -> frozenset[str]:
+        """Identity headers a client may never set: the well-known ones and ours."""
+        return DEFAULT_IDENTITY_HEADERS | self.config.identity_headers.names()
 
     @functools.cached_property
     def single_valued(self) -> frozenset[str]:
@@ -460,7 +466,9 @@ class Gateway:
         chain: list[str],
         extra: list[tuple[str, str]],
     ) -> list[tuple[str, str]]:
-        policy = header_policy_for(route, self.credential_headers, self.cookie_prefixes)
+        policy = header_policy_for(
+            route, self.credential_headers, self.cookie_prefixes, self.identity_header_names
+        )
         out = filter_request_headers(raw_headers, policy)
         out += forwarding_headers(
             peer_ip=peer_ip,
@@ -475,7 +483,12 @@ class Gateway:
         if trace.tracestate:
             out.append(("tracestate", trace.tracestate))
         if identity is not None:
-            out += identity_headers(identity.subject, identity.email, identity.groups)
+            out += identity_headers(
+                identity.subject,
+                identity.email,
+                identity.groups,
+                names=self.config.identity_headers,
+            )
         if extra:
             # A credential replaces any same-named header (e.g. a passed-through
             # Authorization): never two values for one credential header.
@@ -499,13 +512,17 @@ class Gateway:
 
 @functools.lru_cache(maxsize=4096)
 def header_policy_for(
-    route: Route, credential_headers: frozenset[str], cookie_prefixes: tuple[str, ...]
+    route: Route,
+    credential_headers: frozenset[str],
+    cookie_prefixes: tuple[str, ...],
+    identity_names: frozenset[str] = DEFAULT_IDENTITY_HEADERS,
 ) -> RequestHeaderPolicy:
     """Per-route header policy, built once per route object rather than per request.
 
     ``credential_headers`` are headers that carry a caller's credential besides
     ``Authorization`` (the API key header): they stay at the proxy unless the
-    route passes the caller's credentials on.
+    route passes the caller's credentials on. ``identity_names`` are the
+    identity headers a client's copy of which is always dropped.
     """
     remove = {h.lower().replace("_", "-") for h in route.remove_request_headers}
     if not route.pass_authorization:
@@ -515,6 +532,7 @@ def header_policy_for(
         pass_method_override=route.pass_method_override,
         remove=frozenset(remove),
         set=route.set_request_headers,
+        identity_headers=identity_names,
         cookie_prefixes=cookie_prefixes,
     )
 
