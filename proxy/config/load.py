@@ -18,7 +18,6 @@ from proxy.config.schema import (
     AuditConfig,
     BackendConfig,
     Config,
-    IdentityHeaders,
     ListenConfig,
     LogConfig,
     Timeouts,
@@ -28,6 +27,7 @@ from proxy.config.schema import (
 from proxy.credentials.config import parse_assertion_signing, parse_credentials
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
+from proxy.http.headers import IdentityHeaders
 from proxy.http.tls import CrlError, server_context
 from proxy.identity.config import parse_identity
 from proxy.state.config import parse_state

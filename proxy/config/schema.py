@@ -9,6 +9,7 @@ from pathlib import Path
 from proxy.credentials.config import AssertionSigningConfig, CredentialSpec
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
+from proxy.http.headers import IdentityHeaders
 from proxy.identity.config import IdentityConfig
 from proxy.state.config import StateConfig
 from proxy.upstream.config import BackendOptions
@@ -77,26 +78,6 @@ class TracingConfig:
     otlp_endpoint: str  # base URL: spans are posted to <endpoint>/v1/traces
     service_name: str = "gatehouse"
     sample_ratio: float = 1.0  # of traces started here; a caller's sampled flag is followed
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityHeaders:
-    """The headers that tell an upstream who called (``identity.headers``)."""
-
-    subject: str = "X-Gatehouse-Subject"
-    email: str = "X-Gatehouse-Email"
-    groups: str = "X-Gatehouse-Groups"
-
-    @property
-    def groups_truncated(self) -> str:
-        return f"{self.groups}-Truncated"
-
-    def names(self) -> frozenset[str]:
-        """Normalised names: a client's copy of any of them never reaches an upstream."""
-        return frozenset(
-            n.lower().replace("_", "-")
-            for n in (self.subject, self.email, self.groups, self.groups_truncated)
-        )
 
 
 @dataclass(frozen=True, slots=True)
