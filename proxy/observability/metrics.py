@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -23,10 +23,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
 from prometheus_client import values as _values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -107,11 +110,24 @@ JWKS_REFRESH = Counter("gatehouse_jwks_refresh", "JWKS fetches.", ["issuer", "re
 TOKEN_CACHE = Counter("gatehouse_token_cache", "Verified-token cache lookups.", ["result"])
 
 # -- shared state (Redis) ----------------------------------------------------
-STATE_AVAILABLE = Gauge(
-    "gatehouse_state_available",
-    "1 while the shared state store (Redis) answers; 0 while replicas use their fallbacks.",
-    multiprocess_mode="livemin",
-)
+_state_available: Gauge | None = None
+
+
+def state_available() -> Gauge:
+    """``gatehouse_state_available``, registered on first use: only with ``state:``.
+
+    A 0 exported by a gateway without Redis would read as an outage.
+    """
+    global _state_available
+    if _state_available is None:
+        _state_available = Gauge(
+            "gatehouse_state_available",
+            "1 while the shared state store (Redis) answers; 0 while replicas use their fallbacks.",
+            multiprocess_mode="livemin",
+        )
+    return _state_available
+
+
 STATE_UNREACHABLE = Counter(
     "gatehouse_state_unreachable",
     "Operations that found shared state unreachable: sessions fail closed, "
@@ -287,11 +303,47 @@ def child(metric: Any, *values: str) -> Any:
     return _fast(metric, metric.labels(*values))
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text for /metrics, aggregated across workers when forked."""
+class WorkerProcessCollector(Collector):
+    """``process_*`` of each worker, labelled with its ``pid``.
+
+    prometheus_client's multiprocess mode aggregates the metric files the
+    workers write and leaves out process metrics (they cannot be summed), so
+    the admin process reads each live worker's from /proc itself, with the
+    library's own ProcessCollector pointed at that pid.
+    """
+
+    def __init__(self, pids: Iterable[int], proc: str = "/proc") -> None:
+        self._pids = sorted(pids)
+        self._proc = proc
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self._pids:
+            one = ProcessCollector(pid=_constant(pid), proc=self._proc, registry=None)
+            for family in one.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = Metric(family.name, family.documentation, family.type, family.unit)
+                    families[family.name] = merged
+                for sample in family.samples:
+                    labels = {**sample.labels, "pid": str(pid)}
+                    merged.add_sample(sample.name, labels, sample.value)
+        yield from families.values()
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+def render(worker_pids: Iterable[int] = ()) -> tuple[bytes, str]:
+    """The exposition text for /metrics, aggregated across workers when forked.
+
+    ``worker_pids``: the live workers, whose process metrics are added per pid.
+    """
     if MULTIPROCESS:
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(WorkerProcessCollector(worker_pids))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 

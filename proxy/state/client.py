@@ -29,7 +29,7 @@ from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.identity.session import CookieCodec, parse_cookie_keys
-from proxy.observability.metrics import STATE_AVAILABLE
+from proxy.observability.metrics import state_available
 from proxy.state.config import StateConfig
 
 log = logging.getLogger("gatehouse.state")
@@ -76,7 +76,7 @@ class StateClient:
         # redis-py fails a command at once when its pool is exhausted; a burst of
         # requests must queue for a connection instead, and that is not an outage.
         self._slots = asyncio.Semaphore(cfg.max_connections)
-        STATE_AVAILABLE.set(0)
+        state_available().set(0)
 
     def key(self, *parts: str) -> str:
         return self.cfg.key_prefix + ":".join(parts)
@@ -144,7 +144,7 @@ class StateClient:
         if up == self._up and self._known:
             return
         was_known, self._known, self._up = self._known, True, up
-        STATE_AVAILABLE.set(1 if up else 0)
+        state_available().set(1 if up else 0)
         if up:
             log.info("shared state (Redis) reachable: sessions, rate limits and fetch locks shared")
             return
