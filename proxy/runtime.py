@@ -303,7 +303,9 @@ def run_single(config: Config) -> int:
 def _admin_process(config: Config, board: ReadinessBoard, workers: int) -> None:
     async def main() -> None:
         assert config.admin is not None
-        runner = web.AppRunner(admin_app(lambda: board.collect(workers)), access_log=None)
+        runner = web.AppRunner(
+            admin_app(lambda: board.collect(workers), board.pids), access_log=None
+        )
         await runner.setup()
         await web.TCPSite(runner, config.admin.address.host, config.admin.address.port).start()
         stop = asyncio.Event()

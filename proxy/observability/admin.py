@@ -43,6 +43,15 @@ class ReadinessBoard:
         with contextlib.suppress(FileNotFoundError):
             (self.directory / f"ready-{pid}.json").unlink()
 
+    def pids(self) -> list[int]:
+        """The workers that have published and not been forgotten (live ones)."""
+        out = []
+        for path in self.directory.glob("ready-*.json"):
+            pid = path.stem.removeprefix("ready-")
+            if pid.isdigit():
+                out.append(int(pid))
+        return sorted(out)
+
     def collect(self, expected_workers: int) -> dict[str, bool]:
         checks: dict[str, bool] = {}
         found = 0
@@ -58,9 +67,13 @@ class ReadinessBoard:
         return checks
 
 
-def admin_app(ready: ReadyCheck) -> web.Application:
+def admin_app(
+    ready: ReadyCheck, worker_pids: Callable[[], list[int]] | None = None
+) -> web.Application:
+    """``worker_pids``: the live workers (``--workers N``), for their process metrics."""
+
     async def metrics_handler(_: web.Request) -> web.Response:
-        body, content_type = metrics.render()
+        body, content_type = metrics.render(worker_pids() if worker_pids is not None else ())
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
         return response
