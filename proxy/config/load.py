@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import ssl
@@ -237,8 +238,21 @@ def _otlp_endpoint(m: Mapping, key: str, value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def _tracing(m: Mapping | None, environ: EnvMapping[str, str]) -> TracingConfig | None:
+def _tracing(root: Mapping, environ: EnvMapping[str, str]) -> TracingConfig | None:
     """The ``tracing:`` section, else the standard OTEL_* variables, else off."""
+    tracing = _tracing_section(root.mapping("tracing"), environ)
+    if tracing is not None and importlib.util.find_spec("opentelemetry.sdk") is None:
+        # Reported with the configuration, not as an ImportError once workers start.
+        where = "tracing" if root.has("tracing") else None
+        root.error(
+            where,
+            "tracing: needs OpenTelemetry: pip install 'gatehouse[otel]' "
+            "(or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
+        )
+    return tracing
+
+
+def _tracing_section(m: Mapping | None, environ: EnvMapping[str, str]) -> TracingConfig | None:
     if m is None:
         endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if not endpoint:
@@ -369,7 +383,7 @@ def read_config(
         drain = shutdown_m.duration("drain_timeout", 30.0)
         shutdown_m.close()
     log = _log(root.mapping("log"))
-    tracing = _tracing(root.mapping("tracing"), env)
+    tracing = _tracing(root, env)
     root.close()
 
     config_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else ""
