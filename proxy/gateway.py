@@ -71,6 +71,7 @@ from proxy.upstream.pool import EndpointPool
 from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
 if TYPE_CHECKING:
+    from proxy.observability.tracing import RequestTrace, Tracing
     from proxy.state.ratelimit import SharedRateLimiter
 
 log = logging.getLogger("gatehouse.gateway")
@@ -104,6 +105,8 @@ class Gateway:
     credentials: CredentialBroker | None = None
     local_endpoints: tuple[LocalEndpoint, ...] = ()
     certificate_reader: CertificateReader | None = None
+    # OpenTelemetry, when configured; None costs the request path one test per stage.
+    tracing: Tracing | None = None
 
     @functools.cached_property
     def cookie_prefixes(self) -> tuple[str, ...]:
@@ -153,9 +156,10 @@ class Gateway:
         if not isinstance(request, Request):
             request["gatehouse.audited"] = True  # aiohttp's error page hook must not audit again
         _inflight.inc()
+        span = self.tracing.request() if self.tracing is not None else None
         response: web.StreamResponse | Written | None = None
         try:
-            response = await self._handle(request, record)
+            response = await self._handle(request, record, span)
         except GatehouseError as exc:
             response = self._fail(exc, record)
         except Exception:
@@ -184,6 +188,8 @@ class Gateway:
             route = record.route or "none"
             metrics.child(metrics.REQUESTS, route, status_class(record.status)).inc()
             metrics.child(metrics.REQUEST_DURATION, route).observe(elapsed)
+            if span is not None:
+                span.finish(record)
             self.audit.write(record)
         return response
 
@@ -206,7 +212,9 @@ class Gateway:
             headers["WWW-Authenticate"] = f'Bearer realm="gatehouse", error="{exc.reason}"'
         return error_response(exc.status, exc.reason, record.request_id, headers)
 
-    async def _handle(self, request: Incoming, record: AuditRecord) -> web.StreamResponse | Written:
+    async def _handle(
+        self, request: Incoming, record: AuditRecord, span: RequestTrace | None
+    ) -> web.StreamResponse | Written:
         cfg = self.config.listen
         peer_ip = _peer_ip(request)
         trusted = cfg.trusted_proxies.contains(peer_ip)
@@ -221,6 +229,8 @@ class Gateway:
             raise
         rid = request_id(first.get("x-request-id"), trusted)
         trace = trace_context(first.get("traceparent"), first.get("tracestate"))
+        if span is not None:
+            trace = span.start(trace, first, request.method)
         client_ip, chain = client_address(
             peer_ip, first.get("x-forwarded-for"), cfg.trusted_proxies
         )
@@ -253,6 +263,8 @@ class Gateway:
             client_cert=self._client_certificate(request),
             request_id=rid,
         )
+        if span is not None:
+            span.stage("canonicalise")
         if path.startswith(LOCAL_PREFIXES):
             for serve_local in self.local_endpoints:
                 local = await serve_local(request, facts)
@@ -273,6 +285,8 @@ class Gateway:
             raise RouteNotFound()
         record.route = route.name
         record.backend = route.backend
+        if span is not None:
+            span.stage("route")
 
         # -- authenticate ------------------------------------------------------
         identity: Identity | None = None
@@ -294,6 +308,8 @@ class Gateway:
             record.subject = identity.subject
             record.issuer = identity.issuer
             record.auth = identity.method
+        if span is not None:
+            span.stage("authenticate")
 
         # -- authorise -------------------------------------------------------
         now = time.time()
@@ -323,13 +339,20 @@ class Gateway:
                 raise RateLimited()
         metrics.child(metrics.DECISIONS, route.name, "allow", decision.reason).inc()
         record.decision = "allow"
+        if span is not None:
+            span.stage("authorise")
 
         # -- upstream credentials ----------------------------------------------
         extra: list[tuple[str, str]] = []
         if self.credentials is not None:
             extra = await self.credentials.headers(route.backend, route, identity)
+            if span is not None:
+                span.stage("upstream_credentials")
 
         # -- forward -----------------------------------------------------------
+        if span is not None:
+            # The upstream call is a child span; the traceparent sent names it.
+            trace = span.upstream(trace, route.backend, request.method)
         upstream_headers = self._upstream_headers(
             raw_headers, route, facts, identity, trace, rid, peer_ip, trusted, chain, extra
         )
@@ -426,6 +449,8 @@ class Gateway:
             metrics.child(metrics.UPSTREAM_DURATION, route.backend).observe(
                 time.perf_counter() - started
             )
+            if span is not None:
+                span.upstream_done(record.upstream_status)
         try:
             return await relay(request, exchange.response, record, set_cookies)
         finally:
