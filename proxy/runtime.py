@@ -133,6 +133,13 @@ async def serve(
         rate_limiter=state.rate_limiter(local_limiter) if state is not None else local_limiter,
     )
     closers: list[Callable[[], Awaitable[None]]] = []
+    if config.tracing is not None:
+        # Imported here: OpenTelemetry is loaded only when tracing is configured.
+        from proxy.observability.tracing import Tracing
+
+        tracing = Tracing(config.tracing)
+        gateway.tracing = tracing
+        closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # flushes queued spans
     for pool in pools.values():
         await pool.start()
         closers.append(pool.close)
