@@ -7,8 +7,9 @@ extra: ``pip install 'gatehouse[otel]'``.
 
 The server span continues the caller's W3C ``traceparent`` (a sampled caller
 is always sampled; new traces follow ``sample_ratio``). It carries the route,
-backend, decision and reason as attributes and one event per stage, each with
-the stage's duration; the upstream call is a child span, and the
+backend, decision and reason as attributes and one event at the end of each
+stage (the gaps between events are the stages' timings); the upstream call is
+a child span, and the
 ``traceparent`` sent upstream names that child, so the upstream's own spans
 hang under it. Spans leave through the SDK's batch processor (bounded queue,
 exported from its own thread) over OTLP/HTTP to ``<otlp_endpoint>/v1/traces``.
@@ -16,7 +17,6 @@ exported from its own thread) over OTLP/HTTP to ``<otlp_endpoint>/v1/traces``.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -66,13 +66,13 @@ class Tracing:
 class RequestTrace:
     """The spans of one request; the gateway calls it at each stage."""
 
-    __slots__ = ("_last", "_server", "_tracer", "_upstream")
+    __slots__ = ("_recording", "_server", "_tracer", "_upstream")
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
-        self._server: trace.Span | None = None
+        self._server: trace.Span = trace.INVALID_SPAN  # until start()
         self._upstream: trace.Span | None = None
-        self._last = time.perf_counter()
+        self._recording = False
 
     def start(self, incoming: TraceContext, caller: dict[str, str], method: str) -> TraceContext:
         """Open the server span under the caller's traceparent (if it sent a valid one).
@@ -82,22 +82,23 @@ class RequestTrace:
         """
         parent = _PROPAGATOR.extract(caller)
         span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
-        span.set_attribute("http.request.method", method)
         self._server = span
+        # An unsampled span records nothing: skip the work for it.
+        self._recording = span.is_recording()
+        if self._recording:
+            span.set_attribute("http.request.method", method)
         return _context_of(span, incoming.tracestate)
 
     def stage(self, name: str) -> None:
-        """An event marking the end of stage ``name``, with how long it took."""
-        now = time.perf_counter()
-        if self._server is not None:
-            self._server.add_event(
-                name, {"gatehouse.stage.duration_ms": round((now - self._last) * 1000.0, 3)}
-            )
-        self._last = now
+        """An event at the end of stage ``name``: its time minus the previous
+        event's (or the span's start) is how long the stage took. Events carry
+        no attributes of their own: each would cost as much as the event."""
+        if self._recording:
+            self._server.add_event(name)
 
     def upstream(self, incoming: TraceContext, backend: str, method: str) -> TraceContext:
         """Open the child span for the upstream call; its context goes upstream."""
-        if self._server is None:
+        if not self._recording:
             return incoming
         context = trace.set_span_in_context(self._server)
         span = self._tracer.start_span(
@@ -109,7 +110,8 @@ class RequestTrace:
         self._upstream = span
         return _context_of(span, incoming.tracestate)
 
-    def upstream_done(self, status: int | None, endpoint: str | None = None) -> None:
+    def upstream_done(self, status: int | None) -> None:
+        """Close the upstream span: ``status`` as answered, None when the call failed."""
         span, self._upstream = self._upstream, None
         if span is None:
             return
@@ -119,8 +121,6 @@ class RequestTrace:
                 span.set_status(Status(StatusCode.ERROR))
         else:
             span.set_status(Status(StatusCode.ERROR))
-        if endpoint is not None:
-            span.set_attribute("server.address", endpoint)
         span.end()
         self.stage("upstream")
 
@@ -128,9 +128,9 @@ class RequestTrace:
         """Close both spans with what the request came to (from its audit record)."""
         if self._upstream is not None:
             self.upstream_done(record.upstream_status)
-        span, self._server = self._server, None
-        if span is None:
+        if not self._recording:
             return
+        span, self._recording = self._server, False
         if record.route is not None:
             span.update_name(f"{record.method} {record.route}")
         attributes: dict[str, str | int] = {
