@@ -1,7 +1,7 @@
 """CPU per request of the whole proxy path in one process, without sockets.
 
 ``python -m bench.path_micro [--scenario full_identity|gatehouse_public|all]
-[--requests N] [--profile]``. The real listener
+[--requests N] [--profile] [--tracing]``. The real listener
 protocol, gateway, upstream client and relay of the full-identity scenario
 (JWT RS256, 100 routes, audit to a file, metrics; or the public route) run on uvloop; only the
 transports are in memory: 32 client connections each send their next request
@@ -11,6 +11,9 @@ figure is the Python (and event-loop) work per request with no system calls,
 the part of ``make bench``'s proxy CPU that code changes move; it is far
 steadier than the socket benchmark on a shared machine, which makes it the
 tool for A/B-ing a change. ``--profile`` runs it under cProfile instead.
+``--tracing [RATIO]`` turns OpenTelemetry on (sample_ratio RATIO, default 1),
+exporting to a sink in another process, so the figure includes the SDK's
+export thread.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import cProfile
+import dataclasses
 import gc
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,7 @@ import uvloop
 from bench.gatehouse import IdentityParams, full_identity, public_route
 from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
 from proxy.config.load import load_config
-from proxy.config.schema import Config
+from proxy.config.schema import Config, TracingConfig
 from proxy.gateway import Gateway
 from proxy.http.protocol import HttpServer
 from proxy.http.server import make_server
@@ -163,7 +170,42 @@ class Run:
 SCENARIOS = ("full_identity", "gatehouse_public")
 
 
-async def _measure(n: int, repeats: int, profile: bool, scenarios: list[str]) -> int:
+# An OTLP/HTTP endpoint in its own process that accepts and drops every export.
+_SINK = """
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def _otlp_sink() -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+async def _measure(
+    n: int,
+    repeats: int,
+    profile: bool,
+    scenarios: list[str],
+    tracing: TracingConfig | None = None,
+) -> int:
     published: dict[str, Any] = {}
     async with jwks_server(published) as jwks_url:
         issuer = new_issuer(jwks_url)
@@ -176,7 +218,10 @@ async def _measure(n: int, repeats: int, profile: bool, scenarios: list[str]) ->
                 else:
                     ident = IdentityParams(issuer.url, AUDIENCE, token, SUBJECT)
                     setup = full_identity(Path(tmp), "path", UPSTREAM, ident)
-                runs = await _scenario(load_config(setup.config), token, n, repeats, profile)
+                config = load_config(setup.config)
+                if tracing is not None:
+                    config = dataclasses.replace(config, tracing=tracing)
+                runs = await _scenario(config, token, n, repeats, profile)
             if runs:
                 print(f"{scenario}: runs " + " ".join(f"{r:.1f}" for r in runs) + " us/request")
                 print(f"path_cpu_us_per_req_{scenario}={statistics.median(runs):.1f}")
@@ -199,6 +244,10 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
         },
     )
     auth = Authenticator(config.identity)
+    if config.tracing is not None:
+        from proxy.observability.tracing import Tracing
+
+        gateway.tracing = Tracing(config.tracing)
     try:
         await auth.start()
         if config.identity.enabled:
@@ -223,6 +272,8 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
         return [await run.go(n) for _ in range(repeats)]
     finally:
         gc.unfreeze()
+        if gateway.tracing is not None:
+            await asyncio.to_thread(gateway.tracing.shutdown)
         await auth.close()
         await session.close()
         audit.close()
@@ -235,12 +286,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 requests, 3 repeats")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="full_identity")
+    parser.add_argument(
+        "--tracing",
+        type=float,
+        nargs="?",
+        const=1.0,
+        metavar="RATIO",
+        help="OpenTelemetry on (sample_ratio RATIO, default 1), exporting to a local sink",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.repeats = 10000, 3
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     uvloop.install()
-    return asyncio.run(_measure(args.requests, args.repeats, args.profile, scenarios))
+    if args.tracing is None:
+        return asyncio.run(_measure(args.requests, args.repeats, args.profile, scenarios))
+    with _otlp_sink() as sink:
+        tracing = TracingConfig(sink, sample_ratio=args.tracing)
+        return asyncio.run(_measure(args.requests, args.repeats, args.profile, scenarios, tracing))
 
 
 if __name__ == "__main__":
