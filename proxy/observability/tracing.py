@@ -17,6 +17,7 @@ exported from its own thread) over OTLP/HTTP to ``<otlp_endpoint>/v1/traces``.
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -24,7 +25,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -46,9 +47,11 @@ class Tracing:
         resource = Resource.create(
             {"service.name": config.service_name, "service.version": __version__}
         )
+        # Sampling is decided before the SDK is asked (see RequestTrace.start):
+        # an unsampled request then costs no SDK work at all.
         self._provider = TracerProvider(
             resource=resource,
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            sampler=ParentBased(ALWAYS_ON),
             shutdown_on_exit=False,  # workers end with os._exit: shutdown() is explicit
         )
         exporter = OTLPSpanExporter(endpoint=f"{config.otlp_endpoint}/v1/traces")
@@ -56,7 +59,7 @@ class Tracing:
         self._tracer = self._provider.get_tracer("gatehouse", __version__)
 
     def request(self) -> RequestTrace:
-        return RequestTrace(self._tracer)
+        return RequestTrace(self._tracer, self.config.sample_ratio)
 
     def shutdown(self) -> None:
         """Export what is queued, then stop (blocks: call it off the event loop)."""
@@ -66,10 +69,11 @@ class Tracing:
 class RequestTrace:
     """The spans of one request; the gateway calls it at each stage."""
 
-    __slots__ = ("_recording", "_server", "_tracer", "_upstream")
+    __slots__ = ("_ratio", "_recording", "_server", "_tracer", "_upstream")
 
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(self, tracer: trace.Tracer, ratio: float) -> None:
         self._tracer = tracer
+        self._ratio = ratio
         self._server: trace.Span = trace.INVALID_SPAN  # until start()
         self._upstream: trace.Span | None = None
         self._recording = False
@@ -80,13 +84,21 @@ class RequestTrace:
         Returns this hop's trace context, which replaces the gateway's own ids
         so the audit record and the upstream see the exported trace.
         """
-        parent = _PROPAGATOR.extract(caller)
+        traceparent = caller.get("traceparent")
+        # The gateway kept the caller's trace id only if its traceparent was valid.
+        continued = traceparent is not None and incoming.trace_id in traceparent
+        # A caller's sampled flag is followed; a new trace is sampled at the ratio.
+        sampled = (
+            bool(int(incoming.flags, 16) & 1) if continued else random.random() < self._ratio  # noqa: S311 - sampling, not a secret
+        )
+        if not sampled:
+            # Nothing recorded, nothing asked of the SDK; upstream learns "not sampled".
+            return incoming._replace(flags="00")
+        parent = _PROPAGATOR.extract(caller) if continued else None
         span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        span.set_attribute("http.request.method", method)
         self._server = span
-        # An unsampled span records nothing: skip the work for it.
-        self._recording = span.is_recording()
-        if self._recording:
-            span.set_attribute("http.request.method", method)
+        self._recording = True
         return _context_of(span, incoming.tracestate)
 
     def stage(self, name: str) -> None:
