@@ -172,7 +172,7 @@ SCENARIOS = ("full_identity", "gatehouse_public")
 
 # An OTLP/HTTP endpoint in its own process that accepts and drops every export.
 _SINK = """
-import http.server, sys
+import http.server, sys, threading
 class Sink(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -184,13 +184,16 @@ class Sink(http.server.BaseHTTPRequestHandler):
         pass
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
 print(server.server_address[1], flush=True)
-server.serve_forever()
+threading.Thread(target=server.serve_forever, daemon=True).start()
+sys.stdin.read()  # ends with the benchmark, however it ends
 """
 
 
 @contextlib.contextmanager
 def _otlp_sink() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         yield f"http://127.0.0.1:{proc.stdout.readline().strip()}"
