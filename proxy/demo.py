@@ -19,6 +19,7 @@ import yaml
 
 from proxy.config.load import load_config
 from proxy.credentials.signing import rotate_key_file
+from proxy.errors import StartupError
 from proxy.http.devcert import dev_certificates
 from proxy.identity.devidp import DEFAULT_AUDIENCE, DEFAULT_KEY_FILE, DEFAULT_PORT, start_dev_idp
 from proxy.runtime import serve
@@ -26,6 +27,9 @@ from proxy.runtime import serve
 DEMO_DIR = DEFAULT_KEY_FILE.parent
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "deploy" / "examples"
+
+# Start-up failures name the demo's flag for the address the configuration got from it.
+_FLAGS = {"listen.address": "--port", "admin.address": "--admin-port"}
 
 # The demo serves exactly the reviewed, fixture-tested policy in policies/demo.yaml.
 DEMO_POLICY = REPO / "policies" / "demo.yaml"
@@ -146,7 +150,12 @@ def run_demo(port: int = 8443, admin_port: int = 9901, idp_port: int = DEFAULT_P
 
     async def main() -> None:
         await _wait_for_port(upstream_port, upstream)
-        _, idp_runner = await start_dev_idp("127.0.0.1", idp_port, DEFAULT_KEY_FILE)
+        try:
+            _, idp_runner = await start_dev_idp("127.0.0.1", idp_port, DEFAULT_KEY_FILE)
+        except OSError as exc:
+            raise StartupError(
+                "--idp-port", f"cannot listen on {idp_port}: {exc.strerror}"
+            ) from None
         try:
             config = load_config(config_path)
             await serve(
@@ -155,6 +164,10 @@ def run_demo(port: int = 8443, admin_port: int = 9901, idp_port: int = DEFAULT_P
                     _banner(port, admin_port, idp_port, demo), file=sys.stderr, flush=True
                 ),
             )
+        except StartupError as exc:
+            # The demo's addresses come from its flags, not from a file.
+            flag = _FLAGS.get(exc.key)
+            raise StartupError(flag, exc.message) if flag else exc from None
         finally:
             await idp_runner.cleanup()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -99,3 +100,28 @@ def test_demo_serves_public_and_identity_routes_and_audits_to_stdout(tmp_path: P
     whoami = [r for r in records if r["path"] == "/api/whoami"]
     assert [r["status"] for r in whoami] == [401, 200, 401]
     assert whoami[1]["subject"] == "alice" and whoami[1]["auth"] == "jwt"
+
+
+def test_a_taken_demo_port_names_its_flag_and_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        for flag, ports in (
+            ("--port", (taken, free_port(), free_port())),
+            ("--admin-port", (free_port(), taken, free_port())),
+            ("--idp-port", (free_port(), free_port(), taken)),
+        ):
+            port, admin, idp = ports
+            result = subprocess.run(
+                [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--admin-port",
+                 str(admin), "--idp-port", str(idp)],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )  # fmt: skip
+            assert result.returncode == 2, (flag, result.stderr)
+            assert result.stderr.rstrip().endswith("Address already in use"), result.stderr
+            assert f"{flag}: cannot listen on " in result.stderr and str(taken) in result.stderr
+            assert "Traceback" not in result.stderr
