@@ -1,7 +1,10 @@
 # Two commands on a fresh machine: `make run` (the demo) and `make test` (everything).
+# `make run` needs only Python: the demo's packages in the venv. `make test` adds the
+# test toolchain (the whole test extra, npm's oidc-provider, system packages).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
 STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 # Real peers some tests start (redis-server) or use (promtool), from the system
@@ -10,7 +13,7 @@ SYSTEM_PACKAGES := redis-server:redis-server promtool:prometheus
 
 .PHONY: run test lint fmt bench clean deps system-deps
 
-run: deps
+run: $(RUN_STAMP)
 	$(BIN)/gatehouse demo
 
 test: deps lint
@@ -41,11 +44,17 @@ system-deps:
 	  else echo "missing system packages (install them for the full suite):$$missing"; fi; \
 	fi
 
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo,speed]'
+	touch $(RUN_STAMP)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
