@@ -43,12 +43,13 @@ _SUFFIXES = {
 def exported_names() -> set[str]:
     """Every series name the metrics module exposes, suffixes included."""
     names: set[str] = set()
-    for module in (metrics,):
-        for value in vars(module).values():
-            if not isinstance(value, MetricWrapperBase):
-                continue
-            for family in value.describe():
-                names.update(family.name + s for s in _SUFFIXES[family.type])
+    # Registered on first use (only with the configuration that needs them).
+    lazy = [metrics.state_available()]
+    for value in [*vars(metrics).values(), *lazy]:
+        if not isinstance(value, MetricWrapperBase):
+            continue
+        for family in value.describe():
+            names.update(family.name + s for s in _SUFFIXES[family.type])
     return names
 
 
