@@ -231,6 +231,8 @@ class Gateway:
         trace = trace_context(first.get("traceparent"), first.get("tracestate"))
         if span is not None:
             trace = span.start(trace, first, request.method)
+            if not span.recording:
+                span = None  # unsampled: no stage of this request asks again
         client_ip, chain = client_address(
             peer_ip, first.get("x-forwarded-for"), cfg.trusted_proxies
         )

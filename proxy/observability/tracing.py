@@ -93,13 +93,18 @@ class RequestTrace:
         )
         if not sampled:
             # Nothing recorded, nothing asked of the SDK; upstream learns "not sampled".
-            return incoming._replace(flags="00")
+            return TraceContext(incoming.trace_id, incoming.parent_id, "00", incoming.tracestate)
         parent = _PROPAGATOR.extract(caller) if continued else None
         span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
         span.set_attribute("http.request.method", method)
         self._server = span
         self._recording = True
         return _context_of(span, incoming.tracestate)
+
+    @property
+    def recording(self) -> bool:
+        """Sampled: the gateway drops an unsampled trace after start() and skips the rest."""
+        return self._recording
 
     def stage(self, name: str) -> None:
         """An event at the end of stage ``name``: its time minus the previous
