@@ -95,14 +95,14 @@ class PolicyStore:
                 self._signature = signature
                 CONFIG_RELOADS.labels(result="error").inc()
                 detail = str(exc) if exc.problems else _removed_message(removed)
-                # One record: the problems travel as a list (indented lines in text logs).
+                # One record, one line: the problems joined in the message, and as a
+                # list for JSON logs.
+                problems = [str(p) for p in exc.problems] or [detail]
                 log.error(
-                    "policy reload failed; keeping policy version %s",
+                    "policy reload failed; keeping policy version %s: %s",
                     old.version,
-                    extra={
-                        "policy_version": old.version,
-                        "problems": [str(p) for p in exc.problems] or [detail],
-                    },
+                    "; ".join(problems),
+                    extra={"policy_version": old.version, "problems": problems},
                 )
                 return False
             findings = check_policies(new)
