@@ -102,6 +102,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+# Fields whose content the message already carries: not repeated in text logs.
+_IN_MESSAGE = frozenset({"problems"})
+
+
 class TextFormatter(logging.Formatter):
     """``time level logger: message key=value ...`` for a person at a terminal."""
 
@@ -114,10 +118,8 @@ class TextFormatter(logging.Formatter):
         if not extra:
             return text
         head, newline, rest = text.partition("\n")
-        fields = " ".join(f"{k}={_text_value(v)}" for k, v in extra.items() if k != "problems")
-        problems = extra.get("problems")
-        listed = "".join(f"\n  {p}" for p in problems) if isinstance(problems, list) else ""
-        return f"{head} {fields}".rstrip() + listed + newline + rest
+        fields = " ".join(f"{k}={_text_value(v)}" for k, v in extra.items() if k not in _IN_MESSAGE)
+        return f"{head} {fields}".rstrip() + newline + rest
 
 
 def _text_value(value: object) -> str:

@@ -71,10 +71,12 @@ def test_an_exception_stays_inside_its_one_line() -> None:
     assert "ValueError: boom\nsecond line" in json.loads(line)["exc"]
 
 
-def test_text_lines_show_fields_and_list_problems_below() -> None:
-    record = record_of(logging.ERROR, "policy reload failed", problems=["a.yaml:3: bad", "b: x"])
+def test_text_lines_show_fields_as_key_value_pairs() -> None:
+    record = record_of(
+        logging.ERROR, "reload failed: a.yaml:3: bad", route="r 1", problems=["a.yaml:3: bad"]
+    )
     text = TextFormatter().format(record)
-    assert text.endswith("policy reload failed\n  a.yaml:3: bad\n  b: x")
+    assert text.endswith('gatehouse.test: reload failed: a.yaml:3: bad route="r 1"')
 
 
 def test_rfc3339_is_utc_with_milliseconds() -> None:
@@ -139,7 +141,7 @@ async def test_a_failed_policy_reload_is_one_record_listing_its_problems(
     assert failed["level"] == "error"
     assert len(failed["problems"]) == 2, failed  # the undefined backend, the unknown key
     assert all(p.startswith(f"{policy}:") for p in failed["problems"])
-    assert "\n" not in failed["msg"]
+    assert "\n" not in failed["msg"] and failed["problems"][0] in failed["msg"]
 
 
 async def test_log_format_and_level_follow_the_configuration(
