@@ -61,6 +61,19 @@ def bind_or_refuse(key: str, address: Address, *, reuse_port: bool, backlog: int
         raise StartupError(key, f"cannot listen on {address}: {exc.strerror}") from None
 
 
+def bind_only(key: str, address: Address) -> socket.socket:
+    """A socket bound to ``address`` but not listening yet (the server's start listens)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(key, f"cannot listen on {address}: {exc.strerror}") from None
+    return sock
+
+
 def _install_uvloop() -> None:
     try:
         import uvloop
@@ -99,9 +112,9 @@ async def serve(
         )
     admin_sock: socket.socket | None = None
     if admin_in_process and config.admin is not None:
-        admin_sock = bind_or_refuse(
-            "admin.address", config.admin.address, reuse_port=False, backlog=128
-        )
+        # Bound now (a taken address fails start-up here), listening only once
+        # everything runs: an open admin port means the worker has started.
+        admin_sock = bind_only("admin.address", config.admin.address)
     try:
         audit = AuditWriter(config.audit.output, max_buffer=config.audit.max_buffer)
     except OSError as exc:
