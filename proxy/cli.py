@@ -42,7 +42,9 @@ def load_everything(path: Path) -> Any:
 
     try:
         config = load_config(path)
-        load_policies(config.policy_dir, set(config.backends))
+        load_policies(
+            config.policy_dir, set(config.backends), websocket=config.listen.mode != "decision"
+        )
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
