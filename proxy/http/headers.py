@@ -271,6 +271,16 @@ def _strip_gatehouse_cookies(value: str, prefixes: tuple[str, ...]) -> str:
     return "; ".join(kept)
 
 
+def upstream_cookie(headers: Sequence[tuple[str, str]], prefixes: tuple[str, ...]) -> str | None:
+    """The ``Cookie`` an upstream may see: the client's cookie lines, joined, without
+    Gatehouse's own; None when the client sent no cookie (empty when all were ours)."""
+    lines = [value for name, value in headers if len(name) == 6 and name.lower() == "cookie"]
+    if not lines:
+        return None
+    kept = (_strip_gatehouse_cookies(line, prefixes) for line in lines)
+    return "; ".join(value for value in kept if value)
+
+
 def filter_request_headers(
     headers: Sequence[tuple[str, str]], policy: RequestHeaderPolicy = DEFAULT_REQUEST_POLICY
 ) -> Headers:
