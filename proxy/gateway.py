@@ -47,6 +47,7 @@ from proxy.http.decision import (
     DecisionCall,
     OriginalRequest,
     decision_call,
+    envoy_removals,
     forwarded_origin,
     login_location,
     original_request,
@@ -632,6 +633,9 @@ class Gateway:
         if cookie:
             # The caller's cookies without Gatehouse's session: what the upstream may see.
             headers.append(("Cookie", cookie))
+        if envoy:
+            removed = frozenset() if route.pass_authorization else self.credential_headers
+            headers.append(("x-envoy-auth-headers-to-remove", envoy_removals(headers, removed)))
         headers += [("Set-Cookie", value) for value in set_cookies]
         return headers
 

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from proxy.errors import BadDecisionRequest, BadHost, RequestRejected
 from proxy.http.canonical import DEFAULT_OPTIONS, PathOptions, canonical_path, split_target
+from proxy.http.headers import DEFAULT_IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS, PATH_HINTS
 from proxy.http.host import parse_host
 
 DECIDE_PATH = "/.gatehouse/decide"
@@ -45,6 +46,27 @@ EXT_AUTHZ_PREFIX = "/.gatehouse/ext_authz"
 LOGIN_PATH = "/.gatehouse/login"
 
 Endpoint = Literal["decide", "auth", "ext_authz"]
+
+# What a 200 answer hands over. The data plane sets each one the answer carries
+# on the upstream request and removes the client's own copy of each one it does
+# not; a backend credential configured under another header name comes on top.
+HANDED_OVER = (
+    "X-Gatehouse-Subject",
+    "X-Gatehouse-Email",
+    "X-Gatehouse-Groups",
+    "X-Gatehouse-Groups-Truncated",
+    "X-Gatehouse-Assertion",
+    "Authorization",
+    "X-Serverless-Authorization",
+    "Cookie",
+)
+# What the data plane removes from every client request before the upstream sees
+# it, besides the X-Gatehouse-* namespace: other proxies' identity headers, path
+# hints and method overrides (as a proxy listener does), and the API key header
+# (identity.api_keys.header; Gatehouse's credential, not the upstream's).
+CLIENT_HEADERS_REMOVED = tuple(
+    sorted(DEFAULT_IDENTITY_HEADERS | PATH_HINTS | METHOD_OVERRIDE_HEADERS | {"x-api-key"})
+)
 
 # RFC 9110 §5.6.2 token; no method is longer than this in practice.
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
@@ -176,6 +198,20 @@ def _canonical_target(target: str, options: PathOptions) -> tuple[str, str]:
             detail="the original path is not canonical (the data plane forwards it as sent)",
         )
     return path, query
+
+
+def envoy_removals(answer: Sequence[tuple[str, str]], extra: frozenset[str]) -> str:
+    """``x-envoy-auth-headers-to-remove`` for an ext_authz allow: every header Envoy must
+    take off the client's request because the answer does not replace it.
+
+    Envoy's ``allowed_upstream_headers`` only overwrite headers an answer carries:
+    a client's own ``Authorization`` (its token for Gatehouse) or a forged
+    ``X-Gatehouse-Subject`` would otherwise reach the upstream when the answer
+    has none. ``extra`` adds names (the API key header).
+    """
+    carried = {name.lower() for name, _ in answer}
+    names = {name.lower() for name in HANDED_OVER} | set(CLIENT_HEADERS_REMOVED) | extra
+    return ", ".join(sorted(names - carried))
 
 
 def forwarded_origin(headers: Mapping[str, str], trusted: bool, scheme: str) -> tuple[str, str]:

@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.decision.stack import DataPlane, Stack, decision_stack, start_caddy, start_nginx
+from tests.decision.stack import (
+    DataPlane,
+    Stack,
+    decision_stack,
+    start_caddy,
+    start_haproxy,
+    start_nginx,
+)
 from tests.decision.upstream import app as upstream_app
 from tests.support.uvicorn_server import serve_asgi
 
-STARTERS = {"nginx": start_nginx, "caddy": start_caddy}
+STARTERS = {"nginx": start_nginx, "caddy": start_caddy, "haproxy": start_haproxy}
 
 
 @pytest.fixture(scope="module")

@@ -344,6 +344,38 @@ def start_caddy(stack: Stack) -> DataPlane:
     return _started(DataPlane("caddy", port, process, log))
 
 
+def start_haproxy(stack: Stack) -> DataPlane:
+    """HAProxy with deploy/decision/haproxy: gatehouse.lua verbatim, haproxy.cfg substituted."""
+    d = stack.workdir / "haproxy"
+    d.mkdir(parents=True)
+    shutil.copyfile(DEPLOY / "haproxy" / "gatehouse.lua", d / "gatehouse.lua")
+    pem = d / "site.pem"  # HAProxy wants the certificate and its key in one file
+    pem.write_text(stack.certs["server_cert"].read_text() + stack.certs["server_key"].read_text())
+    port = stack.ports["haproxy"]
+    gatehouse = f"127.0.0.1:{stack.gatehouse.port}"
+    config = substituted(
+        (DEPLOY / "haproxy" / "haproxy.cfg").read_text(),
+        {
+            "lua-load /etc/haproxy/gatehouse.lua": f"lua-load {d / 'gatehouse.lua'}",
+            "bind :443 ssl crt /etc/haproxy/tls/app.example.com.pem": (
+                f"bind 127.0.0.1:{port} ssl crt {pem}"
+            ),
+            "10.0.0.5:9000": (gatehouse, 2),
+            "server app app.internal:8000": f"server app 127.0.0.1:{stack.upstream_port}",
+        },
+        "haproxy.cfg",
+    )
+    (d / "haproxy.cfg").write_text(config)
+    log = d / "stderr.log"
+    process = subprocess.Popen(
+        [_tool("haproxy"), "-db", "-f", str(d / "haproxy.cfg")],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        cwd=d,
+    )
+    return _started(DataPlane("haproxy", port, process, log))
+
+
 # -- a client that sends exactly the bytes it is given ------------------------------------
 @dataclass
 class RawResponse:

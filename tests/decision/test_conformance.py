@@ -1,4 +1,4 @@
-"""Decision mode behind real data planes: nginx and Caddy, started from deploy/decision/.
+"""Decision mode behind real data planes: nginx, Caddy and HAProxy, started from deploy/decision/.
 
 Each case runs against both, in front of the same Gatehouse (listen.mode:
 decision), the real OpenID provider, the Google metadata-server emulator and
@@ -28,6 +28,10 @@ from tests.decision.upstream import Seen, seen_with
 from tests.identity.browser_env import HTML, follow_login
 
 JSON = {"Accept": "application/json"}
+# Data planes that pass Gatehouse's own answer on for any status; nginx's
+# auth_request knows only 2xx, 401 and 403, writes its own pages, and turns
+# every other status into 500.
+RELAY_ANSWERS = {"caddy", "haproxy"}
 
 
 def call(
@@ -123,7 +127,7 @@ async def test_a_denied_call_never_reaches_the_upstream(stack: Stack, plane: Dat
     answer, marker = call(stack, plane, f"/echo/admin/{marker_path()}", token=token)
     assert answer.status == 403
     assert not seen_with("x-test-case", marker)
-    if plane.name == "caddy":  # Caddy relays Gatehouse's answer; nginx writes its own page
+    if plane.name in RELAY_ANSWERS:
         assert json.loads(answer.body) == {
             "error": "no_rule_matched",
             "status": 403,
@@ -138,8 +142,8 @@ def marker_path() -> str:
 async def test_errors_keep_gatehouses_status_and_reason_in_the_answer_or_the_audit(
     stack: Stack, plane: DataPlane
 ) -> None:
-    """404, 429 and 503 travel as they are through Caddy; nginx's auth_request knows only
-    2xx, 401 and 403 and answers 500, while the audit record keeps the real reason."""
+    """404, 429 and 503 travel as they are through Caddy and HAProxy; nginx answers 500,
+    while the audit record keeps the real reason."""
     cases = [
         (f"/echo/nothing/{marker_path()}", 404, "route_not_found"),
         (f"/echo/broken/{marker_path()}", 503, "upstream_credentials_unavailable"),
@@ -150,7 +154,7 @@ async def test_errors_keep_gatehouses_status_and_reason_in_the_answer_or_the_aud
     for target, status, reason in cases:
         answer, marker = call(stack, plane, target)
         assert not seen_with("x-test-case", marker)
-        if plane.name == "caddy":
+        if plane.name in RELAY_ANSWERS:
             assert answer.status == status
             assert json.loads(answer.body) == {
                 "error": reason,

@@ -149,6 +149,11 @@ async def test_envoy_ext_authz_decides_on_the_path_after_the_prefix_and_its_own_
     )
     assert status == 200
     assert headers["x-gatehouse-subject"] == "svc-ci"
+    # Envoy only overwrites what the answer carries: the rest it is told to remove,
+    # the caller's own Authorization first of all.
+    removed = headers["x-envoy-auth-headers-to-remove"].split(", ")
+    assert {"authorization", "cookie", "x-gatehouse-email", "x-api-key"} <= set(removed)
+    assert "x-gatehouse-subject" not in removed and "x-serverless-authorization" not in removed
     [record] = records
     assert (record["method"], record["host"], record["path"], record["route"]) == (
         "DELETE",

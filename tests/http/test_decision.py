@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 from proxy.errors import BadDecisionRequest, BadHost, RequestRejected
 from proxy.http.canonical import PathOptions, canonical_path, split_target
 from proxy.http.decision import (
+    CLIENT_HEADERS_REMOVED,
+    HANDED_OVER,
     DecisionCall,
     OriginalRequest,
     decision_call,
+    envoy_removals,
     forwarded_origin,
     login_location,
     original_request,
@@ -289,3 +292,13 @@ def test_the_login_location_is_on_the_users_host_and_carries_the_original_target
     )
     hostless = original._replace(authority="")
     assert login_location(hostless) == "/.gatehouse/login?rd=/app/page%3Fa%3D1%26b%3D/x"
+
+
+def test_envoy_is_told_to_remove_every_handed_over_header_the_answer_lacks() -> None:
+    answer = [("X-Gatehouse-Subject", "alice"), ("x-serverless-authorization", "Bearer t")]
+    removed = envoy_removals(answer, frozenset({"x-api-key"})).split(", ")
+    assert "x-gatehouse-subject" not in removed and "x-serverless-authorization" not in removed
+    assert {"authorization", "cookie", "x-gatehouse-assertion", "x-forwarded-user"} <= set(removed)
+    assert removed == sorted(removed)
+    everything = {n.lower() for n in HANDED_OVER} | set(CLIENT_HEADERS_REMOVED)
+    assert set(envoy_removals([], frozenset()).split(", ")) == everything
