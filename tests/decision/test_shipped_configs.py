@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 from proxy.credentials.signing import rotate_key_file
@@ -132,6 +132,11 @@ def _envoy() -> tuple[dict[str, Any], dict[str, Any]]:
     return manager, authz["typed_config"]
 
 
+def exact(matcher: dict[str, Any]) -> set[str]:
+    """The names of an Envoy ListStringMatcher made of exact matches."""
+    return {pattern["exact"] for pattern in matcher["patterns"]}
+
+
 def test_envoy_asks_about_the_path_it_forwards_and_copies_the_contract_headers() -> None:
     manager, authz = _envoy()
     # The path asked about is the path forwarded: both normalised the same way.
@@ -145,7 +150,6 @@ def test_envoy_asks_about_the_path_it_forwards_and_copies_the_contract_headers()
     assert authz["failure_mode_allow"] is False  # Envoy CVE-2024-23324: never allow on error
     service = authz["http_service"]
     assert service["path_prefix"] == "/.gatehouse/ext_authz"
-    exact = lambda m: {p["exact"] for p in m["patterns"]}  # noqa: E731
     response = service["authorization_response"]
     assert exact(response["allowed_upstream_headers"]) == HANDED
     assert {"location", "www-authenticate"} <= exact(response["allowed_client_headers"])
