@@ -167,12 +167,28 @@ def original_request(
     return OriginalRequest(method, path, query, authority, host, proto, target)
 
 
+# Header name as sent -> the field it is read as ("" for none): data planes send the
+# same few names on every request. Bounded like the header filter's verdicts.
+_FIELD_OF: dict[str, str] = {}
+_MAX_NAMES = 256
+
+
+def _field_of(name: str) -> str:
+    found = _FIELD_OF.get(name)
+    if found is None:
+        norm = name.lower().replace("_", "-")
+        found = norm if norm in _READ else ""
+        if len(_FIELD_OF) < _MAX_NAMES and len(name) <= 64:
+            _FIELD_OF[name] = found
+    return found
+
+
 def _fields(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """Every value of the fields this module reads, by lower-case ``-`` name."""
     out: dict[str, list[str]] = {}
     for name, value in headers:
-        norm = name.lower().replace("_", "-")
-        if norm in _READ:
+        norm = _field_of(name)
+        if norm:
             out.setdefault(norm, []).append(value.strip())
     return out
 
@@ -183,10 +199,15 @@ def _one(fields: dict[str, list[str]], names: tuple[str, ...], what: str) -> str
     An empty value counts as not sent: a data plane writing an unset variable
     (nginx sends no header for one, others an empty one) states nothing.
     """
-    values = {v for name in names for v in fields.get(name, ()) if v}
-    if len(values) > 1:
-        raise BadDecisionRequest(detail=f"two different values for the original {what}")
-    return next(iter(values), None)
+    found = None
+    for name in names:
+        for value in fields.get(name, ()):
+            if not value or value == found:
+                continue
+            if found is not None:
+                raise BadDecisionRequest(detail=f"two different values for the original {what}")
+            found = value
+    return found
 
 
 def _canonical_target(target: str, options: PathOptions) -> tuple[str, str]:
