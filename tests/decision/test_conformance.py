@@ -316,6 +316,8 @@ async def test_identity_headers_a_client_sends_never_reach_the_upstream(
         ("X-Auth-Request-Email", "admin@example.test"),
         ("X-Api-Key", "forged"),
     ]
+    # A public route never looks at the caller (the forged token is not even verified):
+    # nothing the client claimed about who it is reaches the upstream.
     marker = uuid.uuid4().hex
     answer = raw_request(
         plane.port,
@@ -323,21 +325,10 @@ async def test_identity_headers_a_client_sends_never_reach_the_upstream(
         headers=[("X-Test-Case", marker), *forged],
         context=stack.client_ssl(),
     )
-    # An invalid bearer token is refused outright; without it the call is anonymous.
-    assert answer.status == 401
-    assert not seen_with("x-test-case", marker)
-    marker = uuid.uuid4().hex
-    anonymous = [h for h in forged if h[0] != "Authorization"]
-    answer = raw_request(
-        plane.port,
-        "/echo/public/anonymous",
-        headers=[("X-Test-Case", marker), *anonymous],
-        context=stack.client_ssl(),
-    )
     assert answer.status == 200
     seen = upstream_saw(marker)
     values = {v for _, v in seen.headers}
-    for name, value in anonymous:
+    for name, value in forged:
         assert value not in values, name
     assert seen.header("x-gatehouse-subject") is None
     # What Gatehouse vouches for arrives instead: the assertion and the credential.
