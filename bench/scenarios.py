@@ -208,6 +208,16 @@ def _decision_nginx(ctx: Context) -> Target:
     return Target(url, headers, proc, confirm)
 
 
+def _decision_ceiling(ctx: Context) -> Target:
+    if not ctx.tools.nginx:
+        raise Skip("nginx is not installed")
+    try:
+        url, proc = decision.start_ceiling(ctx)
+    except gatehouse.Unavailable as e:
+        raise Skip(str(e)) from e
+    return Target(url, proc=proc)
+
+
 Setup = Callable[[Context], Target]
 
 SCENARIOS: tuple[tuple[str, str, Setup], ...] = (
@@ -223,6 +233,7 @@ SCENARIOS: tuple[tuple[str, str, Setup], ...] = (
     ),
     ("full_identity_tls", "as full_identity over TLS", _full_identity_tls),
     (decision.NAME, decision.LABEL, _decision_nginx),
+    (decision.CEILING, decision.CEILING_LABEL, _decision_ceiling),
 )
 NAMES = tuple(name for name, _, _ in SCENARIOS)
 
