@@ -14,11 +14,11 @@ from bench.measure import RunResult
 from bench.scenarios import Outcome
 
 
-def test_the_decision_scenario_runs_behind_nginx_and_prints_its_ratio(
+def test_the_decision_scenarios_run_behind_nginx_and_print_their_ratios(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args = [
-        "--scenarios=full_identity,decision_nginx",
+        "--scenarios=full_identity,decision_nginx,decision_ceiling",
         "--duration=0.5",
         "--warmup=0.2",
         "--runs=1",
@@ -32,10 +32,11 @@ def test_the_decision_scenario_runs_behind_nginx_and_prints_its_ratio(
     ]
     assert bench_main(args) == 0
     printed = capsys.readouterr().out
-    assert "skipped decision_nginx" not in printed, printed
+    assert "skipped decision" not in printed, printed
     figures = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
     assert float(figures["rps decision_nginx"]) > 0
     assert float(figures["ratio decision_nginx/gatehouse_proxy"]) > 0
+    assert float(figures["ratio decision_ceiling/gatehouse_proxy"]) > 0
     assert float(figures["decision_cpu_us_per_req"]) > 0
 
 
