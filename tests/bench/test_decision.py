@@ -3,9 +3,6 @@ decision-mode Gatehouse, and the ratio line against Gatehouse proxying the same 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from bench.__main__ import main as bench_main
@@ -49,21 +46,3 @@ def test_the_ratio_line_compares_with_gatehouse_proxying_the_same_route() -> Non
         [outcome("full_identity", 10_000, 80.0), outcome("decision_nginx", 25_000, 30.0)]
     )
     assert lines == ["ratio decision_nginx/gatehouse_proxy=2.50", "decision_cpu_us_per_req=30.0"]
-
-
-def test_the_in_process_decision_path_answers_every_request() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.path_micro",
-            "--scenario=decision",
-            "--requests=2000",
-            "--repeats=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert float(done.stdout.rsplit("path_cpu_us_per_req_decision=", 1)[1]) > 0
