@@ -209,6 +209,34 @@ async def test_api_calls_get_401_and_browsers_sign_in_through_the_data_plane_wit
             page, headers={**HTML, "X-Test-Case": marker}, allow_redirects=False
         ) as r:
             assert r.status == 200, await r.text()
+        # The session changes state only from a page of this origin: the data plane
+        # passes the browser's Sec-Fetch-Site, Origin and Upgrade on to the decision.
+        cross_site = uuid.uuid4().hex
+        hijack = uuid.uuid4().hex
+        same_site = uuid.uuid4().hex
+        async with http.post(
+            page, headers={"Sec-Fetch-Site": "cross-site", "X-Test-Case": cross_site}
+        ) as r:
+            assert r.status == 403
+        async with http.get(
+            page,
+            headers={
+                "Origin": "https://evil.example",
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+                "X-Test-Case": hijack,
+            },
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 403
+        async with http.post(
+            page, headers={"Sec-Fetch-Site": "same-origin", "X-Test-Case": same_site}
+        ) as r:
+            assert r.status == 200
+        assert not seen_with("x-test-case", cross_site) and not seen_with("x-test-case", hijack)
+        assert upstream_saw(same_site).method == "POST"
     seen = upstream_saw(marker)
     assert seen.header("x-gatehouse-subject") == "alice"
     assert seen.header("x-gatehouse-email") == "alice@example.test"

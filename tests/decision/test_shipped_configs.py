@@ -27,6 +27,10 @@ from proxy.identity.session import new_cookie_key
 from tests.decision.stack import DEPLOY, REPO, substituted
 
 HANDED = {name.lower() for name in HANDED_OVER}
+# What Gatehouse reads of the client's own request: credentials, page or API call,
+# and where a session's state-changing request or WebSocket handshake comes from.
+READ = {"authorization", "cookie", "accept", "x-requested-with", "origin", "sec-fetch-site"}
+READ |= {"upgrade"}
 REMOVED = set(CLIENT_HEADERS_REMOVED)
 PAGES = {
     "/.gatehouse/login",
@@ -54,6 +58,7 @@ def test_nginx_sets_every_handed_over_header_and_removes_the_rest() -> None:
     server = (DEPLOY / "nginx" / "gatehouse-server.conf").read_text()
     # The decision is asked about $request_uri (what proxy_pass forwards), never $uri.
     assert "proxy_set_header X-Forwarded-Uri $request_uri;" in server
+    assert "proxy_set_header Upgrade $http_upgrade;" in server  # nginx drops it otherwise
     directives = "\n".join(
         line for line in server.splitlines() if not line.lstrip().startswith("#")
     )
@@ -99,6 +104,8 @@ def test_haproxy_sets_every_handed_over_header_and_removes_the_rest() -> None:
     assert (
         'norm:sub(1, 15) == "x-auth-request-"' in lua and 'norm:sub(1, 12) == "x-gatehouse-"' in lua
     )
+    passed = re.search(r"local PASS = \{(.*?)\}", lua, re.S)
+    assert passed is not None and set(re.findall(r'"([a-z-]+)"', passed.group(1))) >= READ
     cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
     acl = re.search(r"acl gatehouse_page path (.*)", cfg)
     assert acl is not None and set(acl.group(1).split()) == PAGES
@@ -112,7 +119,7 @@ def test_traefik_writes_the_forwarded_headers_itself_and_copies_the_contract_hea
     assert auth["trustForwardHeader"] is False
     assert lowered(auth["authResponseHeaders"]) == HANDED
     sent = lowered(auth["authRequestHeaders"])
-    assert {"authorization", "cookie", "accept", "x-requested-with"} <= sent
+    assert sent >= READ
     assert not any(name.startswith(("x-forwarded-", "x-original-")) for name in sent)
     strip = config["middlewares"]["gatehouse-strip"]["headers"]["customRequestHeaders"]
     assert set(strip.values()) == {""}
@@ -154,7 +161,7 @@ def test_envoy_asks_about_the_path_it_forwards_and_copies_the_contract_headers()
     assert exact(response["allowed_upstream_headers"]) == HANDED
     assert {"location", "www-authenticate"} <= exact(response["allowed_client_headers"])
     sent = exact(service["authorization_request"]["allowed_headers"])
-    assert {"authorization", "cookie", "accept", "x-forwarded-for", "x-forwarded-proto"} <= sent
+    assert sent >= READ | {"x-forwarded-for", "x-forwarded-proto"}
     # Gatehouse ignores these on ext_authz anyway; they are not sent at all.
     assert not sent & {
         "x-forwarded-uri",
@@ -198,6 +205,7 @@ def test_ingress_nginx_asks_about_request_uri_and_copies_the_contract_headers() 
     assert written["X-Forwarded-Uri"] == written["X-Original-URI"] == "$request_uri"
     assert written["X-Forwarded-Method"] == written["X-Original-Method"] == "$request_method"
     assert written["X-Forwarded-Host"] == "$http_host"
+    assert written["Upgrade"] == "$http_upgrade"  # the controller's nginx drops it otherwise
     pages = docs[("Ingress", "app-gatehouse-pages")]["spec"]["rules"][0]["http"]["paths"]
     assert {p["path"] for p in pages} == PAGES
     assert {p["pathType"] for p in pages} == {"Exact"}

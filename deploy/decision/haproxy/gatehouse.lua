@@ -27,10 +27,12 @@ local STRIP = {
   ["x-envoy-original-path"] = true, ["x-http-method-override"] = true,
   ["x-http-method"] = true, ["x-method-override"] = true,
 }
--- The client's headers Gatehouse reads to authenticate and to tell pages from API calls.
+-- The client's headers Gatehouse reads: to authenticate, to tell pages from API
+-- calls, and to check that a session's unsafe request or WebSocket handshake
+-- comes from this origin.
 local PASS = {
   "authorization", "cookie", "accept", "x-requested-with", "x-api-key", "traceparent",
-  "tracestate",
+  "tracestate", "origin", "sec-fetch-site", "upgrade",
 }
 
 local function normalised(name)
