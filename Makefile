@@ -7,9 +7,11 @@ BIN     := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
-# Real peers some tests start (redis-server) or use (promtool), from the system
-# package manager when missing; tests that need one say so if it cannot be had.
-SYSTEM_PACKAGES := redis-server:redis-server promtool:prometheus
+# Real peers some tests start (redis-server, and nginx, caddy and haproxy as
+# decision-mode data planes) or use (promtool), from the system package manager
+# when missing; tests that need one fail, saying so, if it cannot be had.
+SYSTEM_PACKAGES := redis-server:redis-server promtool:prometheus nginx:nginx caddy:caddy \
+	haproxy:haproxy
 
 .PHONY: run test lint fmt bench clean deps system-deps
 
@@ -35,7 +37,8 @@ deps: $(STAMP) $(NODE_STAMP) system-deps
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
-	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] \
+	    || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \

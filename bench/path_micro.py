@@ -1,9 +1,10 @@
 """CPU per request of the whole proxy path in one process, without sockets.
 
-``python -m bench.path_micro [--scenario full_identity|gatehouse_public|all]
+``python -m bench.path_micro [--scenario full_identity|gatehouse_public|decision|all]
 [--requests N] [--profile] [--tracing]``. The real listener
 protocol, gateway, upstream client and relay of the full-identity scenario
-(JWT RS256, 100 routes, audit to a file, metrics; or the public route) run on uvloop; only the
+(JWT RS256, 100 routes, audit to a file, metrics; or the public route; or the same
+configuration as a decision listener answering nginx's auth subrequest) run on uvloop; only the
 transports are in memory: 32 client connections each send their next request
 as soon as the previous answer is written, and the upstream connections answer
 every request head with a canned nginx response on the next loop turn. So the
@@ -37,6 +38,7 @@ from typing import Any
 
 import uvloop
 
+from bench.decision import decision_config
 from bench.gatehouse import IdentityParams, full_identity, public_route
 from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
 from proxy.config.load import load_config
@@ -101,12 +103,26 @@ class _Transport(asyncio.Transport):
         return 0
 
 
+# What nginx's auth subrequest sends (deploy/decision/nginx) for the same request.
+DECISION_REQUEST = (
+    b"GET /.gatehouse/auth HTTP/1.1\r\nHost: gatehouse\r\nX-Forwarded-Method: GET\r\n"
+    b"X-Forwarded-Uri: /api/items\r\nX-Forwarded-Host: 127.0.0.1:8080\r\n"
+    b"X-Forwarded-Proto: http\r\nX-Forwarded-For: 127.0.0.1\r\n"
+    b"X-Request-Id: 0123456789abcdef0123456789abcdef\r\n"
+)
+
+
 class Run:
-    def __init__(self, server: HttpServer, client: UpstreamClient, token: str | None):
+    def __init__(
+        self, server: HttpServer, client: UpstreamClient, token: str | None, decision: bool = False
+    ):
         self.loop = asyncio.get_running_loop()
         # The request the socket benchmark's load generator sends for the scenario.
         credential = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
-        self.request = b"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n" + credential + b"\r\n"
+        head = (
+            DECISION_REQUEST if decision else b"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+        )
+        self.request = head + credential + b"\r\n"
         self.answered = 0
         self.failed = 0
         self.target = 0
@@ -167,7 +183,7 @@ class Run:
         return spent / n * 1e6
 
 
-SCENARIOS = ("full_identity", "gatehouse_public")
+SCENARIOS = ("full_identity", "gatehouse_public", "decision")
 
 
 # An OTLP/HTTP endpoint in its own process that accepts and drops every export.
@@ -221,6 +237,8 @@ async def _measure(
                 else:
                     ident = IdentityParams(issuer.url, AUDIENCE, token, SUBJECT)
                     setup = full_identity(Path(tmp), "path", UPSTREAM, ident)
+                    if scenario == "decision":
+                        decision_config(setup)
                 config = load_config(setup.config)
                 if tracing is not None:
                     config = dataclasses.replace(config, tracing=tracing)
@@ -258,7 +276,8 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
             gateway.local_endpoints += (auth.local_endpoint,)
         upgrades = make_server(gateway.handle, config.listen, audit)
         server = HttpServer(gateway.handle, config.listen, audit, upgrades)
-        run = Run(server, client, token if config.identity.enabled else None)
+        decision = config.listen.mode == "decision"
+        run = Run(server, client, token if config.identity.enabled else None, decision)
         await run.go(max(1000, n // 10))  # warm-up: caches, JWT verified once
         # Start-up objects (modules, keys, policies) out of the collector's sight:
         # in process with its own load loop, the collector runs far more often

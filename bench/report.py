@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import decision
 from bench.memory import Section
 from bench.scenarios import NAMES, Outcome
 
@@ -84,6 +85,7 @@ def table(outcomes: list[Outcome]) -> list[str]:
 
 def machine_lines(outcomes: list[Outcome], sections: list[Section]) -> list[str]:
     out = [f"ratio {a}/{b}={r:.2f}" for a, b, r in ratios(outcomes)]
+    out += decision.machine_lines(outcomes)
     out += [f"cpu_ratio {a}/{b}={r:.2f}" for a, b, r in cpu_ratios(outcomes)]
     for o in outcomes:
         if o.result is None:

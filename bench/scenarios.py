@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import gatehouse, nginx
+from bench import decision, gatehouse, nginx
 from bench.aux_server import write_documents
 from bench.measure import Load, LoadError, RunResult, median, run_once
 from bench.procs import ProcessGroup, cpu_seconds, free_port, python, wait_http_ok, wait_tcp
@@ -198,6 +198,26 @@ def _full_identity_tls(ctx: Context) -> Target:
     return _run_gatehouse(ctx, setup)
 
 
+def _decision_nginx(ctx: Context) -> Target:
+    if not ctx.tools.nginx:
+        raise Skip("nginx is not installed")
+    try:
+        url, headers, proc, confirm = decision.start(ctx, _need_gatehouse(ctx), _identity(ctx))
+    except gatehouse.Unavailable as e:
+        raise Skip(str(e)) from e
+    return Target(url, headers, proc, confirm)
+
+
+def _decision_ceiling(ctx: Context) -> Target:
+    if not ctx.tools.nginx:
+        raise Skip("nginx is not installed")
+    try:
+        url, proc = decision.start_ceiling(ctx)
+    except gatehouse.Unavailable as e:
+        raise Skip(str(e)) from e
+    return Target(url, proc=proc)
+
+
 Setup = Callable[[Context], Target]
 
 SCENARIOS: tuple[tuple[str, str, Setup], ...] = (
@@ -212,6 +232,8 @@ SCENARIOS: tuple[tuple[str, str, Setup], ...] = (
         _full_identity_assertion,
     ),
     ("full_identity_tls", "as full_identity over TLS", _full_identity_tls),
+    (decision.NAME, decision.LABEL, _decision_nginx),
+    (decision.CEILING, decision.CEILING_LABEL, _decision_ceiling),
 )
 NAMES = tuple(name for name, _, _ in SCENARIOS)
 

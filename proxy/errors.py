@@ -63,6 +63,21 @@ class AuditUnavailable(GatehouseError):
     status, reason = 503, "audit_unavailable"
 
 
+# -- read the original request (decision mode) ---------------------------
+class UntrustedPeer(GatehouseError):
+    """A decision request from a peer outside ``listen.trusted_proxies``: only the
+    data plane may describe an original request (its headers would be forged)."""
+
+    status, reason = 403, "untrusted_peer"
+
+
+class BadDecisionRequest(RequestRejected):
+    """The headers describing the original request are missing, malformed, or say
+    two different things (two readers could take different ones)."""
+
+    status, reason = 400, "bad_decision_request"
+
+
 # -- route ----------------------------------------------------------------
 class RouteNotFound(GatehouseError):
     status, reason = 404, "route_not_found"

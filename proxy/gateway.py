@@ -5,6 +5,14 @@ Each stage is a pure function or a component with a narrow interface; this
 module only sequences them, turns phase errors into responses (the mapping
 itself lives in :mod:`proxy.errors`), and guarantees exactly one audit record
 and one metrics observation per request, whatever happens.
+
+Route → authenticate → authorise → rate limit → upstream credentials is
+:meth:`Gateway._admit`, shared by both listener modes: a proxy listener
+forwards what it admits (:meth:`Gateway._handle`); a decision listener
+(``listen.mode: decision``) answers a data plane's question about a request
+the data plane holds, with the headers to forward it with, and never
+forwards (:meth:`Gateway._decide`, the original request read by
+:mod:`proxy.http.decision`).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 import aiohttp
 from aiohttp import web
@@ -30,10 +38,20 @@ from proxy.errors import (
     GatehouseError,
     RateLimited,
     RouteNotFound,
+    UntrustedPeer,
     UpstreamError,
     status_class,
 )
 from proxy.http.canonical import canonicalise_target
+from proxy.http.decision import (
+    DecisionCall,
+    OriginalRequest,
+    decision_call,
+    envoy_removals,
+    forwarded_origin,
+    login_location,
+    original_request,
+)
 from proxy.http.facts import RequestFacts
 from proxy.http.forwarding import (
     TraceContext,
@@ -53,12 +71,14 @@ from proxy.http.headers import (
     identity_headers,
     method_override,
     request_view,
+    upstream_cookie,
 )
 from proxy.http.host import parse_host
 from proxy.http.protocol import Request, RequestView, Written
 from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import ClientCertificate, Identity
+from proxy.identity.redirects import is_api_request
 from proxy.observability import metrics
 from proxy.observability.audit import ENDPOINT_OUTCOME, AuditRecord, AuditWriter
 from proxy.policy.evaluate import PolicySet
@@ -90,6 +110,33 @@ LocalEndpoint = Callable[[RequestView, RequestFacts], Awaitable[web.StreamRespon
 CertificateReader = Callable[[bytes], ClientCertificate]
 # Characters of User-Agent kept in the audit record: enough to name any client.
 USER_AGENT_LIMIT = 256
+# What a request that needs an identity and has none gets: a login redirect, or
+# a 401 of the caller's own; None for the plain 401.
+LoginAnswer = Callable[[RequestFacts], Awaitable[web.StreamResponse | None]]
+
+
+class Edge(NamedTuple):
+    """What every request starts with, on either listener: who sent it (and whether
+    that peer is a trusted proxy), its headers, its ids and the client address."""
+
+    peer_ip: str
+    trusted: bool
+    raw_headers: list[tuple[str, str]]
+    first: dict[str, str]  # request_view: the first value of each field
+    request_id: str
+    trace: TraceContext
+    client_ip: str
+    chain: list[str]
+
+
+class Admission(NamedTuple):
+    """A request admitted by route → authenticate → authorise → rate limit →
+    upstream credentials: what forwarding (or a decision answer) needs."""
+
+    route: Route
+    identity: Identity | None
+    set_cookies: tuple[str, ...]
+    credentials: list[tuple[str, str]]
 
 
 @dataclass
@@ -143,6 +190,10 @@ class Gateway:
     @functools.cached_property
     def own_cookie_prefixes(self) -> tuple[str, ...]:
         return tuple(prefix.lower() for prefix in self.cookie_prefixes)
+
+    @functools.cached_property
+    def decision_listener(self) -> bool:
+        return self.config.listen.mode == "decision"
 
     @overload
     async def handle(self, request: Request) -> web.StreamResponse | Written: ...
@@ -215,41 +266,20 @@ class Gateway:
     async def _handle(
         self, request: Incoming, record: AuditRecord, span: RequestTrace | None
     ) -> web.StreamResponse | Written:
+        if self.decision_listener:
+            return await self._decide(request, record, span)
         cfg = self.config.listen
-        peer_ip = _peer_ip(request)
-        trusted = cfg.trusted_proxies.contains(peer_ip)
-        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        record.method = request.method
-        record.client_ip = peer_ip
-        try:
-            # Also the policy's view (facts.headers); refuses a credential sent twice.
-            first = request_view(raw_headers, self.single_valued, self.own_cookie_prefixes)
-        except AmbiguousRequest:
-            record.request_id = new_request_id()  # no header of this request is to be trusted
-            raise
-        rid = request_id(first.get("x-request-id"), trusted)
-        trace = trace_context(first.get("traceparent"), first.get("tracestate"))
-        if span is not None:
-            trace = span.start(trace, first, request.method)
-            if not span.recording:
-                span = None  # unsampled: no stage of this request asks again
-        client_ip, chain = client_address(
-            peer_ip, first.get("x-forwarded-for"), cfg.trusted_proxies
+        peer_ip, trusted, raw_headers, first, rid, trace, client_ip, chain = self._edge(
+            request, record, span
         )
+        if span is not None and not span.recording:
+            span = None  # unsampled: no stage of this request asks again
         host_header = first.get("host", "")
-        record.request_id = rid
-        record.trace_id = trace.trace_id
-        record.client_ip = client_ip
-        record.host = host_header
-        user_agent = first.get("user-agent")
-        if user_agent is not None:
-            record.user_agent = user_agent[:USER_AGENT_LIMIT]
 
         # -- canonicalise --------------------------------------------------
         path, query = canonicalise_target(request.raw_path, cfg.path)
         record.path = path
-        if not self.audit.writable and self.config.audit.required:
-            raise AuditUnavailable()
+        self._check_audit()
         host = parse_host(host_header)
         if host is None:
             raise BadHost(detail="Host header breaks host[:port]")
@@ -268,88 +298,14 @@ class Gateway:
         if span is not None:
             span.stage("canonicalise")
         if path.startswith(LOCAL_PREFIXES):
-            for serve_local in self.local_endpoints:
-                local = await serve_local(request, facts)
-                if local is not None:
-                    record.decision = "allow"
-                    record.reason = "gatehouse_endpoint"
-                    outcome = local.get(ENDPOINT_OUTCOME)
-                    if outcome is not None:
-                        outcome.apply(record)  # login/logout: who, and how it went
-                    local.headers["X-Request-Id"] = rid
-                    return local
+            local = await self._serve_local(request, facts, record)
+            if local is not None:
+                return local
 
-        # -- route -----------------------------------------------------------
-        policy = self.policies.current
-        record.policy_version = policy.version
-        route = policy.match(host, path, request.method)
-        if route is None:
-            raise RouteNotFound()
-        record.route = route.name
-        record.backend = route.backend
-        if span is not None:
-            span.stage("route")
-
-        # -- authenticate ------------------------------------------------------
-        identity: Identity | None = None
-        set_cookies: tuple[str, ...] = ()
-        # A route where who calls cannot matter never consults an identity
-        # provider: random tokens sent to public routes cost nothing upstream.
-        if self.authenticator is not None and (
-            route.uses_identity or route.backend in self.caller_credential_backends
-        ):
-            try:
-                auth = self.authenticator.cached(facts)
-                if auth is None:
-                    auth = await self.authenticator.authenticate_full(facts)
-            except AuthenticationError:
-                metrics.child(metrics.DECISIONS, route.name, "deny", "unauthenticated").inc()
-                raise
-            identity, set_cookies = auth.identity, auth.set_cookies
-        if identity is not None:
-            record.subject = identity.subject
-            record.issuer = identity.issuer
-            record.auth = identity.method
-        if span is not None:
-            span.stage("authenticate")
-
-        # -- authorise -------------------------------------------------------
-        now = time.time()
-        decision = policy.decide(route, facts, identity, now)
-        record.reason = decision.reason
-        record.dry_run = decision.audit
-        if not decision.allowed:
-            metrics.child(metrics.DECISIONS, route.name, "deny", decision.reason).inc()
-            if decision.reason == "unauthenticated":
-                if self.authenticator is not None:
-                    # Pages get a login redirect; API calls a 401 (never a redirect).
-                    login = await self.authenticator.login_response(facts)
-                    if login is not None:
-                        login.headers["X-Request-Id"] = rid
-                        return login
-                raise AuthenticationError("unauthenticated")
-            raise AccessDenied(decision.reason)
-        if route.pass_method_override:
-            self._authorise_override(policy, route, facts, identity, now)
-        if route.rate_limit is not None and self.rate_limiter is not None:
-            key = rate_key(identity, facts, cfg.ipv6_rate_limit_prefix)
-            allowed = self.rate_limiter.allow(route, key, now)
-            if not isinstance(allowed, bool):
-                allowed = await allowed  # shared buckets: answered by Redis
-            if not allowed:
-                metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
-                raise RateLimited()
-        metrics.child(metrics.DECISIONS, route.name, "allow", decision.reason).inc()
-        record.decision = "allow"
-        if span is not None:
-            span.stage("authorise")
-
-        # -- upstream credentials ----------------------------------------------
-        extra: list[tuple[str, str]] = []
-        if self.credentials is not None:
-            extra = await self.credentials.headers(route.backend, route, identity)
-            if span is not None:
-                span.stage("upstream_credentials")
+        admitted = await self._admit(facts, record, self._login_page, span)
+        if not isinstance(admitted, Admission):
+            return admitted
+        route, identity, set_cookies, extra = admitted
 
         # -- forward -----------------------------------------------------------
         if span is not None:
@@ -457,6 +413,294 @@ class Gateway:
             return await relay(request, exchange.response, record, set_cookies)
         finally:
             exchange.release()
+
+    def _edge(self, request: Incoming, record: AuditRecord, span: RequestTrace | None) -> Edge:
+        cfg = self.config.listen
+        peer_ip = _peer_ip(request)
+        trusted = cfg.trusted_proxies.contains(peer_ip)
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        record.method = request.method
+        record.client_ip = peer_ip
+        try:
+            # Also the policy's view (facts.headers); refuses a credential sent twice.
+            first = request_view(raw_headers, self.single_valued, self.own_cookie_prefixes)
+        except AmbiguousRequest:
+            record.request_id = new_request_id()  # no header of this request is to be trusted
+            raise
+        rid = request_id(first.get("x-request-id"), trusted)
+        trace = trace_context(first.get("traceparent"), first.get("tracestate"))
+        if span is not None:
+            trace = span.start(trace, first, request.method)
+        client_ip, chain = client_address(
+            peer_ip, first.get("x-forwarded-for"), cfg.trusted_proxies
+        )
+        record.request_id = rid
+        record.trace_id = trace.trace_id
+        record.client_ip = client_ip
+        record.host = first.get("host", "")
+        user_agent = first.get("user-agent")
+        if user_agent is not None:
+            record.user_agent = user_agent[:USER_AGENT_LIMIT]
+        return Edge(peer_ip, trusted, raw_headers, first, rid, trace, client_ip, chain)
+
+    def _check_audit(self) -> None:
+        """With ``audit.required``, nothing is served while the audit cannot be written."""
+        if not self.audit.writable and self.config.audit.required:
+            raise AuditUnavailable()
+
+    async def _serve_local(
+        self, request: Incoming, facts: RequestFacts, record: AuditRecord
+    ) -> web.StreamResponse | None:
+        """An endpoint of Gatehouse's own (login, callback, logout, JWKS), or None."""
+        for serve_local in self.local_endpoints:
+            local = await serve_local(request, facts)
+            if local is not None:
+                record.decision = "allow"
+                record.reason = "gatehouse_endpoint"
+                outcome = local.get(ENDPOINT_OUTCOME)
+                if outcome is not None:
+                    outcome.apply(record)  # login/logout: who, and how it went
+                local.headers["X-Request-Id"] = facts.request_id
+                return local
+        return None
+
+    async def _login_page(self, facts: RequestFacts) -> web.StreamResponse | None:
+        """Pages get a login redirect; API calls a 401 (never a redirect)."""
+        if self.authenticator is None:
+            return None
+        return await self.authenticator.login_response(facts)
+
+    async def _admit(
+        self,
+        facts: RequestFacts,
+        record: AuditRecord,
+        login: LoginAnswer,
+        span: RequestTrace | None = None,
+    ) -> Admission | web.StreamResponse:
+        """Route → authenticate → authorise → rate limit → upstream credentials.
+
+        Returns the admitted request, or ``login``'s answer for a request that
+        needs an identity and has none; raises the phase error otherwise.
+        """
+        # -- route -----------------------------------------------------------
+        policy = self.policies.current
+        record.policy_version = policy.version
+        route = policy.match(facts.host, facts.path, facts.method)
+        if route is None:
+            raise RouteNotFound()
+        record.route = route.name
+        record.backend = route.backend
+        if span is not None:
+            span.stage("route")
+
+        # -- authenticate ------------------------------------------------------
+        identity: Identity | None = None
+        set_cookies: tuple[str, ...] = ()
+        # A route where who calls cannot matter never consults an identity
+        # provider: random tokens sent to public routes cost nothing upstream.
+        if self.authenticator is not None and (
+            route.uses_identity or route.backend in self.caller_credential_backends
+        ):
+            try:
+                auth = self.authenticator.cached(facts)
+                if auth is None:
+                    auth = await self.authenticator.authenticate_full(facts)
+            except AuthenticationError:
+                metrics.child(metrics.DECISIONS, route.name, "deny", "unauthenticated").inc()
+                raise
+            identity, set_cookies = auth.identity, auth.set_cookies
+        if identity is not None:
+            record.subject = identity.subject
+            record.issuer = identity.issuer
+            record.auth = identity.method
+        if span is not None:
+            span.stage("authenticate")
+
+        # -- authorise -------------------------------------------------------
+        now = time.time()
+        decision = policy.decide(route, facts, identity, now)
+        record.reason = decision.reason
+        record.dry_run = decision.audit
+        if not decision.allowed:
+            metrics.child(metrics.DECISIONS, route.name, "deny", decision.reason).inc()
+            if decision.reason == "unauthenticated":
+                answer = await login(facts)
+                if answer is not None:
+                    answer.headers["X-Request-Id"] = facts.request_id
+                    return answer
+                raise AuthenticationError("unauthenticated")
+            raise AccessDenied(decision.reason)
+        if route.pass_method_override:
+            self._authorise_override(policy, route, facts, identity, now)
+        if route.rate_limit is not None and self.rate_limiter is not None:
+            key = rate_key(identity, facts, self.config.listen.ipv6_rate_limit_prefix)
+            allowed = self.rate_limiter.allow(route, key, now)
+            if not isinstance(allowed, bool):
+                allowed = await allowed  # shared buckets: answered by Redis
+            if not allowed:
+                metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
+                raise RateLimited()
+        metrics.child(metrics.DECISIONS, route.name, "allow", decision.reason).inc()
+        record.decision = "allow"
+        if span is not None:
+            span.stage("authorise")
+
+        # -- upstream credentials ----------------------------------------------
+        extra: list[tuple[str, str]] = []
+        if self.credentials is not None:
+            extra = await self.credentials.headers(route.backend, route, identity)
+            if span is not None:
+                span.stage("upstream_credentials")
+        return Admission(route, identity, set_cookies, extra)
+
+    # -- decision listener -----------------------------------------------------
+    async def _decide(
+        self, request: Incoming, record: AuditRecord, span: RequestTrace | None
+    ) -> web.StreamResponse | Written:
+        """Answer a data plane's question about a request it holds; never forward.
+
+        ``/.gatehouse/decide``, ``/auth`` and ``/ext_authz/...`` are decisions
+        (trusted peers only); Gatehouse's own paths (login, callback, logout,
+        JWKS) are served as on a proxy listener; anything else is 404.
+        """
+        record.mode = "decision"
+        record.path = request.path  # until the original request is known
+        cfg = self.config.listen
+        peer_ip, trusted, raw_headers, first, rid, _, client_ip, _ = self._edge(
+            request, record, span
+        )
+        if span is not None and not span.recording:
+            span = None
+        call = decision_call(request.raw_path)
+        if call is None:
+            return await self._own_path(request, record, first, trusted)
+        if not trusted:
+            raise UntrustedPeer(detail=f"decision request from {peer_ip}, not a trusted proxy")
+        scheme = "https" if cfg.tls is not None else "http"
+        original = original_request(
+            call, request.method, raw_headers, scheme=scheme, options=cfg.path
+        )
+        record.method, record.host, record.path = original.method, original.authority, original.path
+        self._check_audit()
+        first["host"] = original.authority  # the host the user sees, for the login endpoints
+        facts = RequestFacts(
+            method=original.method,
+            scheme=original.proto,
+            host=original.host,
+            path=original.path,
+            query=original.query,
+            client_ip=client_ip,
+            headers=first,
+            client_cert=None,  # the TLS client here is the data plane, never the caller
+            request_id=rid,
+        )
+        if original.path.startswith(LOCAL_PREFIXES):
+            # The data plane must route these to Gatehouse, not ask about them: a
+            # login page behind a login would loop.
+            raise RouteNotFound(detail="a Gatehouse path was sent for a decision")
+        admitted = await self._admit(
+            facts, record, self._decision_login(call, original, record), span
+        )
+        if not isinstance(admitted, Admission):
+            return admitted
+        headers = self._allow_headers(
+            admitted, facts, raw_headers, envoy=call.endpoint == "ext_authz"
+        )
+        if isinstance(request, Request):
+            # Written as it is: an aiohttp response object costs more than the decision.
+            lines = [f"{name}: {value}".encode("latin-1") for name, value in headers]
+            return request.send_whole(200, "OK", [*lines, b"Server: gatehouse"], b"")
+        return web.Response(status=200, headers=headers)
+
+    async def _own_path(
+        self, request: Incoming, record: AuditRecord, first: dict[str, str], trusted: bool
+    ) -> web.StreamResponse:
+        """Login, callback, logout, JWKS on a decision listener, for the host the user sees."""
+        cfg = self.config.listen
+        path, query = canonicalise_target(request.raw_path, cfg.path)
+        record.path = path
+        self._check_audit()
+        scheme = "https" if cfg.tls is not None else "http"
+        authority, scheme = forwarded_origin(first, trusted, scheme)
+        record.host = authority
+        host = parse_host(authority)
+        if host is None:
+            raise BadHost(detail="Host (or a trusted X-Forwarded-Host) breaks host[:port]")
+        first["host"] = authority
+        facts = RequestFacts(
+            method=request.method,
+            scheme=scheme,
+            host=host,
+            path=path,
+            query=query,
+            client_ip=record.client_ip or "",
+            headers=first,
+            request_id=record.request_id,
+        )
+        if path.startswith(LOCAL_PREFIXES):
+            local = await self._serve_local(request, facts, record)
+            if local is not None:
+                return local
+        raise RouteNotFound(detail="a decision listener serves only decisions and its own paths")
+
+    def _decision_login(
+        self, call: DecisionCall, original: OriginalRequest, record: AuditRecord
+    ) -> LoginAnswer:
+        """Browsers are sent to sign in on the host they see; API calls get the plain 401.
+
+        ``/.gatehouse/auth`` never redirects (nginx ``auth_request`` takes only
+        2xx, 401 and 403): its 401 names the login URL in ``X-Gatehouse-Login``
+        for the data plane to redirect to.
+        """
+
+        async def login(facts: RequestFacts) -> web.StreamResponse | None:
+            auth = self.authenticator
+            if auth is None or auth.browser is None or is_api_request(facts.method, facts.headers):
+                return None
+            location = login_location(original)
+            if call.endpoint == "auth":
+                answer = self._fail(AuthenticationError("unauthenticated"), record)
+                answer.headers["X-Gatehouse-Login"] = location
+                return answer
+            return web.Response(
+                status=302, headers={"Location": location, "Cache-Control": "no-store"}
+            )
+
+        return login
+
+    def _allow_headers(
+        self,
+        admitted: Admission,
+        facts: RequestFacts,
+        raw_headers: list[tuple[str, str]],
+        *,
+        envoy: bool,
+    ) -> list[tuple[str, str]]:
+        """The 200's headers: what the data plane copies onto the upstream request (for
+        Envoy also the ones it must remove: it cannot be configured to)."""
+        route, identity, set_cookies, credentials = admitted
+        headers = [("X-Request-Id", facts.request_id), ("Cache-Control", "no-store")]
+        if identity is not None:
+            headers += identity_headers(
+                identity.subject,
+                identity.email,
+                identity.groups,
+                names=self.config.identity_headers,
+            )
+        headers += credentials
+        caller = facts.headers.get("authorization") if route.pass_authorization else None
+        if caller and not any(name.lower() == "authorization" for name, _ in credentials):
+            # The caller's own credential travels on, as a proxy listener would send it.
+            headers.append(("Authorization", caller))
+        cookie = upstream_cookie(raw_headers, self.cookie_prefixes)
+        if cookie:
+            # The caller's cookies without Gatehouse's session: what the upstream may see.
+            headers.append(("Cookie", cookie))
+        if envoy:
+            removed = frozenset() if route.pass_authorization else self.credential_headers
+            headers.append(("x-envoy-auth-headers-to-remove", envoy_removals(headers, removed)))
+        headers += [("Set-Cookie", value) for value in set_cookies]
+        return headers
 
     @staticmethod
     def _authorise_override(

@@ -121,7 +121,8 @@ async def serve(
         raise StartupError(
             "audit.output", f"cannot open {config.audit.output}: {exc.strerror}"
         ) from None
-    policies = PolicyStore(config.policy_dir, backends=set(config.backends))
+    decision = config.listen.mode == "decision"
+    policies = PolicyStore(config.policy_dir, backends=set(config.backends), websocket=not decision)
     session = new_client_session()
     client = UpstreamClient()
     state = None
@@ -132,9 +133,9 @@ async def serve(
 
         state = SharedState(config.state)
         await state.start()
-    pools = {
-        name: EndpointPool(b.urls, b.options, name=name) for name, b in config.backends.items()
-    }
+    # A decision listener never forwards: no pools, no probes, no upstream connections.
+    forwarded = {} if decision else config.backends
+    pools = {name: EndpointPool(b.urls, b.options, name=name) for name, b in forwarded.items()}
     gateway = Gateway(
         config=config,
         policies=policies,
@@ -178,9 +179,9 @@ async def serve(
         closers.append(broker.close)
     if state is not None:
         closers.append(state.close)  # last: the authenticator and broker use it until closed
-    reach = Reachability(config.backends)
+    reach = Reachability(forwarded)
     await reach.probe_once(limit=1.0)
-    required = [name for name, b in config.backends.items() if b.required_for_readiness]
+    required = [name for name, b in forwarded.items() if b.required_for_readiness]
 
     def checks() -> dict[str, bool]:
         out = {

@@ -70,7 +70,11 @@ def check_configuration(path: Path, *, offline: bool = False) -> CheckReport:
     # A missing policy directory is already one of the configuration's problems.
     if config is not None and config.policy_dir.is_dir():
         try:
-            policy = load_policies(config.policy_dir, set(config.backends))
+            policy = load_policies(
+                config.policy_dir,
+                set(config.backends),
+                websocket=config.listen.mode != "decision",
+            )
         except ConfigError as exc:
             problems.items.extend(exc.problems)
         else:

@@ -102,15 +102,39 @@ def _prefix_length(m: Mapping, key: str, default: int) -> int:
     return value
 
 
+def _trusted_proxies(m: Mapping, mode: str) -> TrustedProxies:
+    trusted = TrustedProxies(m.cidr_list("trusted_proxies"))
+    if mode != "decision":
+        return trusted
+    # A decision is made on what these peers say the request was: they must be named,
+    # and must not be everyone (any client could then describe any request).
+    if not trusted.networks:
+        m.error(
+            "mode",
+            f"{m.where}.mode: decision needs {m.where}.trusted_proxies, the data plane's "
+            "addresses (decision requests from any other peer are refused)",
+        )
+    for net in trusted.networks:
+        if net.prefixlen == 0:
+            m.error(
+                "trusted_proxies",
+                f"{m.where}.trusted_proxies: {net} trusts every peer; in decision mode any "
+                "client could then forge the original request",
+            )
+    return trusted
+
+
 def _listen(m: Mapping | None) -> ListenConfig:
     if m is None:
         return ListenConfig(Address("0.0.0.0", 8443))
     address = _address(m, "address", "0.0.0.0:8443") or Address("0.0.0.0", 8443)
     tls = _tls(m.mapping("tls"))
+    mode = m.choice("mode", ("proxy", "decision"), "proxy")
     listen = ListenConfig(
         address=address,
+        mode=mode,
         tls=tls,
-        trusted_proxies=TrustedProxies(m.cidr_list("trusted_proxies")),
+        trusted_proxies=_trusted_proxies(m, mode),
         max_header_size=m.size("max_header_size", 8190),
         max_headers=m.integer("max_headers", 100, minimum=1),
         keepalive_timeout=m.duration("keepalive_timeout", 75.0),
@@ -158,13 +182,14 @@ def _audit(m: Mapping | None) -> AuditConfig:
     return AuditConfig("stdout" if output == "-" else output, required, max_buffer)
 
 
-def _backend(name: str, m: Mapping) -> BackendConfig | None:
+def _backend(name: str, m: Mapping, *, decision: bool) -> BackendConfig | None:
     urls = m.str_list("urls")
     if not urls and m.has("url"):
         urls = m.str_list("url")
     elif m.has("url"):
         m.error("url", f"{m.where}: give either 'url' or 'urls', not both")
-    if not urls:
+    if not urls and not decision:
+        # A decision listener never forwards: its backends exist for their credentials.
         m.error(None, f"{m.where}: needs at least one URL in 'urls'")
     for url in urls:
         parts = urlsplit(url)
@@ -197,7 +222,7 @@ def _backend(name: str, m: Mapping) -> BackendConfig | None:
     )
 
 
-def _backends(m: Mapping | None) -> dict[str, BackendConfig]:
+def _backends(m: Mapping | None, *, decision: bool) -> dict[str, BackendConfig]:
     out: dict[str, BackendConfig] = {}
     if m is None:
         return out
@@ -207,7 +232,7 @@ def _backends(m: Mapping | None) -> dict[str, BackendConfig]:
             m.key_error(name, f"backends: invalid backend name {name!r} (use a-z, 0-9, _ . -)")
         if sub is None:
             continue
-        backend = _backend(name, sub)
+        backend = _backend(name, sub, decision=decision)
         if backend is not None:
             out[name] = backend
     return out
@@ -359,10 +384,18 @@ def read_config(
         policies_m.close()
     if not policy_dir.is_dir():
         root.error("policies", f"policies.dir: directory not found: {policy_dir}")
-    backends = _backends(root.mapping("backends"))
+    decision = listen.mode == "decision"
+    backends = _backends(root.mapping("backends"), decision=decision)
     identity_m = root.mapping("identity")
     identity_headers = _identity_headers(identity_m)
     identity = parse_identity(identity_m)
+    if decision and identity.mtls.enabled and identity_m is not None:
+        # The TLS client of a decision listener is the data plane, never the caller.
+        identity_m.error(
+            "mtls",
+            "identity.mtls: in decision mode the client certificate is the data plane's, "
+            "not the caller's; it cannot be an identity",
+        )
     assertions = parse_assertion_signing(root.mapping("assertions"))
     if assertions is None and any(
         spec.type == "assertion" for b in backends.values() for spec in b.credentials

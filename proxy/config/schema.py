@@ -38,6 +38,9 @@ class TLSConfig:
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
     address: Address
+    # "proxy": forward requests; "decision": answer a data plane's forward-auth
+    # and ext_authz questions, never forwarding (see proxy.http.decision).
+    mode: str = "proxy"
     tls: TLSConfig | None = None
     trusted_proxies: TrustedProxies = TrustedProxies()
     max_header_size: int = 8190  # per header line / field

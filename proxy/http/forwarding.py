@@ -7,11 +7,12 @@ and the proxy writes its own (Oathkeeper 26.2.0, oauth2-proxy default).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from proxy.http.host import valid_forwarded_host
@@ -43,7 +44,7 @@ def plain_address(ip: str) -> str:
     return str(mapped) if mapped is not None else ip
 
 
-def _parsed(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _parse(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -51,6 +52,12 @@ def _parsed(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+# Parsing an address costs microseconds and the same few (the trusted proxies'
+# own, returning clients) recur on every request; the cache is bounded, so made-up
+# X-Forwarded-For hops only evict each other.
+_parsed = functools.lru_cache(maxsize=4096)(_parse)
 
 
 def address_key(ip: str, ipv6_prefix: int = 64) -> str:
@@ -66,15 +73,27 @@ def address_key(ip: str, ipv6_prefix: int = 64) -> str:
     return f"{network.network_address}/{ipv6_prefix}"
 
 
+_MAX_REMEMBERED = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class TrustedProxies:
     networks: tuple[Network, ...] = ()
+    # Address -> verdict: the same few peers ask on every request (bounded).
+    _verdicts: dict[str, bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def contains(self, ip: str) -> bool:
         if not self.networks:
             return False
-        addr = _parsed(ip)
-        return addr is not None and any(addr in net for net in self.networks)
+        verdict = self._verdicts.get(ip)
+        if verdict is None:
+            addr = _parsed(ip)
+            verdict = addr is not None and any(addr in net for net in self.networks)
+            if len(self._verdicts) < _MAX_REMEMBERED:
+                self._verdicts[ip] = verdict
+        return verdict
 
 
 def client_address(peer_ip: str, xff: str | None, trusted: TrustedProxies) -> tuple[str, list[str]]:

@@ -35,31 +35,39 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Headers the proxy computes itself; a client's copy is never passed on as is.
-# Forwarding headers from trusted proxies are merged explicitly by the caller.
-PROXY_COMPUTED = frozenset(
+# Path hints some upstreams trust for routing (Envoy CVE-2023-27487,
+# oauth2-proxy CVE-2026-40575): the canonical path is the only path.
+PATH_HINTS = frozenset(
     {
-        "host",
-        "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "x-real-ip",
-        "x-request-id",
-        "traceparent",
-        "tracestate",
-        "expect",
-        "content-length",
-        # Path hints some upstreams trust for routing (Envoy CVE-2023-27487,
-        # oauth2-proxy CVE-2026-40575): the canonical path is the only path.
         "x-forwarded-uri",
         "x-original-uri",
         "x-original-url",
         "x-rewrite-url",
         "x-envoy-original-path",
     }
+)
+
+# Headers the proxy computes itself; a client's copy is never passed on as is.
+# Forwarding headers from trusted proxies are merged explicitly by the caller.
+PROXY_COMPUTED = (
+    frozenset(
+        {
+            "host",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-real-ip",
+            "x-request-id",
+            "traceparent",
+            "tracestate",
+            "expect",
+            "content-length",
+        }
+    )
+    | PATH_HINTS
 )
 
 # Identity headers other proxies use; an upstream migrating from them might
@@ -297,6 +305,16 @@ def _strip_gatehouse_cookies(value: str, prefixes: tuple[str, ...]) -> str:
         if part and not part.split("=", 1)[0].strip().startswith(prefixes)
     ]
     return "; ".join(kept)
+
+
+def upstream_cookie(headers: Sequence[tuple[str, str]], prefixes: tuple[str, ...]) -> str | None:
+    """The ``Cookie`` an upstream may see: the client's cookie lines, joined, without
+    Gatehouse's own; None when the client sent no cookie (empty when all were ours)."""
+    lines = [value for name, value in headers if len(name) == 6 and name.lower() == "cookie"]
+    if not lines:
+        return None
+    kept = (_strip_gatehouse_cookies(line, prefixes) for line in lines)
+    return "; ".join(value for value in kept if value)
 
 
 def filter_request_headers(

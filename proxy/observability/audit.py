@@ -107,6 +107,9 @@ class AuditRecord:
     policy_version: str | None = None
     # Reasons of ``mode: audit`` rules that fired: what they would have decided.
     dry_run: tuple[str, ...] = ()
+    # "decision" for a data plane's question (listen.mode: decision): method, host
+    # and path are then the original request's, and nothing was sent upstream.
+    mode: str = "proxy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,16 +20,21 @@ from proxy.policy.rules import RuleCompiler
 
 
 def load_policies(
-    paths: Sequence[Path] | Path, backends: Collection[str] | None = None
+    paths: Sequence[Path] | Path,
+    backends: Collection[str] | None = None,
+    *,
+    websocket: bool = True,
 ) -> PolicySet:
     """Load, validate and compile policy files; raise ConfigError with every problem.
 
     ``backends``, when given, are the backend names routes may use.
+    ``websocket=False`` (a decision listener, which never forwards) refuses
+    routes with ``websocket: true``.
     """
     problems = Problems()
     composed = compose_all(paths, problems)
     rules = RuleCompiler(composed.version)
-    routes = RouteCompiler(rules, backends)
+    routes = RouteCompiler(rules, backends, websocket=websocket)
     tops: list[Mapping] = []
     for doc, node in composed.documents:
         top = Mapping.of(doc, node, "policy file")

@@ -20,9 +20,12 @@ PASS_CLAIMS_BUDGET = 4096
 class RouteCompiler:
     """Routes of one policy version, in file order; names are unique across files."""
 
-    def __init__(self, rules: RuleCompiler, backends: Collection[str] | None) -> None:
+    def __init__(
+        self, rules: RuleCompiler, backends: Collection[str] | None, *, websocket: bool = True
+    ) -> None:
         self.rules = rules
         self.backends = backends
+        self.websocket = websocket  # False on a decision listener: websocket routes refused
         self.routes: list[Route] = []
         self.sources: dict[str, str] = {}
 
@@ -47,7 +50,7 @@ class RouteCompiler:
             methods=_methods(m),
             timeout=_timeout(m),
             max_body=m.size("max_body"),
-            websocket=m.flag("websocket"),
+            websocket=self._websocket(m),
             preserve_host=m.flag("preserve_host"),
             pass_authorization=m.flag("pass_authorization"),
             pass_method_override=m.flag("pass_method_override"),
@@ -76,6 +79,16 @@ class RouteCompiler:
         elif name:
             self.sources[name] = source
         return name
+
+    def _websocket(self, m: Mapping) -> bool:
+        websocket = m.flag("websocket")
+        if websocket and not self.websocket:
+            m.error(
+                "websocket",
+                f"{m.where}.websocket: meaningless on a decision listener (listen.mode: decision): "
+                "the data plane upgrades and relays the connection itself",
+            )
+        return websocket
 
     def _backend(self, m: Mapping) -> str:
         backend = m.text("backend", "", required=True)

@@ -68,14 +68,19 @@ class PolicyStore:
     """Holds the live :class:`PolicySet`; construct with a valid policy or fail to start."""
 
     def __init__(
-        self, paths: Sequence[Path] | Path, backends: Collection[str] | None = None
+        self,
+        paths: Sequence[Path] | Path,
+        backends: Collection[str] | None = None,
+        *,
+        websocket: bool = True,
     ) -> None:
         self.paths: tuple[Path, ...] = (paths,) if isinstance(paths, Path) else tuple(paths)
         self.backends = backends
+        self.websocket = websocket  # False on a decision listener: websocket routes refused
         self._lock = threading.Lock()
         self._signature = snapshot(self.paths)
         # Raises ConfigError: at start-up there is no last good set to fall back to.
-        self.current: PolicySet = load_policies(self.paths, backends)
+        self.current: PolicySet = load_policies(self.paths, backends, websocket=websocket)
         self.warnings: list[Finding] = check_policies(self.current)
         CONFIG_LAST_RELOAD_SUCCESS.set_to_current_time()
         POLICY_VERSION.labels(self.current.version).set(1)
@@ -87,7 +92,7 @@ class PolicyStore:
             old = self.current
             removed: list[str] = []
             try:
-                new = load_policies(self.paths, self.backends)
+                new = load_policies(self.paths, self.backends, websocket=self.websocket)
                 removed = sorted(set(old.files) - set(new.files))
                 if removed and not allow_removal:
                     raise ConfigError([])  # reported below with the file names

@@ -236,7 +236,7 @@ def test_harness_reports_tiny_run_and_leaves_no_child_processes(
     assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()
 
 
-def test_the_in_process_path_benchmark_answers_every_request_of_both_scenarios() -> None:
+def test_the_in_process_path_benchmark_answers_every_request_of_every_scenario() -> None:
     # path_micro exits non-zero when any request is not answered 200.
     done = subprocess.run(
         [
@@ -255,6 +255,7 @@ def test_the_in_process_path_benchmark_answers_every_request_of_both_scenarios()
     figures = dict(line.split("=") for line in done.stdout.splitlines() if "=" in line)
     assert float(figures["path_cpu_us_per_req_full_identity"]) > 0
     assert float(figures["path_cpu_us_per_req_gatehouse_public"]) > 0
+    assert float(figures["path_cpu_us_per_req_decision"]) > 0
 
 
 def _processes_with_marker(marker: str) -> list[psutil.Process]:

@@ -18,6 +18,7 @@ from proxy.http.headers import (
     method_override,
     request_view,
     serialise_head,
+    upstream_cookie,
 )
 
 
@@ -176,6 +177,17 @@ def test_a_configured_session_cookie_name_is_stripped_too() -> None:
     policy = RequestHeaderPolicy(cookie_prefixes=("__Host-gatehouse", "gatehouse", "__Host-sso"))
     out = filter_request_headers([("Cookie", "__Host-sso=s; __Host-sso-1=c; app=1")], policy)
     assert out == [("Cookie", "app=1")]
+
+
+def test_the_upstream_cookie_a_decision_hands_back_is_the_clients_without_ours() -> None:
+    prefixes = ("__Host-gatehouse", "gatehouse")
+    lines = [("Cookie", "__Host-gatehouse=s; app=1"), ("cookie", "gatehouse-login=x; b=2")]
+    assert upstream_cookie(lines, prefixes) == "app=1; b=2"
+    # All ours: an empty value, so a data plane copying it removes the client's.
+    assert (
+        upstream_cookie([("Cookie", "__Host-gatehouse-0=a; __Host-gatehouse-1=b")], prefixes) == ""
+    )
+    assert upstream_cookie([("Accept", "*/*")], prefixes) is None
 
 
 def test_a_header_name_seen_under_one_policy_is_judged_afresh_under_another() -> None:
