@@ -136,6 +136,37 @@ class UpstreamTimeout(UpstreamError):
     status, reason = 504, "upstream_timeout"
 
 
+# -- just-in-time access (the /.gatehouse/access/ API) ------------------------
+class GrantError(GatehouseError):
+    """A grant request or decision that cannot be taken as sent."""
+
+    status, reason = 400, "invalid_grant_request"
+
+
+class GrantNotFound(GrantError):
+    """No such grant, or one the caller may not see (the two look the same)."""
+
+    status, reason = 404, "grant_not_found"
+
+
+class GrantForbidden(GrantError):
+    """``self_approval``, ``not_an_approver``, ``not_yours``, ``csrf_failed``..."""
+
+    status, reason = 403, "grant_forbidden"
+
+
+class GrantConflict(GrantError):
+    """The grant's state does not allow the step (``grant_<state>``, ``request_pending``)."""
+
+    status, reason = 409, "grant_conflict"
+
+
+class GrantLimit(GrantError):
+    """Too many open requests (per caller or in all)."""
+
+    status, reason = 429, "too_many_grant_requests"
+
+
 class ServiceUnavailable(GatehouseError):
     status, reason = 503, "unavailable"
 
