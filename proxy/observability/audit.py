@@ -100,6 +100,33 @@ class AuditRecord:
     # "decision" for a data plane's question (listen.mode: decision): method, host
     # and path are then the original request's, and nothing was sent upstream.
     mode: str = "proxy"
+    # The just-in-time grant a request was admitted under, or a grant event is about.
+    grant_id: str | None = None
+
+
+# Where a Gatehouse endpoint (login, access requests) leaves its AuditNote on the
+# response it returns, for the gateway to fold into the request's one record.
+AUDIT_NOTE = "gatehouse.audit_note"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """What a Gatehouse endpoint knows of its request that the gateway does not: who
+    called (the endpoint authenticated them), what it decided and why, which grant."""
+
+    reason: str
+    decision: str = "allow"
+    subject: str | None = None
+    issuer: str | None = None
+    auth: str | None = None
+    grant_id: str | None = None
+
+    def apply(self, record: AuditRecord) -> None:
+        record.decision = self.decision
+        record.reason = self.reason
+        record.grant_id = self.grant_id
+        if self.subject is not None:
+            record.subject, record.issuer, record.auth = self.subject, self.issuer, self.auth
 
 
 @dataclass(frozen=True, slots=True)
