@@ -50,6 +50,12 @@ class BodyTooLarge(RequestRejected):
     status, reason = 413, "body_too_large"
 
 
+class MethodNotAllowed(RequestRejected):
+    """A Gatehouse endpoint asked with a method it does not serve."""
+
+    status, reason = 405, "method_not_allowed"
+
+
 class RequestTimeout(RequestRejected):
     """The request head did not arrive whole within ``listen.header_timeout``."""
 
