@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.credentials.config import AssertionSigningConfig, CredentialSpec
+from proxy.grants.config import GrantsConfig
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
 from proxy.identity.config import IdentityConfig
@@ -100,3 +101,4 @@ class Config:
     drain_timeout: float = 30.0
     config_hash: str = ""
     state: StateConfig | None = None
+    grants: GrantsConfig | None = None
