@@ -27,8 +27,9 @@ from typing import TypeVar
 import orjson
 
 from proxy.errors import StateUnavailable
-from proxy.grants.model import Grant, HeldGrant, grant_dict, grant_from
+from proxy.grants.model import Grant, grant_dict, grant_from
 from proxy.grants.store import Ledger, Limits
+from proxy.identity.model import HeldGrant
 
 log = logging.getLogger("gatehouse.grants")
 

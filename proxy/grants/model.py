@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
+from proxy.identity.model import HeldGrant
+
 State = Literal["pending", "approved", "active", "denied", "expired", "revoked"]
 # Decisions people take, and the clock's own events (see machine.TRANSITIONS).
 Action = Literal["request", "approve", "deny", "revoke", "lapse", "start", "end"]
@@ -90,19 +92,6 @@ class Grant:
         if self.state == "active":
             return self.ends_at
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class HeldGrant:
-    """What the decision needs of an approved grant: which rule, and its window."""
-
-    id: str
-    rule: str
-    starts_at: float
-    ends_at: float
-
-    def covers(self, now: float) -> bool:
-        return self.starts_at <= now < self.ends_at
 
 
 def new_grant_id() -> str:

@@ -25,13 +25,13 @@ from proxy.errors import GrantConflict, GrantError, GrantNotFound, StateUnavaila
 from proxy.grants import machine, permissions
 from proxy.grants.catalogue import Catalogue, Requestable, catalogue
 from proxy.grants.config import GrantsConfig
-from proxy.grants.model import Action, Actor, Grant, GrantEvent, HeldGrant
+from proxy.grants.model import Action, Actor, Grant, GrantEvent
 from proxy.grants.spec import GrantSpec
 from proxy.grants.store import GrantStore
 from proxy.grants.webhook import WebhookSender
 from proxy.http.facts import RequestFacts
 from proxy.http.forwarding import new_request_id
-from proxy.identity.model import Identity
+from proxy.identity.model import HeldGrant, Identity
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.evaluate import PolicySet

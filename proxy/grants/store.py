@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.errors import GrantConflict, GrantLimit
-from proxy.grants.model import FINAL, Grant, HeldGrant, held
+from proxy.grants.model import FINAL, Grant, held
+from proxy.identity.model import HeldGrant
 
 OPEN_STATES = ("pending", "approved", "active")
 
