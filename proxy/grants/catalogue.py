@@ -9,22 +9,13 @@ rules?" at the cost of a cached lookup.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from proxy.grants.admitted import grant_criteria
 from proxy.grants.spec import GrantSpec
-from proxy.policy.criteria import Criterion, children_of
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.model import Route
-
-
-def specs_in(criterion: Criterion) -> Iterator[GrantSpec]:
-    """Every grant spec in a criterion tree (criteria carrying one expose ``spec``)."""
-    spec = getattr(criterion, "spec", None)
-    if isinstance(spec, GrantSpec):
-        yield spec
-    for child in children_of(criterion):
-        yield from specs_in(child)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -32,8 +23,8 @@ def route_grants(route: Route) -> Mapping[str, GrantSpec]:
     """Rule name -> grant spec, for every grant criterion in the route's rules."""
     out: dict[str, GrantSpec] = {}
     for rule in (*route.deny, *route.allow):
-        for spec in specs_in(rule.criterion):
-            out.setdefault(spec.rule, spec)
+        for criterion in grant_criteria(rule):
+            out.setdefault(criterion.spec.rule, criterion.spec)
     return out
 
 

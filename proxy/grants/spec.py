@@ -5,9 +5,10 @@ time; read by the API (to validate requests and decisions) and the decision."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from proxy.policy.criteria import Criterion
+if TYPE_CHECKING:
+    from proxy.policy.criteria import Criterion
 
 Justification = Literal["required", "optional"]
 
@@ -32,9 +33,7 @@ class GrantSpec:
 
 
 def describe_tree(criterion: Criterion) -> str:
-    from proxy.policy.criteria import children_of
-
-    children = children_of(criterion)
+    children = criterion.children
     if not children:
         return criterion.describe()
     return f"{criterion.describe()}({', '.join(describe_tree(c) for c in children)})"

@@ -7,7 +7,7 @@ from typing import Any
 from proxy.grants import machine
 from proxy.grants.model import Actor, Grant
 from proxy.grants.spec import GrantSpec
-from proxy.policy import criteria as c
+from proxy.policy.criteria.fields import IdentitySetAny
 
 ISSUER = "https://idp.example.com"
 ALICE = Actor(ISSUER, "alice", "alice@example.com")
@@ -20,7 +20,7 @@ T0 = 1_800_000_000.0
 def sre_spec(**overrides: Any) -> GrantSpec:
     values: dict[str, Any] = {
         "rule": "prod-writers",
-        "approvers": c.IdentitySetAny("groups", "groups", frozenset({"sre"})),
+        "approvers": IdentitySetAny("groups", "groups", frozenset({"sre"}), frozenset({"groups"})),
         "max_duration": 8 * HOUR,
         "justification": "required",
     }
