@@ -17,6 +17,7 @@ forwards (:meth:`Gateway._decide`, the original request read by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -29,6 +30,8 @@ from aiohttp import web
 
 from proxy.config.schema import Config
 from proxy.credentials.broker import CredentialBroker
+from proxy.grants.catalogue import route_grants
+from proxy.grants.criterion import admitting_grant
 from proxy.errors import (
     AccessDenied,
     AmbiguousRequest,
@@ -90,6 +93,7 @@ from proxy.upstream.pool import EndpointPool
 from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
 if TYPE_CHECKING:
+    from proxy.grants.service import GrantLookup
     from proxy.state.ratelimit import SharedRateLimiter
 
 log = logging.getLogger("gatehouse.gateway")
@@ -148,6 +152,7 @@ class Gateway:
     credentials: CredentialBroker | None = None
     local_endpoints: tuple[LocalEndpoint, ...] = ()
     certificate_reader: CertificateReader | None = None
+    grants: GrantLookup | None = None
 
     @functools.cached_property
     def cookie_prefixes(self) -> tuple[str, ...]:
@@ -470,6 +475,13 @@ class Gateway:
             record.issuer = identity.issuer
             record.auth = identity.method
 
+        # -- grants: the caller's, on this route, as data for the policy ------------
+        grants = self.grants
+        if grants is not None and identity is not None and route_grants(route):
+            held = await grants.held(identity, route.name)
+            if held:
+                identity = dataclasses.replace(identity, grants=held)
+
         # -- authorise -------------------------------------------------------
         now = time.time()
         decision = policy.decide(route, facts, identity, now)
@@ -496,6 +508,8 @@ class Gateway:
                 raise RateLimited()
         metrics.child(metrics.DECISIONS, route.name, "allow", decision.reason).inc()
         record.decision = "allow"
+        if identity is not None and identity.grants:
+            record.grant_id = admitting_grant(route.allow, decision.reason, identity, now)
 
         # -- upstream credentials ----------------------------------------------
         extra: list[tuple[str, str]] = []

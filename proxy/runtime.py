@@ -149,6 +149,7 @@ async def serve(
             state=state.client if state is not None else None,
         )
         gateway.local_endpoints += (access.endpoint,)
+        gateway.grants = access.lookup
         closers.append(access.close)
     if state is not None:
         closers.append(state.close)  # last: the authenticator and broker use it until closed
