@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "proxy.identity.cli",
     "proxy.credentials.cli",
     "proxy.state.cli",
+    "proxy.grants.cli",
 )
 
 

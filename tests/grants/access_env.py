@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from proxy.identity.apikeys import create_key
 from proxy.identity.session import new_cookie_key
 from tests.conftest import GatehouseFactory
 from tests.identity.browser_env import HTML, follow_login
@@ -88,6 +89,7 @@ class Deployment:
     bases: list[str]
     client_ssl: ssl.SSLContext
     launch: Callable[[int], Gatehouse]
+    api_keys: dict[str, str]
 
     def restart(self, replica: int = 0) -> None:
         """Stop a replica (SIGTERM, drained) and start it again with the same config."""
@@ -172,7 +174,9 @@ async def deployment(
     webhook_url: str | None = None,
     grants: dict[str, Any] | None = None,
     short: float = 2.0,
+    api_keys: dict[str, list[str]] | None = None,
 ) -> AsyncIterator[Deployment]:
+    """``api_keys``: subject -> groups, one API key each (``Deployment.api_keys``)."""
     ports = [free_port() for _ in range(replicas)]
     bases = [f"https://localhost:{port}" for port in ports]
     provider = OidcProvider(
@@ -195,6 +199,10 @@ async def deployment(
                 "webhook_secret_file": str(hook_secret),
             }
         grant_settings |= grants or {}
+        keys_made: dict[str, str] = {}
+        key_file = tmp_path / "api-keys.yaml"
+        for subject, groups in (api_keys or {}).items():
+            keys_made[subject] = create_key(key_file, name=subject, subject=subject, groups=groups)
         extra: dict[str, Any] = {
             "identity": {
                 "issuers": [{"issuer": provider.issuer, "audiences": [RESOURCE]}],
@@ -205,6 +213,7 @@ async def deployment(
                     "cookie_keys_file": str(keys),
                     "scopes": ["openid", "email", "profile", "groups"],
                 },
+                **({"api_keys": {"file": str(key_file)}} if api_keys else {}),
             },
             "grants": grant_settings,
         }
@@ -232,6 +241,6 @@ async def deployment(
 
         started = [launch(port) for port in ports]
         client_ssl = ssl.create_default_context(cafile=str(certs["ca"]))
-        yield Deployment(provider, started, bases, client_ssl, launch)
+        yield Deployment(provider, started, bases, client_ssl, launch, keys_made)
     finally:
         await asyncio.to_thread(provider.close)

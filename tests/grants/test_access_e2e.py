@@ -170,9 +170,11 @@ async def test_nobody_approves_their_own_request_and_only_approvers_decide(
             status, seen = await d.call(bob, "GET", f"{ACCESS}/api/requests/{mine['id']}")
             assert seen["state"] == "pending"
         refusals = await wait_for(
-            lambda: (found := [r for r in _records(d) if r["reason"] == "self_approval"])
-            and len(found) == 2
-            and found
+            lambda: (
+                (found := [r for r in _records(d) if r["reason"] == "self_approval"])
+                and len(found) == 2
+                and found
+            )
         )
         assert {(r["subject"], r["decision"]) for r in refusals} == {
             ("bob", "deny"),
