@@ -112,7 +112,7 @@ def _layout(title: str, viewer: Viewer, *body: object) -> Html:
                 None,
                 h("meta", {"charset": "utf-8"}),
                 h("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}),
-                h("meta", {"name": "referrer", "content": "no-referrer"}),
+                h("meta", {"name": "referrer", "content": "same-origin"}),
                 h("title", None, f"{title} · Gatehouse"),
                 h("link", {"rel": "stylesheet", "href": STYLE}),
             ),
