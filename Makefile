@@ -4,11 +4,12 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
-# Real peers some tests start (redis-server, and nginx, caddy and haproxy as
-# decision-mode data planes) or use (promtool), from the system package manager
-# when missing; tests that need one fail, saying so, if it cannot be had.
+# Real peers some tests start (redis-server; nginx, caddy and haproxy as
+# decision-mode data planes; chromium for the access page) or use (promtool),
+# from the system package manager when missing; tests that need one fail,
+# saying so, if it cannot be had.
 SYSTEM_PACKAGES := redis-server:redis-server promtool:prometheus nginx:nginx caddy:caddy \
-	haproxy:haproxy
+	haproxy:haproxy chromium:chromium
 
 .PHONY: run test lint fmt bench clean deps system-deps
 
