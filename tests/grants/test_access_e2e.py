@@ -274,3 +274,69 @@ async def test_grants_kept_in_the_file_survive_a_restart(
 
 
 pytestmark = pytest.mark.timeout(120)
+
+
+async def test_malformed_or_unauthorised_api_calls_get_short_json_errors(
+    gatehouse: GatehouseFactory,
+    tmp_path: Path,
+    upstream_url: str,
+    certs: dict[str, Path],
+) -> None:
+    async with deployment(gatehouse, tmp_path, upstream_url=upstream_url, certs=certs) as d:
+        token = d.service_token()
+        bearer = {"Authorization": f"Bearer {token}"}
+        api = f"{d.base}{ACCESS}/api/requests"
+        async with d.browser() as http:
+            async with http.get(api) as r:
+                assert (r.status, (await r.json())["error"]) == (401, "unauthenticated")
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            async with http.get(f"{d.base}{ACCESS}/", allow_redirects=False) as r:
+                assert r.status == 401  # an API client gets 401, never a login redirect
+            async with http.get(
+                f"{d.base}{ACCESS}/", headers={"Accept": "text/html"}, allow_redirects=False
+            ) as r:
+                assert r.status == 302 and r.headers["Location"].startswith(d.provider.issuer)
+            cases: list[tuple[str, dict[str, Any], Any, int, str]] = [
+                ("POST", {"Content-Type": "text/plain"}, b'{"route":"prod"}', 400, "json_required"),
+                ("POST", {"Content-Type": "application/json"}, b"x" * 20000, 413, "body_too_large"),
+                ("PUT", {}, None, 405, "method_not_allowed"),
+                ("POST", {"Content-Type": "application/json"}, b"[1]", 400, "invalid_request"),
+            ]
+            for method, headers, data, status, reason in cases:
+                async with http.request(method, api, headers={**bearer, **headers}, data=data) as r:
+                    body = await r.json()
+                    assert (r.status, body["error"]) == (status, reason), body
+                    assert set(body) == {"error", "status", "request_id"}
+            for body, status, reason in (
+                (
+                    {"route": "prod", "duration": "9h", "justification": "x"},
+                    400,
+                    "duration_too_long",
+                ),
+                ({"route": "prod"}, 400, "justification_required"),
+                ({"route": "nowhere", "justification": "x"}, 400, "no_such_grant_rule"),
+                (
+                    {"route": "prod", "duration": "soon", "justification": "x"},
+                    400,
+                    "invalid_duration",
+                ),
+            ):
+                got = await d.call(http, "POST", f"{ACCESS}/api/requests", token=token, body=body)
+                assert (got[0], got[1]["error"]) == (status, reason)
+            first = await d.call(
+                http, "POST", f"{ACCESS}/api/requests", token=token,
+                body={"route": "prod", "justification": "x"},
+            )  # fmt: skip
+            assert first[0] == 201
+            again = await d.call(
+                http, "POST", f"{ACCESS}/api/requests", token=token,
+                body={"route": "prod", "justification": "x"},
+            )  # fmt: skip
+            assert (again[0], again[1]["error"]) == (409, "request_pending")
+            missing = await d.call(http, "GET", f"{ACCESS}/api/requests/g_nosuchgrant", token=token)
+            assert (missing[0], missing[1]["error"]) == (404, "grant_not_found")
+            routes = await d.call(http, "GET", f"{ACCESS}/api/routes", token=token)
+            assert [(r["route"], r["rule"]) for r in routes[1]["routes"]] == [
+                ("prod", "prod-writers-on-approval"),
+                ("backfill", "backfill-window"),
+            ]
