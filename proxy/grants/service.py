@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cachetools import TTLCache
-
 from proxy.errors import GrantConflict, GrantError, GrantNotFound, StateUnavailable
 from proxy.grants import machine, permissions
 from proxy.grants.catalogue import Catalogue, Requestable, catalogue
@@ -301,7 +299,9 @@ class GrantLookup:
     reused for at most ``ttl`` seconds per replica (0: read every time).
 
     A change this replica stores is forgotten at once; other replicas' changes
-    (a revocation) reach this one within ``ttl`` plus one read.
+    (a revocation) reach this one within ``ttl`` plus one read. A plain dict
+    of (expiry, value), bounded by ``maxsize``: it is read on every request to
+    a route with grant rules, where a general-purpose cache costs more.
     """
 
     def __init__(
@@ -314,22 +314,30 @@ class GrantLookup:
     ) -> None:
         self._store = store
         self._ttl = ttl
-        self._cache: TTLCache[tuple[str, str, str], tuple[HeldGrant, ...]] | None = (
-            TTLCache(maxsize, ttl, timer=clock) if ttl > 0 else None
-        )
+        self._clock = clock
+        self._maxsize = maxsize
+        self._cache: dict[tuple[str, str, str], tuple[float, tuple[HeldGrant, ...]]] = {}
+
+    def cached(self, identity: Identity, route: str) -> tuple[HeldGrant, ...] | None:
+        """The grants read within ``ttl``; None when they must be read (synchronous:
+        the common request needs no coroutine here)."""
+        hit = self._cache.get((identity.issuer, identity.subject, route))
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
+        return None
 
     async def held(self, identity: Identity, route: str) -> tuple[HeldGrant, ...]:
+        found = self.cached(identity, route)
+        if found is not None:
+            return found
         key = (identity.issuer, identity.subject, route)
-        cache = self._cache
-        if cache is not None:
-            hit = cache.get(key)
-            if hit is not None:
-                return hit
         found = await self._store.held(*key)
-        if cache is not None:
-            cache[key] = found
+        if self._ttl > 0:
+            cache = self._cache
+            if len(cache) >= self._maxsize:
+                cache.pop(next(iter(cache)))  # the oldest entry
+            cache[key] = (self._clock() + self._ttl, found)
         return found
 
     def forget(self, grant: Grant) -> None:
-        if self._cache is not None:
-            self._cache.pop((grant.requester.issuer, grant.requester.subject, grant.route), None)
+        self._cache.pop((grant.requester.issuer, grant.requester.subject, grant.route), None)
