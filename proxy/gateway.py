@@ -478,7 +478,9 @@ class Gateway:
         # -- grants: the caller's, on this route, as data for the policy ------------
         grants = self.grants
         if grants is not None and identity is not None and route_grants(route):
-            held = await grants.held(identity, route.name)
+            held = grants.cached(identity, route.name)
+            if held is None:
+                held = await grants.held(identity, route.name)
             if held:
                 identity = dataclasses.replace(identity, grants=held)
 
