@@ -31,7 +31,7 @@ from aiohttp import web
 from proxy.config.schema import Config
 from proxy.credentials.broker import CredentialBroker
 from proxy.grants.catalogue import route_grants
-from proxy.grants.criterion import admitting_grant
+from proxy.grants.admitted import admitting_grant
 from proxy.errors import (
     AccessDenied,
     AmbiguousRequest,
