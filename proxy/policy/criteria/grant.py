@@ -26,6 +26,8 @@ from proxy.policy.criteria.operand import Operand
 
 class GrantRequired(CallerLeaf):
     __slots__ = ("spec",)
+    # A grant belongs to one issuer and subject: no other identity source can match it.
+    pins_source = True
 
     def __init__(self, spec: GrantSpec) -> None:
         self.spec = spec

@@ -147,3 +147,12 @@ routes:
     with pytest.raises(ConfigError) as info:
         policy(tmp_path, text)
     assert any(message in str(p) and ":8:" in str(p) for p in info.value.problems), info.value
+
+
+def test_a_grant_rule_pins_the_identity_source_so_the_lint_does_not_flag_it(
+    tmp_path: Path,
+) -> None:
+    # A grant belongs to one issuer and subject (the gateway reads it by both).
+    route = policy(tmp_path, POLICY).match("app.example.com", "/prod", "GET")
+    assert route is not None
+    assert all(rule.criterion.pins_source for rule in route.allow)
