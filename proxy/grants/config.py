@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.config.keyfiles import check_secret
 from proxy.config.reader import Mapping, SecretRef
 
 
@@ -80,7 +81,7 @@ def parse_grants(m: Mapping | None, config_dir: Path) -> GrantsConfig | None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # Never echo the URL: webhook URLs (Slack's) carry their secret in the path.
             m.error("webhook_url", f"{m.where}.webhook_url: expected an http(s) URL")
-    secret = m.secret("webhook_secret")
+    secret = check_secret(m, "webhook_secret", m.secret("webhook_secret"))
     if url is not None and secret is None:
         m.error(
             None,

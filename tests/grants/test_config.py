@@ -75,3 +75,27 @@ def test_bad_values_are_reported_with_their_line(tmp_path: Path) -> None:
         lambda root: parse_grants(root.mapping("grants"), tmp_path),
     )
     assert [p.split(": ", 1)[0].rsplit(":", 1)[1] for p in problems] == ["3", "4", "5", "6", "8"]
+
+
+def test_a_webhook_secret_file_other_users_can_read_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "hook-secret"
+    secret.write_text("s3cret")
+    secret.chmod(0o644)
+    problems = problems_of(
+        tmp_path,
+        f"""
+        grants:
+          webhook_url: https://hooks.example.com/services/T0/B0/x
+          webhook_secret_file: {secret}
+        """,
+        lambda root: parse_grants(root.mapping("grants"), tmp_path),
+    )
+    assert problems == [
+        f"{tmp_path}/gatehouse.yaml:4: config.grants.webhook_secret_file: {secret} "
+        "is accessible to every user (mode 0644): chmod 600 it"
+    ]
+    secret.chmod(0o600)
+    assert _read(
+        tmp_path,
+        f"grants: {{webhook_url: https://h.example.com/x, webhook_secret_file: {secret}}}\n",
+    )
