@@ -104,41 +104,18 @@ class AuditRecord:
     grant_id: str | None = None
 
 
-# Where a Gatehouse endpoint (login, access requests) leaves its AuditNote on the
-# response it returns, for the gateway to fold into the request's one record.
-AUDIT_NOTE = "gatehouse.audit_note"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditNote:
-    """What a Gatehouse endpoint knows of its request that the gateway does not: who
-    called (the endpoint authenticated them), what it decided and why, which grant."""
-
-    reason: str
-    decision: str = "allow"
-    subject: str | None = None
-    issuer: str | None = None
-    auth: str | None = None
-    grant_id: str | None = None
-
-    def apply(self, record: AuditRecord) -> None:
-        record.decision = self.decision
-        record.reason = self.reason
-        record.grant_id = self.grant_id
-        if self.subject is not None:
-            record.subject, record.issuer, record.auth = self.subject, self.issuer, self.auth
-
-
 @dataclass(frozen=True, slots=True)
 class EndpointOutcome:
     """What an endpoint of the proxy's own tells its request's audit record: who
-    logged in or out, or why the login failed."""
+    logged in or out, or why the login failed; who asked for, decided or revoked
+    access, and which grant."""
 
     reason: str
     decision: Literal["allow", "deny"] = "allow"
     subject: str | None = None
     issuer: str | None = None
     auth: str | None = None
+    grant_id: str | None = None
 
     def apply(self, record: AuditRecord) -> None:
         record.reason = self.reason
@@ -146,6 +123,7 @@ class EndpointOutcome:
         record.subject = self.subject
         record.issuer = self.issuer
         record.auth = self.auth
+        record.grant_id = self.grant_id
 
 
 # Where one of the proxy's own endpoints (login callback, logout) leaves its

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from proxy.config.load import load_config
 from proxy.config.reader import ConfigError
 from proxy.config.schema import AuditConfig
-from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditNote, AuditRecord, AuditWriter
+from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter, EndpointOutcome
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import REPO, Gatehouse, public_route
 
@@ -383,13 +383,13 @@ def _pending(fd: int) -> int:
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), sys.byteorder)
 
 
-def test_an_endpoint_note_names_who_called_what_was_decided_and_which_grant() -> None:
+def test_an_endpoint_outcome_names_who_asked_or_decided_and_which_grant() -> None:
     record = AuditRecord(ts=1.0, request_id="r1")
-    AuditNote(
+    EndpointOutcome(
         "grant_approved", subject="bob", issuer="https://idp", auth="session", grant_id="g_1"
     ).apply(record)
     assert (record.decision, record.reason, record.grant_id) == ("allow", "grant_approved", "g_1")
     assert (record.subject, record.issuer, record.auth) == ("bob", "https://idp", "session")
     refused = AuditRecord(ts=1.0, request_id="r2")
-    AuditNote("self_approval", decision="deny").apply(refused)
+    EndpointOutcome("self_approval", decision="deny").apply(refused)
     assert (refused.decision, refused.subject) == ("deny", None)
