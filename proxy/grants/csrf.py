@@ -16,7 +16,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
 
 COOKIE = "__Host-gatehouse-csrf"
 FIELD = "csrf"
@@ -60,13 +59,3 @@ def valid(
         hmac.compare_digest(mac.encode(), _mac(key, nonce, issuer, subject, issued_at).encode())
         for key in keys
     )
-
-
-def same_origin(headers: Mapping[str, str], authority: str, scheme: str) -> bool:
-    """No sign of a cross-site request: ``Sec-Fetch-Site`` and ``Origin``, when sent,
-    must name this site (browsers send both on form posts). ``headers``: lower-case names."""
-    site = headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
-    origin = headers.get("origin")
-    return origin is None or origin == f"{scheme}://{authority}"

@@ -11,7 +11,7 @@ cross-site form can send without a CORS preflight this endpoint never
 answers, so ambient credentials (session cookie, client certificate) cannot
 be ridden either way.
 
-Every response carries an AuditNote: the request's one audit record names
+Every response carries an EndpointOutcome: the request's one audit record names
 the caller, what was decided (``grant_requested``, ``grant_approved``,
 ``self_approval``...) and the grant.
 
@@ -58,8 +58,9 @@ from proxy.http.protocol import Request, RequestView
 from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.model import Identity
+from proxy.identity.same_origin import from_this_origin
 from proxy.identity.session import CookieAttrs, parse_cookie_header, render_set_cookie
-from proxy.observability.audit import AUDIT_NOTE, AuditNote
+from proxy.observability.audit import ENDPOINT_OUTCOME, EndpointOutcome
 
 PREFIX = page.PREFIX
 MAX_BODY = 16 * 1024
@@ -225,7 +226,7 @@ class AccessEndpoint:
         path = facts.path
         if path != PREFIX and not path.startswith(PREFIX + "/"):
             return None
-        note: list[AuditNote] = []
+        note: list[EndpointOutcome] = []
         cookies: list[str] = []
         try:
             response = await self._route(request, facts, path, note, cookies)
@@ -238,21 +239,21 @@ class AccessEndpoint:
                 facts.request_id,
                 {"WWW-Authenticate": f'Bearer realm="gatehouse", error="{exc.reason}"'},
             )
-            note.append(AuditNote(exc.reason, decision="deny"))
+            note.append(EndpointOutcome(exc.reason, decision="deny"))
         except GatehouseError as exc:
             response = error_response(exc.status, exc.reason, facts.request_id)
             note.append(self._refusal(note, exc.reason))
         for value in cookies:
             response.headers.add("Set-Cookie", value)
         if note:
-            response[AUDIT_NOTE] = note[-1]
+            response[ENDPOINT_OUTCOME] = note[-1]
         return response
 
     @staticmethod
-    def _refusal(note: list[AuditNote], reason: str) -> AuditNote:
+    def _refusal(note: list[EndpointOutcome], reason: str) -> EndpointOutcome:
         """The refusal, keeping who the caller was when that is already known."""
         who = note[-1] if note else None
-        return AuditNote(
+        return EndpointOutcome(
             reason,
             decision="deny",
             subject=who.subject if who else None,
@@ -267,13 +268,13 @@ class AccessEndpoint:
         request: RequestView,
         facts: RequestFacts,
         path: str,
-        note: list[AuditNote],
+        note: list[EndpointOutcome],
         cookies: list[str],
     ) -> web.StreamResponse:
         method = facts.method
         if path == f"{PREFIX}/style.css":
             self._only(method, "GET")
-            note.append(AuditNote("gatehouse_endpoint"))
+            note.append(EndpointOutcome("gatehouse_endpoint"))
             return web.Response(
                 body=self._style,
                 content_type="text/css",
@@ -308,7 +309,7 @@ class AccessEndpoint:
         request: RequestView,
         facts: RequestFacts,
         path: str,
-        note: list[AuditNote],
+        note: list[EndpointOutcome],
         cookies: list[str],
     ) -> web.StreamResponse:
         method, service, now = facts.method, self.service, self._clock()
@@ -389,7 +390,7 @@ class AccessEndpoint:
 
     # -- who is calling ------------------------------------------------------------------
     async def _who(
-        self, facts: RequestFacts, note: list[AuditNote], cookies: list[str], *, api: bool
+        self, facts: RequestFacts, note: list[EndpointOutcome], cookies: list[str], *, api: bool
     ) -> Identity:
         authenticator = self.authenticator
         if authenticator is None:
@@ -400,12 +401,12 @@ class AccessEndpoint:
             if not api:
                 login = await authenticator.login_response(facts)
                 if login is not None:
-                    note.append(AuditNote("unauthenticated", decision="deny"))
+                    note.append(EndpointOutcome("unauthenticated", decision="deny"))
                     raise _Reply(login)
             raise AuthenticationError("unauthenticated")
         identity = auth.identity
         note.append(
-            AuditNote(
+            EndpointOutcome(
                 "gatehouse_endpoint",
                 subject=identity.subject,
                 issuer=identity.issuer,
@@ -416,11 +417,11 @@ class AccessEndpoint:
 
     @staticmethod
     def _noted(
-        note: list[AuditNote], reason: str, grant: Grant | None, grant_id: str | None = None
+        note: list[EndpointOutcome], reason: str, grant: Grant | None, grant_id: str | None = None
     ) -> None:
         who = note[-1]
         note.append(
-            AuditNote(
+            EndpointOutcome(
                 reason,
                 subject=who.subject,
                 issuer=who.issuer,
@@ -450,7 +451,7 @@ class AccessEndpoint:
         return page.Viewer(actor_of(identity), tuple(sorted(identity.groups)), token)
 
     async def _overview(
-        self, facts: RequestFacts, note: list[AuditNote], cookies: list[str]
+        self, facts: RequestFacts, note: list[EndpointOutcome], cookies: list[str]
     ) -> web.Response:
         identity = await self._who(facts, note, cookies, api=False)
         viewer = self._viewer(identity, self._nonce(facts, cookies))
@@ -469,7 +470,7 @@ class AccessEndpoint:
         return _html(page.overview(data))
 
     async def _detail(
-        self, facts: RequestFacts, grant_id: str, note: list[AuditNote], cookies: list[str]
+        self, facts: RequestFacts, grant_id: str, note: list[EndpointOutcome], cookies: list[str]
     ) -> web.Response:
         identity = await self._who(facts, note, cookies, api=False)
         self._noted(note, "gatehouse_endpoint", None, grant_id)
@@ -490,7 +491,11 @@ class AccessEndpoint:
         )
 
     async def _checked_form(
-        self, request: RequestView, facts: RequestFacts, note: list[AuditNote], cookies: list[str]
+        self,
+        request: RequestView,
+        facts: RequestFacts,
+        note: list[EndpointOutcome],
+        cookies: list[str],
     ) -> tuple[Identity, dict[str, str]]:
         """The caller and the form they sent, after the cross-site checks."""
         identity = await self._who(facts, note, cookies, api=False)
@@ -499,8 +504,7 @@ class AccessEndpoint:
             keys = self._csrf_keys
             assert keys is not None
             nonce = parse_cookie_header(facts.headers.get("cookie")).get(csrf.COOKIE)
-            authority = facts.headers.get("host") or facts.host
-            if not csrf.same_origin(facts.headers, authority, facts.scheme) or not csrf.valid(
+            if not from_this_origin(facts.headers, facts.scheme) or not csrf.valid(
                 keys,
                 form.get(csrf.FIELD, ""),
                 nonce,
@@ -512,7 +516,11 @@ class AccessEndpoint:
         return identity, form
 
     async def _form_request(
-        self, request: RequestView, facts: RequestFacts, note: list[AuditNote], cookies: list[str]
+        self,
+        request: RequestView,
+        facts: RequestFacts,
+        note: list[EndpointOutcome],
+        cookies: list[str],
     ) -> web.Response:
         identity, form = await self._checked_form(request, facts, note, cookies)
         route, _, rule = form.get("target", "").partition(" ")
@@ -534,7 +542,7 @@ class AccessEndpoint:
         facts: RequestFacts,
         grant_id: str,
         action: Action,
-        note: list[AuditNote],
+        note: list[EndpointOutcome],
         cookies: list[str],
     ) -> web.Response:
         identity, form = await self._checked_form(request, facts, note, cookies)
@@ -547,7 +555,7 @@ class AccessEndpoint:
         )
 
     async def _after_form(
-        self, note: list[AuditNote], step: Callable[[], Awaitable[Any]], done: str
+        self, note: list[EndpointOutcome], step: Callable[[], Awaitable[Any]], done: str
     ) -> web.Response:
         """Post/redirect/get: back to the page with what happened (or what went wrong)."""
         try:

@@ -140,6 +140,10 @@ class Deployment:
         headers = {"Accept": "application/json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        else:
+            # A page's own fetch, as a browser sends it: sessions change state only
+            # from this origin.
+            headers["Origin"] = self.bases[replica]
         async with http.request(
             method,
             f"{self.bases[replica]}{path}",
