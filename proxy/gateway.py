@@ -30,8 +30,6 @@ from aiohttp import web
 
 from proxy.config.schema import Config
 from proxy.credentials.broker import CredentialBroker
-from proxy.grants.catalogue import route_grants
-from proxy.grants.admitted import admitting_grant
 from proxy.errors import (
     AccessDenied,
     AmbiguousRequest,
@@ -45,6 +43,8 @@ from proxy.errors import (
     UpstreamError,
     status_class,
 )
+from proxy.grants.admitted import admitting_grant
+from proxy.grants.catalogue import route_grants
 from proxy.http.canonical import canonicalise_target
 from proxy.http.decision import (
     DecisionCall,
