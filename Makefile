@@ -7,11 +7,16 @@ BIN     := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
-# Real peers some tests start (redis-server, and nginx, caddy and haproxy as
-# decision-mode data planes) or use (promtool), from the system package manager
-# when missing; tests that need one fail, saying so, if it cannot be had.
+# Airflow (for the example DAG's test) in a virtualenv of its own: it pins much of
+# what it depends on, and Gatehouse itself never imports it.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+# Real peers some tests start (redis-server; nginx, caddy and haproxy as
+# decision-mode data planes; chromium for the access page) or use (promtool),
+# from the system package manager when missing; tests that need one fail,
+# saying so, if it cannot be had.
 SYSTEM_PACKAGES := redis-server:redis-server promtool:prometheus nginx:nginx caddy:caddy \
-	haproxy:haproxy
+	haproxy:haproxy chromium:chromium
 
 .PHONY: run test lint fmt bench clean deps system-deps
 
@@ -33,7 +38,7 @@ fmt: $(STAMP)
 bench: deps
 	$(BIN)/python -m bench
 
-deps: $(STAMP) $(NODE_STAMP) system-deps
+deps: $(STAMP) $(NODE_STAMP) $(AIRFLOW_STAMP) system-deps
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
@@ -59,9 +64,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP) $(RUN_STAMP)
 
+$(AIRFLOW_STAMP): deploy/examples/airflow/requirements.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PY) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r deploy/examples/airflow/requirements.txt
+	touch $(AIRFLOW_STAMP)
+
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "proxy.identity.cli",
     "proxy.credentials.cli",
     "proxy.state.cli",
+    "proxy.grants.cli",
 )
 
 # Shown by ``gatehouse version``: what decides behaviour and performance.

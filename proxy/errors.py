@@ -50,6 +50,12 @@ class BodyTooLarge(RequestRejected):
     status, reason = 413, "body_too_large"
 
 
+class MethodNotAllowed(RequestRejected):
+    """A Gatehouse endpoint asked with a method it does not serve."""
+
+    status, reason = 405, "method_not_allowed"
+
+
 class RequestTimeout(RequestRejected):
     """The request head did not arrive whole within ``listen.header_timeout``."""
 
@@ -134,6 +140,37 @@ class UpstreamProtocolError(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     status, reason = 504, "upstream_timeout"
+
+
+# -- just-in-time access (the /.gatehouse/access/ API) ------------------------
+class GrantError(GatehouseError):
+    """A grant request or decision that cannot be taken as sent."""
+
+    status, reason = 400, "invalid_grant_request"
+
+
+class GrantNotFound(GrantError):
+    """No such grant, or one the caller may not see (the two look the same)."""
+
+    status, reason = 404, "grant_not_found"
+
+
+class GrantForbidden(GrantError):
+    """``self_approval``, ``not_an_approver``, ``not_yours``, ``csrf_failed``..."""
+
+    status, reason = 403, "grant_forbidden"
+
+
+class GrantConflict(GrantError):
+    """The grant's state does not allow the step (``grant_<state>``, ``request_pending``)."""
+
+    status, reason = 409, "grant_conflict"
+
+
+class GrantLimit(GrantError):
+    """Too many open requests (per caller or in all)."""
+
+    status, reason = 429, "too_many_grant_requests"
 
 
 class ServiceUnavailable(GatehouseError):

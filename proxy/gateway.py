@@ -17,6 +17,7 @@ forwards (:meth:`Gateway._decide`, the original request read by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -42,6 +43,8 @@ from proxy.errors import (
     UpstreamError,
     status_class,
 )
+from proxy.grants.admitted import admitting_grant
+from proxy.grants.catalogue import route_grants
 from proxy.http.canonical import canonicalise_target
 from proxy.http.decision import (
     DecisionCall,
@@ -91,6 +94,7 @@ from proxy.upstream.pool import EndpointPool
 from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
 if TYPE_CHECKING:
+    from proxy.grants.service import GrantLookup
     from proxy.observability.tracing import RequestTrace, Tracing
     from proxy.state.ratelimit import SharedRateLimiter
 
@@ -154,6 +158,7 @@ class Gateway:
     certificate_reader: CertificateReader | None = None
     # OpenTelemetry, when configured; None costs the request path one test per stage.
     tracing: Tracing | None = None
+    grants: GrantLookup | None = None
 
     @functools.cached_property
     def cookie_prefixes(self) -> tuple[str, ...]:
@@ -516,6 +521,15 @@ class Gateway:
         if span is not None:
             span.stage("authenticate")
 
+        # -- grants: the caller's, on this route, as data for the policy ------------
+        grants = self.grants
+        if grants is not None and identity is not None and route_grants(route):
+            held = grants.cached(identity, route.name)
+            if held is None:
+                held = await grants.held(identity, route.name)
+            if held:
+                identity = dataclasses.replace(identity, grants=held)
+
         # -- authorise -------------------------------------------------------
         now = time.time()
         decision = policy.decide(route, facts, identity, now)
@@ -544,6 +558,8 @@ class Gateway:
         record.decision = "allow"
         if span is not None:
             span.stage("authorise")
+        if identity is not None and identity.grants:
+            record.grant_id = admitting_grant(route.allow, decision.reason, identity, now)
 
         # -- upstream credentials ----------------------------------------------
         extra: list[tuple[str, str]] = []

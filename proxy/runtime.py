@@ -177,6 +177,21 @@ async def serve(
         gateway.credentials = broker
         gateway.local_endpoints += (jwks_endpoint(broker),)
         closers.append(broker.close)
+    if config.grants is not None:
+        from proxy.grants.runtime import start_access
+
+        access = await start_access(
+            config.grants,
+            policies=lambda: policies.current,
+            audit=audit,
+            authenticator=gateway.authenticator,
+            browser=config.identity.browser,
+            public_url=config.public_url,
+            state=state.client if state is not None else None,
+        )
+        gateway.local_endpoints += (access.endpoint,)
+        gateway.grants = access.lookup
+        closers.append(access.close)
     if state is not None:
         closers.append(state.close)  # last: the authenticator and broker use it until closed
     reach = Reachability(forwarded)

@@ -26,6 +26,7 @@ from proxy.config.schema import (
     TracingConfig,
 )
 from proxy.credentials.config import parse_assertion_signing, parse_credentials
+from proxy.grants.config import parse_grants
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
 from proxy.http.headers import IdentityHeaders
@@ -410,6 +411,9 @@ def read_config(
     if urlsplit(public_url).scheme not in ("http", "https"):
         root.error("public_url", f"public_url: expected an http(s) URL, got {public_url!r}")
     state = parse_state(root.mapping("state"))
+    grants = parse_grants(root.mapping("grants"), path.parent)
+    if grants is not None and not identity.enabled:
+        root.error("grants", "grants: needs an identity: section (callers ask with who they are)")
     shutdown_m = root.mapping("shutdown")
     drain = 30.0
     if shutdown_m is not None:
@@ -436,4 +440,5 @@ def read_config(
         log=log,
         tracing=tracing,
         identity_headers=identity_headers,
+        grants=grants,
     )

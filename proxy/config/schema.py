@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.credentials.config import AssertionSigningConfig, CredentialSpec
+from proxy.grants.config import GrantsConfig
 from proxy.http.canonical import PathOptions
 from proxy.http.forwarding import TrustedProxies
 from proxy.http.headers import IdentityHeaders
@@ -119,3 +120,4 @@ class Config:
     log: LogConfig = LogConfig()
     tracing: TracingConfig | None = None
     identity_headers: IdentityHeaders = IdentityHeaders()
+    grants: GrantsConfig | None = None

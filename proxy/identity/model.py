@@ -21,6 +21,20 @@ class ClientCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldGrant:
+    """A just-in-time grant the caller holds on the matched route: for which rule,
+    and its window ``[starts_at, ends_at)`` (see :mod:`proxy.grants`)."""
+
+    id: str
+    rule: str
+    starts_at: float
+    ends_at: float
+
+    def covers(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """A caller established by one authentication method.
 
@@ -34,6 +48,10 @@ class Identity:
     unknown, never to "absent", so a deny rule on it fails closed.
     ``email_verified`` is the issuer's ``email_verified`` claim (None when the
     issuer did not say).
+
+    ``grants`` are the caller's approved just-in-time grants on the matched
+    route, filled in before authorisation only for routes with ``grant``
+    rules (the policy reads them as data; empty everywhere else).
     """
 
     subject: str
@@ -47,4 +65,5 @@ class Identity:
     client_cert: ClientCertificate | None = None
     unknown_claims: frozenset[str] = frozenset()
     email_verified: bool | None = None
+    grants: tuple[HeldGrant, ...] = ()
     token: str | None = field(default=None, repr=False, compare=False)

@@ -110,18 +110,22 @@ class AuditRecord:
     # "decision" for a data plane's question (listen.mode: decision): method, host
     # and path are then the original request's, and nothing was sent upstream.
     mode: str = "proxy"
+    # The just-in-time grant a request was admitted under, or a grant event is about.
+    grant_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class EndpointOutcome:
     """What an endpoint of the proxy's own tells its request's audit record: who
-    logged in or out, or why the login failed."""
+    logged in or out, or why the login failed; who asked for, decided or revoked
+    access, and which grant."""
 
     reason: str
     decision: Literal["allow", "deny"] = "allow"
     subject: str | None = None
     issuer: str | None = None
     auth: str | None = None
+    grant_id: str | None = None
 
     def apply(self, record: AuditRecord) -> None:
         record.reason = self.reason
@@ -129,6 +133,7 @@ class EndpointOutcome:
         record.subject = self.subject
         record.issuer = self.issuer
         record.auth = self.auth
+        record.grant_id = self.grant_id
 
 
 # Where one of the proxy's own endpoints (login callback, logout) leaves its

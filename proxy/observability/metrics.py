@@ -172,6 +172,40 @@ UPSTREAM_RETRIES = Counter(
     ["backend", "reason"],
 )
 
+# -- just-in-time access -------------------------------------------------------
+GRANTS_PENDING = Gauge(
+    "gatehouse_grants_pending",
+    "Access requests waiting for a decision (as stored, shared by replicas).",
+    multiprocess_mode="livemax",
+)
+GRANTS_ACTIVE = Gauge(
+    "gatehouse_grants_active",
+    "Approved grants in force now (as stored, shared by replicas).",
+    multiprocess_mode="livemax",
+)
+GRANT_EVENTS = Counter(
+    "gatehouse_grant_events",
+    "Grant requests, approvals, denials, revocations and expiries recorded by this replica.",
+    ["event"],
+)
+GRANT_DECISION_DURATION = Histogram(
+    "gatehouse_grant_decision_seconds",
+    "Time from an access request to its approval or denial.",
+    ["decision"],
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400),
+)
+GRANT_WEBHOOK_DELIVERIES = Counter(
+    "gatehouse_grant_webhook_deliveries",
+    "Grant webhook notifications by outcome: delivered, failed (gave up after "
+    "every attempt) or dropped (too many undelivered).",
+    ["result"],
+)
+GRANT_WEBHOOK_FAILURES = Counter(
+    "gatehouse_grant_webhook_failures",
+    "Failed grant webhook attempts (each retried with backoff): status, connect, timeout.",
+    ["kind"],
+)
+
 
 class _CounterChild:
     """A counter child's ``inc`` without the checks that cannot fail for a child.

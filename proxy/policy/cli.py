@@ -24,6 +24,7 @@ Fixture files (``gatehouse policy test``) are YAML lists of cases::
         scopes: [orders:write]
         claims: {azp: airflow-prod}
         unknown_claims: [groups]        # optional: claims not received (criteria on them: unknown)
+        grants: [prod-writers]          # optional: approved grants held for these rules
       expect:
         decision: allow                 # allow | deny
         reason: allowed:airflow-writes  # optional
@@ -39,7 +40,9 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,12 +63,13 @@ from proxy.config.reader import (
     load_document,
 )
 from proxy.errors import GatehouseError, RequestRejected
+from proxy.grants.spec import describe_tree
 from proxy.http.canonical import canonicalise_target
 from proxy.http.facts import RequestFacts
 from proxy.identity.config import IdentityConfig, IssuerConfig
 from proxy.identity.jwt_verify import email_verified
 from proxy.identity.jwt_verify import identity_from_claims as mapped_identity
-from proxy.identity.model import AuthMethod, ClientCertificate, Identity
+from proxy.identity.model import AuthMethod, ClientCertificate, HeldGrant, Identity
 from proxy.policy.check import check_policies
 from proxy.policy.criteria.auth_method import AUTH_METHODS
 from proxy.policy.criteria.operand import plain_value
@@ -116,6 +120,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     explain.add_argument("--time", help="ISO 8601 instant to evaluate time rules at")
     explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    explain.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="the caller holds an approved grant for RULE on the matched route (repeatable)",
+    )
     explain.set_defaults(func=cmd_explain)
 
     test = sub.add_parser("test", help="run policy fixture files")
@@ -245,6 +256,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"error: {exc}")
         return 2
     now = _instant(args.time) if args.time else time.time()
+    if identity is not None and args.grant:
+        identity = with_grants(identity, args.grant, now)
     try:
         facts = request_facts(args.method, args.url, args.source_ip, {})
     except RequestRejected as exc:
@@ -255,7 +268,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     explanation = policy.explain(facts, identity, now)
     if args.json:
-        _print_json(explanation_json(explanation, facts, identity, notes))
+        document = explanation_json(explanation, facts, identity, notes)
+        document["grants"] = grant_lines(explanation, identity, now)
+        _print_json(document)
         return 0
     for note in notes:
         print(f"note: {note}")
@@ -267,6 +282,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         f"request: {facts.method} host={facts.host} path={facts.path} source_ip={facts.client_ip}"
     )
     for line in explanation.lines():
+        print(line)
+    for line in grant_lines(explanation, identity, now):
         print(line)
     return 0
 
@@ -340,6 +357,37 @@ def explanation_json(
         },
         "lines": explanation.lines(),
     }
+
+
+def with_grants(identity: Identity, rules: list[str], now: float) -> Identity:
+    """The caller holding an approved grant for each rule, in force from ``now``."""
+    held = tuple(HeldGrant(f"stated:{rule}", rule, now, math.inf) for rule in rules)
+    return dataclasses.replace(identity, grants=held)
+
+
+def grant_lines(explanation: Explanation, identity: Identity | None, now: float) -> list[str]:
+    """Whether the matched route's rules require a grant, and whether the caller holds one."""
+    from proxy.grants.catalogue import route_grants
+
+    route = explanation.route
+    if route is None:
+        return []
+    out = []
+    for spec in route_grants(route).values():
+        held = None
+        if identity is not None:
+            held = next((g for g in identity.grants if g.rule == spec.rule and g.covers(now)), None)
+        holding = f"held ({held.id})" if held is not None else "not held"
+        out.append(
+            f"grant: rule {spec.rule} requires an approved grant "
+            f"(approvers: {describe_tree(spec.approvers)}); the caller's: {holding}"
+        )
+        if held is None:
+            out.append(
+                f"  request one: gatehouse access request {route.name} --rule {spec.rule} "
+                f"--justification ..."
+            )
+    return out
 
 
 def decode_unverified(token: str) -> dict[str, Any]:
@@ -609,6 +657,10 @@ def _case(doc: Doc, m: Mapping) -> _Case | None:
     ):
         im = m.mapping("identity")
         case.identity = _identity(im) if im is not None else None
+        if case.identity is not None and im is not None:
+            rules = im.str_list("grants")
+            if rules:
+                case.identity = with_grants(case.identity, rules, case.now)
     elif not m.has("identity"):
         m.error(None, f"{where}: missing 'identity' (use 'identity: null' for an anonymous caller)")
     ex = m.mapping("expect", required=True)
@@ -694,7 +746,7 @@ def _identity(im: Mapping) -> Identity | None:
     verified = (
         im.flag("email_verified") if im.has("email_verified") else claimed_email_verified(claims)
     )
-    im.close(("claims",))
+    im.close(("claims", "grants"))
     return Identity(
         subject=subject,
         issuer=issuer,

@@ -51,6 +51,12 @@ class RuleCompiler:
     def __init__(self, version: str) -> None:
         self.version = version
         self.named: dict[str, _Named] = {}
+        # Rules being compiled, innermost last (see Rules.rule_name).
+        self._compiling: list[str] = []
+
+    @property
+    def rule_name(self) -> str:
+        return self._compiling[-1] if self._compiling else ""
 
     # -- named rules ------------------------------------------------------------
     def collect(self, doc: Doc, rules: Mapping) -> None:
@@ -81,7 +87,9 @@ class RuleCompiler:
             fields = operand.fields((*CRITERIA, "mode"))
             if fields is not None:
                 mode = fields["mode"].choice(MODES) if "mode" in fields else "enforce"
+                self._compiling.append(name)
                 criterion = self.criteria(operand, fields)
+                self._compiling.pop()
                 named.mode = _mode(mode or "enforce")
                 named.criterion = criterion if mode is not None else None
             named.state = "done"
@@ -166,7 +174,9 @@ class RuleCompiler:
         elif fields["name"].text() is not None and not is_name(name):
             fields["name"].fail(f"invalid rule name {name!r}")
         mode = fields["mode"].choice(MODES) if "mode" in fields else "enforce"
+        self._compiling.append(name)
         criterion = self.criteria(operand, fields)
+        self._compiling.pop()
         if criterion is None or mode is None or not is_name(name):
             return None
         source = f"{operand.doc.path}:{operand.node.start_mark.line + 1}"

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from proxy.config.load import load_config
 from proxy.config.reader import ConfigError
 from proxy.config.schema import AuditConfig
-from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter
+from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter, EndpointOutcome
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import REPO, Gatehouse, public_route
 
@@ -416,3 +416,15 @@ async def test_the_audit_record_names_the_user_agent_within_a_bound(
     assert first["user_agent"] == "curl/8.5.0"
     assert long["user_agent"] == "x" * 256
     assert none["user_agent"] is None
+
+
+def test_an_endpoint_outcome_names_who_asked_or_decided_and_which_grant() -> None:
+    record = AuditRecord(ts_epoch=1.0, request_id="r1")
+    EndpointOutcome(
+        "grant_approved", subject="bob", issuer="https://idp", auth="session", grant_id="g_1"
+    ).apply(record)
+    assert (record.decision, record.reason, record.grant_id) == ("allow", "grant_approved", "g_1")
+    assert (record.subject, record.issuer, record.auth) == ("bob", "https://idp", "session")
+    refused = AuditRecord(ts_epoch=1.0, request_id="r2")
+    EndpointOutcome("self_approval", decision="deny").apply(refused)
+    assert (refused.decision, refused.subject) == ("deny", None)

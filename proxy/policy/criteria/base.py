@@ -62,6 +62,11 @@ class Rules(Protocol):
     def nested(self, operand: Operand) -> Criterion | None:
         """A nested rule: a mapping of criteria, or the name of a named rule."""
 
+    @property
+    def rule_name(self) -> str:
+        """The name of the innermost rule being compiled (a named rule's, or a
+        route rule's ``name``); criteria that belong to one rule (``grant``) read it."""
+
 
 class Leaf:
     """Defaults for a criterion without children that reads nothing of the caller."""
