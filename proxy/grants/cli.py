@@ -170,7 +170,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", help="file holding your bearer token or API key")
     parser.add_argument("--token", help="bearer token (prefer --token-file or $GATEHOUSE_TOKEN)")
     parser.add_argument("--cacert", help="CA bundle to verify the gatehouse with")
-    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for an answer (default 10)"
+    )
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
@@ -179,7 +181,7 @@ def add_commands(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="access_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("request", help="ask for time-bound access to a route")
-    p.add_argument("route")
+    p.add_argument("route", help="the route's name, as `access list` and the page show it")
     p.add_argument("--rule", help="the grant rule (needed when the route has several)")
     p.add_argument("--duration", help="e.g. 2h (default: the rule's max_duration)")
     p.add_argument("--justification", "-j", help="why (required by most rules)")
@@ -193,7 +195,7 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=_guarded(cmd_list))
 
     p = sub.add_parser("show", help="one request with its audit trail")
-    p.add_argument("id")
+    p.add_argument("id", help="the request's id")
     _common(p)
     p.set_defaults(func=_guarded(cmd_show))
 
@@ -203,7 +205,7 @@ def add_commands(subparsers: Any) -> None:
         ("revoke", "end a grant or withdraw a request"),
     ):
         p = sub.add_parser(action, help=text)
-        p.add_argument("id")
+        p.add_argument("id", help="the request's id")
         p.add_argument("--reason", "-r", required=True, help="why: recorded in the audit trail")
         _common(p)
         p.set_defaults(func=_guarded(_decision(action)))

@@ -84,7 +84,7 @@ async def test_an_expiry_is_recorded_once_however_many_workers_sweep(tmp_path: P
     assert [(r["reason"], r["decision"], r["grant_id"]) for r in records] == [
         ("grant_expired", "event", asked.grant.id)
     ]
-    assert records[0]["ts"] == T0 + 60
+    assert records[0]["ts_epoch"] == T0 + 60
 
 
 async def test_an_undecided_request_lapses_with_its_own_record(tmp_path: Path) -> None:
