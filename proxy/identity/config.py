@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.config.keyfiles import check_key_file, check_secret
 from proxy.config.reader import Mapping, SecretRef, each_mapping
 from proxy.policy.model import RateLimit
 
@@ -262,7 +263,7 @@ def _introspection(m: Mapping | None) -> IntrospectionConfig | None:
     d = IntrospectionConfig("", "", None)
     endpoint = _url(m, "endpoint", required=True)
     client_id = m.text("client_id", required=True)
-    secret = m.secret("client_secret", required=True)
+    secret = check_secret(m, "client_secret", m.secret("client_secret", required=True))
     ttl = m.duration("cache_ttl", d.cache_ttl)
     negative_ttl = m.duration("negative_cache_ttl", d.negative_cache_ttl)
     prefix = m.text("token_prefix")
@@ -340,7 +341,7 @@ def _issuer(m: Mapping, _index: int) -> IssuerConfig | None:
     if m.has("audiences") and not audiences:
         m.error("audiences", f"{m.where}.audiences must name at least one audience")
     jwks_uri = _url(m, "jwks_uri")
-    hs_secret = m.secret("hs256_secret")
+    hs_secret = check_secret(m, "hs256_secret", m.secret("hs256_secret"))
     algorithms = tuple(_str_list(m, "algorithms")) or ASYMMETRIC_ALGORITHMS
     for alg in algorithms:
         if alg not in KNOWN_ALGORITHMS:
@@ -389,7 +390,7 @@ def _browser(m: Mapping | None) -> BrowserConfig | None:
     d_scopes = ("openid", "email", "profile")
     issuer = _url(m, "issuer", required=True)
     client_id = m.text("client_id", required=True)
-    secret = m.secret("client_secret")
+    secret = check_secret(m, "client_secret", m.secret("client_secret"))
     redirect_path = m.text("redirect_path", "/.gatehouse/callback")
     if not redirect_path.startswith("/.gatehouse/"):
         m.error("redirect_path", f"{m.where}.redirect_path must start with /.gatehouse/")
@@ -397,6 +398,7 @@ def _browser(m: Mapping | None) -> BrowserConfig | None:
     if "openid" not in scopes:
         m.error("scopes", f"{m.where}.scopes must include openid")
     keys_file = m.path("cookie_keys_file", required=True)
+    check_key_file(m, "cookie_keys_file", keys_file)
     hosts = tuple(h.lower() for h in _str_list(m, "allowed_redirect_hosts"))
     for host in hosts:
         if not host or "/" in host or host.startswith("."):
@@ -472,7 +474,7 @@ def _api_keys(m: Mapping | None) -> ApiKeysConfig | None:
     header = m.text("header", "x-api-key").lower()
     if header in ("authorization", "cookie", "host"):
         m.error("header", f"{m.where}.header must not be {header!r}")
-    pepper = m.secret("pepper")
+    pepper = check_secret(m, "pepper", m.secret("pepper"))
     if pepper is not None and not m.doc.offline:  # offline: read only where Gatehouse runs
         key = "pepper_file" if m.has("pepper_file") else "pepper"
         try:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.config.keyfiles import check_key_file
 from proxy.config.reader import Mapping, node_kind
 
 KINDS = ("http", "fastapi", "azure_app_service", "gcp_cloud_function")
@@ -192,6 +193,7 @@ def _tls(m: Mapping | None) -> UpstreamTLSOptions:
     ca = m.path("ca_file")
     cert = m.path("client_cert_file")
     key = m.path("client_key_file")
+    check_key_file(m, "client_key_file", key)
     server_name: str | None = m.text("server_name")
     verify = m.flag("verify", True)
     min_version = m.choice("min_version", ("1.2", "1.3"), "1.2")

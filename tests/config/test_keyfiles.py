@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config.keyfiles import exposure, key_file_problem
 from proxy.credentials.signing import rotate_key_file
+from proxy.http.devcert import dev_certificates
+from proxy.identity.session import new_cookie_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,16 +66,125 @@ def test_gatehouse_run_refuses_a_world_readable_signing_key_with_file_line_and_e
         f"assertions:\n  signing_keys_file: {keys}\n"
         "backends:\n  up:\n    urls: [http://127.0.0.1:9]\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = gatehouse("run", config)
     assert out.returncode == 2
     assert (
         f"{config}:3: config.assertions.signing_keys_file: {keys} is accessible to every user "
         "(mode 0644): chmod 600 it"
     ) in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# Every secret the identity and backends sections read from a file, and the
+# API-key file, at the line the configuration below names it on.
+SECRETS_CONFIG = """\
+listen: {{address: '127.0.0.1:0'}}
+identity:
+  issuers:
+    - issuer: http://127.0.0.1:9/idp
+      audiences: [gatehouse]
+      algorithms: [HS256]
+      hs256_secret_file: {dir}/hs256
+      introspection:
+        endpoint: http://127.0.0.1:9/introspect
+        client_id: gatehouse
+        client_secret_file: {dir}/introspection-secret
+  api_keys:
+    file: {dir}/api-keys.yaml
+    pepper_file: {dir}/pepper
+  browser:
+    issuer: http://127.0.0.1:9/idp
+    client_id: gatehouse
+    client_secret_file: {dir}/browser-secret
+    cookie_keys_file: {dir}/cookie-keys
+backends:
+  up:
+    urls: [https://127.0.0.1:9]
+    tls:
+      client_cert_file: {dir}/client.crt
+      client_key_file: {dir}/client.key
+"""
+
+# (line, where, file) for each secret in SECRETS_CONFIG.
+SECRET_FILES = (
+    (7, "config.identity.issuers[0].hs256_secret_file", "hs256"),
+    (11, "config.identity.issuers[0].introspection.client_secret_file", "introspection-secret"),
+    (14, "config.identity.api_keys.pepper_file", "pepper"),
+    (18, "config.identity.browser.client_secret_file", "browser-secret"),
+    (19, "config.identity.browser.cookie_keys_file", "cookie-keys"),
+    (25, "backends.up.tls.client_key_file", "client.key"),
+)
+
+
+def secrets_setup(tmp_path: Path) -> Path:
+    """SECRETS_CONFIG with real files, all private to their owner (umask 077)."""
+    for name in ("hs256", "introspection-secret", "pepper", "browser-secret"):
+        (tmp_path / name).write_text(secrets.token_urlsafe(48) + "\n")
+    (tmp_path / "cookie-keys").write_text(new_cookie_key() + "\n")
+    (tmp_path / "api-keys.yaml").write_text("keys: []\n")
+    pki = dev_certificates(tmp_path / "pki")
+    shutil.copy(pki["client_cert"], tmp_path / "client.crt")
+    shutil.copy(pki["client_key"], tmp_path / "client.key")
+    (tmp_path / "policies").mkdir()
+    config = tmp_path / "gatehouse.yaml"
+    config.write_text(SECRETS_CONFIG.format(dir=tmp_path))
+    return config
+
+
+def gatehouse(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", command, "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_identity_secrets_and_upstream_client_keys_other_users_can_read_are_refused(
+    tmp_path: Path, command: str
+) -> None:
+    config = secrets_setup(tmp_path)
+    for _, _, name in SECRET_FILES:
+        (tmp_path / name).chmod(0o644)
+    out = gatehouse(command, config)
+    assert out.returncode == 2, out.stderr
+    for line, where, name in SECRET_FILES:
+        assert (
+            f"{config}:{line}: {where}: {tmp_path / name} is accessible to every user "
+            "(mode 0644): chmod 600 it"
+        ) in out.stderr
+    assert "6 problem(s); configuration refused" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_group_that_may_read_a_secret_it_does_not_get_from_root_is_refused(
+    tmp_path: Path, command: str
+) -> None:
+    config = secrets_setup(tmp_path)
+    for _, _, name in SECRET_FILES:
+        (tmp_path / name).chmod(0o640)
+        os.chown(tmp_path / name, 12345, 12345)
+    out = gatehouse(command, config)
+    assert out.returncode == 2, out.stderr
+    for line, where, name in SECRET_FILES:
+        assert (
+            f"{config}:{line}: {where}: {tmp_path / name} is accessible to its group "
+            "(mode 0640): chmod 600 it (a group may only read a key file that root owns)"
+        ) in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_private_secrets_and_root_group_secrets_are_accepted(
+    tmp_path: Path,
+) -> None:
+    config = secrets_setup(tmp_path)
+    # The Kubernetes Secret volume layout: root:fsGroup 0440.
+    (tmp_path / "cookie-keys").chmod(0o440)
+    os.chown(tmp_path / "cookie-keys", 0, 12345)
+    (tmp_path / "pepper").chmod(0o400)
+    out = gatehouse("check", config)
+    assert out.returncode == 0, out.stderr
+    assert f"{config}: OK" in out.stdout
