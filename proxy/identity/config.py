@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.config.keyfiles import check_key_file, check_secret
+from proxy.config.keyfiles import check_key_file, check_secret, check_trusted_file
 from proxy.config.reader import Mapping, SecretRef, each_mapping
 from proxy.policy.model import RateLimit
 
@@ -471,6 +471,8 @@ def _api_keys(m: Mapping | None) -> ApiKeysConfig | None:
     if m is None:
         return None
     path = m.path("file", required=True, must_exist=False)
+    # It holds no secret (HMACs of 256-bit random ones), but it says who each key is.
+    check_trusted_file(m, "file", path)
     header = m.text("header", "x-api-key").lower()
     if header in ("authorization", "cookie", "host"):
         m.error("header", f"{m.where}.header must not be {header!r}")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.keyfiles import exposure, key_file_problem
+from proxy.config.keyfiles import alterability, exposure, key_file_problem
 from proxy.credentials.signing import rotate_key_file
 from proxy.http.devcert import dev_certificates
 from proxy.identity.session import new_cookie_key
@@ -73,6 +73,11 @@ def test_gatehouse_run_refuses_a_world_readable_signing_key_with_file_line_and_e
         "(mode 0644): chmod 600 it"
     ) in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@given(st.integers(0, 0o7777))
+def test_a_file_that_decides_who_callers_are_may_be_written_by_its_owner_only(mode: int) -> None:
+    assert (alterability(mode) is None) == (mode & 0o022 == 0)
 
 
 # Every secret the identity and backends sections read from a file, and the
@@ -177,7 +182,22 @@ def test_a_group_that_may_read_a_secret_it_does_not_get_from_root_is_refused(
     assert "Traceback" not in out.stderr
 
 
-def test_private_secrets_and_root_group_secrets_are_accepted(
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_an_api_key_file_other_users_can_write_is_refused(tmp_path: Path, command: str) -> None:
+    config = secrets_setup(tmp_path)
+    keys = tmp_path / "api-keys.yaml"
+    keys.chmod(0o664)
+    out = gatehouse(command, config)
+    assert out.returncode == 2, out.stderr
+    assert (
+        f"{config}:13: config.identity.api_keys.file: {keys} can be written by other users "
+        "(mode 0664): chmod go-w it"
+    ) in out.stderr
+    assert "1 problem(s); configuration refused" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_private_secrets_root_group_secrets_and_a_readable_api_key_file_are_accepted(
     tmp_path: Path,
 ) -> None:
     config = secrets_setup(tmp_path)
@@ -185,6 +205,8 @@ def test_private_secrets_and_root_group_secrets_are_accepted(
     (tmp_path / "cookie-keys").chmod(0o440)
     os.chown(tmp_path / "cookie-keys", 0, 12345)
     (tmp_path / "pepper").chmod(0o400)
+    # The API-key file holds no secret: others may read it (not write it).
+    (tmp_path / "api-keys.yaml").chmod(0o644)
     out = gatehouse("check", config)
     assert out.returncode == 0, out.stderr
     assert f"{config}: OK" in out.stdout
