@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from proxy.files import replace_file, temporary_of
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN (?:EC )?PRIVATE KEY-----.+?-----END (?:EC )?PRIVATE KEY-----", re.DOTALL
@@ -149,24 +150,15 @@ def rotate_key_file(path: Path, keep: int = 2) -> str:
     new = ec.generate_private_key(ec.SECP256R1())
     key = SigningKey(thumbprint(new), new)
     keys = (key, *existing[:keep])
-    tmp = path.with_name(path.name + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    data = json.dumps({"keys": [private_jwk(k) for k in keys]}, indent=2).encode()
+    tmp = temporary_of(path)
     try:
-        fd = os.open(tmp, flags, 0o600)
+        replace_file(path, data)  # synced: it replaces the only copy of the keys
     except FileExistsError:
         raise SigningKeyError(
             f"{tmp} exists: another rotation is running, or one was interrupted "
             "(check it, remove it, and rotate again)"
         ) from None
     except OSError as exc:
-        raise SigningKeyError(f"cannot create {tmp}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"keys": [private_jwk(k) for k in keys]}, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())  # on disk before it replaces the only copy of the keys
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise SigningKeyError(f"cannot write {tmp}: {exc.strerror}") from None
     return key.kid
