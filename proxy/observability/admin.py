@@ -9,6 +9,7 @@ memory with them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,10 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from proxy.files import replace_file
 from proxy.observability import metrics
+
+log = logging.getLogger("gatehouse.admin")
 
 ReadyCheck = Callable[[], dict[str, bool]]
 
@@ -28,16 +32,23 @@ class ReadinessBoard:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._last: bytes | None = None
+        self._failing = False
 
     def publish(self, checks: dict[str, bool]) -> None:
         data = orjson.dumps(checks, option=orjson.OPT_SORT_KEYS)
         if data == self._last:
             return
         path = self.directory / f"ready-{os.getpid()}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: a reader never sees half a file
-        self._last = data
+        # Atomic (a reader never sees half a file), never through a link planted at
+        # the temporary name; only this process writes it, so a leftover is stale.
+        try:
+            replace_file(path, data, sync=False, take_over=True)
+        except OSError as exc:
+            if not self._failing:  # once, not on every tick it keeps failing
+                log.warning("cannot publish readiness to %s: %s", path, exc.strerror)
+            self._failing = True
+            return  # tried again on the next tick
+        self._last, self._failing = data, False
 
     def forget(self, pid: int) -> None:
         with contextlib.suppress(FileNotFoundError):
