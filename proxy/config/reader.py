@@ -9,6 +9,7 @@ tree because only nodes carry line numbers.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -468,6 +469,32 @@ class Mapping:
             return default
         return int(size)
 
+    def number(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        """An integer or decimal number, within ``minimum`` and ``maximum`` when given."""
+        got = self._typed(key, False, (int, float), "a number")
+        if got is None:
+            return default
+        raw, node = got
+        assert isinstance(raw, int | float)
+        value = float(raw)
+        low = minimum if minimum is not None else -math.inf
+        high = maximum if maximum is not None else math.inf
+        if low <= value <= high:
+            return value
+        if minimum is not None and maximum is not None:
+            bound = f"between {minimum:g} and {maximum:g}"
+        else:
+            bound = f"at least {minimum:g}" if minimum is not None else f"at most {maximum:g}"
+        self.doc.error(node, f"{self.where}.{key}: must be {bound}")
+        return default
+
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         got = self._typed(key, False, (str,), "a string")
         if got is None:
@@ -530,6 +557,11 @@ class Mapping:
         return None
 
     # -- collections ------------------------------------------------------
+    def take(self, key: str, *, required: bool = False) -> yaml.Node | None:
+        """The value node of ``key`` (None when absent or null), for a shape no typed
+        accessor reads, such as "a mapping or a list of them"; the caller checks it."""
+        return self._take(key, required)
+
     def mapping(self, key: str, *, required: bool = False) -> Mapping | None:
         node = self._take(key, required)
         return Mapping.of(self.doc, node, f"{self.where}.{key}")
