@@ -460,8 +460,7 @@ def header_of(spec: CredentialSpec) -> str:
 
 def parse_credentials(backend: Mapping, backend_name: str) -> tuple[CredentialSpec, ...]:
     """Read ``backends.<name>.credentials``: one mapping or a list of combinable mappings."""
-    # The reader has no accessor for "a mapping or a list", so take the raw node.
-    node = backend._take("credentials", False)
+    node = backend.take("credentials")  # a mapping or a list of them
     if node is None:
         return ()
     where = f"{backend.where}.credentials"

@@ -158,13 +158,18 @@ def _positive(m: Mapping, key: str, default: float) -> float:
     return value
 
 
-def _status_ranges(m: Mapping, key: str) -> tuple[tuple[int, int], ...] | None:
-    node = m._take(key, False)  # the reader has no "int or string or list" accessor
+def _one_or_list(m: Mapping, key: str) -> list[yaml.Node]:
+    """The items of ``key``: a list's, or one value alone (YAML reads a bare 503 as an
+    integer and 2xx as a string, so each item is checked by its text)."""
+    node = m.take(key)
     if node is None:
-        return None
-    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        return []
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else [node]
+
+
+def _status_ranges(m: Mapping, key: str) -> tuple[tuple[int, int], ...] | None:
     out: list[tuple[int, int]] = []
-    for item in items:
+    for item in _one_or_list(m, key):
         text = str(item.value).strip() if isinstance(item, yaml.ScalarNode) else ""
         match = _STATUS_RANGE.match(text)
         if match is None:
@@ -290,25 +295,11 @@ def _retries(m: Mapping | None) -> RetryOptions:
     if maximum < base:
         m.error("backoff_max", f"{m.where}.backoff_max: must be at least backoff_base")
         maximum = base
-    ratio = default.budget_ratio
-    got = m._typed("budget_ratio", False, (int, float), "a number between 0 and 1")
-    if got is not None:
-        value = float(got[0])  # type: ignore[arg-type]
-        if 0.0 <= value <= 1.0:
-            ratio = value
-        else:
-            m.doc.error(got[1], f"{m.where}.budget_ratio: must be between 0 and 1")
+    ratio = m.number("budget_ratio", default.budget_ratio, minimum=0.0, maximum=1.0)
     retry_on = default.retry_on
     if m.has("retry_on"):
-        # YAML reads a bare 503 as an integer; the names are strings.
-        node = m._take("retry_on", False)
         names: list[str] = []
-        items: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            items = list(node.value)
-        elif node is not None:
-            items = [node]
-        for item in items:
+        for item in _one_or_list(m, "retry_on"):
             text = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
             if text not in RETRY_ON:
                 m.doc.error(
