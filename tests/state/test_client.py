@@ -93,6 +93,26 @@ async def test_a_burst_beyond_the_connection_limit_queues_and_is_not_an_outage(
     assert all(results) and state.available()
 
 
+async def test_a_request_waits_for_a_free_connection_at_most_the_timeout_and_is_not_an_outage(
+    make_state: MakeState,
+) -> None:
+    state = await make_state(max_connections=2, timeout=0.2)
+    release = asyncio.Event()
+
+    async def held(redis: Redis) -> bool:
+        await release.wait()  # keeps its connection slot until released
+        return bool(await redis.ping())
+
+    holders = [asyncio.ensure_future(state.client.run(held)) for _ in range(2)]
+    await asyncio.sleep(0)  # both slots taken
+    with pytest.raises(StateUnreachable, match="no free Redis connection in time"):
+        await state.client.run(ping)
+    assert state.available()
+    release.set()
+    assert await asyncio.gather(*holders) == [True, True]
+    assert await state.client.run(ping)
+
+
 async def test_password_comes_by_reference_and_a_wrong_one_means_unavailable(
     tmp_path: Path, state_key: Path
 ) -> None:

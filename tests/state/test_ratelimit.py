@@ -45,9 +45,11 @@ async def test_concurrent_requests_on_both_replicas_never_share_out_more_than_th
 ) -> None:
     one, two = await two_replicas(make_state)
     route, now = limited(), time.time()
+    before = fallbacks()
     answers = await asyncio.gather(
         *(r.allow(route, "sub:alice", now) for _ in range(50) for r in (one, two))
     )
+    assert fallbacks() == before  # every answer came from the shared bucket
     assert answers.count(True) == 10
 
 
