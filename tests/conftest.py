@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,9 +45,10 @@ GatehouseFactory = Callable[..., Gatehouse]
 def gatehouse(tmp_path: Path) -> Iterator[GatehouseFactory]:
     """Start ``gatehouse run`` processes for a test; all are stopped afterwards."""
     started: list[Gatehouse] = []
+    numbers = itertools.count()
 
     def factory(**kwargs: Any) -> Gatehouse:
-        workdir = tmp_path / f"gh{len(started)}"
+        workdir = tmp_path / f"gh{next(numbers)}"  # a start that failed keeps its own
         workdir.mkdir()
         gh = start_gatehouse(workdir, **kwargs)
         started.append(gh)

@@ -32,7 +32,7 @@ from proxy.identity.config import BrowserConfig, IdentityConfig
 from proxy.identity.session import CookieCodec, load_cookie_keys, new_cookie_key
 from tests.peers.cloud.tls import make_tls
 from tests.peers.oidc_provider import WEB_CLIENT, OidcProvider, rsa_jwk
-from tests.support.gatehouse import Gatehouse
+from tests.support.gatehouse import Gatehouse, PortTaken
 from tests.support.net import free_port
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
@@ -333,23 +333,31 @@ async def browser_gatehouse(
 ) -> AsyncIterator[Deployment]:
     """A gatehouse with browser login in front of the echo upstream, and its provider
     (not started with ``start_provider=False``: its port and issuer are fixed anyway)."""
-    port = free_port()
-    base = f"https://localhost:{port}"
-    provider = OidcProvider(
-        keys=[rsa_jwk("rsa-1")],
-        redirect_uris=[f"{base}/.gatehouse/callback"],
-        accounts=accounts or {"alice": {"email": "alice@example.test", "groups": ["eng"]}},
-        options=provider_options or {},
-        port=free_port(),
-    )
-    provider.issuer = f"http://127.0.0.1:{provider.port}"
-    if start_provider:
-        await asyncio.to_thread(provider.start)
-    try:
-        keys = tmp_path / "cookie-keys"
-        keys.write_text(new_cookie_key() + "\n")
-        secret = tmp_path / "client-secret"
-        secret.write_text(WEB_CLIENT["client_secret"])
+    keys = tmp_path / "cookie-keys"
+    keys.write_text(new_cookie_key() + "\n")
+    secret = tmp_path / "client-secret"
+    secret.write_text(WEB_CLIENT["client_secret"])
+    default_routes = [
+        {
+            "name": "app",
+            "path": "/echo",
+            "backend": "up",
+            "allow": [{"name": "signed-in", "authenticated": True}],
+        }
+    ]
+    tls = {"cert_file": str(certs["server_cert"]), "key_file": str(certs["server_key"])}
+    # Gatehouse's port is chosen first (the provider must know where to redirect);
+    # should another process take it meanwhile, all starts again on other ports.
+    for attempt in range(3):
+        port = free_port()
+        provider = OidcProvider(
+            keys=[rsa_jwk("rsa-1")],
+            redirect_uris=[f"https://localhost:{port}/.gatehouse/callback"],
+            accounts=accounts or {"alice": {"email": "alice@example.test", "groups": ["eng"]}},
+            options=provider_options or {},
+            port=free_port(),
+        )
+        provider.issuer = f"http://127.0.0.1:{provider.port}"
         identity = {
             "browser": {
                 "issuer": provider.issuer,
@@ -360,24 +368,27 @@ async def browser_gatehouse(
                 **(browser or {}),
             }
         }
-        default_routes = [
-            {
-                "name": "app",
-                "path": "/echo",
-                "backend": "up",
-                "allow": [{"name": "signed-in", "authenticated": True}],
-            }
-        ]
-        tls = {"cert_file": str(certs["server_cert"]), "key_file": str(certs["server_key"])}
-        gh = await asyncio.to_thread(
-            gatehouse,
-            port=port,
-            backends={"up": {"urls": [upstream_url]}},
-            routes=routes or default_routes,
-            listen={"tls": tls, **(listen or {})},
-            extra={"identity": identity, **(extra or {})},
-        )
-        client_ssl = ssl.create_default_context(cafile=str(certs["ca"]))
-        yield Deployment(gh, provider, client_ssl)
+        try:
+            if start_provider:
+                await asyncio.to_thread(provider.start)
+            gh = await asyncio.to_thread(
+                gatehouse,
+                port=port,
+                backends={"up": {"urls": [upstream_url]}},
+                routes=routes or default_routes,
+                listen={"tls": tls, **(listen or {})},
+                extra={"identity": identity, **(extra or {})},
+            )
+        except PortTaken:
+            await asyncio.to_thread(provider.close)
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            await asyncio.to_thread(provider.close)
+            raise
+        break
+    try:
+        yield Deployment(gh, provider, ssl.create_default_context(cafile=str(certs["ca"])))
     finally:
         await asyncio.to_thread(provider.close)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.net import free_port, wait_for_port
+from tests.support.net import free_port, listeners
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,6 +98,10 @@ def write_config(
     return path, port, admin_port, audit_path
 
 
+class PortTaken(RuntimeError):
+    """Another process took a port gatehouse needed, and the caller fixed that port."""
+
+
 def start_gatehouse(
     workdir: Path,
     *,
@@ -110,21 +114,45 @@ def start_gatehouse(
     port: int | None = None,
     rules: dict[str, Any] | None = None,
 ) -> Gatehouse:
-    # A port chosen free can still be taken by another process before gatehouse
-    # binds it; only that failure is retried, with fresh ports.
+    """A gatehouse serving on both its ports, confirmed to be the one listening there.
+
+    Ports are chosen free, and other processes (parallel suites) may take one
+    before gatehouse binds it: then it exits, or (``--workers N``, whose
+    listeners share ports) serves beside the other process. Either way it is
+    started again on fresh ports (the admin port only, when the caller chose
+    ``port``; if that one stays taken, PortTaken). Connecting is no proof that
+    it started: the connection may reach the other process.
+    """
     for attempt in range(3):
         gh = _launch(workdir, backends, routes, listen, extra, workers, env, port, rules)
-        try:
-            wait_for_port(gh.admin_port, timeout=30)
-            wait_for_port(gh.port, timeout=30)
-        except TimeoutError:
-            gh.stop()
-            log = gh.stderr()
-            if "Address already in use" in log and port is None and attempt < 2:
-                continue
-            raise RuntimeError(f"gatehouse did not start:\n{log}") from None
-        return gh
+        outcome = _wait_serving(gh, timeout=30)
+        if outcome == "serving":
+            return gh
+        gh.stop()
+        log = gh.stderr()
+        taken = outcome == "taken" or "address already in use" in log.lower()
+        if taken and attempt < 2:
+            continue
+        if taken and port is not None:
+            raise PortTaken(f"port {port} stays taken by another process:\n{log}")
+        raise RuntimeError(f"gatehouse did not start ({outcome}):\n{log}")
     raise AssertionError("unreachable")
+
+
+def _wait_serving(gh: Gatehouse, timeout: float) -> str:
+    """``serving`` (it listens on both ports, alone), ``taken`` (another process listens
+    on one of them too), ``exited`` or ``timed out``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gh.process.poll() is not None:
+            return "exited"
+        found = [listeners(p, gh.process.pid) for p in (gh.admin_port, gh.port)]
+        if any(f.others for f in found):
+            return "taken"
+        if all(f.ours for f in found):
+            return "serving"
+        time.sleep(0.05)
+    return "timed out"
 
 
 def _launch(

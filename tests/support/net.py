@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -36,6 +38,81 @@ def free_port() -> int:
     with socket.socket() as s:  # everything below was taken: fall back to the kernel
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listening_sockets(port: int) -> set[int]:
+    """Inodes of the TCP sockets listening on ``port``, on any address (Linux /proc)."""
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(int(inode))
+    return inodes
+
+
+def _process_tree(pid: int) -> set[int]:
+    """``pid`` and its descendants (the workers and admin process of ``--workers N``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+        children.setdefault(parent, []).append(int(entry))
+    tree, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        tree.add(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def _sockets_of(pids: set[int]) -> set[int]:
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    ours: bool  # the process (or a descendant) listens on the port
+    others: bool  # some other process does too
+
+
+def listeners(port: int, pid: int) -> Listeners:
+    """Who listens on ``port``: process ``pid`` and its descendants, or someone else.
+
+    A successful connect only says that *something* listens: under parallel
+    suites that can be another process that took a port chosen free, while
+    the server it was chosen for failed to bind it.
+    """
+    listening = _listening_sockets(port)
+    if not listening:
+        return Listeners(ours=False, others=False)
+    ours = listening & _sockets_of({pid})
+    if listening - ours:  # a worker's or the admin process's, or someone else's
+        ours = listening & _sockets_of(_process_tree(pid))
+    return Listeners(ours=bool(ours), others=bool(listening - ours))
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
