@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from proxy.http.devcert import dev_certificates
 from tests.support.gatehouse import Gatehouse, start_gatehouse
+from tests.support.net import refused_port
 from tests.support.upstream_app import app as upstream_app
 from tests.support.uvicorn_server import serve_asgi
 
@@ -36,6 +38,14 @@ def upstream_url(upstream_port: int) -> str:
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dev_certificates(tmp_path_factory.mktemp("certs"), ("localhost",))
+
+
+@pytest.fixture
+def refused_url() -> Iterator[Callable[[], str]]:
+    """``refused_url()``: a new http URL where connections are refused until the test ends
+    (a dead upstream that no other process can bring to life, see ``refused_port``)."""
+    with ExitStack() as held:
+        yield lambda: f"http://127.0.0.1:{held.enter_context(refused_port())}"
 
 
 GatehouseFactory = Callable[..., Gatehouse]

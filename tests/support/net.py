@@ -6,6 +6,8 @@ import os
 import random
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,21 @@ def free_port() -> int:
     with socket.socket() as s:  # everything below was taken: fall back to the kernel
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A port where connections are refused for as long as the block runs.
+
+    A port merely chosen free (and left so) is free for anyone: under
+    parallel suites another server may start listening there, and a "down"
+    upstream starts answering. This one stays bound, without listening and
+    without SO_REUSEADDR, so nothing else can bind it and connections to it
+    are refused.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
 
 
 def _listening_sockets(port: int) -> set[int]:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 from fastapi import FastAPI
 
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import public_route
-from tests.support.net import free_port
 from tests.support.uvicorn_server import serve_asgi
 
 
 async def test_a_dead_endpoint_costs_no_request_and_is_reported(
-    gatehouse: GatehouseFactory, upstream_url: str
+    gatehouse: GatehouseFactory, upstream_url: str, refused_url: Callable[[], str]
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = refused_url()
     gh = gatehouse(
         backends={
             "app": {
@@ -26,7 +26,7 @@ async def test_a_dead_endpoint_costs_no_request_and_is_reported(
                 "load_balancing": "least_request",
             },
             "down": {
-                "urls": [f"http://127.0.0.1:{free_port()}"],
+                "urls": [refused_url()],
                 # One endpoint: its third failure in a row leaves nothing usable.
                 "outlier_detection": {"consecutive_failures": 3},
                 "circuit_breaker": {"open_for": "30s"},

@@ -34,7 +34,6 @@ from proxy.upstream.client import (
 from proxy.upstream.forward import _classify
 from proxy.upstream.pool import classify
 from proxy.upstream.retry import Failure
-from tests.support.net import free_port
 from tests.support.pki import loopback_server
 from tests.support.raw_server import (
     Handler,
@@ -485,9 +484,9 @@ async def test_a_second_response_in_the_same_packet_makes_the_connection_unusabl
 
 
 async def test_a_refused_connection_is_connect_failed_and_not_reached(
-    client: UpstreamClient,
+    client: UpstreamClient, refused_url: Callable[[], str]
 ) -> None:
-    origin = parse_origin(f"http://127.0.0.1:{free_port()}")
+    origin = parse_origin(refused_url())
     with pytest.raises(ConnectFailed) as err:
         await client.request(origin, "POST", "/", [])
     assert (err.value.failure, err.value.reached) == (Failure.CONNECT_ERROR, False)

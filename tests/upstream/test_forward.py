@@ -16,39 +16,41 @@ from yarl import URL
 
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import Gatehouse, public_route, start_gatehouse
-from tests.support.net import free_port
+from tests.support.net import refused_port
 
 
 @pytest.fixture(scope="module")
 def gh(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatehouse]:
     workdir = tmp_path_factory.mktemp("forward")
-    proc = start_gatehouse(
-        workdir,
-        backends={
-            "up": {
-                "urls": [upstream_url],
-                "timeouts": {"connect": "1s", "read": "2s", "total": "2s"},
+    # The dead backend's port stays held, so no other process can start answering there.
+    with refused_port() as down_port:
+        proc = start_gatehouse(
+            workdir,
+            backends={
+                "up": {
+                    "urls": [upstream_url],
+                    "timeouts": {"connect": "1s", "read": "2s", "total": "2s"},
+                },
+                "down": {"urls": [f"http://127.0.0.1:{down_port}"]},
             },
-            "down": {"urls": [f"http://127.0.0.1:{free_port()}"]},
-        },
-        routes=[
-            public_route("small", "/echo/small", "up", max_body="1KiB"),
-            public_route("slow", "/slow", "up", timeout="500ms"),
-            public_route("down", "/down", "down"),
-            public_route("host", "/echo/host", "up", preserve_host=True),
-            public_route(
-                "headers",
-                "/echo/headers",
-                "up",
-                set_request_headers={"X-Env": "test"},
-                remove_request_headers=["X-Debug"],
-            ),
-            public_route("ws", "/ws", "up", websocket=True),
-            public_route("all", "/", "up", max_body="2GiB"),
-        ],
-    )
-    yield proc
-    proc.stop()
+            routes=[
+                public_route("small", "/echo/small", "up", max_body="1KiB"),
+                public_route("slow", "/slow", "up", timeout="500ms"),
+                public_route("down", "/down", "down"),
+                public_route("host", "/echo/host", "up", preserve_host=True),
+                public_route(
+                    "headers",
+                    "/echo/headers",
+                    "up",
+                    set_request_headers={"X-Env": "test"},
+                    remove_request_headers=["X-Debug"],
+                ),
+                public_route("ws", "/ws", "up", websocket=True),
+                public_route("all", "/", "up", max_body="2GiB"),
+            ],
+        )
+        yield proc
+        proc.stop()
 
 
 async def get_json(url: str, **kwargs: Any) -> tuple[int, dict[str, str], Any]:

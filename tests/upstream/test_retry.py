@@ -41,7 +41,6 @@ from proxy.upstream.retry import (
     should_retry,
     status_failure,
 )
-from tests.support.net import free_port
 
 ALL_FAILURES = tuple(Failure)
 EVERYTHING = RetryOptions(attempts=5, retry_on=frozenset(RETRY_ON))
@@ -318,9 +317,9 @@ async def test_a_put_whose_body_was_already_streamed_is_not_replayed(
 
 
 async def test_a_post_refused_at_connect_is_retried_and_arrives_once_with_its_body(
-    front: Front, echo: tuple[EchoUpstream, str]
+    front: Front, echo: tuple[EchoUpstream, str], refused_url: Callable[[], str]
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = refused_url()
     pool = EndpointPool([dead, echo[1]], options(), name="retry-refused")
     body = os.urandom(300_000)
     status, text = await call(await front(pool), "POST", body)
@@ -374,8 +373,10 @@ async def test_a_503_answer_to_a_get_is_retried_but_returned_when_retries_run_ou
         await runner.cleanup()
 
 
-async def test_no_retry_starts_that_could_not_finish_before_the_deadline() -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+async def test_no_retry_starts_that_could_not_finish_before_the_deadline(
+    refused_url: Callable[[], str],
+) -> None:
+    dead = refused_url()
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -413,9 +414,12 @@ def sample(name: str, **labels: str) -> float:
 
 
 async def test_each_retry_is_counted_by_how_the_failed_attempt_ended(
-    front: Front, resetting: tuple[ResettingUpstream, str], echo: tuple[EchoUpstream, str]
+    front: Front,
+    resetting: tuple[ResettingUpstream, str],
+    echo: tuple[EchoUpstream, str],
+    refused_url: Callable[[], str],
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = refused_url()
     for first, backend in ((resetting[1], "retry-count-reset"), (dead, "retry-count-refused")):
         pool = EndpointPool([first, echo[1]], options(), name=backend)
         assert (await call(await front(pool), "GET"))[0] == 200
