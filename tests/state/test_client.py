@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 from proxy.config.reader import SecretRef
 from proxy.state.client import StateClient, StateUnreachable
 from proxy.state.shared import SharedState
-from tests.state.conftest import MakeState, eventually, state_config
+from tests.state.conftest import MakeState, state_config
 from tests.state.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 
 def available_gauge() -> float | None:

@@ -17,8 +17,9 @@ from proxy.state.credentials import key_digest
 from proxy.state.shared import SharedState
 from tests.credentials.conftest import make_broker, parse_backends, route
 from tests.peers.cloud.oauth import OAuthServer
-from tests.state.conftest import MakeState, eventually
+from tests.state.conftest import MakeState
 from tests.state.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 SECRET = "gh-client-secret-value"
 MakeBroker = Callable[..., Awaitable[CredentialBroker]]

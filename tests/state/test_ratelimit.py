@@ -11,8 +11,9 @@ from prometheus_client import REGISTRY
 
 from proxy.policy.model import RateLimit, Route
 from proxy.state.ratelimit import SharedRateLimiter
-from tests.state.conftest import MakeState, eventually
+from tests.state.conftest import MakeState
 from tests.state.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 TEN_PER_MINUTE = RateLimit(requests=10, per=60.0, burst=10)
 
