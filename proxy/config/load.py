@@ -293,14 +293,7 @@ def _tracing_section(m: Mapping | None, environ: EnvMapping[str, str]) -> Tracin
     if endpoint is None and not m.has("otlp_endpoint"):
         m.error(None, f"{m.where}: missing 'otlp_endpoint' (or set OTEL_EXPORTER_OTLP_ENDPOINT)")
     service = m.text("service_name", environ.get("OTEL_SERVICE_NAME") or "gatehouse")
-    ratio = 1.0
-    got = m._typed("sample_ratio", False, (int, float), "a number between 0 and 1")
-    if got is not None:
-        value = float(got[0])  # type: ignore[arg-type]
-        if 0.0 <= value <= 1.0:
-            ratio = value
-        else:
-            m.doc.error(got[1], f"{m.where}.sample_ratio: must be between 0 and 1")
+    ratio = m.number("sample_ratio", 1.0, minimum=0.0, maximum=1.0)
     m.close()
     if endpoint is None:
         return None
