@@ -1,0 +1,625 @@
+"""One HTTP/1.1 connection without I/O: bytes in, events out; events in, bytes out.
+
+:class:`ServerConnection` is the listener's side of a client connection,
+:class:`ClientConnection` the upstream client's side of a connection to an
+upstream. Both follow h11's model: the owner feeds received bytes with
+``receive_data`` (``b""`` for the peer's end of stream) and asks for
+``next_event()``, which answers with a head, a piece of body (``bytes``),
+:data:`END_OF_MESSAGE`, or :data:`NEED_DATA` / :data:`PAUSED` /
+:data:`CONNECTION_CLOSED`; it sends by calling ``send_*`` methods that return
+the bytes to write. Every event goes through the state machine of
+:mod:`proxy.http.h1.state`, so an exchange the machine does not allow is
+refused, and a connection is reused only through its one guard,
+:meth:`start_next_cycle`.
+
+Received bytes wait in one buffer until the owner asks for the next event,
+so a request pipelined behind one still being answered, or the first bytes of
+another protocol behind an upgrade request, stay unparsed until their turn:
+:attr:`buffered` tells the owner when to stop reading from the socket. A body
+whose message carried no body framing is announced by the head alone: a head
+whose ``framing`` is 0 is followed by no body events and no END_OF_MESSAGE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from proxy.http.h1 import state as events
+from proxy.http.h1.reader import (
+    BodyReader,
+    ChunkedReader,
+    HeadParser,
+    LengthReader,
+    UntilCloseReader,
+)
+from proxy.http.h1.rules import (
+    CHUNKED,
+    UNTIL_CLOSE,
+    IncompleteMessage,
+    Limits,
+    RemoteProtocolError,
+    malformed,
+    request_framing,
+    response_framing,
+    response_has_body,
+    status_has_body,
+)
+from proxy.http.h1.state import (
+    CLIENT,
+    CLOSED,
+    DONE,
+    IDLE,
+    MIGHT_SWITCH_PROTOCOL,
+    MUST_CLOSE,
+    SEND_BODY,
+    SEND_RESPONSE,
+    SERVER,
+    SWITCHED_PROTOCOL,
+    ConnectionState,
+    LocalProtocolError,
+    Role,
+)
+from proxy.http.h1.writer import CONTINUE, LAST_CHUNK, chunk, request_head, response_head
+
+
+class Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = Sentinel("NEED_DATA")  # nothing to report until more bytes arrive
+PAUSED: Final = Sentinel("PAUSED")  # the peer is ahead of us: finish our side first
+END_OF_MESSAGE: Final = Sentinel("END_OF_MESSAGE")
+CONNECTION_CLOSED: Final = Sentinel("CONNECTION_CLOSED")
+
+_COMPACT_AFTER = 64 * 1024
+
+
+class RequestHead:
+    """A parsed request head. ``framing`` is the body's length, or ``CHUNKED``."""
+
+    __slots__ = (
+        "expect_continue",
+        "framing",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "size",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        host: bytes | None,
+        framing: int,
+        keep_alive: bool,
+        upgrade: bytes | None,
+        expect_continue: bool,
+        size: int,
+    ) -> None:
+        self.method = method
+        self.target = target  # as sent, decoded UTF-8 (undecodable bytes kept as surrogates)
+        self.version = version  # "1.0" or "1.1"
+        self.headers = headers  # (name, value) as received, trailing whitespace removed
+        self.host = host
+        self.framing = framing
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade  # the Upgrade value when the request asks to switch protocols
+        self.expect_continue = expect_continue
+        self.size = size  # bytes of the head
+
+
+class ResponseHead:
+    """A parsed response head (an informational one when ``status`` < 200)."""
+
+    __slots__ = ("content_length", "framing", "headers", "keep_alive", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[bytes, bytes]],
+        framing: int,
+        content_length: int | None,
+        keep_alive: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.framing = framing  # a length (0: no body), CHUNKED or UNTIL_CLOSE
+        self.content_length = content_length  # announced, for a body that may follow (or HEAD)
+        self.keep_alive = keep_alive
+
+
+Received = RequestHead | ResponseHead | bytes | Sentinel
+
+
+class _Connection:
+    """What both roles share: the state machine, the receive buffer and body framing."""
+
+    __slots__ = ("_body", "_buf", "_ended", "_eof", "_head", "_pos", "limits", "state")
+
+    their_role: Role
+
+    def __init__(self, limits: Limits, *, request_heads: bool) -> None:
+        self.limits = limits
+        self.state = ConnectionState()
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        self._eof = False
+        self._head = HeadParser(limits, request=request_heads)
+        self._body: BodyReader | None = None
+        self._ended = False  # the body's last bytes went out with the previous event
+
+    # -- receiving -------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; ``b""`` is its end of stream."""
+        if not data:
+            self._eof = True
+            return
+        buf = self._buf
+        if self._pos >= len(buf):
+            self._buf, self._pos = data, 0
+        elif type(buf) is bytes:
+            # Bytes left over: keep them in a bytearray, which grows in place.
+            self._buf = bytearray(memoryview(buf)[self._pos :])
+            self._buf += data
+            self._pos = 0
+        else:
+            buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet turned into events."""
+        return len(self._buf) - self._pos
+
+    @property
+    def their_eof(self) -> bool:
+        return self._eof
+
+    def _consume(self, size: int) -> None:
+        pos = self._pos + size
+        buf = self._buf
+        if pos >= len(buf):
+            self._buf, self._pos = b"", 0
+        elif pos > _COMPACT_AFTER and type(buf) is bytearray and pos > len(buf) // 2:
+            del buf[:pos]
+            self._pos = 0
+        else:
+            self._pos = pos
+
+    def trailing_data(self) -> bytes:
+        """After a protocol switch: the bytes received beyond the last HTTP message."""
+        if self.state.client is not SWITCHED_PROTOCOL:
+            raise LocalProtocolError("no protocol switch happened")
+        data = bytes(self._buf[self._pos :])
+        self._buf, self._pos = b"", 0
+        return data
+
+    def _read_body(self) -> bytes | Sentinel:
+        if self._ended:
+            return self._end_of_body()
+        reader = self._body
+        assert reader is not None
+        try:
+            data, used, done = reader.read(self._buf, self._pos, self._eof)
+        except RemoteProtocolError:
+            self.state.process_error(self.their_role)
+            raise
+        if used:
+            self._consume(used)
+        if data:
+            self._ended = done
+            return data
+        if done:
+            return self._end_of_body()
+        return NEED_DATA
+
+    def _end_of_body(self) -> Sentinel:
+        self._ended = False
+        self._body = None
+        self.state.process_event(self.their_role, events.END_OF_MESSAGE)
+        return END_OF_MESSAGE
+
+    def _start_body(self, framing: int) -> None:
+        if framing == CHUNKED:
+            self._body = ChunkedReader(self.limits)
+        elif framing == UNTIL_CLOSE:
+            self._body = UntilCloseReader()
+        else:
+            self._body = LengthReader(framing)
+
+    def _failed(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+        self.state.process_error(self.their_role)
+        return exc
+
+    # -- reuse -------------------------------------------------------------------
+    @property
+    def reusable(self) -> bool:
+        return self.state.reusable
+
+    def start_next_cycle(self) -> None:
+        """Back to IDLE for the next exchange; refused unless both sides are DONE."""
+        self.state.start_next_cycle()
+
+
+class ServerConnection(_Connection):
+    """The listener's side of one client connection: requests in, responses out."""
+
+    __slots__ = ("_chunked_out", "_method", "_remaining_out", "_version")
+
+    their_role = CLIENT
+
+    def __init__(self, limits: Limits) -> None:
+        super().__init__(limits, request_heads=True)
+        self._method: str | None = None  # of the request being answered
+        self._version = "1.1"
+        self._chunked_out = False
+        self._remaining_out: int | None = None  # bytes of a Content-Length body still to send
+
+    def next_event(self) -> RequestHead | bytes | Sentinel:
+        state = self.state
+        client = state.client
+        if client is SEND_BODY:
+            return self._read_body()
+        if client is IDLE and state.server is IDLE:
+            return self._read_request()
+        if client is CLOSED:
+            return CONNECTION_CLOSED
+        if (client is DONE or client is MUST_CLOSE) and self._eof and not self.buffered:
+            state.process_event(CLIENT, events.CONNECTION_CLOSED)
+            return CONNECTION_CLOSED
+        if client is IDLE or client is DONE or client is MUST_CLOSE:
+            return PAUSED  # our answer to the last request is not finished
+        if client is MIGHT_SWITCH_PROTOCOL or client is SWITCHED_PROTOCOL:
+            return PAUSED
+        raise malformed("the client already broke the protocol")
+
+    def _read_request(self) -> RequestHead | Sentinel:
+        buf = self._buf
+        pos = self._pos
+        # RFC 9112 §2.2: empty lines before a request line are ignored.
+        while buf.startswith(b"\r\n", pos):
+            pos += 2
+        if pos != self._pos:
+            self._consume(pos - self._pos)
+            buf, pos = self._buf, self._pos
+            self._head.next_message()  # what it saw of them was no head
+        if pos >= len(buf):
+            return self._closed_between_requests()
+        head = self._head
+        try:
+            size = head.read(buf, pos)
+            if not size:
+                return self._closed_between_requests() if self._eof else NEED_DATA
+            request = self._request_head(head, size)
+        except RemoteProtocolError as exc:
+            head.next_message()
+            raise self._failed(exc) from None
+        head.next_message()
+        self._consume(size)
+        state = self.state
+        self._method = request.method
+        self._version = request.version
+        state.process_event(CLIENT, events.REQUEST)
+        if request.upgrade is not None:
+            state.process_upgrade_proposal()
+        if not request.keep_alive:
+            state.process_keep_alive_disabled()
+        if request.framing:
+            self._start_body(request.framing)
+            reader = self._body
+            if isinstance(reader, ChunkedReader) and self.buffered:
+                try:
+                    reader.check_ahead(self._buf, self._pos)
+                except RemoteProtocolError as exc:
+                    raise self._failed(exc) from None
+        else:
+            state.process_event(CLIENT, events.END_OF_MESSAGE)
+        return request
+
+    def _closed_between_requests(self) -> Sentinel:
+        if not self._eof:
+            return NEED_DATA
+        # Between requests, or inside a head that will never be finished: nothing to answer.
+        self._buf, self._pos = b"", 0
+        self._head.next_message()
+        self.state.process_event(CLIENT, events.CONNECTION_CLOSED)
+        return CONNECTION_CLOSED
+
+    def _request_head(self, head: HeadParser, size: int) -> RequestHead:
+        version = head.version
+        if version != "1.1" and version != "1.0":
+            raise malformed(f"HTTP version {version}")
+        if head.host is None and version == "1.1":
+            raise malformed("no Host field")
+        framing = request_framing(head.lengths, head.codings)
+        if framing == CHUNKED and version == "1.0":
+            raise malformed("Transfer-Encoding in an HTTP/1.0 request")
+        return RequestHead(
+            head.method,
+            head.target.decode("utf-8", "surrogateescape"),
+            version,
+            head.headers,
+            head.host,
+            framing,
+            # HTTP/1.0 keep-alive is not offered: the answer to 1.0 ends the connection.
+            version == "1.1" and head.keep_alive,
+            head.upgrade if head.upgrade is not None and head.wants_upgrade else None,
+            version == "1.1" and head.expect.lower() == b"100-continue",
+            size,
+        )
+
+    # -- sending -------------------------------------------------------------------
+    def _close_after_response(self) -> bool:
+        """Decided when a response head goes out: ``Connection: close`` or not."""
+        state = self.state
+        client = state.client
+        close = (
+            not state.keep_alive
+            # The request body is not read to its end: its rest cannot be skipped safely.
+            or (client is not DONE and client is not MIGHT_SWITCH_PROTOCOL)
+            # The client has sent its last byte and nothing of it waits to be answered.
+            or (self._eof and not self.buffered)
+        )
+        if close and state.keep_alive:
+            state.process_keep_alive_disabled()
+        return close
+
+    def send_continue(self) -> bytes:
+        """``100 Continue``, once, while the final answer has not started; else nothing."""
+        state = self.state
+        if state.server is not SEND_RESPONSE or state.client is not SEND_BODY:
+            return b""
+        state.process_event(SERVER, events.INFORMATIONAL)
+        return CONTINUE
+
+    def send_whole(
+        self, status: int, reason: str, lines: list[bytes], body: bytes, *, has_date: bool = False
+    ) -> bytes:
+        """A complete response (head, and body unless HEAD/1xx/204/304) as one piece."""
+        length = len(body) if status_has_body(status) else None
+        # Built before any transition: a head that cannot be serialised changes nothing.
+        close = self._close_after_response()
+        head = response_head(status, reason, lines, length, close=close, has_date=has_date)
+        state = self.state
+        state.process_event(SERVER, events.RESPONSE)
+        state.process_event(SERVER, events.END_OF_MESSAGE)
+        if body and self._method is not None and response_has_body(self._method, status):
+            return head + body
+        return head
+
+    def send_head(
+        self,
+        status: int,
+        reason: str,
+        lines: list[bytes],
+        length: int | None,
+        *,
+        has_date: bool = False,
+    ) -> tuple[bytes, bool]:
+        """A streamed response's head, and whether body bytes may follow.
+
+        ``length`` None: chunked for HTTP/1.1 clients, delimited by the close
+        for HTTP/1.0 ones.
+        """
+        method = self._method or "GET"
+        body = response_has_body(method, status)
+        if not status_has_body(status):
+            length = None
+        chunked = body and length is None and self._version == "1.1"
+        if body and length is None and not chunked:
+            self.state.process_keep_alive_disabled()  # the close ends the body
+        close = self._close_after_response()
+        head = response_head(
+            status, reason, lines, length, chunked=chunked, close=close, has_date=has_date
+        )
+        state = self.state
+        state.process_event(SERVER, events.RESPONSE)
+        self._chunked_out = chunked
+        self._remaining_out = length if body else None
+        if not body:
+            state.process_event(SERVER, events.END_OF_MESSAGE)
+        return head, body
+
+    def send_data(self, data: bytes) -> bytes:
+        self.state.process_event(SERVER, events.DATA)
+        if self._chunked_out:
+            return chunk(data) if data else b""
+        remaining = self._remaining_out
+        if remaining is not None:
+            if len(data) > remaining:
+                raise LocalProtocolError("body longer than its Content-Length")
+            self._remaining_out = remaining - len(data)
+        return data
+
+    def send_end(self) -> bytes:
+        if self._remaining_out:
+            raise LocalProtocolError("body shorter than its Content-Length")
+        self.state.process_event(SERVER, events.END_OF_MESSAGE)
+        if self._chunked_out:
+            self._chunked_out = False
+            return LAST_CHUNK
+        return b""
+
+    def send_switch(self, lines: list[bytes]) -> bytes:
+        """``101 Switching Protocols``: from here on the connection is not HTTP/1.1."""
+        if self.state.client is not MIGHT_SWITCH_PROTOCOL:
+            raise LocalProtocolError("no finished upgrade request to accept")
+        head = response_head(101, "Switching Protocols", lines, None, has_date=True)
+        self.state.process_event(SERVER, events.SWITCH)
+        return head
+
+    def send_failure(self, status: int, lines: list[bytes], body: bytes) -> bytes:
+        """An error answer outside the normal exchange (a refused head, a timed-out one).
+
+        The connection closes after it, whatever state the request was in.
+        """
+        self.state.process_keep_alive_disabled()
+        head = response_head(status, "", lines, len(body), close=True, has_date=True)
+        state = self.state
+        if state.server is IDLE or state.server is SEND_RESPONSE:
+            state.process_event(SERVER, events.RESPONSE)
+            state.process_event(SERVER, events.END_OF_MESSAGE)
+        return head + body
+
+    def start_next_cycle(self) -> None:
+        super().start_next_cycle()
+        self._method = None
+
+
+class ClientConnection(_Connection):
+    """The upstream client's side of one connection: requests out, responses in."""
+
+    __slots__ = ("_chunked_out", "_method", "_remaining_out")
+
+    their_role = SERVER
+
+    def __init__(self, limits: Limits) -> None:
+        super().__init__(limits, request_heads=False)
+        self._method = "GET"
+        self._chunked_out = False
+        self._remaining_out: int | None = None
+
+    # -- sending -------------------------------------------------------------------
+    def send_request(
+        self,
+        method: str,
+        target: str,
+        host: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        length: int | None = None,
+        chunked: bool = False,
+        upgrade: bool = False,
+    ) -> bytes:
+        """The request head. A body follows when ``length`` (> 0) is given or ``chunked``.
+
+        ``upgrade``: the headers ask to switch protocols, and a 101 is expected.
+        """
+        head = request_head(method, target, host, headers, length=length, chunked=chunked)
+        self.start_request(method, length=length, chunked=chunked, upgrade=upgrade)
+        return head
+
+    def start_request(
+        self,
+        method: str,
+        *,
+        length: int | None = None,
+        chunked: bool = False,
+        upgrade: bool = False,
+    ) -> None:
+        """Record a request whose head the caller built with :func:`request_head` (same
+        ``length`` and ``chunked``): building it first lets a head that cannot be
+        sent be refused before any connection is chosen."""
+        state = self.state
+        state.process_event(CLIENT, events.REQUEST)
+        self._method = method
+        if upgrade:
+            state.process_upgrade_proposal()
+        self._chunked_out = chunked
+        self._remaining_out = None if chunked else (length or 0)
+        if not chunked and not length:
+            state.process_event(CLIENT, events.END_OF_MESSAGE)
+
+    def send_data(self, data: bytes) -> bytes:
+        self.state.process_event(CLIENT, events.DATA)
+        if self._chunked_out:
+            return chunk(data) if data else b""
+        remaining = self._remaining_out or 0
+        if len(data) > remaining:
+            # The excess would be read upstream as the start of another request.
+            raise LocalProtocolError("request body longer than its Content-Length")
+        self._remaining_out = remaining - len(data)
+        return data
+
+    def send_end(self) -> bytes:
+        if self._remaining_out:
+            raise LocalProtocolError("request body shorter than its Content-Length")
+        self.state.process_event(CLIENT, events.END_OF_MESSAGE)
+        if self._chunked_out:
+            self._chunked_out = False
+            return LAST_CHUNK
+        return b""
+
+    # -- receiving -------------------------------------------------------------------
+    def next_event(self) -> ResponseHead | bytes | Sentinel:
+        state = self.state
+        server = state.server
+        if server is SEND_BODY:
+            return self._read_body()
+        if server is SEND_RESPONSE:
+            return self._read_response()
+        if server is CLOSED:
+            return CONNECTION_CLOSED
+        if server is SWITCHED_PROTOCOL:
+            return PAUSED
+        if server is IDLE or server is DONE or server is MUST_CLOSE:
+            if self.buffered:
+                raise self._failed(malformed("bytes from the upstream that no request asked for"))
+            if self._eof:
+                state.process_event(SERVER, events.CONNECTION_CLOSED)
+                return CONNECTION_CLOSED
+            return NEED_DATA
+        raise malformed("the upstream already broke the protocol")
+
+    def _read_response(self) -> ResponseHead | Sentinel:
+        head = self._head
+        try:
+            size = head.read(self._buf, self._pos)
+            if not size:
+                if self._eof:
+                    raise IncompleteMessage("connection closed before a complete response head")
+                return NEED_DATA
+            response = self._response_head(head)
+        except RemoteProtocolError as exc:
+            head.next_message()
+            raise self._failed(exc) from None
+        head.next_message()
+        self._consume(size)
+        state = self.state
+        status = response.status
+        if status < 200:
+            if status == 101:
+                state.process_event(SERVER, events.SWITCH)
+            else:
+                state.process_event(SERVER, events.INFORMATIONAL)
+            return response
+        state.process_event(SERVER, events.RESPONSE)
+        if not response.keep_alive or response.framing == UNTIL_CLOSE:
+            state.process_keep_alive_disabled()
+        if response.framing:
+            self._start_body(response.framing)
+        else:
+            state.process_event(SERVER, events.END_OF_MESSAGE)
+        return response
+
+    def _response_head(self, head: HeadParser) -> ResponseHead:
+        status = head.status
+        if status == 101 and not self.state.upgrade_proposed:
+            raise malformed("unexpected protocol switch")
+        framing = response_framing(self._method, status, head.lengths, head.codings)
+        length = None
+        if head.lengths and not head.codings and status_has_body(status):
+            length = int(head.lengths[0])  # checked by response_framing
+        return ResponseHead(
+            status,
+            head.reason.decode("latin-1"),
+            head.headers,
+            framing,
+            length,
+            head.keep_alive,
+        )
