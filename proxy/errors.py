@@ -7,6 +7,11 @@ bodies, audit records and metric labels, so they must never carry request data.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.upstream.retry import Failure
+
 
 class GatehouseError(Exception):
     """Base for every failure that ends a request with an error response."""
@@ -60,6 +65,12 @@ class RequestTimeout(RequestRejected):
     """The request head did not arrive whole within ``listen.header_timeout``."""
 
     status, reason = 408, "request_timeout"
+
+
+class ClientDisconnected(RequestRejected):
+    """The client went away before its request was read (nginx's 499: no one gets the answer)."""
+
+    status, reason = 499, "client_disconnected"
 
 
 # -- audit ----------------------------------------------------------------
@@ -125,9 +136,27 @@ class UpstreamCredentialsUnavailable(GatehouseError):
 
 # -- forward --------------------------------------------------------------
 class UpstreamError(GatehouseError):
-    """The upstream could not be reached or did not answer properly."""
+    """The upstream could not be reached or did not answer properly.
+
+    Raised for one attempt, it carries what the failure says about the
+    request: ``failure`` (the retry vocabulary) and ``reached`` (whether the
+    upstream may have seen it; only a request that provably never left may
+    be repeated when its method is not idempotent).
+    """
 
     status, reason = 502, "upstream_unavailable"
+
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        detail: str = "",
+        failure: Failure | None = None,
+        reached: bool = True,
+    ) -> None:
+        super().__init__(reason, detail=detail)
+        self.failure = failure
+        self.reached = reached
 
 
 class UpstreamConnectError(UpstreamError):
@@ -175,6 +204,12 @@ class GrantLimit(GrantError):
 
 class ServiceUnavailable(GatehouseError):
     status, reason = 503, "unavailable"
+
+
+class ShuttingDown(ServiceUnavailable):
+    """Still running at ``shutdown.drain_timeout``: answered (where possible) and closed."""
+
+    reason = "shutting_down"
 
 
 def status_class(status: int) -> str:
