@@ -45,14 +45,12 @@ from proxy.config.load import load_config
 from proxy.config.schema import Config, TracingConfig
 from proxy.gateway import Gateway
 from proxy.http.protocol import HttpServer
-from proxy.http.server import make_server
 from proxy.identity.authenticate import Authenticator
 from proxy.observability.audit import AuditWriter
 from proxy.policy.store import PolicyStore
 from proxy.upstream.client import UpstreamClient, parse_origin
 from proxy.upstream.client import _Connection as UpstreamConnection
 from proxy.upstream.pool import EndpointPool
-from proxy.upstream.websocket import new_client_session
 
 CONNECTIONS = 32
 UPSTREAM = "http://127.0.0.1:9"  # never dialled: its pool is filled with in-memory connections
@@ -253,12 +251,10 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
     """CPU µs per request of each measured run (none when profiling)."""
     audit = AuditWriter(config.audit.output)
     client = UpstreamClient()
-    session = new_client_session()
     gateway = Gateway(
         config=config,
         policies=PolicyStore(config.policy_dir, backends=set(config.backends)),
         audit=audit,
-        session=session,
         client=client,
         pools={
             name: EndpointPool(b.urls, b.options, name=name) for name, b in config.backends.items()
@@ -274,8 +270,7 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
         if config.identity.enabled:
             gateway.authenticator = auth
             gateway.local_endpoints += (auth.local_endpoint,)
-        upgrades = make_server(gateway.handle, config.listen, audit)
-        server = HttpServer(gateway.handle, config.listen, audit, upgrades)
+        server = HttpServer(gateway.handle, config.listen, audit)
         decision = config.listen.mode == "decision"
         run = Run(server, client, token if config.identity.enabled else None, decision)
         await run.go(max(1000, n // 10))  # warm-up: caches, JWT verified once
@@ -297,7 +292,6 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
         if gateway.tracing is not None:
             await asyncio.to_thread(gateway.tracing.shutdown)
         await auth.close()
-        await session.close()
         audit.close()
 
 

@@ -35,7 +35,7 @@ from proxy.errors import StartupError
 from proxy.gateway import Gateway, LocalEndpoint
 from proxy.http.facts import RequestFacts
 from proxy.http.protocol import HttpServer, RequestView
-from proxy.http.server import bind_socket, make_server, start_listener
+from proxy.http.server import bind_socket, start_listener
 from proxy.http.tls import Listener
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.mtls import certificate_from_der
@@ -48,7 +48,6 @@ from proxy.ratelimit import RateLimiter
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.reachability import Reachability
-from proxy.upstream.websocket import new_client_session
 
 log = logging.getLogger("gatehouse")
 
@@ -123,7 +122,6 @@ async def serve(
         ) from None
     decision = config.listen.mode == "decision"
     policies = PolicyStore(config.policy_dir, backends=set(config.backends), websocket=not decision)
-    session = new_client_session()
     client = UpstreamClient()
     state = None
     local_limiter = RateLimiter()
@@ -140,7 +138,6 @@ async def serve(
         config=config,
         policies=policies,
         audit=audit,
-        session=session,
         client=client,
         pools=pools,
         certificate_reader=certificate_from_der,
@@ -213,8 +210,7 @@ async def serve(
     # A 431 (say, a Cookie header too large) clears our cookies, or it would repeat.
     browser_cfg = config.identity.browser
     clear_on_431 = tuple(clearing_cookies(browser_cfg.cookie_name)) if browser_cfg else ()
-    upgrades = make_server(gateway.handle, config.listen, audit, clear_on_431)
-    server = HttpServer(gateway.handle, config.listen, audit, upgrades, clear_on_431)
+    server = HttpServer(gateway.handle, config.listen, audit, clear_on_431)
     listener = Listener(functools.partial(start_listener, server), sock, config.listen.tls)
     await listener.start()
 
@@ -275,7 +271,6 @@ async def serve(
                 await closer()
         if admin_runner is not None:
             await admin_runner.cleanup()
-        await session.close()
         await client.close()
         if board is not None:
             board.forget(os.getpid())

@@ -138,6 +138,7 @@ def _listen(m: Mapping | None) -> ListenConfig:
         trusted_proxies=_trusted_proxies(m, mode),
         max_header_size=m.size("max_header_size", 8190),
         max_headers=m.integer("max_headers", 100, minimum=1),
+        max_head_size=m.size("max_head_size", 64 * 2**10),
         keepalive_timeout=m.duration("keepalive_timeout", 75.0),
         header_timeout=m.duration("header_timeout", 30.0),
         max_body=m.size("max_body", 10 * 2**20),
@@ -147,7 +148,11 @@ def _listen(m: Mapping | None) -> ListenConfig:
         ),
         backlog=m.integer("backlog", 1024, minimum=1),
         ipv6_rate_limit_prefix=_prefix_length(m, "ipv6_rate_limit_prefix", 64),
+        websocket_max_message=m.size("websocket_max_message", 16 * 2**20),
+        websocket_idle_timeout=m.duration("websocket_idle_timeout", 300.0),
     )
+    if listen.max_head_size < listen.max_header_size:
+        m.error("max_head_size", f"{m.where}.max_head_size: smaller than max_header_size")
     m.close()
     return listen
 

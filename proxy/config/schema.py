@@ -46,6 +46,7 @@ class ListenConfig:
     trusted_proxies: TrustedProxies = TrustedProxies()
     max_header_size: int = 8190  # per header line / field
     max_headers: int = 100
+    max_head_size: int = 64 * 2**10  # the whole request head (and a trailer section)
     keepalive_timeout: float = 75.0
     header_timeout: float = 30.0  # a request head must arrive whole within this
     max_body: int = 10 * 2**20  # default per-route request body limit
@@ -53,6 +54,8 @@ class ListenConfig:
     backlog: int = 1024
     # Anonymous callers' rate-limit buckets count per IPv6 network of this size.
     ipv6_rate_limit_prefix: int = 64
+    websocket_max_message: int = 16 * 2**20  # a larger message closes the WebSocket (1009)
+    websocket_idle_timeout: float = 300.0  # no frame either way for this long closes it; 0 = never
 
 
 @dataclass(frozen=True, slots=True)

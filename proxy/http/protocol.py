@@ -1,79 +1,71 @@
-"""The listening edge: a lean HTTP/1.1 server on asyncio protocols with aiohttp's C parser.
+"""The listening edge: asyncio protocols feeding bytes to :mod:`proxy.http.h1`, writing its answers.
 
-Why not aiohttp's ``web.Server``: per request it builds a ``BaseRequest``, a
-``StreamWriter`` and a ``StreamResponse``, runs the response through
-``prepare()`` and a chain of awaits, and that machinery cost about a third
-of the proxy's CPU per request. Gatehouse needs one thing from a server:
-bytes in, parsed by llhttp with strict limits, and bytes out. So:
+What is decided here is only what needs a loop or a clock; the HTTP rules
+(framing, keep-alive, limits, the state of each exchange) are the pure
+:class:`~proxy.http.h1.connection.ServerConnection`'s:
 
-* requests are parsed by aiohttp's ``HttpRequestParser`` (llhttp, the same
-  parser, limits and rejections as before: malformed framing never reaches
-  the gateway; it gets a short JSON 400/431, one audit record, and the
-  connection is closed);
-* pipelined requests are answered in order, one at a time per connection;
+* one task per connection answers its requests in order; a request pipelined
+  behind one still being answered stays unparsed in the connection's buffer,
+  and the socket stops being read once that buffer holds
+  ``listen.max_head_size`` + 64 KiB;
+* a malformed, oversized or ambiguous head never reaches the gateway: it gets
+  a short JSON 400/431, one audit record, and the connection is closed;
+  a head still incomplete after ``listen.header_timeout`` gets 408; an idle
+  connection is closed after ``listen.keepalive_timeout``;
 * a response goes out in one ``transport.write`` when its body is known
   (:meth:`Request.send_whole`), or streamed with back-pressure
-  (:meth:`Request.start_stream`), framed by Content-Length or chunked;
-* a connection is kept alive only when the exchange ended cleanly and the
-  request body was read to its end; otherwise the response says
-  ``Connection: close`` and the rest of the client's bytes are drained
-  briefly before closing, so the client reads the answer instead of a reset;
-* a WebSocket upgrade is handed, with the bytes already received, to
-  aiohttp's own server protocol (:mod:`proxy.http.server`), which owns the
-  connection from then on.
+  (:meth:`Request.start_stream`);
+* a connection is kept alive only when both sides finished a clean exchange;
+  an answer sent before the request body was read says ``Connection: close``,
+  and the rest of the client's bytes are drained briefly before closing, so
+  the client reads the answer instead of a reset;
+* a WebSocket upgrade the gateway accepts switches the same connection
+  (:meth:`Request.switch_protocols`): the bytes after the upgrade request are
+  handed to the WebSocket relay, bounded like everything else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import HttpRequestParser
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from multidict import CIMultiDictProxy, MultiDictProxy, MultiMapping
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy, MultiMapping
 from yarl import URL
 
 from proxy.config.schema import ListenConfig
-from proxy.errors import RequestTimeout
+from proxy.errors import ClientDisconnected, RequestRejected, RequestTimeout
+from proxy.http.flow import FlowProtocol, Tunnel
 from proxy.http.forwarding import new_request_id
-from proxy.http.headers import serialise_head
-from proxy.http.server import GatehouseServer, audit_rejection, rejection, rejection_response
-from proxy.observability.audit import AuditWriter
+from proxy.http.h1.connection import (
+    CONNECTION_CLOSED,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    RequestHead,
+    ServerConnection,
+)
+from proxy.http.h1.rules import CHUNKED, IncompleteMessage, Limits, RemoteProtocolError
+from proxy.http.h1.state import IDLE, SEND_BODY
+from proxy.http.responses import rejection_response
+from proxy.observability import metrics
+from proxy.observability.audit import AuditRecord, AuditWriter
 
 log = logging.getLogger("gatehouse.server")
 
-_READ_LIMIT = 2**16
-_MAX_QUEUED = 32  # pipelined requests buffered before reading pauses
+_READ_AHEAD = 64 * 1024  # buffered beyond one head before the socket is paused
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 2**20
 _SWEEP_EVERY = 1.0
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
-def status_has_body(status: int) -> bool:
-    """RFC 9110 §6.4.1: 1xx, 204 and 304 answers never carry content (nor a length)."""
-    return status >= 200 and status != 204 and status != 304
-
-
-def response_has_body(method: str, status: int) -> bool:
-    """A HEAD answer carries the length of the body it omits, but never the body."""
-    return method != "HEAD" and status_has_body(status)
-
-
 class RequestView(Protocol):
-    """What the proxy's own endpoints (login, JWKS) read of a request, on either server."""
+    """What the proxy's own endpoints (login, JWKS) read of a request."""
 
     @property
     def method(self) -> str: ...
@@ -98,47 +90,39 @@ class Written:
     status: int
 
 
-class Request:
-    """One parsed request: what the gateway reads, and the way to answer it.
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
 
-    Carries the same read-only attributes the gateway and the login
-    endpoints use on aiohttp's ``BaseRequest`` (``method``, ``raw_path``,
-    ``headers``, ``raw_headers``, ``content``, ``body_exists``, ``transport``,
-    ``path``, ``host``, ``query``), so both servers feed one gateway.
-    """
+
+class Request:
+    """One parsed request: what the gateway reads, and the way to answer it."""
 
     __slots__ = (
-        "_chunked",
         "_conn",
+        "_ended",
+        "_head",
+        "_headers",
         "_query",
+        "_reading",
         "_started",
-        "_version_11",
-        "content",
-        "headers",
         "method",
         "raw_headers",
         "raw_path",
-        "should_close",
     )
 
-    def __init__(self, conn: _Connection, message: Any, payload: StreamReader) -> None:
+    def __init__(self, conn: _Connection, head: RequestHead) -> None:
         self._conn = conn
-        self.method: str = message.method
-        self.raw_path: str = message.path
-        self.headers: CIMultiDictProxy[str] = message.headers
-        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
-        self.content = payload
-        self.should_close: bool = message.should_close
-        self._version_11: bool = message.version >= (1, 1)
+        self._head = head
+        self.method = head.method
+        self.raw_path = head.target
+        self.raw_headers = head.headers
+        self._headers: CIMultiDictProxy[str] | None = None
         self._query: MultiDictProxy[str] | None = None
         self._started = False
-        self._chunked = False
+        self._ended = False
+        self._reading = False
 
     # -- what the gateway reads ------------------------------------------------
-    @property
-    def body_exists(self) -> bool:
-        return self.content is not EMPTY_PAYLOAD
-
     @property
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
@@ -149,7 +133,16 @@ class Request:
 
     @property
     def host(self) -> str:
-        return self.headers.get("Host", "")
+        host = self._head.host
+        return "" if host is None else _text(host)
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The header fields as text (built on first use: the hot path reads ``raw_headers``)."""
+        if self._headers is None:
+            fields = CIMultiDict((_text(n), _text(v)) for n, v in self.raw_headers)
+            self._headers = CIMultiDictProxy(fields)
+        return self._headers
 
     @property
     def query(self) -> MultiDictProxy[str]:
@@ -157,11 +150,50 @@ class Request:
             self._query = URL(self.raw_path, encoded=True).query
         return self._query
 
+    @property
+    def body_exists(self) -> bool:
+        return self._head.framing != 0
+
+    @property
+    def content_length(self) -> int | None:
+        """The declared body length (None for a chunked body)."""
+        framing = self._head.framing
+        return None if framing == CHUNKED else framing
+
+    @property
+    def expects_continue(self) -> bool:
+        return self._head.expect_continue
+
+    @property
+    def upgrade(self) -> str | None:
+        """The protocol a request asks to switch to (``Upgrade`` + ``Connection: upgrade``)."""
+        upgrade = self._head.upgrade
+        return None if upgrade is None else upgrade.decode("latin-1").strip().lower()
+
+    @property
+    def started(self) -> bool:
+        """A response head has gone out."""
+        return self._started
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The request body as it arrives (read once). Raises a phase error if it breaks."""
+        if self._reading:
+            raise RuntimeError("the request body is read only once")
+        self._reading = True
+        if not self._head.framing:
+            return
+        read = self._conn.read_body
+        while True:
+            data = await read()
+            if data is None:
+                return
+            yield data
+
     # -- answering -------------------------------------------------------------
     def send_continue(self) -> None:
         """Invite the client to send the body it announced with ``Expect: 100-continue``."""
         if not self._started:
-            self._conn.write(_CONTINUE)
+            self._conn.write(self._conn.h1.send_continue())
 
     def send_whole(
         self, status: int, reason: str, lines: list[bytes], body: bytes, *, has_date: bool = False
@@ -171,11 +203,11 @@ class Request:
         ``lines`` are the header lines (``b"Name: value"``) besides Date
         (added unless ``has_date``) and the framing, which is the server's.
         """
-        self._started = True
-        no_body = not response_has_body(self.method, status)
-        length = len(body) if status_has_body(status) else None
-        head = self._head(status, reason, lines, length, has_date)
-        self._conn.write(head if no_body or not body else head + body)
+        conn = self._conn
+        conn.before_response()
+        data = conn.h1.send_whole(status, reason, lines, body, has_date=has_date)
+        self._started = self._ended = True
+        conn.write(data)
         return Written(status)
 
     def start_stream(
@@ -188,78 +220,42 @@ class Request:
         has_date: bool = False,
     ) -> bool:
         """Send the head of a streamed response; False when no body may follow (HEAD, 204, 304)."""
+        conn = self._conn
+        conn.before_response()
+        head, body = conn.h1.send_head(status, reason, lines, length, has_date=has_date)
         self._started = True
-        no_body = not response_has_body(self.method, status)
-        if not status_has_body(status):
-            length = None
-        elif length is None and not no_body:
-            if self._version_11:
-                self._chunked = True
-            else:
-                self._conn.closing = True  # HTTP/1.0: the close delimits the body
-        self._conn.write(self._head(status, reason, lines, length, has_date))
-        return not no_body
+        self._ended = not body
+        conn.write(head)
+        return body
 
     async def write(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        if self._chunked:
-            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        await self._conn.write_drained(chunk)
+        if chunk:
+            conn = self._conn
+            conn.write(conn.h1.send_data(chunk))
+            await conn.drain()
 
     def end_stream(self, status: int) -> Written:
-        if self._chunked:
-            self._conn.write(b"0\r\n\r\n")
+        conn = self._conn
+        data = conn.h1.send_end()
+        self._ended = True
+        if data:
+            conn.write(data)
         return Written(status)
 
     def abort(self) -> None:
         """A streamed response cannot be completed: cut the connection, never fake an end."""
         self._conn.abort()
 
-    def _head(
-        self, status: int, reason: str, lines: list[bytes], length: int | None, has_date: bool
-    ) -> bytes:
+    def switch_protocols(self, lines: list[bytes], limit: int) -> Tunnel:
+        """Accept the client's upgrade with ``101 Switching Protocols``; the connection is
+        the returned tunnel's from here on (its reads bounded by ``limit`` bytes)."""
         conn = self._conn
-        last = conn.client_eof and not conn.has_queued
-        if self.should_close or not self.content.is_eof() or conn.server.closing or last:
-            # An unread request body cannot be skipped safely: end the connection.
-            conn.closing = True
-        return response_head(
-            status,
-            reason,
-            lines,
-            length,
-            chunked=self._chunked,
-            close=conn.closing,
-            has_date=has_date,
-        )
+        conn.write(conn.h1.send_switch(lines))
+        self._started = self._ended = True
+        return conn.tunnel(limit)
 
 
-def response_head(
-    status: int,
-    reason: str,
-    lines: list[bytes],
-    length: int | None,
-    *,
-    chunked: bool = False,
-    close: bool = False,
-    has_date: bool = False,
-) -> bytes:
-    """A response head: the header lines plus Date (unless ``has_date``) and the framing."""
-    head = [b"HTTP/1.1 %d %s" % (status, (reason or _phrase(status)).encode("latin-1"))]
-    head += lines
-    if not has_date:
-        head.append(_http_date())
-    if length is not None:
-        head.append(b"Content-Length: %d" % length)
-    elif chunked:
-        head.append(b"Transfer-Encoding: chunked")
-    if close:
-        head.append(b"Connection: close")
-    return serialise_head(head)
-
-
-def header_lines(headers: Iterable[tuple[str, str]]) -> tuple[list[bytes], bool]:
+def response_lines(headers: Iterable[tuple[str, str]]) -> tuple[list[bytes], bool]:
     """Text headers (an aiohttp response's) as head lines, and whether Date is among them."""
     lines = []
     has_date = False
@@ -273,30 +269,34 @@ Handler = Callable[[Request], Awaitable["web.StreamResponse | Written"]]
 
 
 class HttpServer:
-    """The protocol factory for the listener: connections, keep-alive sweep, shutdown."""
+    """The protocol factory for the listener: connections, their sweep, and shutdown."""
 
     def __init__(
         self,
         handler: Handler,
         listen: ListenConfig,
         audit: AuditWriter | None,
-        upgrades: GatehouseServer,
         clear_on_431: tuple[str, ...] = (),
     ) -> None:
         self.handler = handler
         self.audit = audit
-        self.upgrades = upgrades
-        # Set-Cookie values for a 431 (see proxy.http.server.rejection_response).
+        # Set-Cookie values for a 431 (see proxy.http.responses.rejection_response).
         self.clear_on_431 = clear_on_431
         self.keepalive = listen.keepalive_timeout
         self.header_timeout = listen.header_timeout
-        self.max_line = listen.max_header_size
-        self.max_headers = listen.max_headers
+        self.limits = Limits(
+            max_line=listen.max_header_size,
+            max_headers=listen.max_headers,
+            max_head=listen.max_head_size,
+        )
+        # A whole head must fit before the socket pauses, or it would never complete.
+        self.high_water = listen.max_head_size + _READ_AHEAD
         self.connections: set[_Connection] = set()
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drained: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._gone = asyncio.Event()  # set once closing and every connection is gone
 
     def __call__(self) -> _Connection:
         loop = self._loop
@@ -321,94 +321,102 @@ class HttpServer:
         self._sweeper = self._loop.call_later(_SWEEP_EVERY, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
-        """Stop taking requests, let in-flight ones finish (up to ``grace`` s), close the rest."""
+        """Stop taking requests and let in-flight ones finish, for up to ``grace`` seconds.
+
+        A request still running then is cancelled: the gateway answers it 503
+        ``shutting_down`` where a response can still be written (its one audit
+        record says so), and its connection is closed.
+        """
         self.closing = True
-        self._drained = asyncio.Event()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._idle = asyncio.Event()
         for conn in list(self.connections):
             if not conn.busy:
                 conn.abort()
-        started = time.monotonic()
         if any(c.busy for c in self.connections):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), grace)
+                await asyncio.wait_for(self._idle.wait(), grace)
+        tasks = [t for c in list(self.connections) if (t := c.cancel()) is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=_LINGER_SECONDS)
+        for conn in list(self.connections):
+            conn.close()
+        # Give the answers written at the deadline a moment to leave (TLS close included).
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gone.wait(), _LINGER_SECONDS)
         for conn in list(self.connections):
             conn.abort()
-        await self.upgrades.shutdown(max(0.0, grace - (time.monotonic() - started)))
+
+    def connection_gone(self, conn: _Connection) -> None:
+        self.connections.discard(conn)
+        if self.closing and not self.connections:
+            self._gone.set()
+        self.connection_idle()
 
     def connection_idle(self) -> None:
-        """A connection finished its queue: during shutdown, the last one ends the wait."""
-        if self._drained is not None and not any(c.busy for c in self.connections):
-            self._drained.set()
+        """A connection finished its work: during shutdown, the last one ends the wait."""
+        if self.closing and self._idle is not None and not any(c.busy for c in self.connections):
+            self._idle.set()
 
 
-class _Connection(BaseProtocol):
-    """One client connection: parse, queue, answer in order."""
+class _Connection(FlowProtocol):
+    """One client connection: parse, answer in order, close safely."""
 
     __slots__ = (
         "_lingering",
-        "_queue",
         "_task",
-        "_upgrade_tail",
-        "_wakeup",
+        "_tunnel",
+        "_waiter",
         "busy",
-        "client_eof",
-        "closing",
+        "h1",
         "head_since",
         "idle_since",
         "server",
+        "tls",
     )
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
-        parser = HttpRequestParser(
-            self,
-            loop,
-            _READ_LIMIT,
-            max_line_size=server.max_line,
-            max_field_size=server.max_line,
-            max_headers=server.max_headers,
-            payload_exception=web.HTTPBadRequest,
-            auto_decompress=False,
-        )
-        super().__init__(loop, parser)
+        super().__init__(loop)
         self.server = server
-        self._queue: deque[tuple[Any, StreamReader] | BaseException] = deque()
+        self.h1 = ServerConnection(server.limits)
         self._task: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Future[None] | None = None
-        self._upgrade_tail: bytearray | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._tunnel: Tunnel | None = None
         self._lingering = 0
-        self.busy = False
-        self.closing = False
-        self.client_eof = False
+        self.busy = False  # a request is being answered (or its head parsed)
+        self.tls = False
         self.idle_since = 0.0
         self.head_since = 0.0  # when the bytes of a still-incomplete request head began
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.tls = transport.get_extra_info("sslcontext") is not None
         self.server.connections.add(self)
-        self.idle_since = self._loop.time()
+        self.idle_since = self.loop.time()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.server.connections.discard(self)
-        parser = self._parser
-        if parser is not None:
-            with contextlib.suppress(Exception):  # a cut request body: the payload says so
-                parser.feed_eof()
-        self._parser = None
         super().connection_lost(exc)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)  # ends the waiting task
-        if self.busy is False and self.server.closing:
-            self.server.connection_idle()
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.lost()
+        self._wake()
+        self.server.connection_gone(self)
 
     def eof_received(self) -> bool:
-        # Half-close from the client: answer what it sent before, then close.
-        self.client_eof = True
-        if not self.busy and not self._queue:
-            self.abort()
-        return True  # keep our half open for those answers
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.feed(b"")
+        else:
+            # A half-close: the requests sent before it are still answered.
+            self.h1.receive_data(b"")
+            self._wake()
+            if self._task is None:
+                self.abort()
+        # TLS has no half-close (and asyncio warns if asked to keep one open).
+        return not self.tls
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -416,130 +424,158 @@ class _Connection(BaseProtocol):
             if self._lingering <= 0:
                 self.abort()
             return
-        if self._upgrade_tail is not None:
-            self._upgrade_tail += data
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.feed(data)
             return
-        parser = self._parser
-        if parser is None:
-            return
+        h1 = self.h1
+        h1.receive_data(data)
         self.idle_since = 0.0
-        if not self.head_since and data and not self.busy and not self._queue:
-            self.head_since = self._loop.time()
-        try:
-            messages, upgraded, tail = parser.feed_data(data)
-        except HttpProcessingError as exc:
-            self._queue.append(exc)
-            self._parser = None  # nothing after a framing error can be trusted
-            messages, upgraded, tail = [], False, b""
-        if messages:
-            self._queue.extend(messages)
-            self.head_since = 0.0
-        if upgraded:
-            self._upgrade_tail = bytearray(tail)
-        if self._queue and not self.busy:
-            self.busy = True
-            wakeup = self._wakeup
-            if wakeup is not None:
-                if not wakeup.done():
-                    wakeup.set_result(None)
-            elif self._task is None:
-                self._task = self._loop.create_task(self._serve())
-        if len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
-            self._pause_reading_for_buffer()
+        if not self.busy and not self.head_since:
+            self.head_since = self.loop.time()
+        if h1.buffered > self.server.high_water:
+            self.pause_reading()
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._task is None and self.transport is not None:
+            self._task = self.loop.create_task(self._serve())
 
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        if self._reading_paused:  # the body reader calls this after every read
-            super().resume_reading(resume_parser)
+    # -- helpers for Request ---------------------------------------------------
+    def before_response(self) -> None:
+        if self.server.closing:
+            self.h1.state.process_keep_alive_disabled()
 
-    @property
-    def has_queued(self) -> bool:
-        return bool(self._queue)
+    async def read_body(self) -> bytes | None:
+        """The next piece of the request body, None at its end."""
+        h1 = self.h1
+        while True:
+            try:
+                event = h1.next_event()
+            except IncompleteMessage:
+                raise ClientDisconnected(detail="client closed the connection mid-body") from None
+            except RemoteProtocolError as exc:
+                raise RequestRejected(exc.reason, detail=exc.detail) from None
+            if self._reading_paused and h1.buffered <= self.server.high_water // 2:
+                self.resume_reading()
+            if type(event) is bytes:
+                return event
+            if event is END_OF_MESSAGE:
+                return None
+            if event is NEED_DATA and not self._lost:
+                await self._wait()
+                continue
+            raise ClientDisconnected(detail="client closed the connection mid-body")
 
-    # -- writing ---------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client connection closed")
-        transport.write(data)
-
-    async def write_drained(self, data: bytes) -> None:
-        self.write(data)
-        if self._paused:
-            await self._drain_helper()
+    def tunnel(self, limit: int) -> Tunnel:
+        tunnel = self._tunnel = Tunnel(self, self.h1.trailing_data(), limit)
+        if self._reading_paused:
+            self.resume_reading()  # the tunnel pauses at its own bound
+        return tunnel
 
     def time_out_head(self) -> None:
         """The client took too long to send a request head: 408, then close."""
         self.head_since = 0.0
-        if self.busy or self._queue or self._parser is None:
+        if self.busy or self.h1.state.client is not IDLE:
             return
-        self._parser = None
-        self._reject_with(RequestTimeout.status, RequestTimeout.reason)
+        self._reject(RequestTimeout.status, RequestTimeout.reason)
+        self._wake()
 
     def abort(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
 
-    # -- answering the queue ---------------------------------------------------
+    def close(self) -> None:
+        self.abort()
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Cancel the request being answered (the drain deadline); the task, to wait for."""
+        task = self._task
+        if task is None or task.done() or not self.busy:
+            return None
+        task.cancel()
+        return task
+
+    # -- the connection's task -----------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
     async def _serve(self) -> None:
-        """The connection's one task: answer the queue in order, then wait for more.
+        """The connection's one task: answer requests in order, then wait for more.
 
         One long-lived task per connection rather than one per request: a
         task's creation and registration cost more than waking a future.
         """
-        loop = self._loop
+        h1 = self.h1
+        server = self.server
         try:
-            while True:
-                while self._queue and self.transport is not None:
-                    item = self._queue.popleft()
-                    if self._buffer_paused and len(self._queue) < _MAX_QUEUED // 2:
-                        self._resume_reading_for_buffer()
-                    if isinstance(item, BaseException):
-                        self._reject(item)
-                        return
-                    message, payload = item
-                    if message.upgrade and self._upgrade_tail is not None and not self._queue:
-                        self._hand_over(message)
-                        return
-                    request = Request(self, message, payload)
-                    try:
-                        result = await self.server.handler(request)
-                    except Exception:
-                        log.exception("unexpected failure answering a request")
-                        self.abort()
-                        return
-                    if not isinstance(result, Written):
-                        self._answer(request, result)
-                    if self.closing:
-                        self._finish_closing(payload)
-                        return
-                if self.transport is None or self.server.closing:
+            while self.transport is not None and not self._lingering:
+                try:
+                    event = h1.next_event()
+                except RemoteProtocolError as exc:
+                    log.debug("rejected request: %s (%s)", exc.reason, exc.detail)
+                    self._reject(exc.status, exc.reason)
                     return
-                if self.client_eof:  # half-closed and all answered
-                    self.abort()
+                if self._reading_paused and h1.buffered <= server.high_water // 2:
+                    self.resume_reading()
+                if event is NEED_DATA:
+                    if server.closing:
+                        return
+                    self.busy = False
+                    if h1.buffered:
+                        self.head_since = self.head_since or self.loop.time()
+                    else:
+                        self.idle_since = self.loop.time()
+                    await self._wait()
+                    self.busy = True
+                    continue
+                if type(event) is not RequestHead:  # closed by the client, or nothing to read
+                    if event is not CONNECTION_CLOSED:
+                        log.error("unexpected %r between requests", event)
                     return
-                self.busy = False
-                self.idle_since = loop.time()
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                self._wakeup = None
                 self.busy = True
+                self.head_since = 0.0
+                request = Request(self, event)
+                await self._answer(request)
+                if self._tunnel is not None:
+                    return
+                if not h1.reusable:
+                    self._finish_closing()
+                    return
+                h1.start_next_cycle()
         finally:
             self.busy = False
-            self._task = self._wakeup = None
-            if self.transport is not None and not self._queue:
-                self.idle_since = loop.time()
-            if self.server.closing:
-                self.server.connection_idle()
+            self._task = None
+            if self._tunnel is None and not self._lingering:
                 self.abort()
+            if server.closing:
+                server.connection_idle()
 
-    def _answer(self, request: Request, response: web.StreamResponse) -> None:
-        """Send an aiohttp response the handler returned instead of writing its own."""
-        if request._started:
-            # A response began through the request but was not finished.
+    async def _answer(self, request: Request) -> None:
+        try:
+            result = await self.server.handler(request)
+        except Exception:
+            log.exception("unexpected failure answering a request")
             self.abort()
             return
-        self._send_web_response(request, response)
+        if not isinstance(result, Written):
+            if request.started:
+                self.abort()  # a response began through the request but was not finished
+            else:
+                self._send_web_response(request, result)
+        elif not request._ended:
+            self.abort()  # a streamed answer the handler did not finish: never fake its end
 
     def _send_web_response(self, request: Request, response: web.StreamResponse) -> None:
         """Serialise an (unprepared) aiohttp response: errors, redirects, local endpoints."""
@@ -549,7 +585,7 @@ class _Connection(BaseProtocol):
             self.abort()
             return
         if response.keep_alive is False:
-            self.closing = True
+            self.h1.state.process_keep_alive_disabled()
         # Framing is the server's to set, from the body it actually sends.
         headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _FRAMING]
         for cookie in response.cookies.values():
@@ -559,7 +595,7 @@ class _Connection(BaseProtocol):
         if "Server" not in response.headers:
             headers.append(("Server", "gatehouse"))
         try:
-            lines, has_date = header_lines(headers)
+            lines, has_date = response_lines(headers)
             request.send_whole(
                 response.status, response.reason, lines, bytes(body or b""), has_date=has_date
             )
@@ -571,15 +607,16 @@ class _Connection(BaseProtocol):
             log.error("cannot serialise the headers of a %d response", response.status)
             self.abort()
 
-    def _finish_closing(self, payload: StreamReader) -> None:
-        """Close after a response, draining an unread request body for a moment first."""
+    def _finish_closing(self) -> None:
+        """Close after a response, draining the rest of the client's bytes for a moment first."""
         transport = self.transport
         if transport is None:
             return
-        if payload.is_eof():
+        h1 = self.h1
+        if h1.state.client is SEND_BODY or (h1.buffered and not h1.their_eof):
+            self._linger()  # a body or pipelined bytes unread: a close now could reset
+        else:
             transport.close()
-            return
-        self._linger()
 
     def _linger(self) -> None:
         """Read and discard what the client still sends, briefly, then close.
@@ -590,71 +627,38 @@ class _Connection(BaseProtocol):
         transport = self.transport
         if transport is None:
             return
-        self._parser = None
         self._lingering = _LINGER_BYTES
-        if self._reading_paused or self._buffer_paused:
-            self._reading_paused = self._buffer_paused = False
-            self._resume_transport_reading()
+        self.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-        self._loop.call_later(_LINGER_SECONDS, self.abort)
+        self.loop.call_later(_LINGER_SECONDS, self.abort)
 
-    def _reject(self, exc: BaseException) -> None:
-        """A framing error: JSON 400/431, one audit record, then close."""
-        status, reason = rejection(exc, 400)
-        self._reject_with(status, reason)
-
-    def _reject_with(self, status: int, reason: str) -> None:
+    def _reject(self, status: int, reason: str) -> None:
+        """A request refused before the gateway: JSON 400/408/431, one audit record, close."""
         rid = new_request_id()
-        log.debug("rejected request: %s", reason)
         response = rejection_response(status, reason, rid, self.server.clear_on_431)
         if self.server.audit is not None:
             peer = self.transport.get_extra_info("peername") if self.transport else None
             audit_rejection(self.server.audit, peer, status, reason, rid)
-        self.closing = True
         body = response.body
         assert isinstance(body, bytes)
-        lines, has_date = header_lines(response.headers.items())
-        head = response_head(status, "", lines, len(body), close=True, has_date=has_date)
+        lines, _ = response_lines(response.headers.items())
         try:
-            self.write(head + body)
+            self.write(self.h1.send_failure(status, lines, body))
         except ConnectionError:
             return
         self._linger()
 
-    def _hand_over(self, message: Any) -> None:
-        """Give the connection to aiohttp's server protocol (WebSocket upgrades)."""
-        transport = self.transport
-        assert transport is not None and self._upgrade_tail is not None
-        version = message.version
-        head = [f"{message.method} {message.path} HTTP/{version.major}.{version.minor}".encode()]
-        head += [name + b": " + value for name, value in message.raw_headers]
-        replay = b"\r\n".join(head) + b"\r\n\r\n" + bytes(self._upgrade_tail)
-        self._upgrade_tail = None
-        self._parser = None
-        self.server.connections.discard(self)
-        protocol = self.server.upgrades()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if self._reading_paused or self._buffer_paused:
-            self._resume_transport_reading()
-        protocol.data_received(replay)
 
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def _http_date() -> bytes:
-    """The Date header line, formatted once per second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, b"Date: " + email.utils.formatdate(now, usegmt=True).encode())
-    return _date_cache[1]
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+def audit_rejection(audit: AuditWriter, peer: object, status: int, reason: str, rid: str) -> None:
+    """The one audit record of a request refused before it reached the gateway."""
+    record = AuditRecord(
+        ts_epoch=time.time(),
+        request_id=rid,
+        client_ip=str(peer[0]) if isinstance(peer, tuple) else None,
+        decision="deny",
+        reason=reason,
+        status=status,
+    )
+    metrics.REQUESTS.labels("none", f"{status // 100}xx").inc()
+    audit.write(record)

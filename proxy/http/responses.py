@@ -29,3 +29,17 @@ def error_response(
     response.headers["Cache-Control"] = "no-store"
     response.headers["Server"] = "gatehouse"
     return response
+
+
+def rejection_response(
+    status: int, reason: str, rid: str, clear_on_431: tuple[str, ...] = ()
+) -> web.Response:
+    """The short JSON answer to a request refused before the gateway. A 431 also
+    carries ``clear_on_431`` (Set-Cookie values clearing the session cookies): an
+    oversized Cookie header would otherwise lock the browser out, logout included,
+    until its cookies expire."""
+    response = error_response(status, reason, rid)
+    if status == 431:
+        for value in clear_on_431:
+            response.headers.add("Set-Cookie", value)
+    return response

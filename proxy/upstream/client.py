@@ -3,24 +3,26 @@
 Why not ``aiohttp.ClientSession``: it builds a ``ClientRequest`` and a
 ``ClientResponse``, merges default headers, resolves cookies and redirects and
 runs a trace machinery on every request, and it was the single largest cost
-of the proxy's request path (about half the CPU of a pass-through). A proxy
-needs none of it: the request head is already final, so this client writes it
-with one ``transport.write`` and parses the answer with llhttp through
-``httptools`` (the parser aiohttp also builds on, strict mode), keeping the
-header bytes as they came and handing over a body that arrived with its head
-as bytes: no header multidict, message tuple or stream object per response.
+of the proxy's request path. A proxy needs none of it: the request head is
+already final, so this client writes it with one ``transport.write``, and the
+answer is read by :class:`~proxy.http.h1.connection.ClientConnection` (the
+same pure HTTP/1.1 core as the listener's: llhttp in strict mode for heads,
+bodies framed and bounded there), keeping the header bytes as they came and
+handing over a body that arrived with its head as bytes.
 
 What it keeps from a full client, because a proxy depends on it:
 
 * connect, read and head timeouts, each failure named by what it says about
   the request (see :class:`ClientFailure`): a retry is only safe when the
   request provably never left;
-* a connection is reused only after a complete, well-framed exchange; any
-  doubt (framing error, early answer while the body was still being sent,
-  unread body, ``Connection: close``) closes it;
+* a connection is reused only when its state machine says both sides are
+  DONE (a complete, well-framed exchange); any doubt (framing error, early
+  answer while the body was still being sent, unread body,
+  ``Connection: close``) closes it;
 * back-pressure both ways (the request body waits for ``drain``, the response
   body pauses the socket when its buffer fills);
-* TLS to the upstream with the backend's context and server name.
+* TLS to the upstream with the backend's context and server name;
+* a connection switched to WebSocket (:meth:`UpstreamClient.open_tunnel`).
 """
 
 from __future__ import annotations
@@ -36,18 +38,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httptools
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.streams import StreamReader
-
-from proxy.http.headers import serialise_head
+from proxy.http.flow import BodyStream, FlowProtocol, Tunnel
+from proxy.http.h1.connection import (
+    END_OF_MESSAGE,
+    NEED_DATA,
+    ClientConnection,
+    ResponseHead,
+)
+from proxy.http.h1.rules import IncompleteMessage, Limits, RemoteProtocolError
+from proxy.http.h1.state import LocalProtocolError
+from proxy.http.h1.writer import request_head
 from proxy.upstream.retry import Failure
 
-_READ_LIMIT = 2**16
-_MAX_LINE = 8190
-_MAX_HEADERS = 128
-# The whole response head, 1xx heads included: llhttp itself sets no limit.
-_MAX_HEAD = _MAX_HEADERS * _MAX_LINE
+# Response heads: 8 KiB a field line (nginx's default buffer), 128 fields, 64 KiB in all.
+LIMITS = Limits(max_line=8190, max_headers=128, max_head=64 * 1024)
+_BODY_BUFFER = 2**16  # response body bytes held for the reader before the socket pauses
 _KEEPALIVE = 30.0
 _MAX_IDLE_PER_ORIGIN = 256
 _BODYLESS_DEFAULT_LENGTH = frozenset({"POST", "PUT", "PATCH"})
@@ -113,55 +118,35 @@ def parse_origin(base_url: str) -> Origin:
     return Origin(host, port, tls, host_header, parts.path.rstrip("/"))
 
 
-def request_head(
-    method: str,
-    target: str,
-    host: str,
-    headers: Sequence[tuple[str, str]],
-    framing: str | None = None,
-) -> bytes:
-    """The request line and header block, refusing any line break inside a name or value."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    if framing is not None:
-        lines.append(framing)
-    return serialise_head(lines)
+# What the head future resolves with: the response head, and its body: all of it
+# (bytes) when it came with the head, else the stream the rest will arrive on.
+Head = tuple[ResponseHead, bytes | None, BodyStream | None]
 
 
-# What the head future resolves with: status, reason, raw headers, Content-Length,
-# and the body: all of it (bytes) when it came with the head, else the stream.
-Head = tuple[int, str, list[tuple[bytes, bytes]], int | None, bytes | None, StreamReader | None]
-
-
-class _Connection(BaseProtocol):
+class _Connection(FlowProtocol):
     """One upstream connection, carrying one exchange at a time.
 
-    The parser's callbacks (``on_status`` ... ``on_message_complete``) collect
-    the response; at the end of the ``data_received`` call that completed the
-    head, the head future gets it, with the body as bytes when that call also
-    completed the body (the common small answer), else with a stream that the
-    later callbacks feed.
+    Received bytes go to the pure :class:`ClientConnection` at once (so a
+    malformed or stalled answer is noticed even while nobody reads it); its
+    events fill the head future, then the body: as bytes when the head's
+    ``data_received`` call also completed it (the common small answer), else
+    through a :class:`BodyStream` that pauses the socket when it fills.
     """
 
     __slots__ = (
         "_body",
         "_broken",
         "_complete",
-        "_framed",
         "_head",
-        "_head_bytes",
         "_head_deadline",
-        "_headers",
         "_last_read",
-        "_length",
-        "_method_head",
-        "_payload",
+        "_parts",
         "_read_timeout",
-        "_reason",
-        "_refusal",
         "_response",
-        "_status",
         "_timer",
+        "_tunnel",
+        "_tunnel_limit",
+        "h1",
         "idle_since",
         "key",
         "on_lost",
@@ -172,62 +157,66 @@ class _Connection(BaseProtocol):
         self.key = key
         self.idle_since = 0.0
         self.on_lost: Callable[[_Connection], None] | None = None
+        self.h1 = ClientConnection(LIMITS)
         self._head: asyncio.Future[Head] | None = None
-        self._payload: StreamReader | None = None
+        self._response: ResponseHead | None = None
+        self._parts: list[bytes] = []
+        self._body: BodyStream | None = None
+        self._complete = False
         self._read_timeout: float | None = None
         self._head_deadline: float | None = None
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._broken = False
-        self._response: httptools.HttpResponseParser | None = None
-        self._reset_response()
-        self._method_head = False
-
-    def _reset_response(self) -> None:
-        self._status = 0  # the final (non-1xx) status, once its head is complete
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._length: int | None = None
-        self._framed = False  # Content-Length or chunked: the close does not end the body
-        self._body: list[bytes] = []
-        self._complete = False
-        self._refusal: ClientFailure | None = None
+        self._tunnel: Tunnel | None = None
+        self._tunnel_limit = 0
 
     # -- the exchange --------------------------------------------------------
     def start(
-        self, method: str, head: bytes, read_timeout: float | None, head_deadline: float | None
+        self,
+        method: str,
+        head: bytes,
+        *,
+        length: int | None,
+        chunked: bool,
+        read_timeout: float | None,
+        head_deadline: float | None,
+        tunnel_limit: int = 0,
     ) -> asyncio.Future[Head]:
-        """Write the request head; the future resolves with the response's :data:`Head`."""
+        """Write the request head; the future resolves with the response's :data:`Head`.
+
+        ``tunnel_limit``: the request asks to switch protocols; a 101 answer
+        turns the connection into a tunnel reading at most that much ahead.
+        """
         assert self.transport is not None
-        if self._response is None:
-            # Kept across exchanges: llhttp is ready for the next message once
-            # one completed cleanly (see finish).
-            self._response = httptools.HttpResponseParser(self)
-        self._reset_response()
-        self._method_head = method == "HEAD"
-        self._head = waiter = self._loop.create_future()
-        self._payload = None
+        self.h1.start_request(method, length=length, chunked=chunked, upgrade=bool(tunnel_limit))
+        self._tunnel_limit = tunnel_limit
+        self._head = waiter = self.loop.create_future()
         self._read_timeout = read_timeout
         self._head_deadline = head_deadline
-        self._last_read = now = self._loop.time()
+        self._last_read = now = self.loop.time()
         due = _earliest(read_timeout and now + read_timeout, head_deadline)
         if due is not None:
-            self._timer = self._loop.call_at(due, self._on_timer)
+            self._timer = self.loop.call_at(due, self._on_timer)
         self.transport.write(head)
         return waiter
 
-    def write(self, chunk: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
             raise ConnectionDropped("connection lost while sending the request body")
-        self.transport.write(chunk)
+        transport.write(data)
 
     async def drain(self) -> None:
-        if self._paused:
-            try:
-                await self._drain_helper()
-            except ConnectionError:
-                raise ConnectionDropped("connection lost while sending the request body") from None
+        try:
+            await super().drain()
+        except ConnectionError:
+            raise ConnectionDropped("connection lost while sending the request body") from None
+
+    @property
+    def tunnel(self) -> Tunnel | None:
+        """What the connection became after a 101 answer, if it did."""
+        return self._tunnel
 
     def fail(self, exc: BaseException) -> None:
         """End the exchange with ``exc`` (the request body failed): the connection is spent."""
@@ -239,18 +228,12 @@ class _Connection(BaseProtocol):
 
     @property
     def reusable(self) -> bool:
-        head = self._head
-        payload = self._payload
+        transport = self.transport
         return (
             not self._broken
-            and self._complete
-            and self.transport is not None
-            and not self.transport.is_closing()
-            and head is not None
-            and head.done()
-            and not head.cancelled()
-            and head.exception() is None
-            and (payload is None or (payload.is_eof() and payload.exception() is None))
+            and self.h1.reusable
+            and transport is not None
+            and not transport.is_closing()
             and not self._reading_paused
         )
 
@@ -258,12 +241,10 @@ class _Connection(BaseProtocol):
         """The exchange is over (reused or not): forget its state."""
         self._cancel_timer()
         self._head = None
-        self._payload = None
-        if self._broken or not self._complete or self._method_head:
-            # Mid-message (a HEAD answer's announced body included): start afresh.
-            self._response = None
-        self._body = []
-        self._headers = []
+        self._response = None
+        self._body = None
+        self._parts = []
+        self._complete = False
 
     def close(self) -> None:
         self._broken = True
@@ -273,22 +254,18 @@ class _Connection(BaseProtocol):
 
     # -- back-pressure -----------------------------------------------------------
     def pause_reading(self) -> None:
-        # The body stream is full. The parser is not paused: the rest of the
-        # chunk at hand goes to the stream, and the socket stays unread.
-        self._reading_paused = True
-        self._pause_transport_reading()
+        # The body stream is full: the socket stays unread meanwhile.
+        super().pause_reading()
         # The silence while we hold the upstream back is ours, not the upstream's.
         self._cancel_timer()
 
-    def resume_reading(self, resume_parser: bool = True) -> None:
+    def resume_reading(self) -> None:
         if not self._reading_paused:
-            return  # the body reader calls this after every read; only a pause needs undoing
-        self._reading_paused = False
-        if not self._buffer_paused:
-            self._resume_transport_reading()
+            return
+        super().resume_reading()
         if self._read_timeout and self._head is not None and self._timer is None:
-            self._last_read = self._loop.time()
-            self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._on_timer)
+            self._last_read = self.loop.time()
+            self._timer = self.loop.call_at(self._last_read + self._read_timeout, self._on_timer)
 
     # -- timers ----------------------------------------------------------------
     def _cancel_timer(self) -> None:
@@ -306,148 +283,125 @@ class _Connection(BaseProtocol):
         )
         if due is None:
             return
-        now = self._loop.time()
-        if now < due:
+        if self.loop.time() < due:
             # Data arrived since the timer was set: sleep until the new due time.
-            self._timer = self._loop.call_at(due, self._on_timer)
+            self._timer = self.loop.call_at(due, self._on_timer)
             return
-        exc = ResponseTimeout("upstream did not answer in time")
-        if waiting_for_head:
-            assert head is not None
-            head.set_exception(exc)
-        elif self._payload is not None and not self._payload.is_eof():
-            self._payload.set_exception(exc)
-        else:
-            return
-        self.close()
+        if waiting_for_head or (self._body is not None and not self._body.is_eof()):
+            self._fail_read(ResponseTimeout("upstream did not answer in time"))
 
-    # -- parser callbacks (httptools) ----------------------------------------------
-    def _refuse(self, failure: ClientFailure) -> None:
-        # httptools wraps whatever a callback raises in its own error; the
-        # failure is kept here for data_received to report.
-        self._refusal = failure
-        raise failure
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason  # may come in pieces
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        if len(headers) >= _MAX_HEADERS or len(name) > _MAX_LINE or len(value) > _MAX_LINE:
-            self._refuse(MalformedResponse("response head over the limits"))
-        headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        parser = self._response
-        assert parser is not None
-        if self._status:
-            # A second answer to one request: the framing cannot be trusted.
-            self._refuse(MalformedResponse("unsolicited response from upstream"))
-        code = parser.get_status_code()
-        if code < 200:
-            if code == 101:
-                self._refuse(MalformedResponse("unexpected protocol switch"))
-            # Informational (100 Continue, 103 Early Hints): the answer follows.
-            self._headers = []
-            self._reason = b""
-            return
-        self._status = code
-        if not parser.should_keep_alive():
-            self._broken = True
-        for name, value in self._headers:
-            size = len(name)
-            if size == 14 and name.lower() == b"content-length":
-                self._length = int(value)  # llhttp accepted exactly one, all digits
-                self._framed = True
-            elif size == 17 and name.lower() == b"transfer-encoding":
-                self._framed = True
-                self._length = None
-        if code in (204, 304):
-            self._length = None  # never a body, whatever the head says
-        if self._method_head or code in (204, 304):
-            # The exchange ends with the head (llhttp knows this of 204/304 but
-            # not of an answer to HEAD, so its announced body is never read).
-            self._complete = True
-
-    def on_body(self, body: bytes) -> None:
-        if self._complete:
-            self._refuse(MalformedResponse("body bytes after a bodiless response"))
-        payload = self._payload
-        if payload is not None:
-            payload.feed_data(body)
-        else:
-            self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        if not self._status:
-            return  # the end of an informational answer
-        self._complete = True
-        payload = self._payload
-        if payload is not None:
-            payload.feed_eof()
-            self._cancel_timer()
-
-    # -- asyncio.Protocol ------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        parser = self._response
-        if parser is None or self._head is None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.feed(data)
+            return
+        if self._head is None:
             # Bytes nobody asked for (an idle connection): never trust it again.
             self.close()
             return
-        self._last_read = self._loop.time()
-        if not self._status:
-            self._head_bytes += len(data)
-            if self._head_bytes > _MAX_HEAD:
-                self._fail_read(MalformedResponse("response head over the limits"))
+        self._last_read = self.loop.time()
+        self.h1.receive_data(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Turn what the pure connection has into the head future and the body."""
+        h1 = self.h1
+        while True:
+            try:
+                event = h1.next_event()
+            except IncompleteMessage as exc:
+                self._fail_read(ConnectionDropped(f"upstream closed the connection: {exc}"))
                 return
-        try:
-            parser.feed_data(data)
-        except Exception:
-            if not self._complete:
-                failure = self._refusal or MalformedResponse("malformed response from upstream")
-                self._fail_read(failure)
+            except RemoteProtocolError as exc:
+                if self._complete:
+                    # The answer is whole; what follows it (a second answer,
+                    # garbage) breaks the framing: the answer stands, the
+                    # connection goes.
+                    self.close()
+                    break
+                self._fail_read(MalformedResponse(exc.detail))
                 return
-            # The answer is whole; what follows it (a second answer, garbage)
-            # breaks the framing: the answer stands, the connection goes.
-            self.close()
+            if event is NEED_DATA:
+                break
+            kind = type(event)
+            if kind is bytes:
+                body = self._body
+                if body is None:
+                    self._parts.append(event)  # type: ignore[arg-type]
+                else:
+                    body.feed_data(event)  # type: ignore[arg-type]
+            elif kind is ResponseHead:
+                assert isinstance(event, ResponseHead)
+                if event.status >= 200:
+                    self._response = event
+                    if not event.framing:  # no body: the head ended the exchange
+                        self._complete = True
+                        self._cancel_timer()
+                elif event.status == 101:
+                    self._switch(event)
+                    return
+                # Informational (100 Continue, 103 Early Hints): the answer follows.
+            elif event is END_OF_MESSAGE:
+                self._complete = True
+                self._cancel_timer()
+                if self._body is not None:
+                    self._body.feed_eof()
+            else:
+                break  # the connection closed, or nothing more belongs to this exchange
         head = self._head
-        if not self._status or head is None or head.done():
+        response = self._response
+        if response is None or head is None or head.done():
             return
-        body: bytes | None = None
         if self._complete:
-            body = b"".join(self._body) if self._body else b""
-            self._cancel_timer()
+            whole = b"".join(self._parts) if len(self._parts) != 1 else self._parts[0]
+            head.set_result((response, whole, None))
         else:
-            self._payload = StreamReader(self, _READ_LIMIT, loop=self._loop)
-            for chunk in self._body:
-                self._payload.feed_data(chunk)
-        self._body = []
-        reason = self._reason.decode("latin-1")
-        head.set_result((self._status, reason, self._headers, self._length, body, self._payload))
+            stream = self._body = BodyStream(
+                self.loop, _BODY_BUFFER, self.pause_reading, self.resume_reading
+            )
+            for part in self._parts:
+                stream.feed_data(part)
+            head.set_result((response, None, stream))
+        self._parts = []
+
+    def _switch(self, response: ResponseHead) -> None:
+        """The upstream accepted the upgrade: the rest of the connection is the tunnel's."""
+        self._cancel_timer()
+        self._complete = True
+        self._tunnel = Tunnel(self, self.h1.trailing_data(), self._tunnel_limit)
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result((response, None, None))
 
     def _fail_read(self, exc: ClientFailure) -> None:
         head = self._head
         if head is not None and not head.done():
             head.set_exception(exc)
-        elif self._payload is not None and not self._payload.is_eof():
-            self._payload.set_exception(exc)
+        elif self._body is not None and not self._body.is_eof() and not self._body.exception():
+            self._body.set_exception(exc)
         self.close()
 
     def eof_received(self) -> bool:
+        if self._tunnel is not None:
+            self._tunnel.feed(b"")
+        elif self._head is not None:
+            self.h1.receive_data(b"")
+            self._pump()
         return False  # close our side too; connection_lost finishes the exchange
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._broken = True
         self._cancel_timer()
-        self._response = None
-        payload = self._payload
-        if payload is not None and not payload.is_eof() and payload.exception() is None:
-            if self._framed:
-                payload.set_exception(ConnectionDropped("upstream closed mid-body"))
-            else:
-                # A body without Content-Length or chunking ends with the connection.
-                self._complete = True
-                payload.feed_eof()
+        if self._tunnel is not None:
+            self._tunnel.lost()
+        elif self._head is not None and not self.h1.their_eof:
+            # A body without Content-Length or chunking ends with the connection.
+            self.h1.receive_data(b"")
+            self._pump()
+        body = self._body
+        if body is not None and not body.is_eof() and body.exception() is None:
+            body.set_exception(ConnectionDropped("upstream closed mid-body"))
         head = self._head
         if head is not None and not head.done():
             head.set_exception(ConnectionDropped("upstream closed the connection"))
@@ -462,16 +416,6 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return a if a < b else b
-
-
-class _Inert(BaseProtocol):
-    """The flow-control peer of a stream over bytes already received: nothing to pause."""
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        pass
 
 
 class UpstreamResponse:
@@ -500,10 +444,11 @@ class UpstreamResponse:
         client: UpstreamClient,
         sender: asyncio.Task[None] | None,
     ) -> None:
-        self.status, self.reason, raw_headers, self.content_length, body, stream = head
-        self.raw_headers: list[tuple[bytes, bytes]] = raw_headers
-        self._body = body
-        self._content = stream
+        response, self._body, self._content = head
+        self.status = response.status
+        self.reason = response.reason
+        self.raw_headers: list[tuple[bytes, bytes]] = response.headers
+        self.content_length = response.content_length
         self._conn: _Connection | None = conn
         self._client = client
         self._sender = sender
@@ -522,11 +467,11 @@ class UpstreamResponse:
         return body
 
     @property
-    def content(self) -> StreamReader:
+    def content(self) -> BodyStream:
         """The body as a stream (built on demand when it all came with the head)."""
         if self._content is None:
             loop = self._client._loop or asyncio.get_running_loop()
-            self._content = StreamReader(_Inert(loop), _READ_LIMIT, loop=loop)
+            self._content = BodyStream(loop, _BODY_BUFFER)
             if self._body:
                 self._content.feed_data(self._body)
             self._content.feed_eof()
@@ -599,15 +544,24 @@ class UpstreamClient:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         head_deadline = None if deadline is None else loop.time() + deadline
-        framing = None
+        length: int | None = None
+        chunked = False
         if body_length is not None:
-            framing = f"Content-Length: {body_length}"
+            length = body_length
         elif body is not None:
-            framing = "Transfer-Encoding: chunked"
+            chunked = True
         elif method in _BODYLESS_DEFAULT_LENGTH:
-            framing = "Content-Length: 0"
+            length = 0
+        if length and body is None:
+            raise ValueError("a request body length without a body")
+        # Built first: a head that cannot be sent is refused before any connection is used.
         head = request_head(
-            method, origin.prefix + target, host or origin.host_header, headers, framing
+            method,
+            origin.prefix + target,
+            host or origin.host_header,
+            headers,
+            length=length,
+            chunked=chunked,
         )
 
         context = ssl_context if origin.tls else None
@@ -620,10 +574,17 @@ class UpstreamClient:
             conn = await self._connection(
                 loop, origin, key, connect_timeout, head_deadline, max_connections
             )
-        waiter = conn.start(method, head, read_timeout, head_deadline)
+        waiter = conn.start(
+            method,
+            head,
+            length=length,
+            chunked=chunked,
+            read_timeout=read_timeout,
+            head_deadline=head_deadline,
+        )
         sender: asyncio.Task[None] | None = None
-        if body is not None:
-            sender = loop.create_task(_send_body(conn, body, length=body_length))
+        if body is not None and (chunked or length):
+            sender = loop.create_task(_send_body(conn, body))
             sender.add_done_callback(functools.partial(_sender_done, conn))
         try:
             answer = await waiter
@@ -639,6 +600,56 @@ class UpstreamClient:
                     raise failed from None
             raise
         return UpstreamResponse(answer, conn, self, sender)
+
+    async def open_tunnel(
+        self,
+        origin: Origin,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        limit: int,
+        connect_timeout: float | None = None,
+        deadline: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        host: str | None = None,
+        max_connections: int = 0,
+    ) -> tuple[ResponseHead, Tunnel | None]:
+        """Send a GET asking to switch protocols (``headers`` say to what) on a connection
+        of its own; return the answer's head and, when it is 101, the tunnel the
+        connection has become (reading at most ``limit`` bytes ahead). Any other
+        answer's connection is closed."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        head_deadline = None if deadline is None else loop.time() + deadline
+        head = request_head("GET", origin.prefix + target, host or origin.host_header, headers)
+        context = ssl_context if origin.tls else None
+        if origin.tls and context is None:
+            context = _default_context()
+        key = (origin.host, origin.port, context, server_hostname)
+        conn = await self._connection(
+            loop, origin, key, connect_timeout, head_deadline, max_connections
+        )
+        waiter = conn.start(
+            "GET",
+            head,
+            length=None,
+            chunked=False,
+            read_timeout=None,
+            head_deadline=head_deadline,
+            tunnel_limit=limit,
+        )
+        try:
+            response, _, _ = await waiter
+        except BaseException:
+            conn.close()
+            raise
+        tunnel = conn.tunnel
+        if tunnel is None:
+            conn.close()
+        conn.finish()
+        return response, tunnel
 
     def _idle_connection(self, key: tuple[Any, ...]) -> _Connection | None:
         """The most recently used idle connection to ``key`` still fit for use, if any."""
@@ -742,6 +753,7 @@ class UpstreamClient:
         if not reusable:
             conn.close()
             return
+        conn.h1.start_next_cycle()  # the one reuse guard: both sides DONE
         idle = self._idle.get(conn.key)
         if idle is None:
             idle = self._idle[conn.key] = collections.deque()
@@ -763,24 +775,20 @@ class UpstreamClient:
         self._idle.clear()
 
 
-async def _send_body(conn: _Connection, body: AsyncIterator[bytes], *, length: int | None) -> None:
-    sent = 0
-    async for chunk in body:
-        if not chunk:
-            continue
-        sent += len(chunk)
-        if length is None:
-            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        elif sent > length:
-            # The excess would be read upstream as the start of another request.
-            raise ValueError("request body longer than its Content-Length")
-        else:
-            conn.write(chunk)
-        await conn.drain()
-    if length is None:
-        conn.write(b"0\r\n\r\n")
-    elif sent < length:
-        raise ValueError("request body shorter than its Content-Length")
+async def _send_body(conn: _Connection, body: AsyncIterator[bytes]) -> None:
+    h1 = conn.h1
+    try:
+        async for chunk in body:
+            if chunk:
+                conn.write(h1.send_data(chunk))
+                await conn.drain()
+        end = h1.send_end()
+    except LocalProtocolError as exc:
+        # Longer than declared: the excess would be read upstream as the start
+        # of another request. Shorter: the upstream would wait for the rest.
+        raise ValueError(str(exc)) from None
+    if end:
+        conn.write(end)
 
 
 def _sender_done(conn: _Connection, task: asyncio.Task[None]) -> None:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import overload
-
-from aiohttp import web
 
 from proxy.config.schema import BackendConfig
 from proxy.errors import (
@@ -25,8 +22,9 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from proxy.http.h1.rules import response_has_body
 from proxy.http.headers import filter_response_headers
-from proxy.http.protocol import Request, Written, response_has_body, status_has_body
+from proxy.http.protocol import Request, Written
 from proxy.observability.audit import AuditRecord
 from proxy.upstream.client import (
     ClientFailure,
@@ -37,6 +35,7 @@ from proxy.upstream.client import (
     UpstreamResponse,
     parse_origin,
 )
+from proxy.upstream.retry import Failure
 
 
 @dataclass(slots=True)
@@ -47,9 +46,9 @@ class _BodyState:
 
 
 async def _stream_body(
-    request: Request | web.BaseRequest, state: _BodyState, record: AuditRecord
+    request: Request, state: _BodyState, record: AuditRecord
 ) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
+    async for chunk in request.body():
         state.sent += len(chunk)
         if state.sent > state.limit:
             state.too_large = True
@@ -59,19 +58,26 @@ async def _stream_body(
 
 
 def _classify(exc: BaseException) -> GatehouseError:
-    """Map a client-side failure to the phase error that names it."""
+    """The phase error that names a client-side failure, carrying what it says about the
+    request: ``failure``, and ``reached`` (whether the upstream may have seen it)."""
     if isinstance(exc, GatehouseError):
         return exc
+    failure, reached = (
+        (exc.failure, exc.reached) if isinstance(exc, ClientFailure) else (Failure.RESET, True)
+    )
+    detail = str(exc) or type(exc).__name__
     if isinstance(exc, ResponseTimeout | ConnectTimeout | TimeoutError):
-        return UpstreamTimeout(detail=str(exc) or type(exc).__name__)
+        if not isinstance(exc, ClientFailure):
+            failure = Failure.TIMEOUT
+        return UpstreamTimeout(detail=detail, failure=failure, reached=reached)
     if isinstance(exc, MalformedResponse):
-        return UpstreamProtocolError(detail=str(exc))
-    return UpstreamConnectError(detail=str(exc) or type(exc).__name__)
+        return UpstreamProtocolError(detail=detail, failure=failure, reached=reached)
+    return UpstreamConnectError(detail=detail, failure=failure, reached=reached)
 
 
 async def send(
     client: UpstreamClient,
-    request: Request | web.BaseRequest,
+    request: Request,
     *,
     backend: BackendConfig,
     base_url: str,
@@ -95,19 +101,14 @@ async def send(
     body: AsyncIterator[bytes] | None = None
     length: int | None = None
     state: _BodyState | None = None
-    length_text = request.headers.get("Content-Length")
-    if length_text is not None:
-        # aiohttp's parser already rejected malformed or duplicate lengths.
-        length = int(length_text)
-        if length > max_body:
-            raise BodyTooLarge(detail="declared Content-Length over the route limit")
     if request.body_exists:
-        if request.headers.get("Expect", "").lower() == "100-continue":
+        # The HTTP layer already refused malformed, duplicate or conflicting framing.
+        length = request.content_length
+        if length is not None and length > max_body:
+            raise BodyTooLarge(detail="declared Content-Length over the route limit")
+        if request.expects_continue:
             # Only now, after authorisation, invite the client to send the body.
-            if isinstance(request, Request):
-                request.send_continue()
-            else:
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.send_continue()
         state = _BodyState(max_body)
         body = _stream_body(request, state, record)
     timeouts = backend.timeouts
@@ -131,54 +132,25 @@ async def send(
         )
     except BaseException as exc:
         if state is not None and state.too_large:
-            raise BodyTooLarge(detail="request body over the route limit") from None
+            raise BodyTooLarge(detail="request body over the route limit") from exc
         if isinstance(exc, asyncio.CancelledError):
             raise
-        raise _classify(exc) from None
+        raise _classify(exc) from exc
     record.upstream_status = upstream.status
     return upstream
 
 
-@overload
-def relay(
+async def relay(
     request: Request,
     upstream: UpstreamResponse,
     record: AuditRecord,
     set_cookies: Sequence[str] = (),
-) -> Awaitable[Written]: ...
-
-
-@overload
-def relay(
-    request: web.BaseRequest,
-    upstream: UpstreamResponse,
-    record: AuditRecord,
-    set_cookies: Sequence[str] = (),
-) -> Awaitable[web.StreamResponse]: ...
-
-
-def relay(
-    request: Request | web.BaseRequest,
-    upstream: UpstreamResponse,
-    record: AuditRecord,
-    set_cookies: Sequence[str] = (),
-) -> Awaitable[web.StreamResponse | Written]:
+) -> Written:
     """Stream ``upstream``'s response to the client, then release it.
 
     ``set_cookies`` are the proxy's own cookies (a refreshed session), added
     next to whatever the upstream sets.
     """
-    if isinstance(request, Request):
-        return _relay(request, upstream, record, set_cookies)
-    return _relay_aiohttp(request, upstream, record, set_cookies)
-
-
-async def _relay(
-    request: Request,
-    upstream: UpstreamResponse,
-    record: AuditRecord,
-    set_cookies: Sequence[str],
-) -> Written:
     status = upstream.status
     sent = 0
     try:
@@ -220,44 +192,6 @@ async def _relay(
         record.bytes_out = sent
         upstream.release()
     return Written(status)
-
-
-async def _relay_aiohttp(
-    request: web.BaseRequest,
-    upstream: UpstreamResponse,
-    record: AuditRecord,
-    set_cookies: Sequence[str],
-) -> web.StreamResponse:
-    """The same for a request on aiohttp's server (a connection handed over for an upgrade)."""
-    status = upstream.status
-    response = web.StreamResponse(status=status, reason=upstream.reason)
-    sent = 0
-    try:
-        for line in response_headers(upstream, record, set_cookies)[0]:
-            name, _, value = line.decode("latin-1").partition(": ")
-            response.headers.add(name, value)
-        if upstream.content_length is not None and status_has_body(status):
-            response.content_length = upstream.content_length
-        try:
-            await response.prepare(request)
-        except ValueError as exc:  # a line break in a header value, as above
-            raise UpstreamProtocolError(detail=str(exc)) from None
-        if not response_has_body(request.method, status):
-            return response
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-            sent += len(chunk)
-    except ConnectionError:
-        record.reason = "client_disconnected"
-    except (TimeoutError, ClientFailure) as exc:
-        record.reason = _classify(exc).reason
-        upstream.close()
-        if request.transport is not None:
-            request.transport.close()
-    finally:
-        record.bytes_out = sent
-        upstream.release()
-    return response
 
 
 def response_headers(

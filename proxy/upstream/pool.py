@@ -25,7 +25,6 @@ from typing import Any, Generic, Protocol, TypeVar
 import aiohttp
 
 from proxy.errors import (
-    GatehouseError,
     UpstreamConnectError,
     UpstreamError,
 )
@@ -72,25 +71,22 @@ CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState
 def classify(exc: BaseException) -> tuple[Failure, bool]:
     """The failure an attempt ended with, and whether the request may have reached the upstream.
 
-    The forwarder re-raises the client's exception as a phase error ``from None``;
-    the original stays on ``__context__`` (or ``__cause__``), and only it says
-    whether the failure happened before anything was sent. Anything not
-    provably "before sending" counts as reached: unknown means unsafe to repeat.
-    (aiohttp's exceptions are understood too: tests and the websocket path use
-    its client.)
+    The forwarder raises an :class:`UpstreamError` that carries both as
+    fields (``from`` the client's own exception). Anything not provably
+    "before sending" counts as reached: unknown means unsafe to repeat.
+    (aiohttp's exceptions are understood too: health checks use its client.)
     """
-    original: BaseException | None = exc
-    if isinstance(exc, GatehouseError):
-        original = exc.__cause__ or exc.__context__
-    if isinstance(original, ClientFailure):
-        return original.failure, original.reached
-    if isinstance(original, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, UpstreamError) and exc.failure is not None:
+        return exc.failure, exc.reached
+    if isinstance(exc, ClientFailure):
+        return exc.failure, exc.reached
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         # Covers refused, unreachable, DNS, TLS handshake and certificate
         # failures, and sock_connect timeouts: no request byte was written.
         return Failure.CONNECT_ERROR, False
-    if isinstance(original, TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return Failure.TIMEOUT, True
-    if isinstance(original, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
         return Failure.PROTOCOL, True
     return Failure.RESET, True
 

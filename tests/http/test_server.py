@@ -30,13 +30,27 @@ def status_and_body(response: bytes) -> tuple[int, bytes]:
 
 BAD_REQUESTS = {
     "content_length_with_transfer_encoding": b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "duplicate_content_length": b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-    "duplicate_host": b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "transfer_encoding_not_only_chunked": b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "transfer_encoding_chunked_twice": b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer_encoding_not_chunked": b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+    "missing_host": b"GET /echo HTTP/1.1\r\nX-A: b\r\n\r\n",
+    "bare_lf": b"GET /echo HTTP/1.1\nHost: a\n\n",
+    "control_character_in_value": b"GET /echo HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n",
+    "space_before_colon": b"GET /echo HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
     "malformed_request_line": b"GET /echo HTTP/1.1 extra\r\nHost: a\r\n\r\n",
     "crlf_in_header_value": b"GET /echo HTTP/1.1\r\nHost: a\r\nX-A: b\rX-B: c\r\n\r\n",
     "bad_header_name": b"GET /echo HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
     "obsolete_line_folding": b"GET /echo HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
     "bad_chunk_size": b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+}
+
+# Two values where one is allowed: refused as ambiguous, whatever the values.
+AMBIGUOUS_REQUESTS = {
+    "duplicate_content_length": b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "duplicate_content_length_same_value": b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "duplicate_host": b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "duplicate_host_same_value": b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    "duplicate_host_other_case": b"GET /echo HTTP/1.1\r\nHost: a\r\nhOST: a\r\n\r\n",
 }
 
 
@@ -55,6 +69,23 @@ def test_malformed_requests_get_400_json_and_the_connection_is_closed(
     records = gh.wait_audit(before + 1)
     assert len(records) == before + 1
     assert records[-1]["status"] == 400 and records[-1]["decision"] == "deny"
+
+
+@pytest.mark.parametrize("name", sorted(AMBIGUOUS_REQUESTS))
+def test_a_duplicated_host_or_content_length_is_refused_as_ambiguous_and_closed(
+    gh: Gatehouse, name: str
+) -> None:
+    before = len(gh.audit_records())
+    response = raw_request(
+        gh.port, AMBIGUOUS_REQUESTS[name] + b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    status, body = status_and_body(response)
+    assert status == 400, response[:200]
+    assert json.loads(body)["error"] == "ambiguous_request"
+    assert response.count(b"HTTP/1.") == 1  # closed: the pipelined request never answered
+    records = gh.wait_audit(before + 1)
+    assert len(records) == before + 1
+    assert records[-1]["reason"] == "ambiguous_request" and records[-1]["decision"] == "deny"
 
 
 def test_oversized_header_gets_431(gh: Gatehouse) -> None:

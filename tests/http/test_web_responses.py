@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy.config.schema import Address, ListenConfig
 from proxy.http.protocol import HttpServer, Request, Written
-from proxy.http.server import bind_socket, make_server, start_listener
+from proxy.http.server import bind_socket, start_listener
 
 Handler = Callable[[Request], web.StreamResponse]
 
@@ -26,8 +26,7 @@ async def serve() -> AsyncIterator[Callable[[Handler], asyncio.Future[int]]]:
         async def go() -> int:
             listen = ListenConfig(Address("127.0.0.1", 0))
             sock = bind_socket(listen.address, reuse_port=False, backlog=16)
-            upgrades = make_server(no_upgrades, listen, None)
-            listener = await start_listener(HttpServer(handler, listen, None, upgrades), sock, None)
+            listener = await start_listener(HttpServer(handler, listen, None), sock, None)
             servers.append(listener)
             port: int = sock.getsockname()[1]
             return port
@@ -37,10 +36,6 @@ async def serve() -> AsyncIterator[Callable[[Handler], asyncio.Future[int]]]:
     yield start
     for server in servers:
         server.close()
-
-
-async def no_upgrades(request: web.BaseRequest) -> web.StreamResponse:
-    raise AssertionError("these tests never upgrade")
 
 
 async def exchange(port: int, request: bytes) -> bytes:

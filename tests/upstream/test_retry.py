@@ -19,8 +19,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from proxy.config.schema import BackendConfig, Timeouts
+from proxy.config.schema import Address, BackendConfig, ListenConfig, Timeouts
 from proxy.errors import GatehouseError, UpstreamConnectError
+from proxy.http.protocol import HttpServer, Request, Written
+from proxy.http.server import bind_socket, start_listener
 from proxy.observability.audit import AuditRecord
 from proxy.upstream.circuit import CircuitState
 from proxy.upstream.client import UpstreamClient, UpstreamResponse
@@ -199,14 +201,15 @@ Front = Callable[[EndpointPool], Awaitable[str]]
 
 @pytest.fixture
 async def front() -> AsyncIterator[Front]:
-    """Start a front server that forwards through a given pool, exactly as the gateway should."""
-    runners: list[web.AppRunner] = []
+    """Start a front server (the proxy's own listener) that forwards through a given pool,
+    exactly as the gateway should."""
+    listeners: list[asyncio.Server] = []
     client = UpstreamClient()
 
     async def start(pool: EndpointPool) -> str:
         backend = BackendConfig("b", pool.urls, Timeouts(connect=1.0, read=2.0, total=3.0))
 
-        async def handle(request: web.Request) -> web.StreamResponse:
+        async def handle(request: Request) -> web.StreamResponse | Written:
             record = AuditRecord(ts_epoch=0.0, request_id="test")
 
             async def attempt(endpoint: str, remaining: float | None) -> UpstreamResponse:
@@ -237,15 +240,14 @@ async def front() -> AsyncIterator[Front]:
             finally:
                 exchange.release()
 
-        app = web.Application(client_max_size=2**24)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner, url = await start_app(app)
-        runners.append(runner)
-        return url
+        listen = ListenConfig(Address("127.0.0.1", 0), max_body=2**24)
+        sock = bind_socket(listen.address, reuse_port=False, backlog=64)
+        listeners.append(await start_listener(HttpServer(handle, listen, None), sock, None))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for listener in listeners:
+        listener.close()
     await client.close()
 
 
