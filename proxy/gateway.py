@@ -17,15 +17,15 @@ forwards (:meth:`Gateway._decide`, the original request read by
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, overload
+from typing import TYPE_CHECKING, NamedTuple
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config.schema import Config
@@ -39,6 +39,7 @@ from proxy.errors import (
     GatehouseError,
     RateLimited,
     RouteNotFound,
+    ShuttingDown,
     UntrustedPeer,
     UpstreamError,
     status_class,
@@ -91,7 +92,7 @@ from proxy.ratelimit import RateLimiter, rate_key
 from proxy.upstream.client import UpstreamClient, UpstreamResponse
 from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool
-from proxy.upstream.websocket import is_websocket_upgrade, proxy_websocket
+from proxy.upstream.websocket import WebSocketLimits, is_websocket_upgrade, proxy_websocket
 
 if TYPE_CHECKING:
     from proxy.grants.service import GrantLookup
@@ -101,10 +102,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gatehouse.gateway")
 _inflight = metrics.fast_gauge(metrics.INFLIGHT)
 
-
-# A request from the lean server, or from aiohttp's (a connection handed over
-# for a WebSocket upgrade): the gateway reads the same attributes of both.
-Incoming = Request | web.BaseRequest
 
 # A hook for endpoints the proxy serves itself (login callback, JWKS): returns
 # a response, or None to carry on down the normal request path. They all live
@@ -148,7 +145,6 @@ class Gateway:
     config: Config
     policies: PolicyStore
     audit: AuditWriter
-    session: aiohttp.ClientSession  # websocket upgrades only
     client: UpstreamClient
     pools: dict[str, EndpointPool]
     authenticator: Authenticator | None = None
@@ -200,17 +196,14 @@ class Gateway:
     def decision_listener(self) -> bool:
         return self.config.listen.mode == "decision"
 
-    @overload
-    async def handle(self, request: Request) -> web.StreamResponse | Written: ...
+    @functools.cached_property
+    def websocket_limits(self) -> WebSocketLimits:
+        listen = self.config.listen
+        return WebSocketLimits(listen.websocket_max_message, listen.websocket_idle_timeout)
 
-    @overload
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse: ...
-
-    async def handle(self, request: Incoming) -> web.StreamResponse | Written:
+    async def handle(self, request: Request) -> web.StreamResponse | Written:
         started = time.perf_counter()
         record = AuditRecord(ts_epoch=time.time(), request_id="")
-        if not isinstance(request, Request):
-            request["gatehouse.audited"] = True  # aiohttp's error page hook must not audit again
         _inflight.inc()
         span = self.tracing.request() if self.tracing is not None else None
         response: web.StreamResponse | Written | None = None
@@ -218,6 +211,14 @@ class Gateway:
             response = await self._handle(request, record, span)
         except GatehouseError as exc:
             response = self._fail(exc, record)
+        except asyncio.CancelledError:
+            # The server cancels a request only at the drain deadline: answer it
+            # 503 if nothing went out yet; a begun answer can only be cut short.
+            if request.started:
+                record.reason = ShuttingDown.reason
+                response = Written(record.upstream_status or 500)
+            else:
+                response = self._fail(ShuttingDown(), record)
         except Exception:
             log.exception(
                 "unexpected failure handling request %s", record.request_id, extra=_context(record)
@@ -269,7 +270,7 @@ class Gateway:
         return error_response(exc.status, exc.reason, record.request_id, headers)
 
     async def _handle(
-        self, request: Incoming, record: AuditRecord, span: RequestTrace | None
+        self, request: Request, record: AuditRecord, span: RequestTrace | None
     ) -> web.StreamResponse | Written:
         if self.decision_listener:
             return await self._decide(request, record, span)
@@ -322,25 +323,25 @@ class Gateway:
         pool = self.pools[route.backend]
         # The client's Host when the route preserves it; else the endpoint's.
         upstream_host = facts.headers.get("host") if route.preserve_host else None
-        # Only aiohttp's server can upgrade; the lean server hands upgrades over to it.
-        # (Tested as "not a Request": aiohttp's BaseRequest is an ABC, slow to test against.)
-        if route.websocket and not isinstance(request, Request) and is_websocket_upgrade(request):
-            if upstream_host is not None:
-                upstream_headers.append(("Host", upstream_host))
+        backend = self.config.backends[route.backend]
+        path_qs = path + (f"?{query}" if query else "")
+        if route.websocket and is_websocket_upgrade(request):
             # Picked only here: pool.send() picks for plain requests, and a
             # second pick would skew the balancer (round robin sent all to one).
             record.attempts = 1  # an upgrade is never retried
             return await proxy_websocket(
-                self.session,
+                self.client,
                 request,
-                url=pool.pick() + facts.path + (f"?{query}" if query else ""),
+                base_url=pool.pick(),
+                path_qs=path_qs,
                 headers=upstream_headers,
+                host=upstream_host,
                 record=record,
+                backend=backend,
+                limits=self.websocket_limits,
                 ssl_context=pool.ssl,
                 server_hostname=pool.server_hostname,
             )
-        backend = self.config.backends[route.backend]
-        path_qs = path + (f"?{query}" if query else "")
         max_body = route.max_body if route.max_body is not None else cfg.max_body
         deadline = route.timeout if route.timeout is not None else backend.timeouts.total
 
@@ -419,7 +420,7 @@ class Gateway:
         finally:
             exchange.release()
 
-    def _edge(self, request: Incoming, record: AuditRecord, span: RequestTrace | None) -> Edge:
+    def _edge(self, request: Request, record: AuditRecord, span: RequestTrace | None) -> Edge:
         cfg = self.config.listen
         peer_ip = _peer_ip(request)
         trusted = cfg.trusted_proxies.contains(peer_ip)
@@ -454,7 +455,7 @@ class Gateway:
             raise AuditUnavailable()
 
     async def _serve_local(
-        self, request: Incoming, facts: RequestFacts, record: AuditRecord
+        self, request: Request, facts: RequestFacts, record: AuditRecord
     ) -> web.StreamResponse | None:
         """An endpoint of Gatehouse's own (login, callback, logout, JWKS), or None."""
         for serve_local in self.local_endpoints:
@@ -571,7 +572,7 @@ class Gateway:
 
     # -- decision listener -----------------------------------------------------
     async def _decide(
-        self, request: Incoming, record: AuditRecord, span: RequestTrace | None
+        self, request: Request, record: AuditRecord, span: RequestTrace | None
     ) -> web.StreamResponse | Written:
         """Answer a data plane's question about a request it holds; never forward.
 
@@ -622,14 +623,12 @@ class Gateway:
         headers = self._allow_headers(
             admitted, facts, raw_headers, envoy=call.endpoint == "ext_authz"
         )
-        if isinstance(request, Request):
-            # Written as it is: an aiohttp response object costs more than the decision.
-            lines = [f"{name}: {value}".encode("latin-1") for name, value in headers]
-            return request.send_whole(200, "OK", [*lines, b"Server: gatehouse"], b"")
-        return web.Response(status=200, headers=headers)
+        # Written as it is: an aiohttp response object costs more than the decision.
+        lines = [f"{name}: {value}".encode("latin-1") for name, value in headers]
+        return request.send_whole(200, "OK", [*lines, b"Server: gatehouse"], b"")
 
     async def _own_path(
-        self, request: Incoming, record: AuditRecord, first: dict[str, str], trusted: bool
+        self, request: Request, record: AuditRecord, first: dict[str, str], trusted: bool
     ) -> web.StreamResponse:
         """Login, callback, logout, JWKS on a decision listener, for the host the user sees."""
         cfg = self.config.listen
@@ -784,7 +783,7 @@ class Gateway:
             out += extra
         return out
 
-    def _client_certificate(self, request: Incoming) -> ClientCertificate | None:
+    def _client_certificate(self, request: Request) -> ClientCertificate | None:
         if self.config.listen.tls is None or self.certificate_reader is None:
             return None
         transport = request.transport
@@ -829,7 +828,7 @@ def _context(record: AuditRecord) -> dict[str, str | None]:
     return {"request_id": record.request_id, "route": record.route, "backend": record.backend}
 
 
-def _peer_ip(request: Incoming) -> str:
+def _peer_ip(request: Request) -> str:
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and peer:
