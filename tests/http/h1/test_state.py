@@ -181,7 +181,9 @@ def test_a_protocol_error_is_final_and_the_other_side_must_close() -> None:
         (ERROR, DONE),
     ],
 )
-def test_the_one_reuse_guard_refuses_anything_but_done_and_done(client: object, server: object) -> None:
+def test_the_one_reuse_guard_refuses_anything_but_done_and_done(
+    client: object, server: object
+) -> None:
     cs = ConnectionState()
     cs.client, cs.server = client, server  # type: ignore[assignment]
     assert not cs.reusable
