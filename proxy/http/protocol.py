@@ -31,7 +31,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
@@ -46,9 +45,9 @@ from proxy.http.h1.connection import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
     NEED_DATA,
-    RequestHead,
     ServerConnection,
 )
+from proxy.http.h1.reader import RequestHead
 from proxy.http.h1.rules import CHUNKED, IncompleteMessage, Limits, RemoteProtocolError
 from proxy.http.h1.state import IDLE, SEND_BODY
 from proxy.http.responses import rejection_response
@@ -83,11 +82,17 @@ class RequestView(Protocol):
     def query(self) -> MultiMapping[str]: ...
 
 
-@dataclass(frozen=True, slots=True)
 class Written:
-    """The response already went out through the request (the gateway reads ``status``)."""
+    """The response already went out through the request (the gateway reads ``status``).
 
-    status: int
+    A plain class, not a frozen dataclass: one is made per request, and a
+    frozen dataclass takes three times as long to build. Never changed once made.
+    """
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
 
 
 def _text(value: bytes) -> str:
@@ -204,10 +209,15 @@ class Request:
         (added unless ``has_date``) and the framing, which is the server's.
         """
         conn = self._conn
-        conn.before_response()
-        data = conn.h1.send_whole(status, reason, lines, body, has_date=has_date)
+        h1 = conn.h1
+        if conn.server.closing:
+            h1.state.process_keep_alive_disabled()
+        data = h1.send_whole(status, reason, lines, body, has_date=has_date)
         self._started = self._ended = True
-        conn.write(data)
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        transport.write(data)
         return Written(status)
 
     def start_stream(
@@ -428,12 +438,11 @@ class _Connection(FlowProtocol):
         if tunnel is not None:
             tunnel.feed(data)
             return
-        h1 = self.h1
-        h1.receive_data(data)
+        buffered = self.h1.receive_data(data)
         self.idle_since = 0.0
         if not self.busy and not self.head_since:
             self.head_since = self.loop.time()
-        if h1.buffered > self.server.high_water:
+        if buffered > self.server.high_water:
             self.pause_reading()
         waiter = self._waiter
         if waiter is not None:
@@ -537,7 +546,11 @@ class _Connection(FlowProtocol):
                         self.head_since = self.head_since or self.loop.time()
                     else:
                         self.idle_since = self.loop.time()
-                    await self._wait()
+                    waiter = self._waiter = self.loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
                     self.busy = True
                     continue
                 if type(event) is not RequestHead:  # closed by the client, or nothing to read
@@ -547,13 +560,20 @@ class _Connection(FlowProtocol):
                 self.busy = True
                 self.head_since = 0.0
                 request = Request(self, event)
-                await self._answer(request)
+                try:
+                    result = await server.handler(request)
+                except Exception:
+                    log.exception("unexpected failure answering a request")
+                    return
+                if type(result) is not Written:
+                    self._answer_with(request, result)  # type: ignore[arg-type]
+                elif not request._ended:
+                    self.abort()  # a streamed answer the handler did not finish: never fake its end
                 if self._tunnel is not None:
                     return
-                if not h1.reusable:
+                if not h1.state.next_cycle():  # the one reuse guard: both sides DONE
                     self._finish_closing()
                     return
-                h1.start_next_cycle()
         finally:
             self.busy = False
             self._task = None
@@ -562,20 +582,12 @@ class _Connection(FlowProtocol):
             if server.closing:
                 server.connection_idle()
 
-    async def _answer(self, request: Request) -> None:
-        try:
-            result = await self.server.handler(request)
-        except Exception:
-            log.exception("unexpected failure answering a request")
-            self.abort()
-            return
-        if not isinstance(result, Written):
-            if request.started:
-                self.abort()  # a response began through the request but was not finished
-            else:
-                self._send_web_response(request, result)
-        elif not request._ended:
-            self.abort()  # a streamed answer the handler did not finish: never fake its end
+    def _answer_with(self, request: Request, response: web.StreamResponse) -> None:
+        """Send the aiohttp response a handler returned instead of writing its own."""
+        if request.started:
+            self.abort()  # a response began through the request but was not finished
+        else:
+            self._send_web_response(request, response)
 
     def _send_web_response(self, request: Request, response: web.StreamResponse) -> None:
         """Serialise an (unprepared) aiohttp response: errors, redirects, local endpoints."""

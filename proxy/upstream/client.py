@@ -39,12 +39,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.http.flow import BodyStream, FlowProtocol, Tunnel
-from proxy.http.h1.connection import (
-    END_OF_MESSAGE,
-    NEED_DATA,
-    ClientConnection,
-    ResponseHead,
-)
+from proxy.http.h1.connection import END_OF_MESSAGE, NEED_DATA, ClientConnection
+from proxy.http.h1.reader import ResponseHead
 from proxy.http.h1.rules import IncompleteMessage, Limits, RemoteProtocolError
 from proxy.http.h1.state import LocalProtocolError
 from proxy.http.h1.writer import request_head
@@ -194,10 +190,11 @@ class _Connection(FlowProtocol):
         self._head = waiter = self.loop.create_future()
         self._read_timeout = read_timeout
         self._head_deadline = head_deadline
-        self._last_read = now = self.loop.time()
-        due = _earliest(read_timeout and now + read_timeout, head_deadline)
-        if due is not None:
-            self._timer = self.loop.call_at(due, self._on_timer)
+        if read_timeout or head_deadline is not None:
+            self._last_read = now = self.loop.time()
+            due = _earliest(read_timeout and now + read_timeout, head_deadline)
+            if due is not None:
+                self._timer = self.loop.call_at(due, self._on_timer)
         self.transport.write(head)
         return waiter
 
@@ -237,9 +234,26 @@ class _Connection(FlowProtocol):
             and not self._reading_paused
         )
 
+    def next_exchange(self) -> bool:
+        """End this exchange; True when the connection may carry another.
+
+        It may only when the state machine's one reuse guard lets it back to
+        IDLE (both sides DONE) and the transport is whole and not held back.
+        """
+        self.finish()
+        transport = self.transport
+        return (
+            not self._broken
+            and transport is not None
+            and not self._reading_paused
+            and not transport.is_closing()
+            and self.h1.state.next_cycle()
+        )
+
     def finish(self) -> None:
         """The exchange is over (reused or not): forget its state."""
-        self._cancel_timer()
+        if self._timer is not None:
+            self._cancel_timer()
         self._head = None
         self._response = None
         self._body = None
@@ -300,7 +314,8 @@ class _Connection(FlowProtocol):
             # Bytes nobody asked for (an idle connection): never trust it again.
             self.close()
             return
-        self._last_read = self.loop.time()
+        if self._timer is not None:
+            self._last_read = self.loop.time()
         self.h1.receive_data(data)
         self._pump()
 
@@ -335,7 +350,18 @@ class _Connection(FlowProtocol):
                 assert isinstance(event, ResponseHead)
                 if event.status >= 200:
                     self._response = event
-                    if not event.framing:  # no body: the head ended the exchange
+                    if event.body is not None:  # the whole body came with the head
+                        self._complete = True
+                        if self._timer is not None:
+                            self._cancel_timer()
+                        if not h1.buffered:
+                            # Nothing after it: the exchange is whole (the common case).
+                            head = self._head
+                            if head is not None and not head.done():
+                                head.set_result((event, event.body, None))
+                            return
+                        self._parts.append(event.body)
+                    elif not event.framing:  # no body: the head ended the exchange
                         self._complete = True
                         self._cancel_timer()
                 elif event.status == 101:
@@ -748,12 +774,9 @@ class UpstreamClient:
         self._closed_one(conn.key)
 
     def put_back(self, conn: _Connection) -> None:
-        reusable = conn.reusable and not self._closed
-        conn.finish()
-        if not reusable:
+        if not conn.next_exchange() or self._closed:
             conn.close()
             return
-        conn.h1.start_next_cycle()  # the one reuse guard: both sides DONE
         idle = self._idle.get(conn.key)
         if idle is None:
             idle = self._idle[conn.key] = collections.deque()

@@ -22,7 +22,6 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.http.h1.rules import response_has_body
 from proxy.http.headers import filter_response_headers
 from proxy.http.protocol import Request, Written
 from proxy.observability.audit import AuditRecord
@@ -156,7 +155,7 @@ async def relay(
     try:
         lines, has_date = response_headers(upstream, record, set_cookies)
         whole = upstream.content_length is not None and upstream.complete
-        if whole and response_has_body(request.method, status):
+        if whole and request.method != "HEAD" and status >= 200 and status != 204 and status != 304:
             # The whole body arrived with the head (the common small answer):
             # hand the connection back first, then answer in one write. (A
             # chunked answer stays chunked: the upstream chose to stream it.)

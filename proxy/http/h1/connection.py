@@ -15,9 +15,10 @@ refused, and a connection is reused only through its one guard,
 Received bytes wait in one buffer until the owner asks for the next event,
 so a request pipelined behind one still being answered, or the first bytes of
 another protocol behind an upgrade request, stay unparsed until their turn:
-:attr:`buffered` tells the owner when to stop reading from the socket. A body
-whose message carried no body framing is announced by the head alone: a head
-whose ``framing`` is 0 is followed by no body events and no END_OF_MESSAGE.
+:attr:`buffered` tells the owner when to stop reading from the socket. A
+message without a body ends with its head: a head whose ``framing`` is 0 is
+followed by no body events and no END_OF_MESSAGE; nor is a response head
+that carries its whole ``body`` (it came with the head).
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from proxy.http.h1 import state as events
 from proxy.http.h1.reader import (
     BodyReader,
     ChunkedReader,
-    HeadParser,
     LengthReader,
+    RequestHead,
+    RequestHeadParser,
+    ResponseHead,
+    ResponseHeadParser,
     UntilCloseReader,
 )
 from proxy.http.h1.rules import (
@@ -40,8 +44,6 @@ from proxy.http.h1.rules import (
     Limits,
     RemoteProtocolError,
     malformed,
-    request_framing,
-    response_framing,
     response_has_body,
     status_has_body,
 )
@@ -62,6 +64,15 @@ from proxy.http.h1.state import (
 )
 from proxy.http.h1.writer import CONTINUE, LAST_CHUNK, chunk, request_head, response_head
 
+# The event sequences each step of an exchange applies (see ConnectionState.process_events).
+_REQUEST_AND_END = (events.REQUEST, events.END_OF_MESSAGE)
+_REQUEST = (events.REQUEST,)
+_RESPONSE_AND_END = (events.RESPONSE, events.END_OF_MESSAGE)
+_RESPONSE = (events.RESPONSE,)
+_END = (events.END_OF_MESSAGE,)
+_SWITCH = (events.SWITCH,)
+_INFORMATIONAL = (events.INFORMATIONAL,)
+
 
 class Sentinel:
     __slots__ = ("name",)
@@ -81,105 +92,41 @@ CONNECTION_CLOSED: Final = Sentinel("CONNECTION_CLOSED")
 _COMPACT_AFTER = 64 * 1024
 
 
-class RequestHead:
-    """A parsed request head. ``framing`` is the body's length, or ``CHUNKED``."""
-
-    __slots__ = (
-        "expect_continue",
-        "framing",
-        "headers",
-        "host",
-        "keep_alive",
-        "method",
-        "size",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        target: str,
-        version: str,
-        headers: list[tuple[bytes, bytes]],
-        host: bytes | None,
-        framing: int,
-        keep_alive: bool,
-        upgrade: bytes | None,
-        expect_continue: bool,
-        size: int,
-    ) -> None:
-        self.method = method
-        self.target = target  # as sent, decoded UTF-8 (undecodable bytes kept as surrogates)
-        self.version = version  # "1.0" or "1.1"
-        self.headers = headers  # (name, value) as received, trailing whitespace removed
-        self.host = host
-        self.framing = framing
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade  # the Upgrade value when the request asks to switch protocols
-        self.expect_continue = expect_continue
-        self.size = size  # bytes of the head
-
-
-class ResponseHead:
-    """A parsed response head (an informational one when ``status`` < 200)."""
-
-    __slots__ = ("content_length", "framing", "headers", "keep_alive", "reason", "status")
-
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        headers: list[tuple[bytes, bytes]],
-        framing: int,
-        content_length: int | None,
-        keep_alive: bool,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.framing = framing  # a length (0: no body), CHUNKED or UNTIL_CLOSE
-        self.content_length = content_length  # announced, for a body that may follow (or HEAD)
-        self.keep_alive = keep_alive
-
-
 Received = RequestHead | ResponseHead | bytes | Sentinel
 
 
 class _Connection:
     """What both roles share: the state machine, the receive buffer and body framing."""
 
-    __slots__ = ("_body", "_buf", "_ended", "_eof", "_head", "_pos", "limits", "state")
+    __slots__ = ("_body", "_buf", "_ended", "_eof", "_pos", "limits", "state")
 
     their_role: Role
 
-    def __init__(self, limits: Limits, *, request_heads: bool) -> None:
+    def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.state = ConnectionState()
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
-        self._head = HeadParser(limits, request=request_heads)
         self._body: BodyReader | None = None
         self._ended = False  # the body's last bytes went out with the previous event
 
     # -- receiving -------------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Bytes from the peer; ``b""`` is its end of stream."""
+    def receive_data(self, data: bytes) -> int:
+        """Bytes from the peer (``b""`` is its end of stream); how many are now buffered."""
         if not data:
             self._eof = True
-            return
+            return len(self._buf) - self._pos
         buf = self._buf
         if self._pos >= len(buf):
             self._buf, self._pos = data, 0
-        elif type(buf) is bytes:
+            return len(data)
+        if type(buf) is bytes:
             # Bytes left over: keep them in a bytearray, which grows in place.
-            self._buf = bytearray(memoryview(buf)[self._pos :])
-            self._buf += data
+            buf = self._buf = bytearray(memoryview(buf)[self._pos :])
             self._pos = 0
-        else:
-            buf += data
+        buf += data
+        return len(buf) - self._pos
 
     @property
     def buffered(self) -> int:
@@ -231,7 +178,7 @@ class _Connection:
     def _end_of_body(self) -> Sentinel:
         self._ended = False
         self._body = None
-        self.state.process_event(self.their_role, events.END_OF_MESSAGE)
+        self.state.process_events(self.their_role, _END)
         return END_OF_MESSAGE
 
     def _start_body(self, framing: int) -> None:
@@ -249,7 +196,9 @@ class _Connection:
     # -- reuse -------------------------------------------------------------------
     @property
     def reusable(self) -> bool:
-        return self.state.reusable
+        """Both sides finished a clean exchange (the state machine's reuse condition)."""
+        state = self.state
+        return state.client is DONE and state.server is DONE
 
     def start_next_cycle(self) -> None:
         """Back to IDLE for the next exchange; refused unless both sides are DONE."""
@@ -259,12 +208,13 @@ class _Connection:
 class ServerConnection(_Connection):
     """The listener's side of one client connection: requests in, responses out."""
 
-    __slots__ = ("_chunked_out", "_method", "_remaining_out", "_version")
+    __slots__ = ("_chunked_out", "_head", "_method", "_remaining_out", "_version")
 
     their_role = CLIENT
 
     def __init__(self, limits: Limits) -> None:
-        super().__init__(limits, request_heads=True)
+        super().__init__(limits)
+        self._head = RequestHeadParser(limits)
         self._method: str | None = None  # of the request being answered
         self._version = "1.1"
         self._chunked_out = False
@@ -276,10 +226,12 @@ class ServerConnection(_Connection):
         if client is SEND_BODY:
             return self._read_body()
         if client is IDLE and state.server is IDLE:
+            if self._pos >= len(self._buf) and not self._eof:
+                return NEED_DATA  # between requests, nothing received yet
             return self._read_request()
         if client is CLOSED:
             return CONNECTION_CLOSED
-        if (client is DONE or client is MUST_CLOSE) and self._eof and not self.buffered:
+        if (client is DONE or client is MUST_CLOSE) and self._eof and self._pos >= len(self._buf):
             state.process_event(CLIENT, events.CONNECTION_CLOSED)
             return CONNECTION_CLOSED
         if client is IDLE or client is DONE or client is MUST_CLOSE:
@@ -297,38 +249,40 @@ class ServerConnection(_Connection):
         if pos != self._pos:
             self._consume(pos - self._pos)
             buf, pos = self._buf, self._pos
-            self._head.next_message()  # what it saw of them was no head
+            self._head.discard()  # what it saw of them was no head
         if pos >= len(buf):
             return self._closed_between_requests()
-        head = self._head
         try:
-            size = head.read(buf, pos)
-            if not size:
-                return self._closed_between_requests() if self._eof else NEED_DATA
-            request = self._request_head(head, size)
+            request = self._head.read(buf, pos)
         except RemoteProtocolError as exc:
-            head.next_message()
+            self._head.discard()
             raise self._failed(exc) from None
-        head.next_message()
-        self._consume(size)
+        if request is None:
+            return self._closed_between_requests() if self._eof else NEED_DATA
+        size = request.size
+        if pos + size >= len(buf):
+            self._buf, self._pos = b"", 0
+        else:
+            self._consume(size)
         state = self.state
         self._method = request.method
         self._version = request.version
-        state.process_event(CLIENT, events.REQUEST)
+        # As h11 does: the flags the head sets come before its events.
         if request.upgrade is not None:
             state.process_upgrade_proposal()
         if not request.keep_alive:
             state.process_keep_alive_disabled()
         if request.framing:
+            state.process_events(CLIENT, _REQUEST)
             self._start_body(request.framing)
             reader = self._body
-            if isinstance(reader, ChunkedReader) and self.buffered:
+            if isinstance(reader, ChunkedReader) and self._pos < len(self._buf):
                 try:
                     reader.check_ahead(self._buf, self._pos)
                 except RemoteProtocolError as exc:
                     raise self._failed(exc) from None
         else:
-            state.process_event(CLIENT, events.END_OF_MESSAGE)
+            state.process_events(CLIENT, _REQUEST_AND_END)
         return request
 
     def _closed_between_requests(self) -> Sentinel:
@@ -336,32 +290,9 @@ class ServerConnection(_Connection):
             return NEED_DATA
         # Between requests, or inside a head that will never be finished: nothing to answer.
         self._buf, self._pos = b"", 0
-        self._head.next_message()
+        self._head.discard()
         self.state.process_event(CLIENT, events.CONNECTION_CLOSED)
         return CONNECTION_CLOSED
-
-    def _request_head(self, head: HeadParser, size: int) -> RequestHead:
-        version = head.version
-        if version != "1.1" and version != "1.0":
-            raise malformed(f"HTTP version {version}")
-        if head.host is None and version == "1.1":
-            raise malformed("no Host field")
-        framing = request_framing(head.lengths, head.codings)
-        if framing == CHUNKED and version == "1.0":
-            raise malformed("Transfer-Encoding in an HTTP/1.0 request")
-        return RequestHead(
-            head.method,
-            head.target.decode("utf-8", "surrogateescape"),
-            version,
-            head.headers,
-            head.host,
-            framing,
-            # HTTP/1.0 keep-alive is not offered: the answer to 1.0 ends the connection.
-            version == "1.1" and head.keep_alive,
-            head.upgrade if head.upgrade is not None and head.wants_upgrade else None,
-            version == "1.1" and head.expect.lower() == b"100-continue",
-            size,
-        )
 
     # -- sending -------------------------------------------------------------------
     def _close_after_response(self) -> bool:
@@ -373,7 +304,7 @@ class ServerConnection(_Connection):
             # The request body is not read to its end: its rest cannot be skipped safely.
             or (client is not DONE and client is not MIGHT_SWITCH_PROTOCOL)
             # The client has sent its last byte and nothing of it waits to be answered.
-            or (self._eof and not self.buffered)
+            or (self._eof and self._pos >= len(self._buf))
         )
         if close and state.keep_alive:
             state.process_keep_alive_disabled()
@@ -391,14 +322,15 @@ class ServerConnection(_Connection):
         self, status: int, reason: str, lines: list[bytes], body: bytes, *, has_date: bool = False
     ) -> bytes:
         """A complete response (head, and body unless HEAD/1xx/204/304) as one piece."""
-        length = len(body) if status_has_body(status) else None
+        # RFC 9110 §6.4.1: 1xx, 204 and 304 carry no content (nor a length); a HEAD
+        # answer carries the length of the body it omits, but not the body.
+        bodiless_status = status < 200 or status == 204 or status == 304
+        length = None if bodiless_status else len(body)
         # Built before any transition: a head that cannot be serialised changes nothing.
         close = self._close_after_response()
         head = response_head(status, reason, lines, length, close=close, has_date=has_date)
-        state = self.state
-        state.process_event(SERVER, events.RESPONSE)
-        state.process_event(SERVER, events.END_OF_MESSAGE)
-        if body and self._method is not None and response_has_body(self._method, status):
+        self.state.process_events(SERVER, _RESPONSE_AND_END)
+        if body and not bodiless_status and self._method != "HEAD":
             return head + body
         return head
 
@@ -427,12 +359,9 @@ class ServerConnection(_Connection):
         head = response_head(
             status, reason, lines, length, chunked=chunked, close=close, has_date=has_date
         )
-        state = self.state
-        state.process_event(SERVER, events.RESPONSE)
+        self.state.process_events(SERVER, _RESPONSE if body else _RESPONSE_AND_END)
         self._chunked_out = chunked
         self._remaining_out = length if body else None
-        if not body:
-            state.process_event(SERVER, events.END_OF_MESSAGE)
         return head, body
 
     def send_data(self, data: bytes) -> bytes:
@@ -477,19 +406,20 @@ class ServerConnection(_Connection):
         return head + body
 
     def start_next_cycle(self) -> None:
-        super().start_next_cycle()
+        self.state.start_next_cycle()
         self._method = None
 
 
 class ClientConnection(_Connection):
     """The upstream client's side of one connection: requests out, responses in."""
 
-    __slots__ = ("_chunked_out", "_method", "_remaining_out")
+    __slots__ = ("_chunked_out", "_head", "_method", "_remaining_out")
 
     their_role = SERVER
 
     def __init__(self, limits: Limits) -> None:
-        super().__init__(limits, request_heads=False)
+        super().__init__(limits)
+        self._head = ResponseHeadParser(limits)
         self._method = "GET"
         self._chunked_out = False
         self._remaining_out: int | None = None
@@ -526,14 +456,12 @@ class ClientConnection(_Connection):
         ``length`` and ``chunked``): building it first lets a head that cannot be
         sent be refused before any connection is chosen."""
         state = self.state
-        state.process_event(CLIENT, events.REQUEST)
-        self._method = method
         if upgrade:
             state.process_upgrade_proposal()
+        state.process_events(CLIENT, _REQUEST if chunked or length else _REQUEST_AND_END)
+        self._method = method
         self._chunked_out = chunked
         self._remaining_out = None if chunked else (length or 0)
-        if not chunked and not length:
-            state.process_event(CLIENT, events.END_OF_MESSAGE)
 
     def send_data(self, data: bytes) -> bytes:
         self.state.process_event(CLIENT, events.DATA)
@@ -577,49 +505,41 @@ class ClientConnection(_Connection):
         raise malformed("the upstream already broke the protocol")
 
     def _read_response(self) -> ResponseHead | Sentinel:
-        head = self._head
+        buf = self._buf
         try:
-            size = head.read(self._buf, self._pos)
-            if not size:
+            response = self._head.read(buf, self._pos, self._method)
+            if response is None:
                 if self._eof:
                     raise IncompleteMessage("connection closed before a complete response head")
                 return NEED_DATA
-            response = self._response_head(head)
+            if response.status == 101 and not self.state.upgrade_proposed:
+                raise malformed("unexpected protocol switch")
         except RemoteProtocolError as exc:
-            head.next_message()
+            self._head.discard()
             raise self._failed(exc) from None
-        head.next_message()
-        self._consume(size)
         state = self.state
         status = response.status
-        if status < 200:
-            if status == 101:
-                state.process_event(SERVER, events.SWITCH)
-            else:
-                state.process_event(SERVER, events.INFORMATIONAL)
-            return response
-        state.process_event(SERVER, events.RESPONSE)
-        if not response.keep_alive or response.framing == UNTIL_CLOSE:
-            state.process_keep_alive_disabled()
-        if response.framing:
-            self._start_body(response.framing)
+        pos = self._pos + response.size
+        framing = response.framing
+        if status >= 200 and 0 < framing <= len(buf) - pos:
+            # The whole body came with the head (the common small answer): one step.
+            end = pos + framing
+            response.body = bytes(buf[pos:end])
+            pos = end
+        if pos >= len(buf):
+            self._buf, self._pos = b"", 0
         else:
-            state.process_event(SERVER, events.END_OF_MESSAGE)
+            self._pos = pos
+            if type(buf) is bytearray and pos > _COMPACT_AFTER:
+                self._consume(0)
+        if status < 200:
+            state.process_events(SERVER, _SWITCH if status == 101 else _INFORMATIONAL)
+            return response
+        if not response.keep_alive or framing == UNTIL_CLOSE:
+            state.process_keep_alive_disabled()
+        if response.body is not None or not framing:
+            state.process_events(SERVER, _RESPONSE_AND_END)
+        else:
+            state.process_events(SERVER, _RESPONSE)
+            self._start_body(framing)
         return response
-
-    def _response_head(self, head: HeadParser) -> ResponseHead:
-        status = head.status
-        if status == 101 and not self.state.upgrade_proposed:
-            raise malformed("unexpected protocol switch")
-        framing = response_framing(self._method, status, head.lengths, head.codings)
-        length = None
-        if head.lengths and not head.codings and status_has_body(status):
-            length = int(head.lengths[0])  # checked by response_framing
-        return ResponseHead(
-            status,
-            head.reason.decode("latin-1"),
-            head.headers,
-            framing,
-            length,
-            head.keep_alive,
-        )

@@ -21,13 +21,17 @@ import re
 import httptools
 
 from proxy.http.h1.rules import (
+    CHUNKED,
     REQUEST_SINGLETONS,
+    UNTIL_CLOSE,
     IncompleteMessage,
     Limits,
     RemoteProtocolError,
     ambiguous,
     duplicated_singleton,
     malformed,
+    request_framing,
+    response_framing,
     too_large,
 )
 
@@ -70,7 +74,6 @@ _CODING = 1 << 20
 _UPGRADE = 1 << 21
 _EXPECT = 1 << 22
 _ALL_SINGLETONS = sum(_SINGLETON_BITS.values())
-_RESPONSE_FIELDS = _LENGTH | _CODING
 _CODES: dict[bytes, int] = {}
 _MAX_CODES = 4096
 _OWS_TAILS = frozenset({b" ", b"\t"})
@@ -90,70 +93,129 @@ def _code_of(name: bytes) -> int:
     return code
 
 
-class HeadParser:
-    """One message head at a time, through llhttp; collects what the framing rules need.
+class RequestHead:
+    """A parsed request head. ``framing`` is the body's length, or ``CHUNKED``."""
 
-    The llhttp parser is kept for the next head only when llhttp itself saw
-    the message end with its head (no body was announced); otherwise it would
-    be waiting for body bytes it will never be given, and a fresh one is made.
+    __slots__ = (
+        "expect_continue",
+        "framing",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "size",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        host: bytes | None,
+        framing: int,
+        keep_alive: bool,
+        upgrade: bytes | None,
+        expect_continue: bool,
+        size: int,
+    ) -> None:
+        self.method = method
+        self.target = target  # as sent, decoded UTF-8 (undecodable bytes kept as surrogates)
+        self.version = version  # "1.0" or "1.1"
+        self.headers = headers  # (name, value) as received, trailing whitespace removed
+        self.host = host
+        self.framing = framing
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade  # the Upgrade value when the request asks to switch protocols
+        self.expect_continue = expect_continue
+        self.size = size  # bytes of the head
+
+
+class ResponseHead:
+    """A parsed response head (an informational one when ``status`` < 200).
+
+    ``body`` is the whole body when it was already received with the head
+    (then no body events follow): the common small answer in one step.
+    """
+
+    __slots__ = (
+        "body",
+        "content_length",
+        "framing",
+        "headers",
+        "keep_alive",
+        "reason",
+        "size",
+        "status",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[bytes, bytes]],
+        framing: int,
+        content_length: int | None,
+        keep_alive: bool,
+        size: int,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.framing = framing  # a length (0: no body), CHUNKED or UNTIL_CLOSE
+        self.content_length = content_length  # announced, for a body that may follow (or HEAD)
+        self.keep_alive = keep_alive
+        self.size = size
+        self.body: bytes | None = None
+
+
+class _HeadParser:
+    """One message head at a time, through llhttp: fed exactly to its blank line.
+
+    The llhttp parser is kept for the next head only when llhttp itself ended
+    the message with its head (no body announced, keep-alive); otherwise it
+    would be waiting for body bytes it will never be given, and a fresh one is
+    made.
     """
 
     __slots__ = (
         "_fed",
-        "_fields",
         "_long",
         "_max_head",
         "_max_headers",
         "_max_line",
         "_parser",
-        "_request",
-        "_seen",
         "codings",
         "complete",
-        "expect",
         "headers",
-        "host",
         "keep_alive",
         "lengths",
-        "message_complete",
-        "reason",
-        "target",
-        "upgrade",
-        "wants_upgrade",
     )
 
-    def __init__(self, limits: Limits, *, request: bool) -> None:
+    def __init__(self, limits: Limits) -> None:
         self._max_line = limits.max_line
         self._max_headers = limits.max_headers
         self._max_head = limits.max_head
-        self._request = request
-        # Singletons are enforced on requests; of responses only the framing fields are read.
-        self._fields = (
-            _ALL_SINGLETONS | _CODING | _UPGRADE | _EXPECT if request else _RESPONSE_FIELDS
-        )
         self._parser: httptools.HttpRequestParser | httptools.HttpResponseParser | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._fed = 0
-        self._seen = 0
         self._long = False  # the head is longer than a line may be: check each line
-        self.target = b""
-        self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.host: bytes | None = None
         self.lengths: list[bytes] = []
         self.codings: list[bytes] = []
-        self.upgrade: bytes | None = None
-        self.expect = b""
         self.complete = False
-        self.message_complete = False
         self.keep_alive = False
-        self.wants_upgrade = False
 
-    # -- driving it ------------------------------------------------------------
-    def read(self, data: bytes | bytearray, pos: int) -> int:
-        """Consume one head from ``data[pos:]``; its length, or 0 while it is incomplete.
+    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
+        raise NotImplementedError
+
+    def _scan(self, data: bytes | bytearray, pos: int) -> int:
+        """Feed llhttp one head from ``data[pos:]``; its size, or 0 while it is incomplete.
 
         Raises :class:`RemoteProtocolError` for a malformed or oversized head.
         """
@@ -165,6 +227,7 @@ class HeadParser:
             if pending > self._max_head:
                 raise too_large("head over the size limit")
             if pending > fed:
+                # Fed as it arrives: a malformed head is refused at its first bad byte.
                 self._long = pending > self._max_line
                 self._feed(data[pos + fed :], data, pos)
                 self._fed = pending
@@ -175,10 +238,21 @@ class HeadParser:
         # No line of a head shorter than the line limit can exceed it: only a
         # longer head has its lines measured.
         self._long = size > self._max_line
-        if not pos and not fed and size == len(data) and type(data) is bytes:
-            self._feed(data, data, pos)
-        else:
-            self._feed(data[pos + fed : pos + size], data, pos)
+        head: bytes | bytearray = data  # the common case: the head is all that was received
+        if pos or fed or size != len(data):
+            head = data[pos + fed : pos + size]
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = self._new_parser()
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # llhttp stops at the end of an upgrade's head; so do we
+        except httptools.HttpParserError as exc:
+            self._parser = None
+            error = self._refusal(exc, bytes(data[pos : pos + size]))
+            if error is not None:
+                raise error from None
         if not self.complete:
             raise malformed("head not understood")
         if len(self.headers) > self._max_headers:
@@ -186,63 +260,135 @@ class HeadParser:
         return size
 
     def _feed(self, data: bytes | bytearray, buf: bytes | bytearray, pos: int) -> None:
+        """Feed the part of a head that arrived (refusing it at its first bad byte)."""
         parser = self._parser
         if parser is None:
-            parser = self._parser = (
-                httptools.HttpRequestParser(self)
-                if self._request
-                else httptools.HttpResponseParser(self)
-            )
+            parser = self._parser = self._new_parser()
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # llhttp stops at the end of an upgrade request's head; so do we
         except httptools.HttpParserError as exc:
-            if not self._request and self.complete and parser.get_status_code() == 101:  # type: ignore[union-attr]
-                return  # llhttp stops after a 101 head, Connection: upgrade or not
             self._parser = None
-            error = _parser_error(exc)
-            if self._request and error.reason == "malformed_request":
-                # llhttp refuses a second Content-Length itself, before our
-                # callback sees it: name the ambiguity, not just the refusal.
-                name = duplicated_singleton(bytes(buf[pos : pos + self._fed + len(data)]))
-                if name is not None:
-                    raise ambiguous(f"more than one {name} field") from None
-            raise error from None
+            error = self._refusal(exc, bytes(buf[pos : pos + self._fed + len(data)]))
+            if error is not None:
+                raise error from None
 
-    def next_message(self) -> None:
-        """Forget this head; the parser is kept only if llhttp saw its message end."""
-        if not self.message_complete or self.wants_upgrade or not self.keep_alive:
-            self._parser = None
+    def _refusal(self, exc: httptools.HttpParserError, head: bytes) -> RemoteProtocolError | None:
+        """The error a refusal by llhttp stands for (None: not an error after all)."""
+        return _parser_error(exc)
+
+    def discard(self) -> None:
+        """Forget a head that was refused or cut off, and the llhttp state it left."""
+        self._parser = None
         self._reset()
 
-    @property
-    def version(self) -> str:
-        assert self._parser is not None
-        return self._parser.get_http_version()
 
-    @property
-    def method(self) -> str:
-        assert isinstance(self._parser, httptools.HttpRequestParser)
-        raw: bytes = self._parser.get_method()
-        return _METHODS.get(raw) or raw.decode("ascii")
+class RequestHeadParser(_HeadParser):
+    """Request heads, with the singleton fields refused when repeated."""
 
-    @property
-    def status(self) -> int:
-        assert isinstance(self._parser, httptools.HttpResponseParser)
-        code: int = self._parser.get_status_code()
-        return code
+    __slots__ = ("_raw_method", "_seen", "_target", "expect", "host", "method", "upgrade", "wants")
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._seen = 0
+        self._target = b""
+        self.host: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.expect = b""
+        self.method = ""
+        self._raw_method = b""
+        self.wants = False
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        return httptools.HttpRequestParser(self)
+
+    def _refusal(self, exc: httptools.HttpParserError, head: bytes) -> RemoteProtocolError:
+        error = _parser_error(exc)
+        if error.reason == "malformed_request":
+            # llhttp refuses a second Content-Length itself, before our
+            # callback sees it: name the ambiguity, not just the refusal.
+            name = duplicated_singleton(head)
+            if name is not None:
+                return ambiguous(f"more than one {name} field")
+        return error
+
+    def read(self, data: bytes | bytearray, pos: int) -> RequestHead | None:
+        """The next request head in ``data[pos:]`` (None while it is incomplete)."""
+        end = -1 if pos or self._fed else data.find(_HEAD_END)
+        if end < 0 or end + 4 != len(data) or type(data) is not bytes or end + 4 > self._max_head:
+            size = self._scan(data, pos)
+            if not size:
+                return None
+        else:
+            # The common case, one whole head and nothing else received: _scan's
+            # path without its generality (one frame less per request).
+            size = end + 4
+            self._long = size > self._max_line
+            parser = self._parser
+            if parser is None:
+                parser = self._parser = httptools.HttpRequestParser(self)
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                pass
+            except httptools.HttpParserError as exc:
+                self._parser = None
+                error = self._refusal(exc, data)
+                if error is not None:
+                    raise error from None
+            if not self.complete:
+                raise malformed("head not understood")
+            if len(self.headers) > self._max_headers:
+                raise too_large("too many header fields")
+        # The version, read where the request line puts it (llhttp checked the line).
+        at = pos + len(self._raw_method) + len(self._target) + 2
+        if data.startswith(b"HTTP/1.1\r\n", at):
+            version = "1.1"
+        elif data.startswith(b"HTTP/1.0\r\n", at):
+            version = "1.0"
+        else:
+            raise malformed("HTTP version other than 1.0 and 1.1")
+        host = self.host
+        if host is None and version == "1.1":
+            raise malformed("no Host field")
+        lengths, codings = self.lengths, self.codings
+        framing = request_framing(lengths, codings) if lengths or codings else 0
+        keep_alive = self.keep_alive
+        if version == "1.0":
+            if framing == CHUNKED:
+                raise malformed("Transfer-Encoding in an HTTP/1.0 request")
+            keep_alive = False  # HTTP/1.0 keep-alive is not offered: its answer ends it
+        upgrade = self.upgrade if self.wants else None
+        head = RequestHead(
+            self.method,
+            self._target.decode("utf-8", "surrogateescape"),
+            version,
+            self.headers,
+            host,
+            framing,
+            keep_alive,
+            upgrade,
+            bool(self.expect) and version == "1.1" and self.expect.lower() == b"100-continue",
+            size,
+        )
+        # llhttp ended the message with its head only when no body was announced.
+        if framing or not keep_alive or self.wants:
+            self._parser = None
+        self._fed = self._seen = 0
+        self._long = self.complete = self.wants = False
+        self.headers = []
+        if lengths:
+            self.lengths = []
+        if codings:
+            self.codings = []
+        self._target = self.expect = b""
+        self.host = self.upgrade = None
+        return head
 
     # -- llhttp's callbacks ------------------------------------------------------
     def on_url(self, url: bytes) -> None:
-        self.target += url
-        if self._long and len(self.target) > self._max_line:
+        self._target += url
+        if self._long and len(self._target) > self._max_line:
             raise too_large("request target over the line limit")
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-        if self._long and len(self.reason) > self._max_line:
-            raise too_large("status line over the line limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._long and len(name) + len(value) > self._max_line:
@@ -250,15 +396,12 @@ class HeadParser:
         if value[-1:] in _OWS_TAILS:
             value = value.rstrip(b" \t")  # llhttp strips the whitespace before a value only
         self.headers.append((name, value))
-        code = _CODES.get(name)
-        if code is None:
+        code = _CODES.get(name, -1)
+        if code < 0:
             code = _code_of(name)
-        if code & self._fields:
-            self._note(code & self._fields, name, value)
-
-    def _note(self, code: int, name: bytes, value: bytes) -> None:
-        """Record a field the framing rules read; refuse a second value of a singleton."""
-        if self._request and code & _ALL_SINGLETONS:
+        if not code:
+            return
+        if code & _ALL_SINGLETONS:
             if self._seen & code:
                 raise ambiguous(f"more than one {name.decode('latin-1').lower()} field")
             self._seen |= code
@@ -276,13 +419,134 @@ class HeadParser:
     def on_headers_complete(self) -> None:
         # Read now: llhttp forgets a message's flags once the message is complete.
         parser = self._parser
-        assert parser is not None
+        assert isinstance(parser, httptools.HttpRequestParser)
         self.keep_alive = parser.should_keep_alive()
-        self.wants_upgrade = parser.should_upgrade()
+        self.wants = parser.should_upgrade()
+        raw = self._raw_method = parser.get_method()
+        self.method = _METHODS.get(raw) or raw.decode("ascii")
         self.complete = True
 
-    def on_message_complete(self) -> None:
-        self.message_complete = True
+
+class ResponseHeadParser(_HeadParser):
+    """Response heads: only the framing fields are read of them."""
+
+    __slots__ = ("_reason", "status")
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._reason = b""
+        self.status = 0
+
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        return httptools.HttpResponseParser(self)
+
+    def _refusal(self, exc: httptools.HttpParserError, head: bytes) -> RemoteProtocolError | None:
+        if self.complete and self.status == 101:
+            return None  # llhttp stops after a 101 head, Connection: upgrade or not
+        return _parser_error(exc)
+
+    def read(self, data: bytes | bytearray, pos: int, method: str) -> ResponseHead | None:
+        """The next response head in ``data[pos:]`` to a ``method`` request (None while
+        it is incomplete)."""
+        if pos or self._fed or self._parser is not None:
+            size = self._scan(data, pos)
+            if not size:
+                return None
+        else:
+            # The common case, a fresh head at the start of the bytes received:
+            # _scan's path without its generality (one frame less per answer).
+            end = data.find(_HEAD_END)
+            if end < 0 or end + 4 > self._max_head:
+                size = self._scan(data, pos)
+                if not size:
+                    return None
+            else:
+                size = end + 4
+                self._long = size > self._max_line
+                parser = self._parser = httptools.HttpResponseParser(self)
+                try:
+                    parser.feed_data(data if size == len(data) else data[:size])
+                except httptools.HttpParserUpgrade:
+                    pass
+                except httptools.HttpParserError as exc:
+                    self._parser = None
+                    error = self._refusal(exc, bytes(data[:size]))
+                    if error is not None:
+                        raise error from None
+                if not self.complete:
+                    raise malformed("head not understood")
+                if len(self.headers) > self._max_headers:
+                    raise too_large("too many header fields")
+        status = self.status
+        lengths, codings = self.lengths, self.codings
+        bodiless = status < 200 or status == 204 or status == 304
+        length = None
+        if codings or len(lengths) > 1:
+            framing = response_framing(method, status, lengths, codings)
+        elif lengths:
+            # The common answer, one Content-Length: the same rule, without the call.
+            value = lengths[0]
+            if not value.isdigit() or len(value) > 18 or not value.isascii():
+                raise malformed("invalid Content-Length")
+            if not bodiless:
+                length = int(value)
+            framing = 0 if bodiless or method == "HEAD" else length  # type: ignore[assignment]
+        else:
+            framing = 0 if bodiless or method == "HEAD" else UNTIL_CLOSE
+        head = ResponseHead(
+            status,
+            self._reason.decode("latin-1"),
+            self.headers,
+            framing,
+            length,
+            self.keep_alive,
+            size,
+        )
+        # llhttp ended the message with its head only for these (HEAD aside: it
+        # does not know the request's method, so it waits for the announced body).
+        if not self.keep_alive or not (
+            (status < 200 and status != 101)
+            or status == 204
+            or status == 304
+            or (not codings and lengths == [b"0"])
+        ):
+            self._parser = None
+        self._fed = self.status = 0
+        self._long = self.complete = False
+        self.headers = []
+        if lengths:
+            self.lengths = []
+        if codings:
+            self.codings = []
+        self._reason = b""
+        return head
+
+    # -- llhttp's callbacks ------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+        if self._long and len(self._reason) > self._max_line:
+            raise too_large("status line over the line limit")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._long and len(name) + len(value) > self._max_line:
+            raise too_large("header field over the line limit")
+        if value[-1:] in _OWS_TAILS:
+            value = value.rstrip(b" \t")
+        self.headers.append((name, value))
+        size = len(name)
+        if size == 14 or size == 17:  # the only framing fields: the rest are not lower-cased
+            lower = name.lower()
+            if lower == b"content-length":
+                self.lengths.append(value)
+            elif lower == b"transfer-encoding":
+                self.codings.append(value)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert isinstance(parser, httptools.HttpResponseParser)
+        self.keep_alive = parser.should_keep_alive()
+        self.status = parser.get_status_code()
+        self.complete = True
 
 
 class BodyReader:

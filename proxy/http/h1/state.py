@@ -127,6 +127,13 @@ STATE_TRIGGERED: dict[tuple[State, State], dict[Role, State]] = {
 }
 
 
+# Outcomes of event sequences already worked out by the tables, by everything
+# that shaped them: the whole state space is a few hundred entries, and one
+# lookup is cheaper than walking the tables on every exchange.
+_Key = tuple[Role, tuple[Event, ...], State, State, bool, bool]
+_OUTCOMES: dict[_Key, tuple[State, State, bool]] = {}
+
+
 class ConnectionState:
     """Both roles' states on one connection, plus keep-alive and a pending upgrade."""
 
@@ -165,6 +172,20 @@ class ConnectionState:
             if event is RESPONSE:
                 self.upgrade_proposed = False  # answered normally: the upgrade is declined
         self.settle()
+
+    def process_events(self, role: Role, sequence: tuple[Event, ...]) -> None:
+        """``process_event`` for each of ``sequence`` in turn (all or none are applied),
+        looked up once worked out: the hot path's way through the same tables."""
+        key = (role, sequence, self.client, self.server, self.keep_alive, self.upgrade_proposed)
+        outcome = _OUTCOMES.get(key)
+        if outcome is None:
+            trial = ConnectionState()
+            trial.client, trial.server = self.client, self.server
+            trial.keep_alive, trial.upgrade_proposed = self.keep_alive, self.upgrade_proposed
+            for event in sequence:
+                trial.process_event(role, event)  # raises before anything is applied here
+            outcome = _OUTCOMES[key] = (trial.client, trial.server, trial.upgrade_proposed)
+        self.client, self.server, self.upgrade_proposed = outcome
 
     def process_upgrade_proposal(self) -> None:
         """The client's request asks to switch protocols (``Upgrade`` + ``Connection: upgrade``)."""
@@ -208,10 +229,19 @@ class ConnectionState:
         """Both sides finished a clean exchange: the connection may carry another."""
         return self.client is DONE and self.server is DONE
 
+    def next_cycle(self) -> bool:
+        """The one reuse guard: back to IDLE only from DONE/DONE (keep-alive implied).
+
+        Whether the connection may carry another exchange (if not, nothing changes).
+        """
+        if self.client is DONE and self.server is DONE:
+            self.client = self.server = IDLE
+            return True
+        return False
+
     def start_next_cycle(self) -> None:
-        """The one reuse guard: back to IDLE only from DONE/DONE (keep-alive implied)."""
-        if not (self.client is DONE and self.server is DONE):
+        """:meth:`next_cycle`, refusing a connection that is not reusable."""
+        if not self.next_cycle():
             raise LocalProtocolError(
                 f"not reusable: client {self.client.name}, server {self.server.name}"
             )
-        self.client = self.server = IDLE

@@ -12,11 +12,10 @@ from proxy.http.h1.connection import (
     NEED_DATA,
     PAUSED,
     ClientConnection,
-    RequestHead,
-    ResponseHead,
     Sentinel,
     ServerConnection,
 )
+from proxy.http.h1.reader import RequestHead, ResponseHead
 from proxy.http.h1.rules import CHUNKED, UNTIL_CLOSE, IncompleteMessage, Limits, RemoteProtocolError
 from proxy.http.h1.state import (
     CLIENT,
@@ -143,11 +142,16 @@ def test_a_100_kb_chunk_extension_is_refused_as_it_arrives() -> None:
     request_of(conn)
     conn.receive_data(b"1;ext=")
     received = 6
-    with pytest.raises(RemoteProtocolError) as err:
+
+    def feed_until_refused() -> None:
+        nonlocal received
         while received < 100 * 1024:
             conn.next_event()
             conn.receive_data(b"x" * 1024)
             received += 1024
+
+    with pytest.raises(RemoteProtocolError) as err:
+        feed_until_refused()
     assert err.value.reason == "malformed_request"
     # Refused within one read past the limit, long before the 100 KB.
     assert received <= LIMITS.max_chunk_line + 2 * 1024
@@ -443,11 +447,22 @@ def test_a_request_head_is_written_with_host_first_and_its_framing() -> None:
     assert conn.state.client is DONE
 
 
-def test_a_response_with_a_length_is_head_data_end_and_reusable() -> None:
+def test_a_response_whose_body_came_with_its_head_carries_it_in_one_step() -> None:
     conn = client()
     head = response_of(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\nok")
     assert (head.status, head.reason, head.content_length, head.framing) == (200, "OK", 2, 2)
-    assert events(conn) == [b"ok", END_OF_MESSAGE, NEED_DATA]
+    assert head.body == b"ok"
+    assert events(conn) == [NEED_DATA]
+    assert conn.reusable
+
+
+def test_a_response_body_arriving_later_is_data_then_end() -> None:
+    conn = client()
+    head = response_of(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+    assert head.body is None
+    assert events(conn) == [b"ok", NEED_DATA]
+    conn.receive_data(b"!!")
+    assert events(conn) == [b"!!", END_OF_MESSAGE, NEED_DATA]
     assert conn.reusable
 
 
@@ -479,9 +494,7 @@ def test_a_head_answer_keeps_its_length_but_has_no_body() -> None:
 
 def test_bytes_after_a_complete_answer_make_the_connection_unusable() -> None:
     conn = client()
-    response_of(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK")
-    assert conn.next_event() == b"x"
-    assert conn.next_event() is END_OF_MESSAGE
+    assert response_of(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1").body == b"x"
     with pytest.raises(RemoteProtocolError):
         conn.next_event()
     assert conn.state.server is ERROR and not conn.reusable
