@@ -57,6 +57,10 @@ _FIELD_LINE = re.compile(
 )
 
 
+class _SecondMessage(Exception):
+    """Raised from llhttp's callback when a read meant for one head meets another."""
+
+
 def _parser_error(exc: httptools.HttpParserError) -> RemoteProtocolError:
     cause = exc.__context__
     if isinstance(cause, RemoteProtocolError):
@@ -313,32 +317,19 @@ class RequestHeadParser(_HeadParser):
 
     def read(self, data: bytes | bytearray, pos: int) -> RequestHead | None:
         """The next request head in ``data[pos:]`` (None while it is incomplete)."""
-        end = -1 if pos or self._fed else data.find(_HEAD_END)
-        if end < 0 or end + 4 != len(data) or type(data) is not bytes or end + 4 > self._max_head:
+        if (
+            not pos
+            and not self._fed
+            and type(data) is bytes
+            and data.endswith(_HEAD_END)
+            and len(data) <= self._max_head
+            and self._whole(data)
+        ):
+            size = len(data)
+        else:
             size = self._scan(data, pos)
             if not size:
                 return None
-        else:
-            # The common case, one whole head and nothing else received: _scan's
-            # path without its generality (one frame less per request).
-            size = end + 4
-            self._long = size > self._max_line
-            parser = self._parser
-            if parser is None:
-                parser = self._parser = httptools.HttpRequestParser(self)
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
-                pass
-            except httptools.HttpParserError as exc:
-                self._parser = None
-                error = self._refusal(exc, data)
-                if error is not None:
-                    raise error from None
-            if not self.complete:
-                raise malformed("head not understood")
-            if len(self.headers) > self._max_headers:
-                raise too_large("too many header fields")
         # The version, read where the request line puts it (llhttp checked the line).
         at = pos + len(self._raw_method) + len(self._target) + 2
         if data.startswith(b"HTTP/1.1\r\n", at):
@@ -384,8 +375,49 @@ class RequestHeadParser(_HeadParser):
         self.host = self.upgrade = None
         return head
 
+    def _whole(self, data: bytes) -> bool:
+        """Read all of ``data`` as one head, if that is what it is: the common case of a
+        GET received alone, without searching for its end first.
+
+        True when llhttp read exactly one message and it announced no body: its
+        head is then all of ``data`` (llhttp skips nothing after a message but
+        the empty lines RFC 9112 §2.2 lets a server ignore). Anything else (a
+        body, a second request, an error after the first head) is undone, for
+        the exact path to read again; an error inside the first head is the
+        head's refusal.
+        """
+        self._long = len(data) > self._max_line
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if upgrade.args and upgrade.args[0] == len(data):
+                return self._checked()
+        except httptools.HttpParserError as exc:
+            if not self.complete:
+                self._parser = None
+                # Only the first head counts: what follows it is not read yet.
+                error = self._refusal(exc, data[: data.find(_HEAD_END) + 4])
+                if error is not None:
+                    raise error from None
+        else:
+            if self.complete and not self.lengths and not self.codings:
+                return self._checked()
+        self.discard()  # read again exactly
+        return False
+
+    def _checked(self) -> bool:
+        if len(self.headers) > self._max_headers:
+            raise too_large("too many header fields")
+        return True
+
     # -- llhttp's callbacks ------------------------------------------------------
     def on_url(self, url: bytes) -> None:
+        if self.complete:
+            # A second request behind the first: stop, and read them one by one.
+            raise _SecondMessage
         self._target += url
         if self._long and len(self._target) > self._max_line:
             raise too_large("request target over the line limit")

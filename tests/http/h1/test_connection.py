@@ -213,6 +213,13 @@ def test_a_bad_request_head_is_refused_with_the_reason_a_server_answers(
     assert conn.state.client is ERROR
 
 
+def test_a_refusal_reads_the_refused_head_only_not_what_is_pipelined_after_it() -> None:
+    conn = server(
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert refusal(conn).reason == "malformed_request"  # not "a second Host"
+
+
 def test_an_http_1_0_request_needs_no_host_and_is_not_kept_alive() -> None:
     conn = server(b"GET / HTTP/1.0\r\n\r\n")
     head = request_of(conn)
