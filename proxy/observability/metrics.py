@@ -7,18 +7,28 @@ engine, never from raw request data.
 With ``--workers N`` > 1 the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before this
 module is imported, so every worker writes to shared files and the admin
 listener aggregates them (see :func:`render`).
+
+The metrics every request updates (requests, durations, decisions,
+authentication, upstream errors, in-flight) are kept, in a single process, by
+this module's own loop families: plain numbers the event loop's thread
+updates without a lock, exported to prometheus_client through a registered
+collector (its public custom-collector API, so the exposition is the one the
+library's own metrics give). With several workers they are prometheus_client
+metrics like the rest, whose values live in the shared files.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -27,11 +37,20 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
-from prometheus_client import values as _values
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+# prometheus_client's own switch for the ``_created`` series, honoured here too.
+_CREATED = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in (
+    "true",
+    "1",
+)
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -50,26 +69,238 @@ _LATENCY_BUCKETS = (
     30.0,
 )
 
+
+class _CounterValue:
+    """One labelled counter: a number the loop's thread adds to."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+
+class _GaugeValue:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class _HistogramValue:
+    """One labelled histogram: a count per bucket (found by bisection) and the sum."""
+
+    __slots__ = ("bounds", "counts", "created", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # the upper bounds, +Inf last
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        self.total += amount
+        i = bisect_left(self.bounds, amount)
+        # The library's bucket: the first with ``amount <= bound`` (none for NaN).
+        if i < len(self.bounds) and amount <= self.bounds[i]:
+            self.counts[i] += 1
+
+
+class _LoopFamily:
+    """A metric family whose children are plain values, for the event loop's thread only."""
+
+    kind = ""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Any] = {}
+        if not self.labelnames:
+            self._children[()] = self._new()
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def labels(self, *values: str, **named: str) -> Any:
+        """The child for these label values, given in order or by name (as the library's)."""
+        if named:
+            if values or set(named) != set(self.labelnames):
+                raise ValueError(f"{self.name}: expected labels {self.labelnames}")
+            values = tuple(named[name] for name in self.labelnames)
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [Metric(self.name, self.documentation, self.kind)]
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class LoopCounter(_LoopFamily):
+    kind = "counter"
+
+    def _new(self) -> _CounterValue:
+        return _CounterValue()
+
+    def inc(self, amount: float = 1) -> None:
+        self._children[()].inc(amount)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value, created=child.created if _CREATED else None)
+        yield family
+
+
+class LoopGauge(_LoopFamily):
+    kind = "gauge"
+
+    def _new(self) -> _GaugeValue:
+        return _GaugeValue()
+
+    def inc(self, amount: float = 1) -> None:
+        self._children[()].inc(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._children[()].dec(amount)
+
+    def set(self, value: float) -> None:
+        self._children[()].set(value)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
+class LoopHistogram(_LoopFamily):
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = (),
+    ) -> None:
+        self.bounds = (*buckets, float("inf"))
+        super().__init__(name, documentation, labelnames)
+
+    def _new(self) -> _HistogramValue:
+        return _HistogramValue(self.bounds)
+
+    def observe(self, amount: float) -> None:
+        self._children[()].observe(amount)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        names = [_le(bound) for bound in self.bounds]
+        for values, child in list(self._children.items()):
+            cumulative = 0.0
+            buckets = []
+            for le, count in zip(names, child.counts, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(values, buckets, child.total)
+            if _CREATED:
+                labels = dict(zip(self.labelnames, values, strict=True))
+                family.add_sample(self.name + "_created", labels, child.created)
+        yield family
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes it (``0.001``, ``1.0``, ``+Inf``)."""
+    if bound == float("inf"):
+        return "+Inf"
+    return repr(float(bound))
+
+
+class _LoopCollector:
+    """Hands the loop families to prometheus_client at each scrape."""
+
+    def __init__(self) -> None:
+        self.families: list[_LoopFamily] = []
+
+    def describe(self) -> list[Metric]:
+        return [m for family in self.families for m in family.describe()]
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield from family.collect()
+
+
+_LOOP = _LoopCollector()
+if not MULTIPROCESS:
+    REGISTRY.register(_LOOP)
+
+
+def _register(family: _LoopFamily) -> Any:
+    _LOOP.families.append(family)
+    return family
+
+
+def loop_counter(name: str, documentation: str, labelnames: Sequence[str] = ()) -> Any:
+    """A counter the request path updates: a loop family, or with several workers a
+    prometheus_client Counter (whose values the admin process aggregates)."""
+    if MULTIPROCESS:
+        return Counter(name, documentation, labelnames)
+    return _register(LoopCounter(name, documentation, labelnames))
+
+
+def loop_histogram(
+    name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+) -> Any:
+    if MULTIPROCESS:
+        return Histogram(name, documentation, labelnames, buckets=buckets)
+    return _register(LoopHistogram(name, documentation, labelnames, buckets))
+
+
+def loop_gauge(name: str, documentation: str, multiprocess_mode: str) -> Any:
+    if MULTIPROCESS:
+        return Gauge(name, documentation, multiprocess_mode=multiprocess_mode)  # type: ignore[arg-type]
+    return _register(LoopGauge(name, documentation))
+
+
 # -- core request path ------------------------------------------------------
-REQUESTS = Counter("gatehouse_requests", "Requests handled.", ["route", "status_class"])
-REQUEST_DURATION = Histogram(
+REQUESTS = loop_counter("gatehouse_requests", "Requests handled.", ["route", "status_class"])
+REQUEST_DURATION = loop_histogram(
     "gatehouse_request_duration_seconds",
     "Time from request headers received to response finished.",
     ["route"],
-    buckets=_LATENCY_BUCKETS,
+    _LATENCY_BUCKETS,
 )
-UPSTREAM_DURATION = Histogram(
+UPSTREAM_DURATION = loop_histogram(
     "gatehouse_upstream_duration_seconds",
     "Time from sending the request upstream to receiving response headers.",
     ["backend"],
-    buckets=_LATENCY_BUCKETS,
+    _LATENCY_BUCKETS,
 )
-UPSTREAM_ERRORS = Counter(
+UPSTREAM_ERRORS = loop_counter(
     "gatehouse_upstream_errors", "Upstream failures by kind.", ["backend", "kind"]
 )
-INFLIGHT = Gauge(
-    "gatehouse_inflight_requests", "Requests being handled.", multiprocess_mode="livesum"
-)
+INFLIGHT = loop_gauge("gatehouse_inflight_requests", "Requests being handled.", "livesum")
 BUILD_INFO = Gauge(
     "gatehouse_build_info",
     "Build and configuration in use (value is always 1).",
@@ -102,12 +333,14 @@ AUDIT_WRITABLE = Gauge(
 )
 
 # -- policy -----------------------------------------------------------------
-DECISIONS = Counter("gatehouse_decisions", "Policy decisions.", ["route", "decision", "reason"])
+DECISIONS = loop_counter(
+    "gatehouse_decisions", "Policy decisions.", ["route", "decision", "reason"]
+)
 
 # -- identity ---------------------------------------------------------------
-AUTH = Counter("gatehouse_auth", "Authentication attempts.", ["issuer", "method", "result"])
+AUTH = loop_counter("gatehouse_auth", "Authentication attempts.", ["issuer", "method", "result"])
 JWKS_REFRESH = Counter("gatehouse_jwks_refresh", "JWKS fetches.", ["issuer", "result"])
-TOKEN_CACHE = Counter("gatehouse_token_cache", "Verified-token cache lookups.", ["result"])
+TOKEN_CACHE = loop_counter("gatehouse_token_cache", "Verified-token cache lookups.", ["result"])
 
 # -- shared state (Redis) ----------------------------------------------------
 _state_available: Gauge | None = None
@@ -207,134 +440,23 @@ GRANT_WEBHOOK_FAILURES = Counter(
 )
 
 
-class _CounterChild:
-    """A counter child's ``inc`` without the checks that cannot fail for a child.
-
-    prometheus_client re-checks on every call that the metric has its labels
-    (a child always has) and looks for an exemplar; on the request path that
-    is most of the cost. The value object updated is the child's own, so the
-    exposition is exactly what ``labels(...).inc()`` produces.
-    """
-
-    __slots__ = ("_add",)
-
-    def __init__(self, add: Callable[[float], None]) -> None:
-        self._add = add
-
-    def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        self._add(amount)
-
-
-class _HistogramChild:
-    """A histogram child's ``observe``: the bucket found by bisection, not a linear scan."""
-
-    __slots__ = ("_bounds", "_buckets", "_sum")
-
-    def __init__(self, bounds: list[float], buckets: list[Any], add_sum: Callable[[float], None]):
-        self._bounds = bounds
-        self._buckets = buckets
-        self._sum = add_sum
-
-    def observe(self, amount: float) -> None:
-        self._sum(amount)
-        bounds = self._bounds
-        i = bisect_left(bounds, amount)
-        # The same bucket as the library's first ``amount <= bound`` (none for NaN).
-        if i < len(bounds) and amount <= bounds[i]:
-            self._buckets[i].inc(1)
-
-
-class _GaugeValue:
-    """An unlabelled gauge's ``inc``/``dec`` on its value, without the per-call label check."""
-
-    __slots__ = ("_add",)
-
-    def __init__(self, add: Callable[[float], None]) -> None:
-        self._add = add
-
-    def inc(self, amount: float = 1) -> None:
-        self._add(amount)
-
-    def dec(self, amount: float = 1) -> None:
-        self._add(-amount)
-
-
-class _LoopValue:
-    """A metric value that only the event loop's thread updates: no lock.
-
-    prometheus_client locks every update because any thread may make one; the
-    values behind :func:`child` and :func:`fast_gauge` are updated on the
-    request path only, which is the loop's thread, and a scrape reads one
-    float. Nine lock round trips per request add up to a microsecond.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: float) -> None:
-        self._value = value
-
-    def inc(self, amount: float) -> None:
-        self._value += amount
-
-    def set(self, value: float, timestamp: float | None = None) -> None:
-        self._value = value
-
-    def get(self) -> float:
-        return self._value
-
-    def set_exemplar(self, exemplar: Any) -> None:
-        raise NotImplementedError("exemplars are not used")
-
-    def get_exemplar(self) -> None:
-        return None
-
-
-def _loop_value(value: Any) -> Any:
-    """The lock-free twin of a single-process value; shared-file values stay as they are."""
-    if type(value) is _values.MutexValue:
-        return _LoopValue(value.get())  # type: ignore[no-untyped-call]
-    return value
-
-
-def fast_gauge(metric: Gauge) -> Any:
-    """``metric`` itself, or a thin object updating the very same value (see ``child``).
-
-    For the event loop's thread only.
-    """
-    try:
-        metric._value = _loop_value(metric._value)
-        return _GaugeValue(metric._value.inc)
-    except AttributeError:  # another prometheus_client layout: the gauge still works
-        return metric
-
-
-def _fast(metric: Any, labelled: Any) -> Any:
-    try:
-        if isinstance(metric, Counter):
-            labelled._value = _loop_value(labelled._value)
-            return _CounterChild(labelled._value.inc)
-        if isinstance(metric, Histogram):
-            bounds = list(labelled._upper_bounds)
-            if len(bounds) == len(labelled._buckets):
-                labelled._sum = _loop_value(labelled._sum)
-                labelled._buckets = [_loop_value(b) for b in labelled._buckets]
-                return _HistogramChild(bounds, list(labelled._buckets), labelled._sum.inc)
-    except AttributeError:  # another prometheus_client layout: the plain child still works
-        pass
-    return labelled
+def fast_gauge(metric: Any) -> Any:
+    """The value an unlabelled gauge's ``inc``/``dec`` move (the gauge itself with
+    several workers). For the event loop's thread only."""
+    if isinstance(metric, LoopGauge):
+        return metric.labels()
+    return metric
 
 
 @functools.lru_cache(maxsize=65536)
 def child(metric: Any, *values: str) -> Any:
     """``metric.labels(*values)``, looked up once: label values are bounded by design.
 
-    Counters and histograms come back as thin objects with the same ``inc`` /
-    ``observe`` updating the same child; gauges as the child itself. For the
-    event loop's thread only: their values are not locked (see ``_LoopValue``).
+    A loop family's child is a plain value with ``inc`` / ``observe`` (for the
+    event loop's thread only: it is not locked); other metrics' children are
+    prometheus_client's.
     """
-    return _fast(metric, metric.labels(*values))
+    return metric.labels(*values)
 
 
 class WorkerProcessCollector(Collector):

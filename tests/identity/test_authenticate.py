@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from prometheus_client import REGISTRY
 
 from proxy.config.reader import SecretRef
 from proxy.errors import AuthenticationError, IdentityProviderUnavailable
@@ -47,7 +48,9 @@ async def provider_auth(provider: OidcProvider) -> AsyncIterator[Authenticator]:
 
 
 def metric(counter: object, **labels: str) -> float:
-    return float(counter.labels(**labels)._value.get())  # type: ignore[attr-defined]
+    """A counter's value as the exposition shows it (prometheus_client's public reader)."""
+    name = f"{counter.name}_total"  # type: ignore[attr-defined]
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 # -- the real provider --------------------------------------------------------

@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
+from prometheus_client import REGISTRY
 from yarl import URL
 
-from proxy.observability.metrics import AUTH
 from tests.identity.browser_env import HTML, browser_env, guids, post_logout, state_of
 
 # Entra-style: up to 200 group object ids, which barely compress.
@@ -253,15 +253,15 @@ async def test_refused_refresh_ends_the_session(tmp_path: Path) -> None:
         await env.login(http)
         # The provider keeps grants in memory: a restart forgets the refresh token.
         await asyncio.to_thread(env.provider.restart)
-        failed = AUTH.labels(issuer=env.provider.issuer, method="session", result="refresh_failed")
-        before = failed._value.get()
+        labels = {"issuer": env.provider.issuer, "method": "session", "result": "refresh_failed"}
+        before = REGISTRY.get_sample_value("gatehouse_auth_total", labels) or 0.0
         async with http.get(
             f"{env.app_url}/api", headers={"Accept": "application/json"}
         ) as response:
             assert response.status == 401
             cleared = response.headers.getall("Set-Cookie")
         assert any(c.startswith("__Host-gatehouse=;") and "Max-Age=0" in c for c in cleared)
-        assert failed._value.get() == before + 1
+        assert REGISTRY.get_sample_value("gatehouse_auth_total", labels) == before + 1
 
 
 async def test_logout_clears_the_session_and_goes_to_the_idp(tmp_path: Path) -> None:
