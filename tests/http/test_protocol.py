@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -325,3 +327,37 @@ def test_a_request_head_trickled_past_the_header_timeout_gets_408_and_is_closed(
             assert status_of(read_responses(s, 1)[0]) == 200
     finally:
         proc.stop()
+
+
+def test_a_tls_client_closing_leaves_no_warning_in_the_log(
+    upstream_url: str, tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path]
+) -> None:
+    # asyncio (and uvloop) warn "returning true from eof_received() has no effect
+    # when using ssl" if a protocol asks to keep a TLS connection half-open.
+    proc = start_gatehouse(
+        tmp_path_factory.mktemp("tls-close"),
+        backends={"up": {"urls": [upstream_url]}},
+        routes=[public_route("echo", "/echo", "up")],
+        listen={
+            "tls": {"cert_file": str(certs["server_cert"]), "key_file": str(certs["server_key"])}
+        },
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(certs["ca"]))
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", proc.port)) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+                    (answer,) = read_responses(s, 1)
+                    assert status_of(answer) == 200
+                    s.unwrap()  # close_notify: the client's clean end of the TLS stream
+        # And a client that closes with a request unanswered.
+        with socket.create_connection(("127.0.0.1", proc.port)) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n")
+                s.unwrap()
+        time.sleep(0.3)
+    finally:
+        proc.stop()
+    assert "eof_received" not in proc.stderr()
+    assert "Traceback" not in proc.stderr()
