@@ -38,7 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy, MultiMappin
 from yarl import URL
 
 from proxy.config.schema import ListenConfig
-from proxy.errors import ClientDisconnected, RequestRejected, RequestTimeout
+from proxy.errors import ClientDisconnected, HeadersTooLarge, RequestRejected, RequestTimeout
 from proxy.http.flow import FlowProtocol, Tunnel
 from proxy.http.forwarding import new_request_id
 from proxy.http.h1.connection import (
@@ -465,6 +465,8 @@ class _Connection(FlowProtocol):
             except IncompleteMessage:
                 raise ClientDisconnected(detail="client closed the connection mid-body") from None
             except RemoteProtocolError as exc:
+                if exc.status == HeadersTooLarge.status:  # a trailer section over the limit
+                    raise HeadersTooLarge(detail=exc.detail) from None
                 raise RequestRejected(exc.reason, detail=exc.detail) from None
             if self._reading_paused and h1.buffered <= self.server.high_water // 2:
                 self.resume_reading()

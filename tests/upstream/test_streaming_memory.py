@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
 import aiohttp
-import psutil
 
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import public_route
+from tests.support.rss import PeakRss
 
 GIB = 2**30
 BUDGET = 32 * 2**20
-
-
-class PeakRss:
-    """Samples a process's RSS every 20 ms while a transfer runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self._task: asyncio.Task[None] | None = None
-
-    async def _sample(self) -> None:
-        while True:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            await asyncio.sleep(0.02)
-
-    def __enter__(self) -> PeakRss:
-        self._task = asyncio.ensure_future(self._sample())
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.baseline
 
 
 async def test_one_gib_each_way_streams_within_the_memory_budget(
