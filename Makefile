@@ -12,9 +12,9 @@ NODE_STAMP := node_modules/.installed
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 # Real peers some tests start (redis-server; nginx, caddy and haproxy as
-# decision-mode data planes; chromium for the access page) or use (promtool),
-# from the system package manager when missing; tests that need one fail,
-# saying so, if it cannot be had.
+# decision-mode data planes and as make bench's references; chromium for the
+# access page) or use (promtool), from the system package manager when missing;
+# tests that need one fail, saying so, if it cannot be had.
 SYSTEM_PACKAGES := redis-server:redis-server promtool:prometheus nginx:nginx caddy:caddy \
 	haproxy:haproxy chromium:chromium
 

@@ -1,7 +1,8 @@
 """``python -m bench`` (``make bench``): Gatehouse against its references, one machine, one run.
 
 Scenarios (req/s, p50, p99 with 32 keep-alive connections, the proxy pinned to one
-core and load generator + upstream on the other): direct, nginx reverse proxy,
+core and load generator + upstream on the other): direct, nginx, HAProxy and Caddy
+as plain reverse proxies,
 aiohttp pass-through, Gatehouse public route, full identity path, + assertion,
 over TLS. Sections: RSS with idle connections, RSS growth while streaming, policy
 and JWT micro-benchmarks. The report goes to stdout and bench/results/latest.md.
@@ -90,7 +91,13 @@ def _say(msg: str) -> None:
 def run(a: argparse.Namespace, workdir: Path) -> str:
     want_wrk = a.loadgen != "python"
     want_nginx = a.upstream != "python" or "nginx_proxy" in a.scenarios
-    tools = find_tools(install=not a.no_install, want_wrk=want_wrk, want_nginx=want_nginx)
+    want_references = bool({"caddy", "haproxy"} & set(a.scenarios))
+    tools = find_tools(
+        install=not a.no_install,
+        want_wrk=want_wrk,
+        want_nginx=want_nginx,
+        want_references=want_references,
+    )
     if a.loadgen == "wrk" and not tools.wrk:
         raise SystemExit("bench: --loadgen wrk but wrk is not available")
     if a.upstream == "nginx" and not tools.nginx:

@@ -13,7 +13,18 @@ from bench.scenarios import NAMES, Outcome
 
 REFERENCES = ("aiohttp_passthrough", "direct")
 COMPARED = ("gatehouse_public", "full_identity", "full_identity_assertion", "full_identity_tls")
-EXTRA_RATIOS = (("full_identity_tls", "full_identity"), ("nginx_proxy", "direct"))
+EXTRA_RATIOS = (
+    ("full_identity_tls", "full_identity"),
+    ("nginx_proxy", "direct"),
+    ("full_identity", "caddy"),
+    ("full_identity", "haproxy"),
+    ("full_identity", "nginx_proxy"),
+)
+# The two headline ratios under their short names (the TLS one is full_identity_tls's).
+HEADLINES = (
+    ("full_identity", "caddy", "full_identity/caddy"),
+    ("full_identity_tls", "full_identity", "tls/full_identity"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +60,9 @@ def cpu_ratios(outcomes: list[Outcome]) -> list[tuple[str, str, float]]:
     """Requests per proxy CPU-second of ``a`` relative to ``b`` (> 1: ``a`` is cheaper)."""
     by = {o.name: o.cpu_us_per_request for o in outcomes if o.cpu_us_per_request}
     pairs = [(a, "aiohttp_passthrough") for a in COMPARED] + [
-        ("full_identity_tls", "full_identity")
+        ("full_identity_tls", "full_identity"),
+        ("full_identity", "caddy"),
+        ("full_identity", "haproxy"),
     ]
     return [(a, b, by[b] / by[a]) for a, b in pairs if a in by and b in by]
 
@@ -84,7 +97,10 @@ def table(outcomes: list[Outcome]) -> list[str]:
 
 
 def machine_lines(outcomes: list[Outcome], sections: list[Section]) -> list[str]:
-    out = [f"ratio {a}/{b}={r:.2f}" for a, b, r in ratios(outcomes)]
+    found = {(a, b): r for a, b, r in ratios(outcomes)}
+    out = [f"ratio {short}={found[a, b]:.2f}" for a, b, short in HEADLINES if (a, b) in found]
+    shown = {short for _, _, short in HEADLINES}
+    out += [f"ratio {a}/{b}={r:.2f}" for a, b, r in ratios(outcomes) if f"{a}/{b}" not in shown]
     out += decision.machine_lines(outcomes)
     out += [f"cpu_ratio {a}/{b}={r:.2f}" for a, b, r in cpu_ratios(outcomes)]
     for o in outcomes:

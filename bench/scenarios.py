@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import decision, gatehouse, nginx
+from bench import decision, gatehouse, nginx, references
 from bench.aux_server import write_documents
 from bench.measure import Load, LoadError, RunResult, median, run_once
 from bench.procs import ProcessGroup, cpu_seconds, free_port, python, wait_http_ok, wait_tcp
@@ -126,6 +126,46 @@ def _nginx_proxy(ctx: Context) -> Target:
     return Target(f"http://127.0.0.1:{port}/", proc=proc)
 
 
+def _reference(
+    ctx: Context, name: str, binary: str | None, argv: Callable[[int, int], list[str]]
+) -> Target:
+    """A plain reverse proxy from the system (Caddy, HAProxy) on the proxy's core."""
+    if not binary:
+        raise Skip(f"{name} is not installed")
+    port = free_port()
+    upstream_port = int(ctx.upstream_url.rsplit(":", 1)[1])
+    proc = ctx.pg.start(name, argv(port, upstream_port), cpus=ctx.proxy_cpus)
+    if not wait_http_ok("127.0.0.1", port, "/", timeout=15, proc=proc):
+        tail = ctx.pg.log_tail(name, 3)
+        ctx.pg.stop(proc)
+        raise Skip(f"{name} did not start: {tail}")
+    return Target(f"http://127.0.0.1:{port}/", proc=proc)
+
+
+def _caddy(ctx: Context) -> Target:
+    caddy = ctx.tools.caddy
+    return _reference(
+        ctx,
+        "caddy",
+        caddy,
+        lambda port, up: references.caddy_argv(
+            caddy or "", references.caddy_conf(ctx.workdir, port, up)
+        ),
+    )
+
+
+def _haproxy(ctx: Context) -> Target:
+    haproxy = ctx.tools.haproxy
+    return _reference(
+        ctx,
+        "haproxy",
+        haproxy,
+        lambda port, up: references.haproxy_argv(
+            haproxy or "", references.haproxy_conf(ctx.workdir, port, up)
+        ),
+    )
+
+
 def _aiohttp(ctx: Context) -> Target:
     port = free_port()
     argv = [python(), "-m", "bench.aiohttp_passthrough", str(port), ctx.upstream_url]
@@ -223,6 +263,8 @@ Setup = Callable[[Context], Target]
 SCENARIOS: tuple[tuple[str, str, Setup], ...] = (
     ("direct", "direct to upstream", _direct),
     ("nginx_proxy", "nginx reverse proxy (C reference)", _nginx_proxy),
+    ("haproxy", "HAProxy reverse proxy (C reference)", _haproxy),
+    ("caddy", "Caddy reverse proxy (Go reference)", _caddy),
     ("aiohttp_passthrough", "aiohttp pass-through (Python reference)", _aiohttp),
     ("gatehouse_public", "Gatehouse, public route", _gatehouse_public),
     ("full_identity", "Gatehouse, JWT RS256 + 100 routes + audit + metrics", _full_identity),

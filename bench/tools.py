@@ -1,4 +1,4 @@
-"""External tools the harness prefers (wrk, nginx), installed with apt-get when possible."""
+"""External tools the harness uses (wrk, nginx, Caddy, HAProxy), installed with apt-get."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-_APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx"}
+_APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx", "caddy": "caddy", "haproxy": "haproxy"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,8 @@ class Tools:
     nginx: str | None
     gatehouse: str | None
     py_spy: str | None = None
+    caddy: str | None = None
+    haproxy: str | None = None
 
 
 def _which(name: str) -> str | None:
@@ -63,10 +65,20 @@ def install_missing(names: list[str]) -> None:
         _say(f"apt-get failed ({type(e).__name__}); using fallbacks")
 
 
-def find_tools(*, install: bool, want_wrk: bool = True, want_nginx: bool = True) -> Tools:
-    missing = [
-        n for n, wanted in (("wrk", want_wrk), ("nginx", want_nginx)) if wanted and not _which(n)
-    ]
+def find_tools(
+    *,
+    install: bool,
+    want_wrk: bool = True,
+    want_nginx: bool = True,
+    want_references: bool = True,
+) -> Tools:
+    wanted = {
+        "wrk": want_wrk,
+        "nginx": want_nginx,
+        "caddy": want_references,
+        "haproxy": want_references,
+    }
+    missing = [n for n, want in wanted.items() if want and not _which(n)]
     if install:
         install_missing(missing)
     return Tools(
@@ -74,4 +86,6 @@ def find_tools(*, install: bool, want_wrk: bool = True, want_nginx: bool = True)
         nginx=_which("nginx") if want_nginx else None,
         gatehouse=_venv_tool("gatehouse"),
         py_spy=_venv_tool("py-spy"),
+        caddy=_which("caddy") if want_references else None,
+        haproxy=_which("haproxy") if want_references else None,
     )

@@ -236,6 +236,24 @@ def test_harness_reports_tiny_run_and_leaves_no_child_processes(
     assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()
 
 
+def test_caddy_and_haproxy_references_run_beside_gatehouse_and_print_the_headline_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The system packages caddy and haproxy (Makefile SYSTEM_PACKAGES): a missing
+    # one is a failure here, not a skip.
+    args = [a for a in _tiny_run_args() if not a.startswith("--scenarios=")]
+    scenarios = "--scenarios=direct,caddy,haproxy,full_identity,full_identity_tls"
+    assert bench_main([*args, scenarios, f"--output={tmp_path / 'r.md'}"]) == 0
+    printed = capsys.readouterr().out
+    lines = dict(
+        line.split("=", 1) for line in printed.splitlines() if line.startswith(("rps ", "ratio "))
+    )
+    for name in ("caddy", "haproxy", "full_identity", "full_identity_tls"):
+        assert float(lines[f"rps {name}"]) > 0, printed
+    assert float(lines["ratio full_identity/caddy"]) > 0
+    assert float(lines["ratio tls/full_identity"]) > 0
+
+
 def test_the_in_process_path_benchmark_answers_every_request_of_every_scenario() -> None:
     # path_micro exits non-zero when any request is not answered 200.
     done = subprocess.run(
