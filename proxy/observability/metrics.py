@@ -120,7 +120,7 @@ class _HistogramValue:
             self.counts[i] += 1
 
 
-class _LoopFamily:
+class LoopFamily:
     """A metric family whose children are plain values, for the event loop's thread only."""
 
     kind = ""
@@ -157,7 +157,7 @@ class _LoopFamily:
         raise NotImplementedError
 
 
-class LoopCounter(_LoopFamily):
+class LoopCounter(LoopFamily):
     kind = "counter"
 
     def _new(self) -> _CounterValue:
@@ -173,7 +173,7 @@ class LoopCounter(_LoopFamily):
         yield family
 
 
-class LoopGauge(_LoopFamily):
+class LoopGauge(LoopFamily):
     kind = "gauge"
 
     def _new(self) -> _GaugeValue:
@@ -195,7 +195,7 @@ class LoopGauge(_LoopFamily):
         yield family
 
 
-class LoopHistogram(_LoopFamily):
+class LoopHistogram(LoopFamily):
     kind = "histogram"
 
     def __init__(
@@ -241,7 +241,7 @@ class _LoopCollector:
     """Hands the loop families to prometheus_client at each scrape."""
 
     def __init__(self) -> None:
-        self.families: list[_LoopFamily] = []
+        self.families: list[LoopFamily] = []
 
     def describe(self) -> list[Metric]:
         return [m for family in self.families for m in family.describe()]
@@ -256,7 +256,7 @@ if not MULTIPROCESS:
     REGISTRY.register(_LOOP)
 
 
-def _register(family: _LoopFamily) -> Any:
+def _register(family: LoopFamily) -> Any:
     _LOOP.families.append(family)
     return family
 

@@ -46,7 +46,7 @@ def exported_names() -> set[str]:
     # Registered on first use (only with the configuration that needs them).
     lazy = [metrics.state_available()]
     for value in [*vars(metrics).values(), *lazy]:
-        if not isinstance(value, MetricWrapperBase):
+        if not isinstance(value, MetricWrapperBase | metrics.LoopFamily):
             continue
         for family in value.describe():
             names.update(family.name + s for s in _SUFFIXES[family.type])

@@ -15,14 +15,14 @@ from proxy.observability import metrics
 class _One:
     """A registry entry for one loop family (the module registers its own in REGISTRY)."""
 
-    def __init__(self, family: metrics._LoopFamily) -> None:
+    def __init__(self, family: metrics.LoopFamily) -> None:
         self.family = family
 
     def collect(self) -> Iterator[Metric]:
         return self.family.collect()
 
 
-def registry_of(family: metrics._LoopFamily) -> CollectorRegistry:
+def registry_of(family: metrics.LoopFamily) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(_One(family))
     return registry
