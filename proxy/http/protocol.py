@@ -99,93 +99,93 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
 
 
-class Request:
-    """One parsed request: what the gateway reads, and the way to answer it."""
+_STARTED, _ENDED, _READING = 1, 2, 4
 
-    __slots__ = (
-        "_conn",
-        "_ended",
-        "_head",
-        "_headers",
-        "_query",
-        "_reading",
-        "_started",
-        "method",
-        "raw_headers",
-        "raw_path",
-    )
 
-    def __init__(self, conn: _Connection, head: RequestHead) -> None:
-        self._conn = conn
-        self._head = head
-        self.method = head.method
-        self.raw_path = head.target
-        self.raw_headers = head.headers
-        self._headers: CIMultiDictProxy[str] | None = None
-        self._query: MultiDictProxy[str] | None = None
-        self._started = False
-        self._ended = False
-        self._reading = False
+class Request(RequestHead):
+    """One parsed request: what the gateway reads, and the way to answer it.
+
+    The very head the parser built (this class is the one it builds for the
+    listener), with the connection and the answer's progress added.
+    """
+
+    __slots__ = ("_conn", "_headers", "_query", "_state")
+
+    _conn: _Connection
+    _state: int  # _STARTED | _ENDED | _READING
 
     # -- what the gateway reads ------------------------------------------------
+    @property
+    def raw_path(self) -> str:
+        return self.target
+
     @property
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
 
     @property
     def path(self) -> str:
-        return self.raw_path.partition("?")[0]
+        return self.target.partition("?")[0]
 
     @property
     def host(self) -> str:
-        host = self._head.host
+        host = self.raw_host
         return "" if host is None else _text(host)
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
         """The header fields as text (built on first use: the hot path reads ``raw_headers``)."""
-        if self._headers is None:
+        try:
+            return self._headers
+        except AttributeError:
             fields = CIMultiDict((_text(n), _text(v)) for n, v in self.raw_headers)
-            self._headers = CIMultiDictProxy(fields)
-        return self._headers
+            self._headers: CIMultiDictProxy[str] = CIMultiDictProxy(fields)
+            return self._headers
 
     @property
     def query(self) -> MultiDictProxy[str]:
-        if self._query is None:
-            self._query = URL(self.raw_path, encoded=True).query
-        return self._query
+        try:
+            return self._query
+        except AttributeError:
+            self._query: MultiDictProxy[str] = URL(self.target, encoded=True).query
+            return self._query
 
     @property
     def body_exists(self) -> bool:
-        return self._head.framing != 0
+        return self.framing != 0
 
     @property
     def content_length(self) -> int | None:
         """The declared body length (None for a chunked body)."""
-        framing = self._head.framing
+        framing = self.framing
         return None if framing == CHUNKED else framing
 
     @property
     def expects_continue(self) -> bool:
-        return self._head.expect_continue
+        return self.expect_continue
 
     @property
     def upgrade(self) -> str | None:
         """The protocol a request asks to switch to (``Upgrade`` + ``Connection: upgrade``)."""
-        upgrade = self._head.upgrade
+        upgrade = self.raw_upgrade
         return None if upgrade is None else upgrade.decode("latin-1").strip().lower()
 
     @property
     def started(self) -> bool:
         """A response head has gone out."""
-        return self._started
+        return bool(self._state & _STARTED)
+
+    @property
+    def ended(self) -> bool:
+        """The response went out whole."""
+        return bool(self._state & _ENDED)
 
     async def body(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (read once). Raises a phase error if it breaks."""
-        if self._reading:
+        if self._state & _READING:
             raise RuntimeError("the request body is read only once")
-        self._reading = True
-        if not self._head.framing:
+        self._state |= _READING
+        if not self.framing:
             return
         read = self._conn.read_body
         while True:
@@ -197,7 +197,7 @@ class Request:
     # -- answering -------------------------------------------------------------
     def send_continue(self) -> None:
         """Invite the client to send the body it announced with ``Expect: 100-continue``."""
-        if not self._started:
+        if not self._state & _STARTED:
             self._conn.write(self._conn.h1.send_continue())
 
     def send_whole(
@@ -213,7 +213,7 @@ class Request:
         if conn.server.closing:
             h1.state.process_keep_alive_disabled()
         data = h1.send_whole(status, reason, lines, body, has_date=has_date)
-        self._started = self._ended = True
+        self._state |= _STARTED | _ENDED
         transport = conn.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection closed")
@@ -233,8 +233,7 @@ class Request:
         conn = self._conn
         conn.before_response()
         head, body = conn.h1.send_head(status, reason, lines, length, has_date=has_date)
-        self._started = True
-        self._ended = not body
+        self._state |= _STARTED if body else _STARTED | _ENDED
         conn.write(head)
         return body
 
@@ -247,7 +246,7 @@ class Request:
     def end_stream(self, status: int) -> Written:
         conn = self._conn
         data = conn.h1.send_end()
-        self._ended = True
+        self._state |= _ENDED
         if data:
             conn.write(data)
         return Written(status)
@@ -261,7 +260,7 @@ class Request:
         the returned tunnel's from here on (its reads bounded by ``limit`` bytes)."""
         conn = self._conn
         conn.write(conn.h1.send_switch(lines))
-        self._started = self._ended = True
+        self._state |= _STARTED | _ENDED
         return conn.tunnel(limit)
 
 
@@ -390,7 +389,7 @@ class _Connection(FlowProtocol):
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.server = server
-        self.h1 = ServerConnection(server.limits)
+        self.h1 = ServerConnection(server.limits, Request)
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._tunnel: Tunnel | None = None
@@ -555,13 +554,15 @@ class _Connection(FlowProtocol):
                         self._waiter = None
                     self.busy = True
                     continue
-                if type(event) is not RequestHead:  # closed by the client, or nothing to read
+                if type(event) is not Request:  # closed by the client, or nothing to read
                     if event is not CONNECTION_CLOSED:
                         log.error("unexpected %r between requests", event)
                     return
                 self.busy = True
                 self.head_since = 0.0
-                request = Request(self, event)
+                request = event
+                request._conn = self
+                request._state = 0
                 try:
                     result = await server.handler(request)
                 except Exception:
@@ -569,7 +570,7 @@ class _Connection(FlowProtocol):
                     return
                 if type(result) is not Written:
                     self._answer_with(request, result)  # type: ignore[arg-type]
-                elif not request._ended:
+                elif not request._state & _ENDED:
                     self.abort()  # a streamed answer the handler did not finish: never fake its end
                 if self._tunnel is not None:
                     return

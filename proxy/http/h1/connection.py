@@ -212,9 +212,9 @@ class ServerConnection(_Connection):
 
     their_role = CLIENT
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, head_type: type[RequestHead] = RequestHead) -> None:
         super().__init__(limits)
-        self._head = RequestHeadParser(limits)
+        self._head = RequestHeadParser(limits, head_type)
         self._method: str | None = None  # of the request being answered
         self._version = "1.1"
         self._chunked_out = False
@@ -268,7 +268,7 @@ class ServerConnection(_Connection):
         self._method = request.method
         self._version = request.version
         # As h11 does: the flags the head sets come before its events.
-        if request.upgrade is not None:
+        if request.raw_upgrade is not None:
             state.process_upgrade_proposal()
         if not request.keep_alive:
             state.process_keep_alive_disabled()

@@ -23,7 +23,6 @@ import httptools
 from proxy.http.h1.rules import (
     CHUNKED,
     REQUEST_SINGLETONS,
-    UNTIL_CLOSE,
     IncompleteMessage,
     Limits,
     RemoteProtocolError,
@@ -69,7 +68,7 @@ def _parser_error(exc: httptools.HttpParserError) -> RemoteProtocolError:
 
 
 # What the framing rules read of a header field, by name as sent (cached: a
-# client repeats its spellings): a bit per singleton field, plus the fields
+# client repeats its spellings): a bit per singleton field, and the fields
 # whose values are kept. 0 for every other field.
 _SINGLETON_BITS = {name: 1 << i for i, name in enumerate(sorted(REQUEST_SINGLETONS))}
 _HOST = _SINGLETON_BITS[b"host"]
@@ -80,7 +79,6 @@ _EXPECT = 1 << 22
 _ALL_SINGLETONS = sum(_SINGLETON_BITS.values())
 _CODES: dict[bytes, int] = {}
 _MAX_CODES = 4096
-_OWS_TAILS = frozenset({b" ", b"\t"})
 
 
 def _code_of(name: bytes) -> int:
@@ -98,18 +96,23 @@ def _code_of(name: bytes) -> int:
 
 
 class RequestHead:
-    """A parsed request head. ``framing`` is the body's length, or ``CHUNKED``."""
+    """A parsed request head. ``framing`` is the body's length, or ``CHUNKED``.
+
+    The ``raw_`` fields are bytes as received. The owner of a
+    :class:`RequestHeadParser` may have it build a subclass (with slots of its
+    own): the request then exists once.
+    """
 
     __slots__ = (
         "expect_continue",
         "framing",
-        "headers",
-        "host",
         "keep_alive",
         "method",
+        "raw_headers",
+        "raw_host",
+        "raw_upgrade",
         "size",
         "target",
-        "upgrade",
         "version",
     )
 
@@ -118,22 +121,22 @@ class RequestHead:
         method: str,
         target: str,
         version: str,
-        headers: list[tuple[bytes, bytes]],
-        host: bytes | None,
+        raw_headers: list[tuple[bytes, bytes]],
+        raw_host: bytes | None,
         framing: int,
         keep_alive: bool,
-        upgrade: bytes | None,
+        raw_upgrade: bytes | None,
         expect_continue: bool,
         size: int,
     ) -> None:
         self.method = method
         self.target = target  # as sent, decoded UTF-8 (undecodable bytes kept as surrogates)
         self.version = version  # "1.0" or "1.1"
-        self.headers = headers  # (name, value) as received, trailing whitespace removed
-        self.host = host
+        self.raw_headers = raw_headers  # (name, value), trailing whitespace removed
+        self.raw_host = raw_host
         self.framing = framing
         self.keep_alive = keep_alive
-        self.upgrade = upgrade  # the Upgrade value when the request asks to switch protocols
+        self.raw_upgrade = raw_upgrade  # the Upgrade value when the request asks to switch
         self.expect_continue = expect_continue
         self.size = size  # bytes of the head
 
@@ -182,12 +185,14 @@ class _HeadParser:
     The llhttp parser is kept for the next head only when llhttp itself ended
     the message with its head (no body announced, keep-alive); otherwise it
     would be waiting for body bytes it will never be given, and a fresh one is
-    made.
+    made. The common head (short lines, no trailing whitespace in a value)
+    is read without measuring or stripping each field: ``_careful`` says when
+    that is needed.
     """
 
     __slots__ = (
+        "_careful",
         "_fed",
-        "_long",
         "_max_head",
         "_max_headers",
         "_max_line",
@@ -208,7 +213,7 @@ class _HeadParser:
 
     def _reset(self) -> None:
         self._fed = 0
-        self._long = False  # the head is longer than a line may be: check each line
+        self._careful = False
         self.headers: list[tuple[bytes, bytes]] = []
         self.lengths: list[bytes] = []
         self.codings: list[bytes] = []
@@ -217,6 +222,18 @@ class _HeadParser:
 
     def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
         raise NotImplementedError
+
+    def _prepare(self, head: bytes | bytearray) -> None:
+        """Whether this head's fields need measuring (a line may be over the limit) or
+        stripping (a value ends in whitespace, which llhttp keeps)."""
+        self._careful = len(head) > self._max_line or b" \r\n" in head or b"\t\r\n" in head
+
+    def _field(self, name: bytes, value: bytes) -> bytes:
+        """A field of a careful head: its line measured, its value's trailing whitespace
+        removed (llhttp removes the whitespace before a value only)."""
+        if len(name) + len(value) > self._max_line:
+            raise too_large("header field over the line limit")
+        return value.rstrip(b" \t")
 
     def _scan(self, data: bytes | bytearray, pos: int) -> int:
         """Feed llhttp one head from ``data[pos:]``; its size, or 0 while it is incomplete.
@@ -232,19 +249,18 @@ class _HeadParser:
                 raise too_large("head over the size limit")
             if pending > fed:
                 # Fed as it arrives: a malformed head is refused at its first bad byte.
-                self._long = pending > self._max_line
+                self._careful = True
                 self._feed(data[pos + fed :], data, pos)
                 self._fed = pending
             return 0
         size = end + 4 - pos
         if size > self._max_head:
             raise too_large("head over the size limit")
-        # No line of a head shorter than the line limit can exceed it: only a
-        # longer head has its lines measured.
-        self._long = size > self._max_line
         head: bytes | bytearray = data  # the common case: the head is all that was received
         if pos or fed or size != len(data):
             head = data[pos + fed : pos + size]
+        if not fed:
+            self._prepare(head)
         parser = self._parser
         if parser is None:
             parser = self._parser = self._new_parser()
@@ -289,11 +305,27 @@ class _HeadParser:
 class RequestHeadParser(_HeadParser):
     """Request heads, with the singleton fields refused when repeated."""
 
-    __slots__ = ("_raw_method", "_seen", "_target", "expect", "host", "method", "upgrade", "wants")
+    __slots__ = (
+        "_flags",
+        "_make",
+        "_raw_method",
+        "_seen",
+        "_target",
+        "expect",
+        "host",
+        "method",
+        "upgrade",
+        "wants",
+    )
+
+    def __init__(self, limits: Limits, head_type: type[RequestHead] = RequestHead) -> None:
+        super().__init__(limits)
+        self._make = head_type
 
     def _reset(self) -> None:
         super()._reset()
         self._seen = 0
+        self._flags = 0  # Content-Length, Transfer-Encoding, Upgrade or Expect seen
         self._target = b""
         self.host: bytes | None = None
         self.upgrade: bytes | None = None
@@ -341,15 +373,39 @@ class RequestHeadParser(_HeadParser):
         host = self.host
         if host is None and version == "1.1":
             raise malformed("no Host field")
-        lengths, codings = self.lengths, self.codings
-        framing = request_framing(lengths, codings) if lengths or codings else 0
-        keep_alive = self.keep_alive
-        if version == "1.0":
-            if framing == CHUNKED:
-                raise malformed("Transfer-Encoding in an HTTP/1.0 request")
-            keep_alive = False  # HTTP/1.0 keep-alive is not offered: its answer ends it
+        keep_alive = self.keep_alive and version == "1.1"  # HTTP/1.0: its answer ends it
+        if self._flags:
+            head = self._framed(version, host, keep_alive, size)
+        else:
+            # The common request: no body, no upgrade, no expectation.
+            head = self._make(
+                self.method,
+                self._target.decode("utf-8", "surrogateescape"),
+                version,
+                self.headers,
+                host,
+                0,
+                keep_alive,
+                None,
+                False,
+                size,
+            )
+            if not keep_alive:
+                self._parser = None
+        self._seen = self._fed = 0
+        self.complete = self._careful = False
+        self.headers = []
+        self._target = b""
+        self.host = None
+        return head
+
+    def _framed(self, version: str, host: bytes | None, keep_alive: bool, size: int) -> RequestHead:
+        """A request with framing fields, an upgrade or an expectation: the full rules."""
+        framing = request_framing(self.lengths, self.codings)
+        if version == "1.0" and framing == CHUNKED:
+            raise malformed("Transfer-Encoding in an HTTP/1.0 request")
         upgrade = self.upgrade if self.wants else None
-        head = RequestHead(
+        head = self._make(
             self.method,
             self._target.decode("utf-8", "surrogateescape"),
             version,
@@ -358,21 +414,18 @@ class RequestHeadParser(_HeadParser):
             framing,
             keep_alive,
             upgrade,
-            bool(self.expect) and version == "1.1" and self.expect.lower() == b"100-continue",
+            version == "1.1" and self.expect.lower() == b"100-continue",
             size,
         )
         # llhttp ended the message with its head only when no body was announced.
         if framing or not keep_alive or self.wants:
             self._parser = None
-        self._fed = self._seen = 0
-        self._long = self.complete = self.wants = False
-        self.headers = []
-        if lengths:
-            self.lengths = []
-        if codings:
-            self.codings = []
-        self._target = self.expect = b""
-        self.host = self.upgrade = None
+        self._flags = 0
+        self.wants = False
+        self.lengths = []
+        self.codings = []
+        self.expect = b""
+        self.upgrade = None
         return head
 
     def _whole(self, data: bytes) -> bool:
@@ -386,7 +439,7 @@ class RequestHeadParser(_HeadParser):
         the exact path to read again; an error inside the first head is the
         head's refusal.
         """
-        self._long = len(data) > self._max_line
+        self._prepare(data)
         parser = self._parser
         if parser is None:
             parser = self._parser = httptools.HttpRequestParser(self)
@@ -419,27 +472,29 @@ class RequestHeadParser(_HeadParser):
             # A second request behind the first: stop, and read them one by one.
             raise _SecondMessage
         self._target += url
-        if self._long and len(self._target) > self._max_line:
+        if self._careful and len(self._target) > self._max_line:
             raise too_large("request target over the line limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._long and len(name) + len(value) > self._max_line:
-            raise too_large("header field over the line limit")
-        if value[-1:] in _OWS_TAILS:
-            value = value.rstrip(b" \t")  # llhttp strips the whitespace before a value only
+        if self._careful:
+            value = self._field(name, value)
         self.headers.append((name, value))
-        code = _CODES.get(name, -1)
-        if code < 0:
+        code = _CODES.get(name)
+        if code is None:
             code = _code_of(name)
-        if not code:
-            return
+        if code:
+            self._note(code, name, value)
+
+    def _note(self, code: int, name: bytes, value: bytes) -> None:
+        """Record a field the framing rules read; refuse a second value of a singleton."""
         if code & _ALL_SINGLETONS:
             if self._seen & code:
                 raise ambiguous(f"more than one {name.decode('latin-1').lower()} field")
             self._seen |= code
-        if code == _HOST:
-            self.host = value
-        elif code == _LENGTH:
+            if code == _HOST:
+                self.host = value
+                return
+        if code == _LENGTH:
             self.lengths.append(value)
         elif code == _CODING:
             self.codings.append(value)
@@ -447,13 +502,17 @@ class RequestHeadParser(_HeadParser):
             self.upgrade = value
         elif code == _EXPECT:
             self.expect = value
+        else:
+            return
+        self._flags = 1
 
     def on_headers_complete(self) -> None:
         # Read now: llhttp forgets a message's flags once the message is complete.
         parser = self._parser
         assert isinstance(parser, httptools.HttpRequestParser)
         self.keep_alive = parser.should_keep_alive()
-        self.wants = parser.should_upgrade()
+        if self._flags:
+            self.wants = parser.should_upgrade()
         raw = self._raw_method = parser.get_method()
         self.method = _METHODS.get(raw) or raw.decode("ascii")
         self.complete = True
@@ -480,51 +539,29 @@ class ResponseHeadParser(_HeadParser):
     def read(self, data: bytes | bytearray, pos: int, method: str) -> ResponseHead | None:
         """The next response head in ``data[pos:]`` to a ``method`` request (None while
         it is incomplete)."""
-        if pos or self._fed or self._parser is not None:
-            size = self._scan(data, pos)
-            if not size:
-                return None
-        else:
-            # The common case, a fresh head at the start of the bytes received:
-            # _scan's path without its generality (one frame less per answer).
-            end = data.find(_HEAD_END)
-            if end < 0 or end + 4 > self._max_head:
-                size = self._scan(data, pos)
-                if not size:
-                    return None
-            else:
-                size = end + 4
-                self._long = size > self._max_line
-                parser = self._parser = httptools.HttpResponseParser(self)
-                try:
-                    parser.feed_data(data if size == len(data) else data[:size])
-                except httptools.HttpParserUpgrade:
-                    pass
-                except httptools.HttpParserError as exc:
-                    self._parser = None
-                    error = self._refusal(exc, bytes(data[:size]))
-                    if error is not None:
-                        raise error from None
-                if not self.complete:
-                    raise malformed("head not understood")
-                if len(self.headers) > self._max_headers:
-                    raise too_large("too many header fields")
+        size = self._scan(data, pos)
+        if not size:
+            return None
         status = self.status
-        lengths, codings = self.lengths, self.codings
-        bodiless = status < 200 or status == 204 or status == 304
+        lengths = self.lengths
+        codings = self.codings
         length = None
-        if codings or len(lengths) > 1:
+        bodiless = status < 200 or status == 204 or status == 304
+        if codings or len(lengths) != 1:
             framing = response_framing(method, status, lengths, codings)
-        elif lengths:
+            if lengths and not codings and not bodiless:
+                length = int(lengths[0])  # checked by response_framing
+        else:
             # The common answer, one Content-Length: the same rule, without the call.
             value = lengths[0]
             if not value.isdigit() or len(value) > 18 or not value.isascii():
                 raise malformed("invalid Content-Length")
-            if not bodiless:
+            if bodiless:
+                framing = 0
+            else:
                 length = int(value)
-            framing = 0 if bodiless or method == "HEAD" else length  # type: ignore[assignment]
-        else:
-            framing = 0 if bodiless or method == "HEAD" else UNTIL_CLOSE
+                framing = 0 if method == "HEAD" else length
+            self.lengths = []
         head = ResponseHead(
             status,
             self._reason.decode("latin-1"),
@@ -534,36 +571,33 @@ class ResponseHeadParser(_HeadParser):
             self.keep_alive,
             size,
         )
-        # llhttp ended the message with its head only for these (HEAD aside: it
-        # does not know the request's method, so it waits for the announced body).
+        # llhttp ended the message with its head only for an informational answer,
+        # 204, 304 and a zero length (it does not know HEAD: it waits for the body).
         if not self.keep_alive or not (
             (status < 200 and status != 101)
             or status == 204
             or status == 304
-            or (not codings and lengths == [b"0"])
+            or (length == 0 and not codings)
         ):
             self._parser = None
-        self._fed = self.status = 0
-        self._long = self.complete = False
-        self.headers = []
-        if lengths:
+        if codings or lengths:
             self.lengths = []
-        if codings:
             self.codings = []
+        self._fed = self.status = 0
+        self.complete = self._careful = False
+        self.headers = []
         self._reason = b""
         return head
 
     # -- llhttp's callbacks ------------------------------------------------------
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-        if self._long and len(self._reason) > self._max_line:
+        if self._careful and len(self._reason) > self._max_line:
             raise too_large("status line over the line limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._long and len(name) + len(value) > self._max_line:
-            raise too_large("header field over the line limit")
-        if value[-1:] in _OWS_TAILS:
-            value = value.rstrip(b" \t")
+        if self._careful:
+            value = self._field(name, value)
         self.headers.append((name, value))
         size = len(name)
         if size == 14 or size == 17:  # the only framing fields: the rest are not lower-cased

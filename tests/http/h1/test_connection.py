@@ -71,21 +71,21 @@ def refusal(conn: ServerConnection | ClientConnection) -> RemoteProtocolError:
 def test_a_bodiless_request_is_one_event_and_the_client_is_done() -> None:
     conn = server(GET)
     head = request_of(conn)
-    assert (head.method, head.target, head.version, head.host) == (
+    assert (head.method, head.target, head.version, head.raw_host) == (
         "GET",
         "/a?b=1",
         "1.1",
         b"example",
     )
-    assert head.framing == 0 and head.keep_alive and head.upgrade is None
-    assert head.headers == [(b"Host", b"example")]
+    assert head.framing == 0 and head.keep_alive and head.raw_upgrade is None
+    assert head.raw_headers == [(b"Host", b"example")]
     assert conn.state.states == {CLIENT: DONE, SERVER: SEND_RESPONSE}
     assert conn.next_event() is PAUSED  # nothing more until we answer
 
 
 def test_header_values_lose_trailing_whitespace_and_keep_their_bytes() -> None:
     head = request_of(server(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b \t\r\nX-B: \xe9\r\n\r\n"))
-    assert head.headers == [(b"Host", b"a"), (b"X-A", b"b"), (b"X-B", b"\xe9")]
+    assert head.raw_headers == [(b"Host", b"a"), (b"X-A", b"b"), (b"X-B", b"\xe9")]
 
 
 def test_pipelined_requests_stay_unparsed_until_the_answer_is_done() -> None:
@@ -394,7 +394,7 @@ UPGRADE = (
 def test_bytes_after_an_upgrade_request_wait_unparsed_for_the_decision() -> None:
     conn = server(UPGRADE + b"\x81\x85frame-or-request?")
     head = request_of(conn)
-    assert head.upgrade == b"websocket"
+    assert head.raw_upgrade == b"websocket"
     assert conn.state.client is MIGHT_SWITCH_PROTOCOL
     assert conn.next_event() is PAUSED
     assert conn.buffered == len(b"\x81\x85frame-or-request?")
