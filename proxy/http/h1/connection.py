@@ -61,17 +61,19 @@ from proxy.http.h1.state import (
     ConnectionState,
     LocalProtocolError,
     Role,
+    Steps,
 )
 from proxy.http.h1.writer import CONTINUE, LAST_CHUNK, chunk, request_head, response_head
 
 # The event sequences each step of an exchange applies (see ConnectionState.process_events).
-_REQUEST_AND_END = (events.REQUEST, events.END_OF_MESSAGE)
-_REQUEST = (events.REQUEST,)
-_RESPONSE_AND_END = (events.RESPONSE, events.END_OF_MESSAGE)
-_RESPONSE = (events.RESPONSE,)
-_END = (events.END_OF_MESSAGE,)
-_SWITCH = (events.SWITCH,)
-_INFORMATIONAL = (events.INFORMATIONAL,)
+_REQUEST_AND_END = Steps(CLIENT, events.REQUEST, events.END_OF_MESSAGE)
+_REQUEST = Steps(CLIENT, events.REQUEST)
+_REQUEST_END = Steps(CLIENT, events.END_OF_MESSAGE)
+_RESPONSE_AND_END = Steps(SERVER, events.RESPONSE, events.END_OF_MESSAGE)
+_RESPONSE = Steps(SERVER, events.RESPONSE)
+_RESPONSE_END = Steps(SERVER, events.END_OF_MESSAGE)
+_SWITCH = Steps(SERVER, events.SWITCH)
+_INFORMATIONAL = Steps(SERVER, events.INFORMATIONAL)
 
 
 class Sentinel:
@@ -101,6 +103,7 @@ class _Connection:
     __slots__ = ("_body", "_buf", "_ended", "_eof", "_pos", "limits", "state")
 
     their_role: Role
+    _their_end: Steps
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -178,7 +181,7 @@ class _Connection:
     def _end_of_body(self) -> Sentinel:
         self._ended = False
         self._body = None
-        self.state.process_events(self.their_role, _END)
+        self.state.process_events(self._their_end)
         return END_OF_MESSAGE
 
     def _start_body(self, framing: int) -> None:
@@ -211,6 +214,7 @@ class ServerConnection(_Connection):
     __slots__ = ("_chunked_out", "_head", "_method", "_remaining_out", "_version")
 
     their_role = CLIENT
+    _their_end = _REQUEST_END
 
     def __init__(self, limits: Limits, head_type: type[RequestHead] = RequestHead) -> None:
         super().__init__(limits)
@@ -273,7 +277,7 @@ class ServerConnection(_Connection):
         if not request.keep_alive:
             state.process_keep_alive_disabled()
         if request.framing:
-            state.process_events(CLIENT, _REQUEST)
+            state.process_events(_REQUEST)
             self._start_body(request.framing)
             reader = self._body
             if isinstance(reader, ChunkedReader) and self._pos < len(self._buf):
@@ -282,7 +286,7 @@ class ServerConnection(_Connection):
                 except RemoteProtocolError as exc:
                     raise self._failed(exc) from None
         else:
-            state.process_events(CLIENT, _REQUEST_AND_END)
+            state.process_events(_REQUEST_AND_END)
         return request
 
     def _closed_between_requests(self) -> Sentinel:
@@ -329,7 +333,7 @@ class ServerConnection(_Connection):
         # Built before any transition: a head that cannot be serialised changes nothing.
         close = self._close_after_response()
         head = response_head(status, reason, lines, length, close=close, has_date=has_date)
-        self.state.process_events(SERVER, _RESPONSE_AND_END)
+        self.state.process_events(_RESPONSE_AND_END)
         if body and not bodiless_status and self._method != "HEAD":
             return head + body
         return head
@@ -359,7 +363,7 @@ class ServerConnection(_Connection):
         head = response_head(
             status, reason, lines, length, chunked=chunked, close=close, has_date=has_date
         )
-        self.state.process_events(SERVER, _RESPONSE if body else _RESPONSE_AND_END)
+        self.state.process_events(_RESPONSE if body else _RESPONSE_AND_END)
         self._chunked_out = chunked
         self._remaining_out = length if body else None
         return head, body
@@ -416,6 +420,7 @@ class ClientConnection(_Connection):
     __slots__ = ("_chunked_out", "_head", "_method", "_remaining_out")
 
     their_role = SERVER
+    _their_end = _RESPONSE_END
 
     def __init__(self, limits: Limits) -> None:
         super().__init__(limits)
@@ -458,7 +463,7 @@ class ClientConnection(_Connection):
         state = self.state
         if upgrade:
             state.process_upgrade_proposal()
-        state.process_events(CLIENT, _REQUEST if chunked or length else _REQUEST_AND_END)
+        state.process_events(_REQUEST if chunked or length else _REQUEST_AND_END)
         self._method = method
         self._chunked_out = chunked
         self._remaining_out = None if chunked else (length or 0)
@@ -533,13 +538,13 @@ class ClientConnection(_Connection):
             if type(buf) is bytearray and pos > _COMPACT_AFTER:
                 self._consume(0)
         if status < 200:
-            state.process_events(SERVER, _SWITCH if status == 101 else _INFORMATIONAL)
+            state.process_events(_SWITCH if status == 101 else _INFORMATIONAL)
             return response
         if not response.keep_alive or framing == UNTIL_CLOSE:
             state.process_keep_alive_disabled()
         if response.body is not None or not framing:
-            state.process_events(SERVER, _RESPONSE_AND_END)
+            state.process_events(_RESPONSE_AND_END)
         else:
-            state.process_events(SERVER, _RESPONSE)
+            state.process_events(_RESPONSE)
             self._start_body(framing)
         return response

@@ -127,10 +127,23 @@ STATE_TRIGGERED: dict[tuple[State, State], dict[Role, State]] = {
 }
 
 
-# Outcomes of event sequences already worked out by the tables, by everything
-# that shaped them: the whole state space is a few hundred entries, and one
-# lookup is cheaper than walking the tables on every exchange.
-_Key = tuple[Role, tuple[Event, ...], State, State, bool, bool]
+class Steps:
+    """A fixed sequence of one role's events (a step of an exchange: a request head
+    with its end, say), with the outcomes the tables gave it, by the states they
+    started from: the whole state space is small, and one lookup is cheaper than
+    walking the tables on every exchange."""
+
+    __slots__ = ("events", "outcomes", "role")
+
+    def __init__(self, role: Role, *events: Event) -> None:
+        self.role = role
+        self.events = events
+        # (client, server) -> (client, server), with keep-alive on and no upgrade pending.
+        self.outcomes: dict[tuple[State, State], tuple[State, State]] = {}
+
+
+# The same for the other flag values, keyed by everything that shaped them.
+_Key = tuple[Steps, State, State, bool, bool]
 _OUTCOMES: dict[_Key, tuple[State, State, bool]] = {}
 
 
@@ -155,14 +168,14 @@ class ConnectionState:
     def process_event(self, role: Role, event: Event) -> None:
         """Apply ``role``'s ``event``; refuse (and change nothing) if its state forbids it."""
         old = self.client if role is CLIENT else self.server
-        new = EVENT_TRIGGERED[role][old].get(event)
+        new = EVENT_TRIGGERED[role].get(old, {}).get(event)
         if new is None:
             raise LocalProtocolError(f"{role.name} cannot send {event.name} in state {old.name}")
         if event is SWITCH and not self.upgrade_proposed:
             raise LocalProtocolError("101 Switching Protocols without an upgrade request")
         if role is CLIENT:
             if event is REQUEST:
-                seen = EVENT_TRIGGERED[SERVER][self.server].get(REQUEST_SEEN)
+                seen = EVENT_TRIGGERED[SERVER].get(self.server, {}).get(REQUEST_SEEN)
                 if seen is None:
                     raise LocalProtocolError(f"a request while the server is {self.server.name}")
                 self.server = seen
@@ -173,19 +186,31 @@ class ConnectionState:
                 self.upgrade_proposed = False  # answered normally: the upgrade is declined
         self.settle()
 
-    def process_events(self, role: Role, sequence: tuple[Event, ...]) -> None:
-        """``process_event`` for each of ``sequence`` in turn (all or none are applied),
+    def process_events(self, steps: Steps) -> None:
+        """``process_event`` for each of ``steps`` in turn (all or none are applied),
         looked up once worked out: the hot path's way through the same tables."""
-        key = (role, sequence, self.client, self.server, self.keep_alive, self.upgrade_proposed)
+        if self.keep_alive and not self.upgrade_proposed:
+            pair = (self.client, self.server)
+            found = steps.outcomes.get(pair)
+            if found is None:
+                client, server, _ = self._work_out(steps)
+                found = steps.outcomes[pair] = (client, server)
+            self.client, self.server = found
+            return
+        key = (steps, self.client, self.server, self.keep_alive, self.upgrade_proposed)
         outcome = _OUTCOMES.get(key)
         if outcome is None:
-            trial = ConnectionState()
-            trial.client, trial.server = self.client, self.server
-            trial.keep_alive, trial.upgrade_proposed = self.keep_alive, self.upgrade_proposed
-            for event in sequence:
-                trial.process_event(role, event)  # raises before anything is applied here
-            outcome = _OUTCOMES[key] = (trial.client, trial.server, trial.upgrade_proposed)
+            outcome = _OUTCOMES[key] = self._work_out(steps)
         self.client, self.server, self.upgrade_proposed = outcome
+
+    def _work_out(self, steps: Steps) -> tuple[State, State, bool]:
+        """Walk the tables for ``steps`` from this state, on a copy (which may refuse)."""
+        trial = ConnectionState()
+        trial.client, trial.server = self.client, self.server
+        trial.keep_alive, trial.upgrade_proposed = self.keep_alive, self.upgrade_proposed
+        for event in steps.events:
+            trial.process_event(steps.role, event)  # raises before anything is applied here
+        return trial.client, trial.server, trial.upgrade_proposed
 
     def process_upgrade_proposal(self) -> None:
         """The client's request asks to switch protocols (``Upgrade`` + ``Connection: upgrade``)."""

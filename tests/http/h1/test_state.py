@@ -25,6 +25,7 @@ from proxy.http.h1.state import (
     SWITCHED_PROTOCOL,
     ConnectionState,
     LocalProtocolError,
+    Steps,
 )
 
 
@@ -189,3 +190,46 @@ def test_the_one_reuse_guard_refuses_anything_but_done_and_done(
     assert not cs.reusable
     with pytest.raises(LocalProtocolError):
         cs.start_next_cycle()
+
+
+STATES = (
+    IDLE,
+    SEND_RESPONSE,
+    SEND_BODY,
+    DONE,
+    MUST_CLOSE,
+    CLOSED,
+    MIGHT_SWITCH_PROTOCOL,
+    SWITCHED_PROTOCOL,
+    ERROR,
+)
+EVENTS = (REQUEST, INFORMATIONAL, RESPONSE, SWITCH, DATA, END_OF_MESSAGE, CONNECTION_CLOSED)
+
+
+@pytest.mark.parametrize("role", [CLIENT, SERVER], ids=["client", "server"])
+def test_looked_up_steps_agree_with_the_tables_event_by_event(role: object) -> None:
+    # The hot path's memo must never differ from walking the tables.
+    sequences = [(e,) for e in EVENTS] + [(a, b) for a in EVENTS for b in EVENTS]
+    for events in sequences:
+        steps = Steps(role, *events)  # type: ignore[arg-type]
+        for client in STATES:
+            for server in STATES:
+                for keep_alive in (True, False):
+                    for upgrade in (False, True):
+                        slow, fast = ConnectionState(), ConnectionState()
+                        for cs in (slow, fast):
+                            cs.client, cs.server = client, server
+                            cs.keep_alive, cs.upgrade_proposed = keep_alive, upgrade
+                        try:
+                            for event in events:
+                                slow.process_event(role, event)  # type: ignore[arg-type]
+                        except LocalProtocolError:
+                            with pytest.raises(LocalProtocolError):
+                                fast.process_events(steps)
+                            continue
+                        fast.process_events(steps)
+                        assert (fast.client, fast.server, fast.upgrade_proposed) == (
+                            slow.client,
+                            slow.server,
+                            slow.upgrade_proposed,
+                        ), (events, client, server, keep_alive, upgrade)
