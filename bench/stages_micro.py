@@ -106,6 +106,7 @@ def _signing_key(path: Path) -> Path:
             serialization.NoEncryption(),
         )
     )
+    path.chmod(0o600)  # gatehouse refuses a signing key other users can read
     return path
 
 
