@@ -185,9 +185,8 @@ class _HeadParser:
     The llhttp parser is kept for the next head only when llhttp itself ended
     the message with its head (no body announced, keep-alive); otherwise it
     would be waiting for body bytes it will never be given, and a fresh one is
-    made. The common head (short lines, no trailing whitespace in a value)
-    is read without measuring or stripping each field: ``_careful`` says when
-    that is needed.
+    made. A head shorter than the line limit cannot hold a line over it, so its
+    fields are not measured one by one: ``_careful`` says when that is needed.
     """
 
     __slots__ = (
@@ -223,17 +222,9 @@ class _HeadParser:
     def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
         raise NotImplementedError
 
-    def _prepare(self, head: bytes | bytearray) -> None:
-        """Whether this head's fields need measuring (a line may be over the limit) or
-        stripping (a value ends in whitespace, which llhttp keeps)."""
-        self._careful = len(head) > self._max_line or b" \r\n" in head or b"\t\r\n" in head
-
-    def _field(self, name: bytes, value: bytes) -> bytes:
-        """A field of a careful head: its line measured, its value's trailing whitespace
-        removed (llhttp removes the whitespace before a value only)."""
+    def _measure(self, name: bytes, value: bytes) -> None:
         if len(name) + len(value) > self._max_line:
             raise too_large("header field over the line limit")
-        return value.rstrip(b" \t")
 
     def _scan(self, data: bytes | bytearray, pos: int) -> int:
         """Feed llhttp one head from ``data[pos:]``; its size, or 0 while it is incomplete.
@@ -260,7 +251,7 @@ class _HeadParser:
         if pos or fed or size != len(data):
             head = data[pos + fed : pos + size]
         if not fed:
-            self._prepare(head)
+            self._careful = len(head) > self._max_line
         parser = self._parser
         if parser is None:
             parser = self._parser = self._new_parser()
@@ -439,7 +430,7 @@ class RequestHeadParser(_HeadParser):
         the exact path to read again; an error inside the first head is the
         head's refusal.
         """
-        self._prepare(data)
+        self._careful = len(data) > self._max_line
         parser = self._parser
         if parser is None:
             parser = self._parser = httptools.HttpRequestParser(self)
@@ -477,7 +468,10 @@ class RequestHeadParser(_HeadParser):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._careful:
-            value = self._field(name, value)
+            self._measure(name, value)
+        # llhttp strips the whitespace before a value only (rstrip returns the
+        # value itself when there is none after it).
+        value = value.rstrip(b" \t")
         self.headers.append((name, value))
         code = _CODES.get(name)
         if code is None:
@@ -597,7 +591,8 @@ class ResponseHeadParser(_HeadParser):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._careful:
-            value = self._field(name, value)
+            self._measure(name, value)
+        value = value.rstrip(b" \t")  # as for requests
         self.headers.append((name, value))
         size = len(name)
         if size == 14 or size == 17:  # the only framing fields: the rest are not lower-cased

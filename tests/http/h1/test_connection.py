@@ -463,6 +463,13 @@ def test_a_response_whose_body_came_with_its_head_carries_it_in_one_step() -> No
     assert conn.reusable
 
 
+def test_response_header_values_lose_trailing_whitespace_length_included() -> None:
+    conn = client()
+    head = response_of(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2 \t\r\nX: y \r\n\r\nok")
+    assert head.headers == [(b"Content-Length", b"2"), (b"X", b"y")]
+    assert (head.content_length, head.body) == (2, b"ok")
+
+
 def test_a_response_body_arriving_later_is_data_then_end() -> None:
     conn = client()
     head = response_of(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
