@@ -60,6 +60,10 @@ class _SecondMessage(Exception):
     """Raised from llhttp's callback when a read meant for one head meets another."""
 
 
+class _NotWhole(Exception):
+    """Raised from llhttp's callback when an answer read whole turns out not to be."""
+
+
 def _parser_error(exc: httptools.HttpParserError) -> RemoteProtocolError:
     cause = exc.__context__
     if isinstance(cause, RemoteProtocolError):
@@ -477,7 +481,11 @@ class RequestHeadParser(_HeadParser):
         if code is None:
             code = _code_of(name)
         if code:
-            self._note(code, name, value)
+            if code == _HOST and not self._seen & _HOST:
+                self._seen |= _HOST  # the first Host: the one field every request has
+                self.host = value
+            else:
+                self._note(code, name, value)
 
     def _note(self, code: int, name: bytes, value: bytes) -> None:
         """Record a field the framing rules read; refuse a second value of a singleton."""
@@ -515,12 +523,13 @@ class RequestHeadParser(_HeadParser):
 class ResponseHeadParser(_HeadParser):
     """Response heads: only the framing fields are read of them."""
 
-    __slots__ = ("_reason", "status")
+    __slots__ = ("_reason", "_rest", "status")
 
     def _reset(self) -> None:
         super()._reset()
         self._reason = b""
         self.status = 0
+        self._rest = -1  # reading a whole answer: the bytes after its head
 
     def _new_parser(self) -> httptools.HttpResponseParser:
         return httptools.HttpResponseParser(self)
@@ -533,9 +542,14 @@ class ResponseHeadParser(_HeadParser):
     def read(self, data: bytes | bytearray, pos: int, method: str) -> ResponseHead | None:
         """The next response head in ``data[pos:]`` to a ``method`` request (None while
         it is incomplete)."""
-        size = self._scan(data, pos)
-        if not size:
-            return None
+        size = 0
+        if not pos and not self._fed and type(data) is bytes and method != "HEAD":
+            size = self._whole(data)
+        whole = size > 0
+        if not whole:
+            size = self._scan(data, pos)
+            if not size:
+                return None
         status = self.status
         lengths = self.lengths
         codings = self.codings
@@ -566,9 +580,11 @@ class ResponseHeadParser(_HeadParser):
             size,
         )
         # llhttp ended the message with its head only for an informational answer,
-        # 204, 304 and a zero length (it does not know HEAD: it waits for the body).
+        # 204, 304 and a zero length (it does not know HEAD: it waits for the body);
+        # a whole answer it read to its end.
         if not self.keep_alive or not (
-            (status < 200 and status != 101)
+            whole
+            or (status < 200 and status != 101)
             or status == 204
             or status == 304
             or (length == 0 and not codings)
@@ -582,6 +598,32 @@ class ResponseHeadParser(_HeadParser):
         self.headers = []
         self._reason = b""
         return head
+
+    def _whole(self, data: bytes) -> int:
+        """Read all of ``data`` as one answer, if that is what it is: the common small
+        answer whose head and whole Content-Length body came together, fed to
+        llhttp in one piece (so its parser ends the message and is kept for the
+        next). Its head's size; or 0, with nothing read, for the exact path to
+        read it (and refuse it, if it must be refused).
+        """
+        end = data.find(_HEAD_END)
+        if end < 0 or end + 4 > self._max_head:
+            return 0
+        size = end + 4
+        self._careful = size > self._max_line
+        self._rest = len(data) - size
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpResponseParser(self)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.discard()  # not one whole answer (on_headers_complete said), or not valid
+            return 0
+        self._rest = -1
+        if len(self.headers) > self._max_headers:
+            raise too_large("too many header fields")
+        return size
 
     # -- llhttp's callbacks ------------------------------------------------------
     def on_status(self, reason: bytes) -> None:
@@ -606,8 +648,20 @@ class ResponseHeadParser(_HeadParser):
         parser = self._parser
         assert isinstance(parser, httptools.HttpResponseParser)
         self.keep_alive = parser.should_keep_alive()
-        self.status = parser.get_status_code()
+        status = self.status = parser.get_status_code()
         self.complete = True
+        rest = self._rest
+        if rest >= 0 and (
+            # Reading a whole answer: it must be a final one with exactly the rest
+            # of the bytes as its Content-Length body, or llhttp stops here.
+            status < 200
+            or status == 204
+            or status == 304
+            or self.codings
+            or len(self.lengths) != 1
+            or int(self.lengths[0]) != rest
+        ):
+            raise _NotWhole
 
 
 class BodyReader:

@@ -652,3 +652,73 @@ def test_any_bytes_from_an_upstream_give_an_answer_or_a_protocol_error(data: byt
     else:
         # An answer read to its end (or to the close that ends it), reusable only when framed.
         assert conn.state.server in (DONE, MUST_CLOSE, CLOSED)
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> bytes:
+    """Answers near the common one: a status, a few fields (framing ones included,
+    right, wrong or twice), a body, maybe bytes after it."""
+    status = draw(st.sampled_from([100, 101, 200, 204, 304, 404]))
+    body = draw(st.binary(max_size=12))
+    fields = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"Content-Length: %d" % len(body),
+                    b"Content-Length: %d" % (len(body) + 1),
+                    b"content-length: 0",
+                    b"Transfer-Encoding: chunked",
+                    b"Connection: close",
+                    b"X-A: b ",
+                ]
+            ),
+            max_size=4,
+        )
+    )
+    tail = draw(st.sampled_from([b"", b"\r\n", b"HTTP/1.1 200 OK\r\n\r\n", b"0\r\n\r\n"]))
+    return (
+        b"HTTP/1.1 %d X\r\n" % status
+        + b"".join(f + b"\r\n" for f in fields)
+        + b"\r\n"
+        + body
+        + tail
+    )
+
+
+def read_answer(method: str, pieces: list[bytes]) -> object:
+    """What a client makes of ``pieces``: the final answer's head fields and body and
+    whether the connection is reusable, or the refusal."""
+    conn = client(method)
+    body = b""
+    final: ResponseHead | None = None
+    try:
+        for piece in pieces:
+            if not piece:
+                continue  # b"" would be the end of the stream
+            conn.receive_data(piece)
+            for event in events(conn):
+                if isinstance(event, ResponseHead) and event.status >= 200:
+                    final = event
+                    body += event.body or b""
+                elif isinstance(event, bytes):
+                    body += event
+    except RemoteProtocolError as exc:
+        return (exc.status, exc.reason)
+    if final is None:
+        return None
+    reusable = conn.reusable
+    if reusable:  # the same connection reads the next answer
+        conn.start_next_cycle()
+        conn.send_request("GET", "/", "h", [])
+        assert response_of(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!").body == b"!"
+    return (final.status, final.headers, final.framing, final.keep_alive, body, reusable)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(answers(), st.sampled_from(["GET", "HEAD"]), st.integers(min_value=1, max_value=80))
+def test_an_answer_read_whole_is_read_as_when_it_arrives_in_pieces(
+    data: bytes, method: str, cut: int
+) -> None:
+    whole = read_answer(method, [data])
+    assert read_answer(method, [data[:cut], data[cut:]]) == whole
+    assert read_answer(method, [data[i : i + 1] for i in range(len(data))]) == whole
