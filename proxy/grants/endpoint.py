@@ -178,21 +178,19 @@ def _text(value: object) -> str:
 
 async def _body(request: RequestView) -> bytes:
     """The request body, at most MAX_BODY bytes (413 beyond)."""
-    if not isinstance(request, Request | web.BaseRequest):
+    if not isinstance(request, Request):
         return b""
     length = request.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > MAX_BODY:
         raise BodyTooLarge(detail="access API body over 16 KiB")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(MAX_BODY + 1 - size)
-        if not chunk:
-            return b"".join(chunks)
+    async for chunk in request.body():
         size += len(chunk)
         if size > MAX_BODY:
             raise BodyTooLarge(detail="access API body over 16 KiB")
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _form(body: bytes) -> dict[str, str]:
