@@ -64,10 +64,10 @@ async def run(quick: bool) -> int:
 async def _measure(
     quick: bool, url: str, published: dict[str, object]
 ) -> list[tuple[str, list[str]]] | None:
-    from proxy.http.facts import RequestFacts
     from proxy.identity.authenticate import Authenticator
     from proxy.identity.config import IdentityConfig, IssuerConfig
     from proxy.identity.jwt_verify import keys_from_jwks, verify_token
+    from proxy.model import RequestFacts
 
     issuer = new_issuer(url)
     jwks = issuer.jwks()

@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.load import load_policies
 

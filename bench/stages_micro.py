@@ -32,7 +32,6 @@ from proxy.config.load import load_config
 from proxy.credentials.broker import CredentialBroker
 from proxy.gateway import header_policy_for
 from proxy.http.canonical import canonicalise_target
-from proxy.http.facts import RequestFacts
 from proxy.http.forwarding import client_address, forwarding_headers, request_id, trace_context
 from proxy.http.headers import (
     COOKIE_PREFIXES,
@@ -42,6 +41,7 @@ from proxy.http.headers import (
     identity_headers,
 )
 from proxy.identity.authenticate import Authenticator
+from proxy.model import RequestFacts
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.model import Route

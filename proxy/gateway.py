@@ -56,7 +56,6 @@ from proxy.http.decision import (
     login_location,
     original_request,
 )
-from proxy.http.facts import RequestFacts
 from proxy.http.forwarding import (
     TraceContext,
     client_address,
@@ -81,8 +80,8 @@ from proxy.http.host import parse_host
 from proxy.http.protocol import Request, RequestView, Written
 from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
-from proxy.identity.model import ClientCertificate, Identity
 from proxy.identity.redirects import is_api_request
+from proxy.model import ClientCertificate, Identity, RequestFacts
 from proxy.observability import metrics
 from proxy.observability.audit import ENDPOINT_OUTCOME, AuditRecord, AuditWriter
 from proxy.policy.evaluate import PolicySet

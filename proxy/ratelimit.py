@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from proxy.http.facts import RequestFacts
 from proxy.http.forwarding import address_key
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.model import RateLimit, Route
 
 

@@ -33,13 +33,13 @@ from proxy.credentials.broker import CredentialBroker
 from proxy.credentials.cache import CredentialCache
 from proxy.errors import StartupError
 from proxy.gateway import Gateway, LocalEndpoint
-from proxy.http.facts import RequestFacts
 from proxy.http.protocol import HttpServer, RequestView
 from proxy.http.server import bind_socket, start_listener
 from proxy.http.tls import Listener
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.mtls import certificate_from_der
 from proxy.identity.session import clearing_cookies
+from proxy.model import RequestFacts
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter

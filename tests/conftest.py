@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proxy.http.devcert import dev_certificates
+from proxy.dev.certs import dev_certificates
 from tests.support.gatehouse import Gatehouse, start_gatehouse
 from tests.support.net import refused_port
 from tests.support.upstream_app import app as upstream_app

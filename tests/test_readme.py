@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import build_parser
+from proxy.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 MANUALS = (REPO / "README.md", REPO / "deploy" / "README.md")

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.http.devcert import dev_certificates
+from proxy.dev.certs import dev_certificates
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import public_route
 

@@ -33,8 +33,7 @@ from proxy.credentials.providers.static import StaticProvider
 from proxy.credentials.providers.token_exchange import TokenExchangeProvider
 from proxy.credentials.signing import SigningKeyError
 from proxy.errors import AuthenticationError, UpstreamCredentialsUnavailable
-from proxy.identity.model import Identity
-from proxy.policy.model import Route
+from proxy.model import Identity, RouteView
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class CredentialBroker:
         return self._started and (self.signer is None or self.signer.loaded)
 
     async def headers(
-        self, backend: str, route: Route, identity: Identity | None
+        self, backend: str, route: RouteView, identity: Identity | None
     ) -> list[tuple[str, str]]:
         """Every credential header for ``backend``; raises UpstreamCredentialsUnavailable."""
         providers = self._providers.get(backend)
@@ -147,7 +146,7 @@ class CredentialBroker:
         return out
 
     async def _fetched(
-        self, backend: str, provider: FetchingProvider, route: Route, identity: Identity | None
+        self, backend: str, provider: FetchingProvider, route: RouteView, identity: Identity | None
     ) -> tuple[str, str]:
         if provider.needs_caller_token and (identity is None or not identity.token):
             # The caller signed in without a token (API key, client certificate):

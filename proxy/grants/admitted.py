@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from proxy.identity.model import Identity
+from proxy.model import Identity
 from proxy.policy.criteria import Criterion
 from proxy.policy.criteria.grant import GrantRequired
 from proxy.policy.model import Rule

@@ -29,7 +29,7 @@ import orjson
 from proxy.errors import StateUnavailable
 from proxy.grants.model import Grant, grant_dict, grant_from
 from proxy.grants.store import Ledger, Limits
-from proxy.identity.model import HeldGrant
+from proxy.model import HeldGrant
 
 log = logging.getLogger("gatehouse.grants")
 

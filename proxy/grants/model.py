@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
-from proxy.identity.model import HeldGrant
+from proxy.model import HeldGrant
 
 State = Literal["pending", "approved", "active", "denied", "expired", "revoked"]
 # Decisions people take, and the clock's own events (see machine.TRANSITIONS).

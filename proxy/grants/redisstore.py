@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from proxy.errors import GrantConflict, GrantLimit, StateUnavailable
 from proxy.grants.model import Grant, grant_dict, grant_from, held
 from proxy.grants.store import OPEN_STATES, Limits, finished_at, next_version
-from proxy.identity.model import HeldGrant
+from proxy.model import HeldGrant
 from proxy.observability.metrics import STATE_UNREACHABLE
 from proxy.state.client import StateClient, StateUnreachable
 

@@ -27,9 +27,8 @@ from proxy.grants.model import Action, Actor, Grant, GrantEvent
 from proxy.grants.spec import GrantSpec
 from proxy.grants.store import GrantStore
 from proxy.grants.webhook import WebhookSender
-from proxy.http.facts import RequestFacts
 from proxy.http.forwarding import new_request_id
-from proxy.identity.model import HeldGrant, Identity
+from proxy.model import HeldGrant, Identity, RequestFacts
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.evaluate import PolicySet

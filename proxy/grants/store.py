@@ -15,7 +15,7 @@ from typing import Protocol
 
 from proxy.errors import GrantConflict, GrantLimit
 from proxy.grants.model import FINAL, Grant, held
-from proxy.identity.model import HeldGrant
+from proxy.model import HeldGrant
 
 OPEN_STATES = ("pending", "approved", "active")
 

@@ -63,7 +63,7 @@ from proxy.config.reader import ConfigError, Mapping, Problems, each_mapping, lo
 from proxy.errors import AuthenticationError, RateLimited
 from proxy.identity.budget import BucketTable
 from proxy.identity.config import API_KEY_PREFIX
-from proxy.identity.model import Identity
+from proxy.model import Identity
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import aiohttp
 from aiohttp import web
 
 from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable
-from proxy.http.facts import RequestFacts
 from proxy.http.protocol import RequestView
 from proxy.identity.apikeys import KEY_PREFIX, ApiKeyStore
 from proxy.identity.browser import BrowserLogin
@@ -43,8 +42,8 @@ from proxy.identity.jwt_verify import (
     unverified_claims,
     verify_signature,
 )
-from proxy.identity.model import AuthMethod, Identity
 from proxy.identity.mtls import MTLS_ISSUER, identity_from_certificate
+from proxy.model import AuthMethod, Identity, RequestFacts
 from proxy.observability.metrics import AUTH, TOKEN_CACHE, child
 
 log = logging.getLogger(__name__)

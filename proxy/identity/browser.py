@@ -64,7 +64,6 @@ from proxy.errors import (
     RateLimited,
     StateUnavailable,
 )
-from proxy.http.facts import RequestFacts
 from proxy.http.protocol import RequestView
 from proxy.http.responses import error_response
 from proxy.identity.config import BrowserConfig, IssuerConfig
@@ -72,7 +71,6 @@ from proxy.identity.discovery import ProviderDiscovery
 from proxy.identity.fetch import ProviderMetadata
 from proxy.identity.jwks import JwksClient
 from proxy.identity.jwt_verify import identity_from_claims
-from proxy.identity.model import Identity
 from proxy.identity.overage import overage_claims
 from proxy.identity.redirects import is_api_request, safe_redirect_target
 from proxy.identity.same_origin import changes_state, from_this_origin
@@ -94,6 +92,7 @@ from proxy.identity.session import (
 from proxy.identity.session_claims import needed_claims, session_claims, shrink
 from proxy.identity.stored_refresh import refresh_stored
 from proxy.identity.token_client import TokenClient
+from proxy.model import Identity, RequestFacts
 from proxy.observability.audit import ENDPOINT_OUTCOME, EndpointOutcome
 from proxy.observability.metrics import AUTH
 from proxy.policy.model import Route

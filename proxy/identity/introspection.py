@@ -35,7 +35,7 @@ from proxy.identity.budget import TokenBucket
 from proxy.identity.config import IntrospectionConfig, IssuerConfig
 from proxy.identity.fetch import FetchError, basic_auth, post_form
 from proxy.identity.jwt_verify import claim_at, identity_from_claims
-from proxy.identity.model import Identity
+from proxy.model import Identity
 
 
 @dataclass(slots=True)

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from proxy.errors import AuthenticationError
 from proxy.identity.config import HMAC_ALGORITHMS, IssuerConfig, normalise_type
-from proxy.identity.model import AuthMethod, Identity
 from proxy.identity.overage import overage_claims
 from proxy.identity.strict_json import StrictJSONError, loads
+from proxy.model import AuthMethod, Identity
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
 _MAX_HEADER_BYTES = 2048

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from proxy.errors import AuthenticationError
-from proxy.identity.model import ClientCertificate, Identity
+from proxy.model import ClientCertificate, Identity
 
 MTLS_ISSUER = "mtls"
 

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria import Criterion, Outcome, walk
 from proxy.policy.criteria.logic import admits_anonymous
 from proxy.policy.index import RouteIndex

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from proxy.config.keyfiles import alterability, exposure, key_file_problem
 from proxy.credentials.signing import rotate_key_file
-from proxy.http.devcert import dev_certificates
+from proxy.dev.certs import dev_certificates
 from proxy.identity.session import new_cookie_key
 
 REPO = Path(__file__).resolve().parents[2]

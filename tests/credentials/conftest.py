@@ -25,7 +25,7 @@ from proxy.credentials.config import (
     parse_credentials,
 )
 from proxy.errors import UpstreamCredentialsUnavailable
-from proxy.identity.model import Identity
+from proxy.model import Identity
 from proxy.policy.model import Route
 from tests.peers.cloud.oauth import OAuthServer
 from tests.peers.cloud.server import PeerServer

@@ -218,7 +218,7 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
     set for ``*keys.json``, a fresh key for ``state-key``. Absolute paths in the config are re-rooted.
     """
     from proxy.credentials.signing import rotate_key_file
-    from proxy.http.devcert import dev_certificates
+    from proxy.dev.certs import dev_certificates
     from proxy.identity.session import new_cookie_key as new_state_key
 
     dep = one(docs, "Deployment", deployment)

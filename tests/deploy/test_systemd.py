@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import EXIT_CONFIG
+from proxy.cli.common import EXIT_CONFIG
 from tests.deploy.manifests import DEPLOY
 
 UNIT = DEPLOY / "systemd" / "gatehouse.service"

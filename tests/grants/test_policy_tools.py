@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.policy.cli import add_commands
+from proxy.cli.policy import add_commands
 from tests.policy.support import write
 
 POLICY = """

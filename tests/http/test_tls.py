@@ -16,7 +16,7 @@ import pytest
 
 from proxy.config.load import load_config
 from proxy.config.reader import ConfigError
-from proxy.http.devcert import Issued, issue, make_ca
+from proxy.dev.certs import Issued, issue, make_ca
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import Gatehouse, public_route
 from tests.support.pki import loopback_server, write_crl

@@ -25,11 +25,11 @@ from aiohttp import web
 
 from proxy.config.reader import SecretRef
 from proxy.errors import GatehouseError
-from proxy.http.facts import RequestFacts
 from proxy.http.responses import error_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.config import BrowserConfig, IdentityConfig
 from proxy.identity.session import CookieCodec, load_cookie_keys, new_cookie_key
+from proxy.model import RequestFacts
 from tests.peers.cloud.tls import make_tls
 from tests.peers.oidc_provider import WEB_CLIENT, OidcProvider, rsa_jwk
 from tests.support.gatehouse import Gatehouse, PortTaken

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from proxy.http.facts import RequestFacts
 from proxy.identity.config import IdentityConfig, IssuerConfig, JwksCacheConfig
+from proxy.model import RequestFacts
 from tests.peers.oidc_provider import RESOURCE, OidcProvider, oidc_provider, rsa_jwk
 
 

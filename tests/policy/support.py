@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import AuthMethod, ClientCertificate, Identity
+from proxy.model import AuthMethod, ClientCertificate, Identity, RequestFacts
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.load import load_policies
 from proxy.policy.model import Decision

@@ -9,8 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria import Criterion
 from proxy.policy.criteria.authenticated import Authenticated
 from proxy.policy.criteria.fields import IdentitySetAny

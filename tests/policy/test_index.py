@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.cli.policy import request_facts
 from proxy.http.host import normalise_host
-from proxy.policy.cli import request_facts
 from proxy.policy.index import RouteIndex, combine
 from proxy.policy.model import Route
 from tests.policy.support import policy

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from proxy.config.reader import SecretRef
-from proxy.http.devcert import Issued, issue, make_ca
+from proxy.dev.certs import Issued, issue, make_ca
 from proxy.state.client import StateClient
 from proxy.state.config import StateConfig
 from tests.state.redis_server import RedisServer

@@ -1,4 +1,4 @@
-"""Certificates for TLS tests, issued by a test CA with ``proxy.http.devcert``."""
+"""Certificates for TLS tests, issued by a test CA with ``proxy.dev.certs``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.http.devcert import Issued, issue
+from proxy.dev.certs import Issued, issue
 
 
 def loopback_server(ca: Issued, directory: Path) -> Issued:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from proxy.dev.certs import make_ca
 from proxy.errors import (
     GatehouseError,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.http.devcert import make_ca
 from proxy.upstream.client import (
     ClientFailure,
     ConnectFailed,

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.http.devcert import Issued, issue, make_ca
+from proxy.dev.certs import Issued, issue, make_ca
 from proxy.upstream.config import BackendOptions, HealthCheckOptions, UpstreamTLSOptions
 from proxy.upstream.pool import EndpointPool, classify
 from proxy.upstream.retry import Failure

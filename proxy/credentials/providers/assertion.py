@@ -21,8 +21,7 @@ from proxy.credentials.signing import (
     load_signing_keys,
 )
 from proxy.errors import UpstreamCredentialsUnavailable
-from proxy.identity.model import Identity
-from proxy.policy.model import Route
+from proxy.model import Identity, RouteView
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ class AssertionProvider(HeaderProvider):
         """Sign afresh from now on (after the backend refused an assertion)."""
         self._cache.clear()
 
-    def headers(self, route: Route, identity: Identity | None) -> list[tuple[str, str]]:
+    def headers(self, route: RouteView, identity: Identity | None) -> list[tuple[str, str]]:
         signer = self.signer
         if signer is None:
             raise UpstreamCredentialsUnavailable(detail="assertions are not configured")

@@ -17,7 +17,7 @@ import aiohttp
 from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import AzureSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer
-from proxy.identity.model import Identity
+from proxy.model import Identity
 
 
 def _sdk() -> Any:

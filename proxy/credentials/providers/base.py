@@ -10,8 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from proxy.credentials.cache import Credential, CredentialFetchError
-from proxy.identity.model import Identity
-from proxy.policy.model import Route
+from proxy.model import Identity, RouteView
 
 
 class Provider:
@@ -30,7 +29,7 @@ class HeaderProvider(Provider, ABC):
     """Headers computed locally per request (static values, signed assertions): not cached."""
 
     @abstractmethod
-    def headers(self, route: Route, identity: Identity | None) -> list[tuple[str, str]]: ...
+    def headers(self, route: RouteView, identity: Identity | None) -> list[tuple[str, str]]: ...
 
 
 class FetchingProvider(Provider, ABC):
@@ -48,7 +47,7 @@ class FetchingProvider(Provider, ABC):
     @abstractmethod
     async def fetch(self, identity: Identity | None) -> Credential: ...
 
-    def header_for(self, route: Route) -> str | None:
+    def header_for(self, route: RouteView) -> str | None:
         """The header this token goes in for ``route``; ``None`` keeps the fetched one."""
         return None
 

@@ -15,7 +15,7 @@ from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import ClientCredentialsSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer, ssl_context
 from proxy.credentials.providers.oauth import authenticate_with_secret, token_request
-from proxy.identity.model import Identity
+from proxy.model import Identity
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

@@ -27,8 +27,7 @@ from proxy.credentials.config import GcpSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer
 from proxy.credentials.providers.oauth import jwt_expiry
 from proxy.identity.fetch import FetchError, read_bounded
-from proxy.identity.model import Identity
-from proxy.policy.model import Route
+from proxy.model import Identity, RouteView
 
 DEFAULT_METADATA_HOST = "metadata.google.internal"
 IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
@@ -114,7 +113,7 @@ class GcpProvider(FetchingProvider):
             s.iam_endpoint,
         )
 
-    def header_for(self, route: Route) -> str:
+    def header_for(self, route: RouteView) -> str:
         send_as = self.spec.send_as
         if send_as == "serverless" or (send_as == "auto" and route.pass_authorization):
             # Cloud Run / Functions check this header first and leave Authorization

@@ -9,8 +9,7 @@ import time
 from proxy.credentials.config import StaticSpec
 from proxy.credentials.providers.base import HeaderProvider
 from proxy.errors import UpstreamCredentialsUnavailable
-from proxy.identity.model import Identity
-from proxy.policy.model import Route
+from proxy.model import Identity, RouteView
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class StaticProvider(HeaderProvider):
         if value:
             self._value, self._mtime = value, mtime
 
-    def headers(self, route: Route, identity: Identity | None) -> list[tuple[str, str]]:
+    def headers(self, route: RouteView, identity: Identity | None) -> list[tuple[str, str]]:
         self._load()
         if self._value is None:
             raise UpstreamCredentialsUnavailable(

@@ -10,7 +10,7 @@ from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import TokenExchangeSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer, ssl_context
 from proxy.credentials.providers.oauth import authenticate_with_secret, token_request
-from proxy.identity.model import Identity
+from proxy.model import Identity
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from proxy.identity.model import AuthMethod
+from proxy.model import AuthMethod
 from proxy.policy.criteria.base import Rules, register
 from proxy.policy.criteria.fields import IdentityFieldIn
 from proxy.policy.criteria.operand import Operand

@@ -21,8 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.operand import Operand
 
 Outcome = bool | None

@@ -10,8 +10,7 @@ rule made only of audit citations is an audit rule itself.
 
 from __future__ import annotations
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import Criterion, Outcome
 from proxy.policy.criteria.logic import All, AnyOf, Not
 

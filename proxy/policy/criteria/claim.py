@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import CallerLeaf, Criterion, Outcome, Rules, register, unknown
 from proxy.policy.criteria.logic import All
 from proxy.policy.criteria.matcher import MATCHERS, Matcher, parse_matcher, same

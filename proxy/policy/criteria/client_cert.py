@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import Leaf, Outcome, Rules, fmt, register
 from proxy.policy.criteria.operand import Operand
 

@@ -8,8 +8,7 @@ unverified address at the IdP could claim someone else's ("nOAuth").
 
 from __future__ import annotations
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register, unknown
 from proxy.policy.criteria.operand import Operand
 

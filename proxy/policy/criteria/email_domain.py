@@ -9,9 +9,8 @@ never match (see :mod:`proxy.policy.criteria.email`).
 
 from __future__ import annotations
 
-from proxy.http.facts import RequestFacts
 from proxy.http.host import is_host_name
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register
 from proxy.policy.criteria.email import EMAIL_CLAIMS, verified_email
 from proxy.policy.criteria.operand import Operand

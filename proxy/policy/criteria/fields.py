@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import operator
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import CallerLeaf, Outcome, fmt, unknown
 from proxy.policy.criteria.operand import Operand
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from proxy.config.reader import parse_duration
 from proxy.grants.spec import GrantSpec, Justification
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import HeldGrant, Identity
+from proxy.model import HeldGrant, Identity, RequestFacts
 from proxy.policy.criteria.base import CallerLeaf, Criterion, Outcome, Rules, register
 from proxy.policy.criteria.operand import Operand
 

@@ -8,8 +8,7 @@ is; ``not`` of unknown stays unknown.
 
 from __future__ import annotations
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import Criterion, Outcome, Rules, register
 from proxy.policy.criteria.operand import Operand
 from proxy.policy.criteria.public import Public

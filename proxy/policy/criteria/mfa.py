@@ -7,8 +7,7 @@ Unknown when a claim it reads was not received and the other does not hold.
 
 from __future__ import annotations
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import CallerLeaf, Outcome, Rules, fmt, register, unknown
 from proxy.policy.criteria.operand import Operand
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from proxy.errors import RequestRejected
 from proxy.http.canonical import canonical_path
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import Leaf, Outcome, Rules, register
 from proxy.policy.criteria.matcher import MATCHERS, Matcher, parse_matcher
 from proxy.policy.criteria.operand import Operand

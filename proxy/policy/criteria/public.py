@@ -5,8 +5,7 @@ The only way to admit anonymous callers: nothing else ever implies it.
 
 from __future__ import annotations
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import Leaf, Outcome, Rules, register
 from proxy.policy.criteria.operand import Operand
 

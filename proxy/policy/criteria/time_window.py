@@ -10,8 +10,7 @@ import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria.base import Leaf, Outcome, Rules, register
 from proxy.policy.criteria.operand import Operand
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config.reader import ConfigError
-from proxy.http.facts import RequestFacts
-from proxy.identity.model import Identity
+from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria import Criterion, Outcome
 from tests.policy.support import caller, facts, policy
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.identity.model import Identity
+from proxy.model import Identity
 from tests.policy.criteria.support import holds, outcome, refused
 from tests.policy.support import caller
 

@@ -11,7 +11,7 @@ import pytest
 from proxy.config.reader import ConfigError
 from proxy.grants.admitted import admitting_grant
 from proxy.grants.catalogue import catalogue, route_grants
-from proxy.identity.model import HeldGrant
+from proxy.model import HeldGrant
 from tests.policy.support import caller, facts, policy
 
 POLICY = """

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from proxy.cli.state import add_commands
 from proxy.identity.session import parse_cookie_keys
-from proxy.state.cli import add_commands
 from tests.state.redis_server import RedisServer
 
 

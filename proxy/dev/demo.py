@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -19,13 +20,13 @@ import yaml
 
 from proxy.config.load import load_config
 from proxy.credentials.signing import rotate_key_file
+from proxy.dev.certs import dev_certificates
+from proxy.dev.idp import DEFAULT_AUDIENCE, DEFAULT_KEY_FILE, DEFAULT_PORT, start_dev_idp
 from proxy.errors import StartupError
-from proxy.http.devcert import dev_certificates
-from proxy.identity.devidp import DEFAULT_AUDIENCE, DEFAULT_KEY_FILE, DEFAULT_PORT, start_dev_idp
 from proxy.runtime import serve
 
 DEMO_DIR = DEFAULT_KEY_FILE.parent
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
 
 # Start-up failures name the demo's flag for the address the configuration got from it.
@@ -118,6 +119,10 @@ async def _wait_for_port(port: int, process: subprocess.Popen[bytes], limit: flo
 
 
 def run_demo(port: int = 8443, admin_port: int = 9901, idp_port: int = DEFAULT_PORT) -> int:
+    # The sample upstream runs as `python -m uvicorn` with this interpreter: a
+    # missing demo extra is reported here, before anything starts.
+    importlib.import_module("fastapi")
+    importlib.import_module("uvicorn")
     demo = DEMO_DIR.resolve()
     demo.mkdir(parents=True, exist_ok=True)
     upstream_port = _free_port()

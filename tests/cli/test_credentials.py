@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli.credentials import _check, add_commands
 from proxy.config.load import load_config
-from proxy.credentials.cli import _check, add_commands
 from tests.peers.cloud.oauth import OAuthServer
 
 

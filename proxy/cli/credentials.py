@@ -110,7 +110,7 @@ def _expires_in(broker: Any, backend: str) -> int | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from proxy.cli import load_everything
+    from proxy.cli.common import load_everything
 
     config = load_everything(Path(args.config))
     if config is None:
@@ -119,7 +119,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    from proxy.cli import add_config_argument
+    from proxy.cli.common import add_config_argument
 
     parser = subparsers.add_parser("credentials", help="upstream credentials and assertion keys")
     sub = parser.add_subparsers(dest="credentials_command", metavar="ACTION", required=True)

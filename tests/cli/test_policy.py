@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.policy.cli import add_commands
+from proxy.cli.policy import add_commands
 from proxy.policy.load import load_policies
 from tests.policy.support import write
 from tests.support.gatehouse import write_config

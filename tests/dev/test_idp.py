@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.dev.idp import DEFAULT_AUDIENCE, start_dev_idp
 from proxy.errors import AuthenticationError
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.config import IdentityConfig, IssuerConfig
-from proxy.identity.devidp import DEFAULT_AUDIENCE, start_dev_idp
 from tests.identity.conftest import bearer
 
 REPO = Path(__file__).resolve().parents[2]

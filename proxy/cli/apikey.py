@@ -1,30 +1,27 @@
-"""``gatehouse apikey``, ``gatehouse dev-idp`` and ``gatehouse dev-token``."""
+"""``gatehouse apikey``: create, list and revoke API keys."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from proxy.config.reader import ConfigError, parse_duration
-from proxy.identity import devidp
 from proxy.identity.config import MIN_PEPPER_BYTES
 
 EXIT_USAGE = 2
 
 
-def _groups(values: list[str] | None) -> list[str]:
+def groups_of(values: list[str] | None) -> list[str]:
     out: list[str] = []
     for value in values or []:
         out += [g.strip() for g in value.split(",") if g.strip()]
     return out
 
 
-def _duration(text: str) -> float:
+def parse_lifetime(text: str) -> float:
     seconds = parse_duration(text)
     if seconds is None or seconds <= 0:
         raise argparse.ArgumentTypeError(f"not a duration like 10m or 90d: {text!r}")
@@ -60,7 +57,7 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
             path,
             name=args.name,
             subject=args.subject,
-            groups=_groups(args.groups),
+            groups=groups_of(args.groups),
             pepper=pepper,
             expires_in=args.expires,
         )
@@ -107,63 +104,6 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- dev IdP -----------------------------------------------------------------
-def cmd_dev_idp(args: argparse.Namespace) -> int:
-    try:
-        devidp.require_loopback(args.host)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-
-    async def serve() -> None:
-        issuer, runner = await devidp.start_dev_idp(
-            args.host, args.port, Path(args.key_file), args.audience
-        )
-        print(f"dev IdP (development only) listening: issuer {issuer}", flush=True)
-        print(
-            "mint a token it accepts with:\n  "
-            + devidp.dev_token_command(Path(args.key_file), issuer, args.audience),
-            flush=True,
-        )
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0
-
-
-def cmd_dev_token(args: argparse.Namespace) -> int:
-    key_file = Path(args.key_file)
-    if not key_file.exists():
-        # A token signed by a brand-new key is refused by any dev IdP (or demo)
-        # already running with the old one: say so instead of a puzzling 401.
-        print(
-            f"dev-token: created a new signing key {key_file.resolve()}; a dev IdP or demo "
-            "started with another key refuses this token (run dev-token from the directory "
-            "you started it in, or pass --key-file)",
-            file=sys.stderr,
-        )
-    key = devidp.load_or_create_key(key_file)
-    try:
-        token = devidp.mint_token(
-            key,
-            sub=args.sub,
-            groups=_groups(args.groups),
-            issuer=args.issuer,
-            audience=args.audience,
-            ttl=args.ttl,
-            email=args.email,
-        )
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    print(token)
-    return 0
-
-
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("apikey", help="manage API keys (only HMACs of the secrets are stored)")
     apikey = p.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
@@ -173,7 +113,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--name", required=True, help="a name for the key, shown by list")
     c.add_argument("--subject", required=True, help="the subject the key authenticates as")
     c.add_argument("--groups", nargs="*", default=[], help="group names (space or comma list)")
-    c.add_argument("--expires", type=_duration, default=None, help="lifetime, e.g. 90d")
+    c.add_argument("--expires", type=parse_lifetime, default=None, help="lifetime, e.g. 90d")
     c.add_argument(
         "--pepper-file",
         default=None,
@@ -189,36 +129,3 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--file", required=True, help="API key file (identity.api_keys.file)")
     c.add_argument("--id", required=True, help="the key's id, as list shows it")
     c.set_defaults(func=cmd_apikey_revoke)
-
-    p = sub.add_parser("dev-idp", help="development OIDC issuer on loopback (never production)")
-    p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
-    p.add_argument(
-        "--port", type=int, default=devidp.DEFAULT_PORT, help="port (default %(default)s)"
-    )
-    p.add_argument(
-        "--key-file",
-        default=str(devidp.DEFAULT_KEY_FILE),
-        help="signing key, created on first use (default %(default)s)",
-    )
-    p.add_argument(
-        "--audience", default=devidp.DEFAULT_AUDIENCE, help="aud of tokens (default %(default)s)"
-    )
-    p.set_defaults(func=cmd_dev_idp)
-
-    p = sub.add_parser("dev-token", help="print a token signed by the dev IdP key")
-    p.add_argument("--sub", required=True, help="the subject (sub claim)")
-    p.add_argument("--groups", nargs="*", default=[], help="group names (space or comma list)")
-    p.add_argument("--email", default=None, help="the email claim")
-    p.add_argument("--ttl", type=_duration, default=600.0, help="lifetime, e.g. 10m (default 10m)")
-    p.add_argument(
-        "--key-file",
-        default=str(devidp.DEFAULT_KEY_FILE),
-        help="the dev IdP's signing key (default %(default)s; created, with a warning, if absent)",
-    )
-    p.add_argument(
-        "--issuer", default=devidp.DEFAULT_ISSUER, help="iss of the token (default %(default)s)"
-    )
-    p.add_argument(
-        "--audience", default=devidp.DEFAULT_AUDIENCE, help="aud of the token (default %(default)s)"
-    )
-    p.set_defaults(func=cmd_dev_token)

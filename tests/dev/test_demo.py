@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.support.net import free_port, wait_for_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fetch(url: str, ca: Path, token: str | None = None) -> tuple[int, dict[str, object]]:

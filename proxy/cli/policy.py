@@ -65,11 +65,10 @@ from proxy.config.reader import (
 from proxy.errors import GatehouseError, RequestRejected
 from proxy.grants.spec import describe_tree
 from proxy.http.canonical import canonicalise_target
-from proxy.http.facts import RequestFacts
 from proxy.identity.config import IdentityConfig, IssuerConfig
 from proxy.identity.jwt_verify import email_verified
 from proxy.identity.jwt_verify import identity_from_claims as mapped_identity
-from proxy.identity.model import AuthMethod, ClientCertificate, HeldGrant, Identity
+from proxy.model import AuthMethod, ClientCertificate, HeldGrant, Identity, RequestFacts
 from proxy.policy.check import check_policies
 from proxy.policy.criteria.auth_method import AUTH_METHODS
 from proxy.policy.criteria.operand import plain_value

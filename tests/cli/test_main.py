@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import build_parser
-from proxy.http.devcert import issue, make_ca
+from proxy.cli.main import build_parser
+from proxy.dev.certs import issue, make_ca
 from tests.support.net import free_port
 from tests.support.unprivileged import obey_file_modes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROUTES = (
     "routes:\n"
     "  - name: orders\n"
@@ -254,3 +254,37 @@ def test_version_prints_gatehouse_python_and_library_versions() -> None:
         assert lines[library][0].isdigit(), (library, lines[library])
     as_json = json.loads(gatehouse("version", "--json").stdout)
     assert as_json["aiohttp"] == lines["aiohttp"]
+
+
+@pytest.mark.parametrize(
+    ("blocked", "command", "extra"),
+    [
+        ("redis", ["state", "check"], "redis"),
+        ("fastapi", ["demo", "--port", "1"], "demo"),
+    ],
+)
+def test_a_command_whose_optional_package_is_missing_says_which_extra_to_install(
+    tmp_path: Path, blocked: str, command: list[str], extra: str
+) -> None:
+    config = tmp_path / "gatehouse.yaml"
+    config.write_text(
+        "state: {redis_url: redis://127.0.0.1:1/0, encryption_key: env:KEY}\n"
+        f"policies: {{dir: {tmp_path}}}\nbackends: {{}}\n"
+    )
+    args = [*command, "--config", str(config)] if command[0] == "state" else command
+    # The package is made unimportable for this process only, as if it were not installed.
+    script = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "from proxy.cli.main import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "KEY": "a" * 44},
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"pip install 'gatehouse[{extra}]'" in result.stderr
+    assert "Traceback" not in result.stderr

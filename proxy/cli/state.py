@@ -107,7 +107,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    from proxy.cli import add_config_argument
+    from proxy.cli.common import add_config_argument
 
     parser = subparsers.add_parser("state", help="shared state for replicas (Redis)")
     sub = parser.add_subparsers(dest="state_command", metavar="ACTION", required=True)

@@ -11,26 +11,33 @@ Exit codes: 0 fine, 1 a check found a failure (a credential, a policy test),
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-EXIT_CONFIG = 2
-CONFIG_ENV = "GATEHOUSE_CONFIG"
-
-# Subcommand groups contributed by other packages: ``add_commands(subparsers)``.
-_COMMAND_MODULES = (
-    "proxy.policy.cli",
-    "proxy.identity.cli",
-    "proxy.credentials.cli",
-    "proxy.state.cli",
-    "proxy.grants.cli",
+from proxy.cli import access, apikey, credentials, dev, policy, state
+from proxy.cli.common import (
+    EXIT_CONFIG,
+    add_config_argument,
+    load_everything,
+    print_json,
+    print_problems,
 )
+
+# Packages of the optional extras, imported only by the commands that need them:
+# a command whose extra is missing says which to install.
+OPTIONAL_PACKAGES = {
+    "redis": "redis",
+    "hiredis": "redis",
+    "azure": "azure",
+    "msal": "azure",
+    "google": "gcp",
+    "requests": "gcp",
+    "opentelemetry": "otel",
+    "fastapi": "demo",
+    "uvicorn": "demo",
+}
 
 # Shown by ``gatehouse version``: what decides behaviour and performance.
 KEY_LIBRARIES = (
@@ -48,41 +55,6 @@ KEY_LIBRARIES = (
     "redis",
     "opentelemetry-sdk",
 )
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, defaulting to ``$GATEHOUSE_CONFIG``; required without it."""
-    default = os.environ.get(CONFIG_ENV) or None
-    parser.add_argument(
-        "--config",
-        default=default,
-        required=default is None,
-        metavar="FILE",
-        help=f"path to gatehouse.yaml (default: ${CONFIG_ENV}"
-        + (f", now {default})" if default else ", unset)"),
-    )
-
-
-def print_json(value: object) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def print_problems(problems: Any, stream: Any = None) -> None:
-    out = stream or sys.stderr
-    for problem in problems:
-        print(problem, file=out)
-    print(f"{len(problems)} problem(s); configuration refused", file=out)
-
-
-def load_everything(path: Path) -> Any:
-    """Validate the config file and the policies it names; print every problem."""
-    from proxy.config.check import check_configuration
-
-    report = check_configuration(path)
-    if not report.ok:
-        print_problems(report.problems)
-        return None
-    return report.config
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -122,30 +94,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if workers == 1:
             return run_single(config)
         return run_workers(config, workers)
-    except StartupError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_CONFIG
-
-
-def cmd_dev_cert(args: argparse.Namespace) -> int:
-    from proxy.http.devcert import dev_certificates
-
-    hosts = tuple(args.host) or ("localhost",)
-    files = dev_certificates(Path(args.dir), hosts)
-    for name, path in files.items():
-        print(f"{name}: {path}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.observability import logs
-
-    logs.configure("auto", "debug" if args.verbose else "info")
-    from proxy.demo import run_demo
-    from proxy.errors import StartupError
-
-    try:
-        return run_demo(port=args.port, admin_port=args.admin_port, idp_port=args.idp_port)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -212,26 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print them as a JSON object")
     p.set_defaults(func=cmd_version)
 
-    p = sub.add_parser("dev-cert", help="write a development CA, server and client certificate")
-    p.add_argument("dir", help="directory to write the certificates and keys to")
-    p.add_argument("--host", action="append", default=[], help="server DNS name (repeatable)")
-    p.set_defaults(func=cmd_dev_cert)
-
-    p = sub.add_parser("demo", help="dev IdP + sample upstream + proxy, with things to try")
-    p.add_argument("--port", type=int, default=8443, help="the proxy's HTTPS port (default 8443)")
-    p.add_argument(
-        "--admin-port", type=int, default=9901, help="metrics and probes port (default 9901)"
-    )
-    p.add_argument("--idp-port", type=int, default=9000, help="the dev IdP's port (default 9000)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    p.set_defaults(func=cmd_demo)
-
-    for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        module.add_commands(sub)
+    for group in (policy, apikey, credentials, state, access, dev):
+        group.add_commands(sub)
     return parser
 
 
@@ -246,4 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_CONFIG
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        extra = OPTIONAL_PACKAGES.get(missing)
+        if extra is None:
+            raise
+        print(
+            f"gatehouse {args.command}: needs {missing}, which is not installed; "
+            f"pip install 'gatehouse[{extra}]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.http.devcert import dev_certificates
+from proxy.dev.certs import dev_certificates
 
 REPO = Path(__file__).resolve().parents[2]
 

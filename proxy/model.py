@@ -1,10 +1,16 @@
-"""Who is calling: the verified identity every later stage works from."""
+"""The plain types every layer may read: the request as the decision stages see
+it, who is calling, and the view of a route that the credential layer needs.
+
+Data only: no I/O, no imports from the rest of Gatehouse. The HTTP edge builds
+:class:`RequestFacts`, the identity layer :class:`Identity`; routing, policy,
+credentials, grants and audit read them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, Protocol
 
 AuthMethod = Literal["jwt", "opaque", "session", "apikey", "mtls"]
 
@@ -67,3 +73,42 @@ class Identity:
     email_verified: bool | None = None
     grants: tuple[HeldGrant, ...] = ()
     token: str | None = field(default=None, repr=False, compare=False)
+
+
+class RequestFacts(NamedTuple):
+    """What routing and policy may look at.
+
+    Immutable like a frozen dataclass; a named tuple because one is built per
+    request and a frozen dataclass takes more than twice as long to build.
+
+    ``path`` is the canonical path (see :mod:`proxy.http.canonical`): the one
+    used for matching and the one the upstream receives. ``client_ip`` is the
+    trusted client address (the peer, or the X-Forwarded-For entry appended by
+    the last trusted proxy). ``headers`` maps lower-case names to values.
+    """
+
+    method: str
+    scheme: str
+    host: str
+    path: str
+    query: str
+    client_ip: str
+    headers: Mapping[str, str]
+    client_cert: ClientCertificate | None = None
+    request_id: str = ""  # for error bodies built outside the gateway (login endpoints)
+
+
+class RouteView(Protocol):
+    """What the credential layer reads of a route (``proxy.policy.model.Route``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pass_authorization(self) -> bool: ...
+
+    @property
+    def pass_claims(self) -> tuple[str, ...]: ...
+
+    @property
+    def pass_claims_max_bytes(self) -> int: ...
