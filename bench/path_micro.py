@@ -251,25 +251,27 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
     """CPU µs per request of each measured run (none when profiling)."""
     audit = AuditWriter(config.audit.output)
     client = UpstreamClient()
-    gateway = Gateway(
-        config=config,
-        policies=PolicyStore(config.policy_dir, backends=set(config.backends)),
-        audit=audit,
-        client=client,
-        pools={
-            name: EndpointPool(b.urls, b.options, name=name) for name, b in config.backends.items()
-        },
-    )
     auth = Authenticator(config.identity)
+    tracing = None
     if config.tracing is not None:
         from proxy.observability.tracing import Tracing
 
-        gateway.tracing = Tracing(config.tracing)
+        tracing = Tracing(config.tracing)
     try:
         await auth.start()
-        if config.identity.enabled:
-            gateway.authenticator = auth
-            gateway.local_endpoints += (auth.local_endpoint,)
+        gateway = Gateway(
+            config=config,
+            policies=PolicyStore(config.policy_dir, backends=set(config.backends)),
+            audit=audit,
+            client=client,
+            pools={
+                name: EndpointPool(b.urls, b.options, name=name)
+                for name, b in config.backends.items()
+            },
+            authenticator=auth if config.identity.enabled else None,
+            local_endpoints=(auth.local_endpoint,) if config.identity.enabled else (),
+            tracing=tracing,
+        )
         server = HttpServer(gateway.handle, config.listen, audit)
         decision = config.listen.mode == "decision"
         run = Run(server, client, token if config.identity.enabled else None, decision)
@@ -289,8 +291,8 @@ async def _scenario(config: Config, token: str, n: int, repeats: int, profile: b
         return [await run.go(n) for _ in range(repeats)]
     finally:
         gc.unfreeze()
-        if gateway.tracing is not None:
-            await asyncio.to_thread(gateway.tracing.shutdown)
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
         await auth.close()
         audit.close()
 

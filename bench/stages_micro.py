@@ -30,7 +30,6 @@ from bench.gatehouse import IdentityParams, full_identity
 from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
 from proxy.config.load import load_config
 from proxy.credentials.broker import CredentialBroker
-from proxy.gateway import header_policy_for
 from proxy.http.canonical import canonicalise_target
 from proxy.http.forwarding import client_address, forwarding_headers, request_id, trace_context
 from proxy.http.headers import (
@@ -46,6 +45,7 @@ from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.model import Route
 from proxy.policy.store import PolicyStore
+from proxy.stages.forward import header_policy_for
 from proxy.upstream.pool import EndpointPool
 
 RAW_PATH = "/api/items?page=2"

@@ -26,6 +26,10 @@ class GatehouseError(Exception):
             self.reason = reason
         self.detail = detail
 
+    def response_headers(self) -> dict[str, str]:
+        """Headers the error answer carries besides the JSON body."""
+        return {}
+
 
 # -- canonicalise ---------------------------------------------------------
 class RequestRejected(GatehouseError):
@@ -103,6 +107,10 @@ class RouteNotFound(GatehouseError):
 # -- authenticate ---------------------------------------------------------
 class AuthenticationError(GatehouseError):
     status, reason = 401, "unauthenticated"
+
+    def response_headers(self) -> dict[str, str]:
+        # RFC 6750 §3: a 401 names the scheme; the error code is the reason.
+        return {"WWW-Authenticate": f'Bearer realm="gatehouse", error="{self.reason}"'}
 
 
 class IdentityTooLarge(AuthenticationError):

@@ -32,7 +32,7 @@ from proxy.config.schema import Address, Config
 from proxy.credentials.broker import CredentialBroker
 from proxy.credentials.cache import CredentialCache
 from proxy.errors import StartupError
-from proxy.gateway import Gateway, LocalEndpoint
+from proxy.gateway import Gateway
 from proxy.http.protocol import HttpServer, RequestView
 from proxy.http.server import bind_socket, start_listener
 from proxy.http.tls import Listener
@@ -45,6 +45,7 @@ from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
 from proxy.policy.store import PolicyStore
 from proxy.ratelimit import RateLimiter
+from proxy.stages.local import LocalEndpoint
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.pool import EndpointPool
 from proxy.upstream.reachability import Reachability
@@ -134,26 +135,19 @@ async def serve(
     # A decision listener never forwards: no pools, no probes, no upstream connections.
     forwarded = {} if decision else config.backends
     pools = {name: EndpointPool(b.urls, b.options, name=name) for name, b in forwarded.items()}
-    gateway = Gateway(
-        config=config,
-        policies=policies,
-        audit=audit,
-        client=client,
-        pools=pools,
-        certificate_reader=certificate_from_der,
-        rate_limiter=state.rate_limiter(local_limiter) if state is not None else local_limiter,
-    )
     closers: list[Callable[[], Awaitable[None]]] = []
+    tracing: Tracing | None = None
     if config.tracing is not None:
         # Imported here: OpenTelemetry is loaded only when tracing is configured.
         from proxy.observability.tracing import Tracing
 
-        tracing = Tracing(config.tracing)
-        gateway.tracing = tracing
-        closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # flushes queued spans
+        tracing = tracer = Tracing(config.tracing)
+        closers.append(lambda: asyncio.to_thread(tracer.shutdown))  # flushes queued spans
     for pool in pools.values():
         await pool.start()
         closers.append(pool.close)
+    local_endpoints: list[LocalEndpoint] = []
+    authenticator = None
     if config.identity.enabled:
         authenticator = Authenticator(config.identity)
         await authenticator.start()
@@ -163,17 +157,17 @@ async def serve(
                 browser.use_session_store(state.sessions)
             browser.use_listener_limit(config.listen.max_header_size)
             browser.use_claims_in_use(lambda: policies.current.referenced_claims)
-        gateway.authenticator = authenticator
-        gateway.local_endpoints += (authenticator.local_endpoint,)
+        local_endpoints.append(authenticator.local_endpoint)
         closers.append(authenticator.close)
+    broker = None
     specs = {name: b.credentials for name, b in config.backends.items() if b.credentials}
     if specs or config.assertions is not None:
         cache = CredentialCache(shared=state.credentials) if state is not None else None
         broker = CredentialBroker(specs, config.assertions, config.public_url, cache=cache)
         await broker.start()
-        gateway.credentials = broker
-        gateway.local_endpoints += (jwks_endpoint(broker),)
+        local_endpoints.append(jwks_endpoint(broker))
         closers.append(broker.close)
+    grants = None
     if config.grants is not None:
         from proxy.grants.runtime import start_access
 
@@ -181,14 +175,28 @@ async def serve(
             config.grants,
             policies=lambda: policies.current,
             audit=audit,
-            authenticator=gateway.authenticator,
+            authenticator=authenticator,
             browser=config.identity.browser,
             public_url=config.public_url,
             state=state.client if state is not None else None,
         )
-        gateway.local_endpoints += (access.endpoint,)
-        gateway.grants = access.lookup
+        local_endpoints.append(access.endpoint)
+        grants = access.lookup
         closers.append(access.close)
+    gateway = Gateway(
+        config=config,
+        policies=policies,
+        audit=audit,
+        client=client,
+        pools=pools,
+        authenticator=authenticator,
+        rate_limiter=state.rate_limiter(local_limiter) if state is not None else local_limiter,
+        credentials=broker,
+        local_endpoints=tuple(local_endpoints),
+        certificate_reader=certificate_from_der,
+        tracing=tracing,
+        grants=grants,
+    )
     if state is not None:
         closers.append(state.close)  # last: the authenticator and broker use it until closed
     reach = Reachability(forwarded)
@@ -201,10 +209,10 @@ async def serve(
             "upstreams": all(reach.state[n] and pools[n].ready() for n in required),
             "audit": audit.writable,
         }
-        if gateway.authenticator is not None:
-            out["identity"] = gateway.authenticator.ready()
-        if gateway.credentials is not None:
-            out["credentials"] = gateway.credentials.ready()
+        if authenticator is not None:
+            out["identity"] = authenticator.ready()
+        if broker is not None:
+            out["credentials"] = broker.ready()
         return out
 
     # A 431 (say, a Cookie header too large) clears our cookies, or it would repeat.

@@ -24,7 +24,6 @@ from proxy.errors import (
 )
 from proxy.http.headers import filter_response_headers
 from proxy.http.protocol import Request, Written
-from proxy.observability.audit import AuditRecord
 from proxy.upstream.client import (
     ClientFailure,
     ConnectTimeout,
@@ -35,6 +34,7 @@ from proxy.upstream.client import (
     parse_origin,
 )
 from proxy.upstream.retry import Failure
+from proxy.upstream.tally import ExchangeTally
 
 
 @dataclass(slots=True)
@@ -45,14 +45,14 @@ class _BodyState:
 
 
 async def _stream_body(
-    request: Request, state: _BodyState, record: AuditRecord
+    request: Request, state: _BodyState, tally: ExchangeTally
 ) -> AsyncIterator[bytes]:
     async for chunk in request.body():
         state.sent += len(chunk)
         if state.sent > state.limit:
             state.too_large = True
             raise BodyTooLarge(detail="request body over the route limit")
-        record.bytes_in = state.sent
+        tally.bytes_in = state.sent
         yield chunk
 
 
@@ -85,7 +85,7 @@ async def send(
     headers: Sequence[tuple[str, str]],
     max_body: int,
     deadline: float | None,
-    record: AuditRecord,
+    tally: ExchangeTally,
     ssl_context: ssl.SSLContext | bool = True,
     server_hostname: str | None = None,
     host: str | None = None,
@@ -109,7 +109,7 @@ async def send(
             # Only now, after authorisation, invite the client to send the body.
             request.send_continue()
         state = _BodyState(max_body)
-        body = _stream_body(request, state, record)
+        body = _stream_body(request, state, tally)
     timeouts = backend.timeouts
     if deadline is None:
         deadline = timeouts.total
@@ -135,14 +135,15 @@ async def send(
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise _classify(exc) from exc
-    record.upstream_status = upstream.status
+    tally.upstream_status = upstream.status
     return upstream
 
 
 async def relay(
     request: Request,
     upstream: UpstreamResponse,
-    record: AuditRecord,
+    tally: ExchangeTally,
+    request_id: str,
     set_cookies: Sequence[str] = (),
 ) -> Written:
     """Stream ``upstream``'s response to the client, then release it.
@@ -153,7 +154,7 @@ async def relay(
     status = upstream.status
     sent = 0
     try:
-        lines, has_date = response_headers(upstream, record, set_cookies)
+        lines, has_date = response_headers(upstream, request_id, set_cookies)
         whole = upstream.content_length is not None and upstream.complete
         if whole and request.method != "HEAD" and status >= 200 and status != 204 and status != 304:
             # The whole body arrived with the head (the common small answer):
@@ -179,22 +180,22 @@ async def relay(
         # The client went away (reset, broken pipe, lost while draining): not a
         # failure of ours or the upstream's. The unread upstream body makes
         # the release close that upstream connection.
-        record.reason = "client_disconnected"
+        tally.cut_reason = "client_disconnected"
         request.abort()
     except (TimeoutError, ClientFailure) as exc:
         # The status line is gone already: cut the connection so the client
         # sees a truncated response instead of a complete-looking one.
-        record.reason = _classify(exc).reason
+        tally.cut_reason = _classify(exc).reason
         upstream.close()
         request.abort()
     finally:
-        record.bytes_out = sent
+        tally.bytes_out = sent
         upstream.release()
     return Written(status)
 
 
 def response_headers(
-    upstream: UpstreamResponse, record: AuditRecord, set_cookies: Sequence[str]
+    upstream: UpstreamResponse, request_id: str, set_cookies: Sequence[str]
 ) -> tuple[list[bytes], bool]:
     """The header lines the client gets: the upstream's end-to-end ones plus the
     proxy's own; and whether the upstream sent Date."""
@@ -203,5 +204,5 @@ def response_headers(
         lines.append(b"Set-Cookie: " + cookie.encode("latin-1"))
     if not has_server:
         lines.append(b"Server: gatehouse")  # not a default naming our software's version
-    lines.append(b"X-Request-Id: " + record.request_id.encode("latin-1"))
+    lines.append(b"X-Request-Id: " + request_id.encode("latin-1"))
     return lines, has_date

@@ -39,14 +39,20 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import aiohttp
-from yarl import URL
-
 from proxy.observability import metrics
+from proxy.upstream.client import (
+    ClientFailure,
+    ConnectTimeout,
+    ResponseTimeout,
+    UpstreamClient,
+    parse_origin,
+)
 from proxy.upstream.config import HealthCheckOptions, OutlierOptions, StatusRanges
 from proxy.upstream.tls import UpstreamTLS
 
 log = logging.getLogger("gatehouse.upstream.health")
+
+_PROBE_HEADERS = (("User-Agent", "gatehouse-health-check"),)
 
 # (endpoint, in service, ejected): called when either changes.
 ChangeListener = Callable[[str, bool, bool], None]
@@ -260,35 +266,40 @@ class HealthChecker:
         self.options = options
         self.board = board
         self.tls = tls
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._task: asyncio.Task[None] | None = None
         # Why each endpoint's last probe failed (None: it passed), to log a
         # failure once when it starts or changes, not every interval.
         self._failing: dict[str, str | None] = dict.fromkeys(self.endpoints)
 
     async def probe(self, endpoint: str) -> bool:
-        """One probe of one endpoint; True when the status is an expected one."""
-        assert self._session is not None, "start() the checker first"
-        url = URL(endpoint + self.options.path, encoded=True)
-        kwargs: dict[str, object] = {}
-        if url.scheme == "https" and self.tls is not None:
-            kwargs["ssl"] = self.tls.context
-            if self.tls.server_hostname is not None:
-                kwargs["server_hostname"] = self.tls.server_hostname
+        """One probe of one endpoint; True when the status is an expected one.
+
+        One attempt on the proxy's own client (no retry of a reset GET), and
+        the connection is closed after the status line and head: a probe shows
+        that a new connection is answered, and the body is never read.
+        """
+        assert self._client is not None, "start() the checker first"
+        tls = self.tls
+        timeout = self.options.timeout
         try:
-            async with asyncio.timeout(self.options.timeout):
-                async with self._session.get(
-                    url,
-                    allow_redirects=False,
-                    headers={"User-Agent": "gatehouse-health-check"},
-                    **kwargs,  # type: ignore[arg-type]
-                ) as response:
-                    await response.read()
-                    status = response.status
-        except TimeoutError:
-            return self._failed(endpoint, f"no answer within {self.options.timeout:g}s")
-        except (aiohttp.ClientError, OSError) as exc:
+            response = await self._client.request(
+                parse_origin(endpoint),
+                "GET",
+                self.options.path,
+                _PROBE_HEADERS,
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                deadline=timeout,
+                ssl_context=None if tls is None else tls.context,
+                server_hostname=None if tls is None else tls.server_hostname,
+            )
+        except (ConnectTimeout, ResponseTimeout):
+            return self._failed(endpoint, f"no answer within {timeout:g}s")
+        except (ClientFailure, OSError) as exc:
             return self._failed(endpoint, str(exc) or type(exc).__name__)
+        status = response.status
+        response.close()
         if not self.options.status_ok(status):
             expected = _describe(self.options.expected_status)
             return self._failed(endpoint, f"answered {status} (expected {expected})")
@@ -327,17 +338,7 @@ class HealthChecker:
     async def start(self) -> None:
         if self._task is not None:
             return
-        # A fresh connection per probe: a probe must show that new connections
-        # succeed, not that an old keep-alive one is still open.
-        connector = aiohttp.TCPConnector(force_close=True, limit=0)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            timeout=aiohttp.ClientTimeout(total=self.options.timeout),
-        )
-        # aiohttp would repeat a reset GET once on its own; one probe is one try.
-        self._session._retry_connection = False
+        self._client = UpstreamClient()
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
@@ -346,6 +347,6 @@ class HealthChecker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

@@ -40,7 +40,6 @@ from proxy.errors import (
 )
 from proxy.http.flow import Tunnel
 from proxy.http.protocol import Request, Written
-from proxy.observability.audit import AuditRecord
 from proxy.upstream.client import (
     ClientFailure,
     ConnectTimeout,
@@ -48,6 +47,7 @@ from proxy.upstream.client import (
     UpstreamClient,
     parse_origin,
 )
+from proxy.upstream.tally import ExchangeTally
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _CLOSE_GRACE = 2.0  # after one side closed, how long the other may take to finish
@@ -103,7 +103,8 @@ async def proxy_websocket(
     base_url: str,
     path_qs: str,
     headers: Sequence[tuple[str, str]],
-    record: AuditRecord,
+    tally: ExchangeTally,
+    request_id: str,
     backend: BackendConfig,
     limits: WebSocketLimits,
     host: str | None = None,
@@ -152,13 +153,13 @@ async def proxy_websocket(
     ):
         upstream.abort()
         raise UpstreamProtocolError(detail="upstream WebSocket handshake answer not valid")
-    record.upstream_status = 101
+    tally.upstream_status = 101
     lines = [
         b"Upgrade: websocket",
         b"Connection: Upgrade",
         b"Sec-WebSocket-Accept: " + accept_token(client_key),
         b"Server: gatehouse",
-        b"X-Request-Id: " + record.request_id.encode("latin-1"),
+        b"X-Request-Id: " + request_id.encode("latin-1"),
     ]
     if chosen is not None:
         lines.append(b"Sec-WebSocket-Protocol: " + chosen)
@@ -167,7 +168,7 @@ async def proxy_websocket(
     except BaseException:
         upstream.abort()
         raise
-    await _Relay(downstream, upstream, record, limits).run()
+    await _Relay(downstream, upstream, tally, limits).run()
     return Written(101)
 
 
@@ -191,14 +192,14 @@ class _Side:
 
 
 class _Relay:
-    __slots__ = ("_activity", "_client", "_limits", "_record", "_upstream")
+    __slots__ = ("_activity", "_client", "_limits", "_tally", "_upstream")
 
     def __init__(
-        self, downstream: Tunnel, upstream: Tunnel, record: AuditRecord, limits: WebSocketLimits
+        self, downstream: Tunnel, upstream: Tunnel, tally: ExchangeTally, limits: WebSocketLimits
     ) -> None:
         self._client = _Side(downstream, ConnectionType.SERVER)
         self._upstream = _Side(upstream, ConnectionType.CLIENT)
-        self._record = record
+        self._tally = tally
         self._limits = limits
         self._activity = 0.0
 
@@ -219,7 +220,7 @@ class _Relay:
                 if done:
                     break
                 if idle and loop.time() - self._activity > idle:
-                    self._record.reason = "websocket_idle_timeout"
+                    self._tally.cut_reason = "websocket_idle_timeout"
                     self._client.close(CloseReason.GOING_AWAY)
                     self._upstream.close(CloseReason.GOING_AWAY)
                     break
@@ -227,7 +228,7 @@ class _Relay:
             await asyncio.wait(pumps, timeout=_CLOSE_GRACE)
         except asyncio.CancelledError:
             # The drain deadline: both sides are told the proxy is going away.
-            self._record.reason = "shutting_down"
+            self._tally.cut_reason = "shutting_down"
             self._client.close(CloseReason.GOING_AWAY)
             self._upstream.close(CloseReason.GOING_AWAY)
             raise
@@ -243,7 +244,7 @@ class _Relay:
     async def _pump(self, source: _Side, sink: _Side, counter: str) -> None:
         """Relay what ``source`` sends to ``sink`` until ``source`` closes."""
         loop = asyncio.get_running_loop()
-        record = self._record
+        tally = self._tally
         limit = self._limits.max_message
         message = 0  # bytes of the message in progress
         while True:
@@ -261,12 +262,12 @@ class _Relay:
                         out = BytesMessage(data=event.data, message_finished=event.message_finished)
                     message += size
                     if message > limit:
-                        record.reason = "websocket_message_too_large"
+                        tally.cut_reason = "websocket_message_too_large"
                         source.close(CloseReason.MESSAGE_TOO_BIG)
                         sink.close(CloseReason.GOING_AWAY)
                         return
                     sink.send(out)
-                    setattr(record, counter, getattr(record, counter) + size)
+                    setattr(tally, counter, getattr(tally, counter) + size)
                     if event.message_finished:
                         message = 0
                 elif isinstance(event, Ping):

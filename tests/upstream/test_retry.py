@@ -23,7 +23,6 @@ from proxy.config.schema import Address, BackendConfig, ListenConfig, Timeouts
 from proxy.errors import GatehouseError, UpstreamConnectError
 from proxy.http.protocol import HttpServer, Request, Written
 from proxy.http.server import bind_socket, start_listener
-from proxy.observability.audit import AuditRecord
 from proxy.upstream.circuit import CircuitState
 from proxy.upstream.client import UpstreamClient, UpstreamResponse
 from proxy.upstream.config import (
@@ -43,6 +42,7 @@ from proxy.upstream.retry import (
     should_retry,
     status_failure,
 )
+from proxy.upstream.tally import ExchangeTally
 
 ALL_FAILURES = tuple(Failure)
 EVERYTHING = RetryOptions(attempts=5, retry_on=frozenset(RETRY_ON))
@@ -210,7 +210,7 @@ async def front() -> AsyncIterator[Front]:
         backend = BackendConfig("b", pool.urls, Timeouts(connect=1.0, read=2.0, total=3.0))
 
         async def handle(request: Request) -> web.StreamResponse | Written:
-            record = AuditRecord(ts_epoch=0.0, request_id="test")
+            tally = ExchangeTally()
 
             async def attempt(endpoint: str, remaining: float | None) -> UpstreamResponse:
                 return await send(
@@ -223,20 +223,20 @@ async def front() -> AsyncIterator[Front]:
                     headers=[],
                     max_body=2**24,
                     deadline=remaining,
-                    record=record,
+                    tally=tally,
                 )
 
             try:
                 exchange = await pool.send(
                     request.method,
                     attempt,
-                    body_replayable=lambda: record.bytes_in == 0,
+                    body_replayable=lambda: tally.bytes_in == 0,
                     deadline=backend.timeouts.total,
                 )
             except GatehouseError as exc:
                 return web.Response(status=exc.status, text=exc.reason)
             try:
-                return await relay(request, exchange.response, record)
+                return await relay(request, exchange.response, tally, "test")
             finally:
                 exchange.release()
 
