@@ -121,84 +121,11 @@ async def serve(
         raise StartupError(
             "audit.output", f"cannot open {config.audit.output}: {exc.strerror}"
         ) from None
-    decision = config.listen.mode == "decision"
-    policies = PolicyStore(config.policy_dir, backends=set(config.backends), websocket=not decision)
-    client = UpstreamClient()
-    state = None
-    local_limiter = RateLimiter()
-    if config.state is not None:
-        # Imported here: the Redis client is needed only with a state: section.
-        from proxy.state.shared import SharedState
-
-        state = SharedState(config.state)
-        await state.start()
+    gateway, closers = await build_gateway(config, audit)
+    policies, pools, client = gateway.policies, gateway.pools, gateway.client
+    authenticator, broker = gateway.authenticator, gateway.credentials
     # A decision listener never forwards: no pools, no probes, no upstream connections.
-    forwarded = {} if decision else config.backends
-    pools = {name: EndpointPool(b.urls, b.options, name=name) for name, b in forwarded.items()}
-    closers: list[Callable[[], Awaitable[None]]] = []
-    tracing: Tracing | None = None
-    if config.tracing is not None:
-        # Imported here: OpenTelemetry is loaded only when tracing is configured.
-        from proxy.observability.tracing import Tracing
-
-        tracing = tracer = Tracing(config.tracing)
-        closers.append(lambda: asyncio.to_thread(tracer.shutdown))  # flushes queued spans
-    for pool in pools.values():
-        await pool.start()
-        closers.append(pool.close)
-    local_endpoints: list[LocalEndpoint] = []
-    authenticator = None
-    if config.identity.enabled:
-        authenticator = Authenticator(config.identity)
-        await authenticator.start()
-        browser = authenticator.browser
-        if browser is not None:
-            if state is not None:
-                browser.use_session_store(state.sessions)
-            browser.use_listener_limit(config.listen.max_header_size)
-            browser.use_claims_in_use(lambda: policies.current.referenced_claims)
-        local_endpoints.append(authenticator.local_endpoint)
-        closers.append(authenticator.close)
-    broker = None
-    specs = {name: b.credentials for name, b in config.backends.items() if b.credentials}
-    if specs or config.assertions is not None:
-        cache = CredentialCache(shared=state.credentials) if state is not None else None
-        broker = CredentialBroker(specs, config.assertions, config.public_url, cache=cache)
-        await broker.start()
-        local_endpoints.append(jwks_endpoint(broker))
-        closers.append(broker.close)
-    grants = None
-    if config.grants is not None:
-        from proxy.grants.runtime import start_access
-
-        access = await start_access(
-            config.grants,
-            policies=lambda: policies.current,
-            audit=audit,
-            authenticator=authenticator,
-            browser=config.identity.browser,
-            public_url=config.public_url,
-            state=state.client if state is not None else None,
-        )
-        local_endpoints.append(access.endpoint)
-        grants = access.lookup
-        closers.append(access.close)
-    gateway = Gateway(
-        config=config,
-        policies=policies,
-        audit=audit,
-        client=client,
-        pools=pools,
-        authenticator=authenticator,
-        rate_limiter=state.rate_limiter(local_limiter) if state is not None else local_limiter,
-        credentials=broker,
-        local_endpoints=tuple(local_endpoints),
-        certificate_reader=certificate_from_der,
-        tracing=tracing,
-        grants=grants,
-    )
-    if state is not None:
-        closers.append(state.close)  # last: the authenticator and broker use it until closed
+    forwarded = {name: config.backends[name] for name in pools}
     reach = Reachability(forwarded)
     await reach.probe_once(limit=1.0)
     required = [name for name, b in forwarded.items() if b.required_for_readiness]
@@ -286,6 +213,93 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+Closer = Callable[[], Awaitable[None]]
+
+
+async def build_gateway(config: Config, audit: AuditWriter) -> tuple[Gateway, list[Closer]]:
+    """Start every component the configuration asks for and build the gateway
+    with all of them; also what closes them, in order."""
+    decision = config.listen.mode == "decision"
+    policies = PolicyStore(config.policy_dir, backends=set(config.backends), websocket=not decision)
+    client = UpstreamClient()
+    state = None
+    local_limiter = RateLimiter()
+    if config.state is not None:
+        # Imported here: the Redis client is needed only with a state: section.
+        from proxy.state.shared import SharedState
+
+        state = SharedState(config.state)
+        await state.start()
+    # A decision listener never forwards: no pools, no probes, no upstream connections.
+    forwarded = {} if decision else config.backends
+    pools = {name: EndpointPool(b.urls, b.options, name=name) for name, b in forwarded.items()}
+    closers: list[Closer] = []
+    tracing: Tracing | None = None
+    if config.tracing is not None:
+        # Imported here: OpenTelemetry is loaded only when tracing is configured.
+        from proxy.observability.tracing import Tracing
+
+        tracing = tracer = Tracing(config.tracing)
+        closers.append(lambda: asyncio.to_thread(tracer.shutdown))  # flushes queued spans
+    for pool in pools.values():
+        await pool.start()
+        closers.append(pool.close)
+    local_endpoints: list[LocalEndpoint] = []
+    authenticator = None
+    if config.identity.enabled:
+        authenticator = Authenticator(config.identity)
+        await authenticator.start()
+        browser = authenticator.browser
+        if browser is not None:
+            if state is not None:
+                browser.use_session_store(state.sessions)
+            browser.use_listener_limit(config.listen.max_header_size)
+            browser.use_claims_in_use(lambda: policies.current.referenced_claims)
+        local_endpoints.append(authenticator.local_endpoint)
+        closers.append(authenticator.close)
+    broker = None
+    specs = {name: b.credentials for name, b in config.backends.items() if b.credentials}
+    if specs or config.assertions is not None:
+        cache = CredentialCache(shared=state.credentials) if state is not None else None
+        broker = CredentialBroker(specs, config.assertions, config.public_url, cache=cache)
+        await broker.start()
+        local_endpoints.append(jwks_endpoint(broker))
+        closers.append(broker.close)
+    grants = None
+    if config.grants is not None:
+        from proxy.grants.runtime import start_access
+
+        access = await start_access(
+            config.grants,
+            policies=lambda: policies.current,
+            audit=audit,
+            authenticator=authenticator,
+            browser=config.identity.browser,
+            public_url=config.public_url,
+            state=state.client if state is not None else None,
+        )
+        local_endpoints.append(access.endpoint)
+        grants = access.lookup
+        closers.append(access.close)
+    gateway = Gateway(
+        config=config,
+        policies=policies,
+        audit=audit,
+        client=client,
+        pools=pools,
+        authenticator=authenticator,
+        rate_limiter=state.rate_limiter(local_limiter) if state is not None else local_limiter,
+        credentials=broker,
+        local_endpoints=tuple(local_endpoints),
+        certificate_reader=certificate_from_der,
+        tracing=tracing,
+        grants=grants,
+    )
+    if state is not None:
+        closers.append(state.close)  # last: the authenticator and broker use it until closed
+    return gateway, closers
 
 
 def log_started(config: Config, policy_version: str, routes: int) -> None:
