@@ -207,8 +207,8 @@ class _Connection(FlowProtocol):
     async def drain(self) -> None:
         try:
             await super().drain()
-        except ConnectionError:
-            raise ConnectionDropped("connection lost while sending the request body") from None
+        except ConnectionError as exc:
+            raise ConnectionDropped("connection lost while sending the request body") from exc
 
     @property
     def tunnel(self) -> Tunnel | None:
@@ -726,9 +726,9 @@ class UpstreamClient:
         except BaseException as exc:
             self._closed_one(key)
             if isinstance(exc, TimeoutError):
-                raise ConnectTimeout("connect timed out") from None
+                raise ConnectTimeout("connect timed out") from exc
             if isinstance(exc, OSError | ssl.SSLError):
-                raise ConnectFailed(_describe(exc)) from None
+                raise ConnectFailed(_describe(exc)) from exc
             raise
         conn.on_lost = self._lost
         return conn
@@ -744,8 +744,8 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(remaining):
                 await waiter
-        except TimeoutError:
-            raise ConnectFailed("connection limit reached: none came free in time") from None
+        except TimeoutError as exc:
+            raise ConnectFailed("connection limit reached: none came free in time") from exc
         finally:
             if not waiter.done():
                 waiter.cancel()
@@ -809,7 +809,7 @@ async def _send_body(conn: _Connection, body: AsyncIterator[bytes]) -> None:
     except LocalProtocolError as exc:
         # Longer than declared: the excess would be read upstream as the start
         # of another request. Shorter: the upstream would wait for the rest.
-        raise ValueError(str(exc)) from None
+        raise ValueError(str(exc)) from exc
     if end:
         conn.write(end)
 

@@ -175,7 +175,7 @@ async def relay(
         # A line break in a header value (the strict parser already refuses
         # them from upstreams; this guards the head we build): nothing was
         # written yet, so the client gets a clean 502 instead.
-        raise UpstreamProtocolError(detail=str(exc)) from None
+        raise UpstreamProtocolError(detail=str(exc)) from exc
     except ConnectionError:
         # The client went away (reset, broken pipe, lost while draining): not a
         # failure of ours or the upstream's. The unread upstream body makes

@@ -79,8 +79,8 @@ def _client_key(request: Request) -> bytes:
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError("key length")
-    except (ValueError, binascii.Error):
-        raise RequestRejected("malformed_request", detail="bad Sec-WebSocket-Key") from None
+    except (ValueError, binascii.Error) as exc:
+        raise RequestRejected("malformed_request", detail="bad Sec-WebSocket-Key") from exc
     return key
 
 
