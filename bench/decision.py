@@ -62,9 +62,9 @@ def front_conf(
         shutil.copyfile(snippet, d / "gatehouse" / snippet.name)
     keepalive = "    keepalive 64;\n    keepalive_requests 100000000;\n"
     conf = (
-        nginx._common(workdir, name)
+        nginx.main_context(workdir, name)
         + "http {\n"
-        + nginx._http_common(workdir, name)
+        + nginx.http_context(workdir, name)
         + f"  upstream gatehouse {{\n    server 127.0.0.1:{gatehouse_port};\n{keepalive}  }}\n"
         + f"  upstream app {{\n    server 127.0.0.1:{upstream_port};\n{keepalive}  }}\n"
         + f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
@@ -118,9 +118,9 @@ def start_ceiling(ctx: Context) -> tuple[str, subprocess.Popen[bytes]]:
     assert ctx.tools.nginx is not None
     stub_port, port = free_port(), free_port()
     stub = (
-        nginx._common(ctx.workdir, "decision-stub")
+        nginx.main_context(ctx.workdir, "decision-stub")
         + "http {\n"
-        + nginx._http_common(ctx.workdir, "decision-stub")
+        + nginx.http_context(ctx.workdir, "decision-stub")
         + f"  server {{\n    listen 127.0.0.1:{stub_port} backlog=4096;\n"
         + "    location / {\n      add_header X-Gatehouse-Subject bench;\n      return 200 '';\n"
         + "    }\n  }\n}\n"

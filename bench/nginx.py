@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.upstream import BODY
 
 
-def _common(workdir: Path, name: str) -> str:
+def main_context(workdir: Path, name: str) -> str:
     d = workdir / f"nginx-{name}"
     d.mkdir(parents=True, exist_ok=True)
     # As root nginx would switch workers to "nobody", who cannot use our temp dirs.
@@ -20,7 +20,7 @@ def _common(workdir: Path, name: str) -> str:
     )
 
 
-def _http_common(workdir: Path, name: str) -> str:
+def http_context(workdir: Path, name: str) -> str:
     d = workdir / f"nginx-{name}"
     temps = "\n".join(
         f"  {kind}_temp_path {d}/{kind}_temp;"
@@ -38,9 +38,9 @@ def _http_common(workdir: Path, name: str) -> str:
 def upstream_conf(workdir: Path, port: int) -> Path:
     body = BODY.decode().replace("\n", "\\n")
     conf = (
-        _common(workdir, "upstream")
+        main_context(workdir, "upstream")
         + "http {\n"
-        + _http_common(workdir, "upstream")
+        + http_context(workdir, "upstream")
         + f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
         + "    location / {\n      default_type application/json;\n"
         + f"      return 200 '{body}';\n    }}\n  }}\n}}\n"
@@ -52,9 +52,9 @@ def upstream_conf(workdir: Path, port: int) -> Path:
 
 def proxy_conf(workdir: Path, port: int, upstream_port: int) -> Path:
     conf = (
-        _common(workdir, "proxy")
+        main_context(workdir, "proxy")
         + "http {\n"
-        + _http_common(workdir, "proxy")
+        + http_context(workdir, "proxy")
         + f"  upstream up {{\n    server 127.0.0.1:{upstream_port};\n    keepalive 64;\n"
         + "    keepalive_requests 100000000;\n  }\n"
         + f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"

@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +60,7 @@ from cachetools import TTLCache
 
 from proxy.config.reader import ConfigError, Mapping, Problems, each_mapping, load_document
 from proxy.errors import AuthenticationError, RateLimited
+from proxy.files import replace_file
 from proxy.identity.budget import BucketTable
 from proxy.identity.config import API_KEY_PREFIX
 from proxy.model import Identity
@@ -458,17 +458,12 @@ def replace_hash(path: Path, key_id: str, old_hash: str, new_hash: str) -> bool:
 
 
 def write_key_file(path: Path, data: dict[str, Any]) -> None:
-    """Atomic replace, owner-only permissions (hashes are still worth protecting)."""
+    """Atomic replace, owner-only permissions (hashes are still worth protecting).
+
+    Called under the key file's lock: a temporary left behind can only be an
+    interrupted writer's, so it is taken over.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".apikeys-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("# Managed by `gatehouse apikey`: only HMACs of the secrets are stored.\n")
-            yaml.safe_dump(data, fh, sort_keys=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = "# Managed by `gatehouse apikey`: only HMACs of the secrets are stored.\n"
+    text += yaml.safe_dump(data, sort_keys=False)
+    replace_file(path, text.encode("utf-8"), take_over=True)
