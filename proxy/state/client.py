@@ -4,6 +4,9 @@ Availability is tracked here, once per replica: the first connection error
 marks Redis unreachable and every component switches to its fallback at
 once, without each request paying a connect timeout; a background probe
 pings Redis and switches back when it answers again (no restart needed).
+One command that times out proves less (a slow command, a blocking one, a
+stalled connection): it fails alone, and a ping sent at once decides;
+only if that goes unanswered too is Redis marked unreachable.
 Each flip is logged and shown by ``gatehouse_state_available``.
 
 Values that hold secrets (sessions, upstream tokens) are sealed with
@@ -72,6 +75,7 @@ class StateClient:
         self._known = False
         self._closed = False
         self._probe: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[bool] | None = None  # the ping after a command timed out
         self._tasks: set[asyncio.Task[None]] = set()
         # redis-py fails a command at once when its pool is exhausted; a burst of
         # requests must queue for a connection instead, and that is not an outage.
@@ -94,6 +98,10 @@ class StateClient:
     async def close(self) -> None:
         self._closed = True
         probe, self._probe = self._probe, None
+        check, self._check = self._check, None
+        if check is not None:
+            check.cancel()
+            await asyncio.wait({check}, timeout=self.cfg.timeout)
         if probe is not None:
             probe.cancel()
             # A cancel landing inside the Redis client's own timeout can be swallowed
@@ -130,15 +138,24 @@ class StateClient:
             raise StateUnreachable("no free Redis connection in time") from None
         try:
             return await op(self.redis)
+        except RedisTimeoutError as exc:
+            self._check_now()
+            raise StateUnreachable(type(exc).__name__) from exc
         except _UNREACHABLE as exc:
             self._mark(False, type(exc).__name__)
-            raise StateUnreachable(type(exc).__name__) from None
+            raise StateUnreachable(type(exc).__name__) from exc
         except RedisError as exc:
             # Redis answered, with an error: not an outage, but this operation failed.
             log.warning("shared state command failed: %s", type(exc).__name__)
-            raise StateUnreachable(type(exc).__name__) from None
+            raise StateUnreachable(type(exc).__name__) from exc
         finally:
             self._slots.release()
+
+    def _check_now(self) -> None:
+        """Ping in the background (once at a time): it marks Redis down if unanswered."""
+        if self._closed or (self._check is not None and not self._check.done()):
+            return
+        self._check = asyncio.get_running_loop().create_task(self.ping())
 
     def _mark(self, up: bool, why: str = "") -> None:
         if up == self._up and self._known:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -136,3 +138,40 @@ async def test_password_comes_by_reference_and_a_wrong_one_means_unavailable(
             await denied.close()
     finally:
         server.stop()
+
+
+async def test_one_command_timing_out_fails_alone_while_redis_answers_pings(
+    make_state: MakeState, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "gatehouse.state")
+    state = await make_state(timeout=0.3, reconnect_interval=60.0)
+
+    async def blocking_pop(redis: Redis) -> object:
+        # Waits on Redis's side for longer than the client's timeout: a slow
+        # command, not a silent server.
+        return await redis.blpop(["nothing-will-come"], timeout=2)
+
+    with pytest.raises(StateUnreachable, match="TimeoutError"):
+        await state.client.run(blocking_pop)
+    assert state.available() and available_gauge() == 1.0
+    assert await state.client.run(ping)
+    assert await state.client.ping()  # the check a timeout starts has an answer too
+    assert state.available()
+    assert not any("unreachable" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_silent_redis_is_marked_down_after_a_command_and_a_ping_time_out(
+    redis_server: RedisServer, make_state: MakeState
+) -> None:
+    state = await make_state(timeout=0.3, reconnect_interval=60.0)
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StateUnreachable, match="TimeoutError"):
+            await state.client.run(ping)
+        await eventually(lambda: not state.available())
+        assert available_gauge() == 0.0
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    assert await state.client.ping()
+    assert state.available()
