@@ -3,13 +3,16 @@
 Files are read from a directory's ``*.yaml``/``*.yml`` (symlinks followed,
 hidden entries such as Kubernetes' ``..data`` and subdirectories such as
 ``tests/`` skipped). An empty file is an error: a truncated file must never
-silently drop routes. The policy version is a hash of every file's name and
+silently drop routes. A policy file, or a directory of them, that every user
+may write is refused: whoever can write the policy decides who gets in. The
+policy version is a hash of every file's name and
 bytes, so any edit (a comment too) makes a new version.
 """
 
 from __future__ import annotations
 
 import hashlib
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,18 +43,37 @@ def policy_files(paths: Sequence[Path] | Path, problems: Problems) -> list[Path]
     out: list[Path] = []
     for path in items:
         if path.is_dir():
+            _refuse_if_anyone_may_write(path, problems)
             for entry in sorted(path.iterdir(), key=lambda p: p.name):
                 if entry.name.startswith(".") or entry.suffix not in (".yaml", ".yml"):
                     continue
                 if entry.is_symlink() and not entry.exists():
                     problems.add(entry, 1, "broken symlink")
                 elif entry.is_file():
+                    _refuse_if_anyone_may_write(entry, problems)
                     out.append(entry)
         elif path.exists():
+            _refuse_if_anyone_may_write(path, problems)
             out.append(path)
         else:
             problems.add(path, 1, "policy file or directory not found")
     return out
+
+
+def _refuse_if_anyone_may_write(path: Path, problems: Problems) -> None:
+    # Group write is left to the operator (a deliberate shared group); write
+    # for every user never is. The mode of a symlink's target is what counts.
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reported where the file is read
+    if mode & stat.S_IWOTH:
+        what = "directory" if stat.S_ISDIR(mode) else "file"
+        problems.add(
+            path,
+            1,
+            f"policy {what} can be written by every user (mode {mode & 0o777:04o}): chmod o-w it",
+        )
 
 
 def compose_all(paths: Sequence[Path] | Path, problems: Problems) -> Composed:

@@ -334,3 +334,35 @@ def test_a_route_asks_for_identity_unless_who_calls_cannot_matter(
 ) -> None:
     write(tmp_path, "p.yaml", f"routes:\n  - name: r\n    path: /\n    backend: b\n    {options}\n")
     assert load_policies(tmp_path).routes[0].uses_identity is uses_identity
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o602])
+def test_a_policy_file_every_user_may_write_is_refused_at_its_first_line(
+    tmp_path: Path, mode: int
+) -> None:
+    path = write(tmp_path, "p.yaml", GOOD)
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        load_policies(tmp_path)
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:1: policy file can be written by every user (mode {mode:04o}): chmod o-w it"
+    ]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777])
+def test_a_policy_directory_every_user_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    # Sticky or not: anyone could add a file that the next load reads.
+    write(tmp_path, "p.yaml", GOOD)
+    tmp_path.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        load_policies(tmp_path)
+    assert any(
+        "policy directory can be written by every user" in str(p) for p in info.value.problems
+    )
+
+
+def test_a_policy_file_its_group_may_write_loads(tmp_path: Path) -> None:
+    # A shared group is the operator's deliberate choice (and umask 002's default).
+    path = write(tmp_path, "p.yaml", GOOD)
+    path.chmod(0o664)
+    assert load_policies(tmp_path).routes[0].name == "hello"

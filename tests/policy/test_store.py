@@ -171,3 +171,15 @@ async def test_watch_keeps_the_last_good_set_on_a_broken_edit(policy_dir: Path) 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_a_policy_file_made_writable_by_every_user_keeps_the_last_good_set(
+    policy_dir: Path,
+) -> None:
+    store = PolicyStore(policy_dir)
+    good = store.current
+    loosened = write(policy_dir, "a-admin.yaml", STRICT.replace("[admins]", "[admins, ops]"))
+    loosened.chmod(0o666)
+    assert store.reload() is False
+    assert store.current is good
+    assert not admin_allowed_for_anonymous(store)
