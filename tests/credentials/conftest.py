@@ -30,7 +30,7 @@ from proxy.policy.model import Route
 from tests.peers.cloud.oauth import OAuthServer
 from tests.peers.cloud.server import PeerServer
 from tests.support.config import backends_of, parse_yaml
-from tests.support.net import free_port
+from tests.support.net import free_port, listeners
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
@@ -159,22 +159,48 @@ def run_uvicorn(app: str, env: Mapping[str, str]) -> Iterator[str]:
 
 @contextmanager
 def run_function(source: Path, target: str, env: Mapping[str, str]) -> Iterator[str]:
-    """Start a Cloud Function with the real ``functions-framework`` CLI."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "functions-framework"),
-            f"--target={target}",
-            f"--source={source}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-        ],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """Start a Cloud Function with the real ``functions-framework`` CLI.
+
+    Its CLI takes a port, not a socket: a port chosen free can be taken by
+    another process before the function binds it. So the function counts as
+    started only once its own process tree listens on the port, and a start
+    that lost the port is tried again on another.
+    """
+    for _ in range(5):
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "functions-framework"),
+                f"--target={target}",
+                f"--source={source}",
+                "--host=127.0.0.1",
+                f"--port={port}",
+            ],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if _listens(proc, port):
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        raise RuntimeError("functions-framework never listened on a port of its own")
     with _serving(proc, port) as url:
         yield url
+
+
+def _listens(proc: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> bool:
+    """True once ``proc`` (or a child) listens on ``port``; False if it exits or another does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = listeners(port, proc.pid)
+        if found.ours:
+            return True
+        if found.others:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 @contextmanager
