@@ -123,7 +123,7 @@ class Forward:
         max_body = route.max_body if route.max_body is not None else self.config.listen.max_body
         # The client's Host when the route preserves it; else the endpoint's.
         host = facts.headers.get("host") if route.preserve_host else None
-        path_qs = facts.path + (f"?{facts.query}" if facts.query else "")
+        path_qs = _target(facts)
 
         # A plain function handing back send()'s coroutine: one coroutine layer
         # less on every request.
@@ -171,7 +171,7 @@ class Forward:
             # Picked only here: pool.send() picks for plain requests, and a
             # second pick would skew the balancer (round robin sent all to one).
             base_url=pool.pick(),
-            path_qs=facts.path + (f"?{facts.query}" if facts.query else ""),
+            path_qs=_target(facts),
             headers=headers,
             host=facts.headers.get("host") if route.preserve_host else None,
             tally=ctx.tally,
@@ -220,6 +220,11 @@ class Forward:
             out = [(k, v) for k, v in out if k.lower() not in replaced]
             out += credentials
         return out
+
+
+def _target(facts: RequestFacts) -> str:
+    """What the upstream is asked for: the canonical path and the raw query."""
+    return facts.path + (f"?{facts.query}" if facts.query else "")
 
 
 @functools.lru_cache(maxsize=4096)
