@@ -55,22 +55,22 @@ class BucketTable:
         self.capacity = capacity
         self.rate = rate
         self.maxsize = maxsize
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._by_key: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def bucket(self, key: str, now: float) -> TokenBucket:
-        found = self._buckets.get(key)
+        found = self._by_key.get(key)
         if found is not None:
-            self._buckets.move_to_end(key)
+            self._by_key.move_to_end(key)
             return found
-        if len(self._buckets) >= self.maxsize:
+        if len(self._by_key) >= self.maxsize:
             self._evict(now)
         created = TokenBucket(self.capacity, self.rate, now)
-        self._buckets[key] = created
+        self._by_key[key] = created
         return created
 
     def _evict(self, now: float) -> None:
-        for key, bucket in self._buckets.items():
+        for key, bucket in self._by_key.items():
             if bucket.full(now):
-                del self._buckets[key]
+                del self._by_key[key]
                 return
-        self._buckets.popitem(last=False)
+        self._by_key.popitem(last=False)

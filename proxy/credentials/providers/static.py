@@ -24,25 +24,25 @@ class StaticProvider(HeaderProvider):
     def __init__(self, spec: StaticSpec, *, recheck: float = RECHECK_SECONDS) -> None:
         self.spec = spec
         self._recheck = recheck
-        self._value: str | None = None
+        self._secret: str | None = None
         self._mtime: float | None = None
         self._checked = 0.0
 
     def _load(self) -> None:
         ref = self.spec.value
         if ref.kind == "env":
-            if self._value is None:
+            if self._secret is None:
                 value = os.environ.get(ref.name)
                 if value:
-                    self._value = value
+                    self._secret = value
             return
         now = time.monotonic()
-        if self._value is not None and now - self._checked < self._recheck:
+        if self._secret is not None and now - self._checked < self._recheck:
             return
         self._checked = now
         try:
             mtime = os.stat(ref.name).st_mtime_ns / 1e9
-            if mtime == self._mtime and self._value is not None:
+            if mtime == self._mtime and self._secret is not None:
                 return
             value = ref.read()
         except OSError as exc:
@@ -60,13 +60,13 @@ class StaticProvider(HeaderProvider):
             )
             return
         if value:
-            self._value, self._mtime = value, mtime
+            self._secret, self._mtime = value, mtime
 
     def headers(self, route: RouteView, identity: Identity | None) -> list[tuple[str, str]]:
         self._load()
-        if self._value is None:
+        if self._secret is None:
             raise UpstreamCredentialsUnavailable(
                 detail=f"static credential for backend {self.spec.backend} is not available "
                 f"({self.spec.value.describe()})"
             )
-        return [(self.spec.header, self.spec.prefix + self._value)]
+        return [(self.spec.header, self.spec.prefix + self._secret)]
