@@ -104,7 +104,7 @@ class RateLimiter:
         # Keyed by the limit too: a reload that changes a route's limit starts fresh buckets.
         self._routes: OrderedDict[tuple[str, RateLimit], _Buckets] = OrderedDict()
 
-    def _buckets(self, route: Route, limit: RateLimit) -> _Buckets:
+    def _table_for(self, route: Route, limit: RateLimit) -> _Buckets:
         ident = (route.name, limit)
         routes = self._routes
         buckets = routes.get(ident)
@@ -120,11 +120,11 @@ class RateLimiter:
         limit = route.rate_limit
         if limit is None:
             return True
-        return self._buckets(route, limit).take(key, now)
+        return self._table_for(route, limit).take(key, now)
 
     def remaining(self, route: Route, key: str, now: float) -> float:
         """Tokens left for a caller (for Retry-After style hints and tests)."""
         limit = route.rate_limit
         if limit is None:
             return float("inf")
-        return self._buckets(route, limit).tokens(key, now)
+        return self._table_for(route, limit).tokens(key, now)

@@ -49,7 +49,7 @@ class BucketTable:
     admitting: this is a cost bound, never an authorisation.
     """
 
-    __slots__ = ("_buckets", "capacity", "maxsize", "rate")
+    __slots__ = ("_by_key", "capacity", "maxsize", "rate")
 
     def __init__(self, capacity: float, rate: float, maxsize: int) -> None:
         self.capacity = capacity
