@@ -115,32 +115,13 @@ async def serve(
         # Bound now (a taken address fails start-up here), listening only once
         # everything runs: an open admin port means the worker has started.
         admin_sock = bind_only("admin.address", config.admin.address)
-    try:
-        audit = AuditWriter(config.audit.output, max_buffer=config.audit.max_buffer)
-    except OSError as exc:
-        raise StartupError(
-            "audit.output", f"cannot open {config.audit.output}: {exc.strerror}"
-        ) from None
+    audit = open_audit(config)
     gateway, closers = await build_gateway(config, audit)
     policies, pools, client = gateway.policies, gateway.pools, gateway.client
-    authenticator, broker = gateway.authenticator, gateway.credentials
     # A decision listener never forwards: no pools, no probes, no upstream connections.
-    forwarded = {name: config.backends[name] for name in pools}
-    reach = Reachability(forwarded)
+    reach = Reachability({name: config.backends[name] for name in pools})
     await reach.probe_once(limit=1.0)
-    required = [name for name, b in forwarded.items() if b.required_for_readiness]
-
-    def checks() -> dict[str, bool]:
-        out = {
-            "config": True,
-            "upstreams": all(reach.state[n] and pools[n].ready() for n in required),
-            "audit": audit.writable,
-        }
-        if authenticator is not None:
-            out["identity"] = authenticator.ready()
-        if broker is not None:
-            out["credentials"] = broker.ready()
-        return out
+    checks = readiness_checks(gateway, reach)
 
     # A 431 (say, a Cookie header too large) clears our cookies, or it would repeat.
     browser_cfg = config.identity.browser
@@ -149,30 +130,12 @@ async def serve(
     listener = Listener(functools.partial(start_listener, server), sock, config.listen.tls)
     await listener.start()
 
-    admin_runner: web.AppRunner | None = None
-    if admin_sock is not None:
-        admin_runner = web.AppRunner(admin_app(checks), access_log=None)
-        await admin_runner.setup()
-        await web.SockSite(admin_runner, admin_sock).start()
+    admin_runner = await start_admin(admin_sock, checks) if admin_sock is not None else None
 
     metrics.BUILD_INFO.labels(__version__, config.config_hash).set(1)
     metrics.CONFIG_LAST_RELOAD_SUCCESS.set(time.time())
 
-    reloads: set[asyncio.Future[bool]] = set()
-
-    def on_hangup() -> None:
-        log.info("SIGHUP: reloading certificates and policies, reopening audit log")
-        audit.reopen()
-        for pool in pools.values():
-            pool.reload_tls()
-        # Parsing a large policy set takes seconds: never on the event loop.
-        for future in (
-            asyncio.ensure_future(listener.reload()),
-            asyncio.ensure_future(asyncio.to_thread(policies.reload)),
-        ):
-            reloads.add(future)
-            future.add_done_callback(reloads.discard)
-
+    on_hangup = hangup_handler(gateway, listener)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     if reload_requested:
         on_hangup()
@@ -213,6 +176,64 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+def open_audit(config: Config) -> AuditWriter:
+    try:
+        return AuditWriter(config.audit.output, max_buffer=config.audit.max_buffer)
+    except OSError as exc:
+        raise StartupError(
+            "audit.output", f"cannot open {config.audit.output}: {exc.strerror}"
+        ) from None
+
+
+def readiness_checks(gateway: Gateway, reach: Reachability) -> Callable[[], dict[str, bool]]:
+    """What /readyz reports: each check the configuration calls for."""
+    backends = gateway.config.backends
+    required = [name for name in gateway.pools if backends[name].required_for_readiness]
+    pools, audit = gateway.pools, gateway.audit
+    authenticator, broker = gateway.authenticator, gateway.credentials
+
+    def checks() -> dict[str, bool]:
+        out = {
+            "config": True,
+            "upstreams": all(reach.state[n] and pools[n].ready() for n in required),
+            "audit": audit.writable,
+        }
+        if authenticator is not None:
+            out["identity"] = authenticator.ready()
+        if broker is not None:
+            out["credentials"] = broker.ready()
+        return out
+
+    return checks
+
+
+async def start_admin(sock: socket.socket, checks: Callable[[], dict[str, bool]]) -> web.AppRunner:
+    runner = web.AppRunner(admin_app(checks), access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
+
+
+def hangup_handler(gateway: Gateway, listener: Listener) -> Callable[[], None]:
+    """SIGHUP: reload certificates and policies, reopen the audit log."""
+    reloads: set[asyncio.Future[bool]] = set()
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reloading certificates and policies, reopening audit log")
+        gateway.audit.reopen()
+        for pool in gateway.pools.values():
+            pool.reload_tls()
+        # Parsing a large policy set takes seconds: never on the event loop.
+        for future in (
+            asyncio.ensure_future(listener.reload()),
+            asyncio.ensure_future(asyncio.to_thread(gateway.policies.reload)),
+        ):
+            reloads.add(future)
+            future.add_done_callback(reloads.discard)
+
+    return on_hangup
 
 
 Closer = Callable[[], Awaitable[None]]
