@@ -60,7 +60,7 @@ def identity_from_certificate(cert: ClientCertificate) -> Identity:
     subject = certificate_subject(cert)
     if not subject:
         raise AuthenticationError(
-            "invalid_certificate", detail="client certificate names no subject"
+            Reason.INVALID_CERTIFICATE, detail="client certificate names no subject"
         )
     thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.fingerprint_sha256)).rstrip(b"=")
     claims: dict[str, Any] = {
