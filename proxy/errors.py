@@ -120,7 +120,12 @@ class Reason(StrEnum):
 
 
 class AuditReason(StrEnum):
-    """The reason of an audit record that is not a failure (what happened instead)."""
+    """The reason of an audit record that is not a failure (what happened instead).
+
+    Kept apart from :class:`Reason`: a few share a code with a refusal
+    (``grant_approved`` is a decision taken, and also, 409, the state that
+    forbids approving again).
+    """
 
     GATEHOUSE_ENDPOINT = "gatehouse_endpoint"  # one of Gatehouse's own endpoints answered
     LOGIN = "login"
