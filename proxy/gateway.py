@@ -37,7 +37,7 @@ from proxy.errors import (
 from proxy.http.decision import decision_call
 from proxy.http.headers import COOKIE_PREFIXES, DEFAULT_IDENTITY_HEADERS, SINGLE_VALUED
 from proxy.http.protocol import Request, Written
-from proxy.http.responses import error_response
+from proxy.http.responses import failure_response
 from proxy.identity.authenticate import Authenticator
 from proxy.model import RequestFacts
 from proxy.observability import metrics
@@ -250,7 +250,7 @@ class Gateway:
         backend = ctx.backend
         if isinstance(exc, UpstreamError) and backend:
             metrics.child(metrics.UPSTREAM_ERRORS, backend, exc.reason).inc()
-        return error_response(exc.status, exc.reason, ctx.request_id, exc.response_headers())
+        return failure_response(exc, ctx.request_id)
 
     def _cut_short(self, ctx: RequestContext) -> Answer:
         """The server cancels a request only at the drain deadline: answer it 503 if

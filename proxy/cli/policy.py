@@ -261,9 +261,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         facts = request_facts(args.method, args.url, args.source_ip, {})
     except RequestRejected as exc:
         if args.json:
-            _print_json({"rejected": {"status": 400, "reason": exc.reason, "detail": exc.detail}})
+            _print_json(
+                {"rejected": {"status": exc.status, "reason": exc.reason, "detail": exc.detail}}
+            )
             return 0
-        print(f"request rejected before matching: 400 {exc.reason} ({exc.detail})")
+        print(f"request rejected before matching: {exc.status} {exc.reason} ({exc.detail})")
         return 0
     explanation = policy.explain(facts, identity, now)
     if args.json:
@@ -607,6 +609,7 @@ def write_junit(path: Path, results: list[CaseResult]) -> None:
 
 def run_case(policy: PolicySet, case: _Case) -> tuple[str | None, Explanation | None]:
     explanation: Explanation | None = None
+    reason: str
     try:
         facts = case.request()
     except RequestRejected as exc:

@@ -32,7 +32,7 @@ from proxy.credentials.providers.gcp import GcpProvider
 from proxy.credentials.providers.static import StaticProvider
 from proxy.credentials.providers.token_exchange import TokenExchangeProvider
 from proxy.credentials.signing import SigningKeyError
-from proxy.errors import AuthenticationError, UpstreamCredentialsUnavailable
+from proxy.errors import AuthenticationError, Reason, UpstreamCredentialsUnavailable
 from proxy.model import Identity, RouteView
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class CredentialBroker:
             # The caller signed in without a token (API key, client certificate):
             # what is missing is the caller's credential, not ours, so 401, not 503.
             raise AuthenticationError(
-                "bearer_token_required",
+                Reason.BEARER_TOKEN_REQUIRED,
                 detail=f"backend {backend} exchanges the caller's token; the caller sent none",
             )
         key = CacheKey(

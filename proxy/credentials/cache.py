@@ -88,7 +88,6 @@ class SharedFetch(Protocol):
 class _Entry:
     fetch: Fetch
     credential: Credential | None = None
-    fetched_at: float = 0.0
     refresh_at: float = 0.0
     inflight: asyncio.Task[Credential] | None = None
     timer: asyncio.TimerHandle | None = None
@@ -266,7 +265,6 @@ class CredentialCache:
             CREDENTIAL_EXPIRY.labels(key.backend).set(max(0.0, cred.expires_at - now))
             lifetime = max(0.0, cred.expires_at - started)
             entry.credential = cred
-            entry.fetched_at = now
             entry.refresh_at = started + lifetime * self._refresh_ratio
             entry.failures = 0
             entry.retry_at = 0.0

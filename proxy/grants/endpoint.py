@@ -41,12 +41,14 @@ from aiohttp import web
 
 from proxy.config.reader import parse_duration
 from proxy.errors import (
+    AuditReason,
     AuthenticationError,
     BodyTooLarge,
     GatehouseError,
     GrantError,
     GrantForbidden,
     MethodNotAllowed,
+    Reason,
     RouteNotFound,
 )
 from proxy.grants import csrf, page
@@ -54,7 +56,7 @@ from proxy.grants.model import Action, Grant, actor_dict
 from proxy.grants.service import GrantService, actor_of
 from proxy.grants.spec import describe_tree
 from proxy.http.protocol import Request, RequestView
-from proxy.http.responses import error_response
+from proxy.http.responses import failure_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.same_origin import from_this_origin
 from proxy.identity.session import CookieAttrs, parse_cookie_header, render_set_cookie
@@ -149,7 +151,7 @@ def _duration(value: object) -> float | None:
         seconds = parse_duration(value)
         if seconds is not None:
             return seconds
-    raise GrantError("invalid_duration", detail="duration must be seconds or like 2h")
+    raise GrantError(Reason.INVALID_DURATION, detail="duration must be seconds or like 2h")
 
 
 def _instant(value: object) -> float | None:
@@ -164,14 +166,14 @@ def _instant(value: object) -> float | None:
             moment = None
         if moment is not None and moment.tzinfo is not None:
             return moment.timestamp()
-    raise GrantError("invalid_start", detail="start must be a Unix time or ISO 8601 with zone")
+    raise GrantError(Reason.INVALID_START, detail="start must be a Unix time or ISO 8601 with zone")
 
 
 def _text(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise GrantError("invalid_request", detail="expected a string")
+        raise GrantError(Reason.INVALID_REQUEST, detail="expected a string")
     return value
 
 
@@ -196,7 +198,7 @@ def _form(body: bytes) -> dict[str, str]:
     try:
         fields = parse_qs(body.decode("utf-8"), max_num_fields=16, keep_blank_values=True)
     except (UnicodeDecodeError, ValueError):
-        raise GrantError("invalid_request", detail="form is not UTF-8 urlencoded") from None
+        raise GrantError(Reason.INVALID_REQUEST, detail="form is not UTF-8 urlencoded") from None
     return {name: values[0] for name, values in fields.items() if len(values) == 1}
 
 
@@ -230,15 +232,10 @@ class AccessEndpoint:
         except _Reply as reply:
             response = reply.response
         except AuthenticationError as exc:
-            response = error_response(
-                exc.status,
-                exc.reason,
-                facts.request_id,
-                {"WWW-Authenticate": f'Bearer realm="gatehouse", error="{exc.reason}"'},
-            )
+            response = failure_response(exc, facts.request_id)
             note.append(EndpointOutcome(exc.reason, decision="deny"))
         except GatehouseError as exc:
-            response = error_response(exc.status, exc.reason, facts.request_id)
+            response = failure_response(exc, facts.request_id)
             note.append(self._refusal(note, exc.reason))
         for value in cookies:
             response.headers.add("Set-Cookie", value)
@@ -271,7 +268,7 @@ class AccessEndpoint:
         method = facts.method
         if path == f"{PREFIX}/style.css":
             self._only(method, "GET")
-            note.append(EndpointOutcome("gatehouse_endpoint"))
+            note.append(EndpointOutcome(AuditReason.GATEHOUSE_ENDPOINT))
             return web.Response(
                 body=self._style,
                 content_type="text/css",
@@ -339,14 +336,14 @@ class AccessEndpoint:
         if match:
             self._only(method, "GET")
             caller = await self._who(facts, note, cookies, api=True)
-            self._noted(note, "gatehouse_endpoint", None, match.group(1))
+            self._noted(note, AuditReason.GATEHOUSE_ENDPOINT, None, match.group(1))
             return _json(public(await service.view(caller, facts, match.group(1)), now))
         match = _API_ACT.match(path)
         if match:
             self._only(method, "POST")
             caller = await self._who(facts, note, cookies, api=True)
             grant_id, action = match.group(1), _ACTIONS[match.group(2)]
-            self._noted(note, "gatehouse_endpoint", None, grant_id)
+            self._noted(note, AuditReason.GATEHOUSE_ENDPOINT, None, grant_id)
             data = await self._json_body(request)
             outcome = await service.decide(
                 caller, facts, grant_id, action, _text(data.get("reason"))
@@ -364,13 +361,13 @@ class AccessEndpoint:
         kind = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if kind != "application/json":
             # Also the CSRF defence: a cross-site form cannot send this type.
-            raise GrantError("json_required", detail="send Content-Type: application/json")
+            raise GrantError(Reason.JSON_REQUIRED, detail="send Content-Type: application/json")
         try:
             data = orjson.loads(await _body(request))
         except orjson.JSONDecodeError:
-            raise GrantError("invalid_request", detail="body is not JSON") from None
+            raise GrantError(Reason.INVALID_REQUEST, detail="body is not JSON") from None
         if not isinstance(data, dict):
-            raise GrantError("invalid_request", detail="body must be a JSON object")
+            raise GrantError(Reason.INVALID_REQUEST, detail="body must be a JSON object")
         return cast(dict[str, object], data)
 
     def _requestable(self) -> list[dict[str, object]]:
@@ -398,13 +395,13 @@ class AccessEndpoint:
             if not api:
                 login = await authenticator.login_response(facts)
                 if login is not None:
-                    note.append(EndpointOutcome("unauthenticated", decision="deny"))
+                    note.append(EndpointOutcome(Reason.UNAUTHENTICATED, decision="deny"))
                     raise _Reply(login)
-            raise AuthenticationError("unauthenticated")
+            raise AuthenticationError()
         identity = auth.identity
         note.append(
             EndpointOutcome(
-                "gatehouse_endpoint",
+                AuditReason.GATEHOUSE_ENDPOINT,
                 subject=identity.subject,
                 issuer=identity.issuer,
                 auth=identity.method,
@@ -470,7 +467,7 @@ class AccessEndpoint:
         self, facts: RequestFacts, grant_id: str, note: list[EndpointOutcome], cookies: list[str]
     ) -> web.Response:
         identity = await self._who(facts, note, cookies, api=False)
-        self._noted(note, "gatehouse_endpoint", None, grant_id)
+        self._noted(note, AuditReason.GATEHOUSE_ENDPOINT, None, grant_id)
         viewer = self._viewer(identity, self._nonce(facts, cookies))
         grant = await self.service.view(identity, facts, grant_id)
         spec = self.service.catalogue().spec(grant.route, grant.rule)
@@ -509,7 +506,7 @@ class AccessEndpoint:
                 identity.subject,
                 self._clock(),
             ):
-                raise GrantForbidden("csrf_failed", detail="missing or wrong CSRF token")
+                raise GrantForbidden(Reason.CSRF_FAILED, detail="missing or wrong CSRF token")
         return identity, form
 
     async def _form_request(
@@ -543,7 +540,7 @@ class AccessEndpoint:
         cookies: list[str],
     ) -> web.Response:
         identity, form = await self._checked_form(request, facts, note, cookies)
-        self._noted(note, "gatehouse_endpoint", None, grant_id)
+        self._noted(note, AuditReason.GATEHOUSE_ENDPOINT, None, grant_id)
         done = {"approve": "approved", "deny": "denied", "revoke": "revoked"}[action]
         return await self._after_form(
             note,
@@ -558,7 +555,7 @@ class AccessEndpoint:
         try:
             outcome = await step()
         except GrantError as exc:
-            if exc.reason == "csrf_failed":
+            if exc.reason == Reason.CSRF_FAILED:
                 raise
             note.append(self._refusal(note, exc.reason))
             return _see(f"{PREFIX}/?{urlencode({'problem': exc.reason})}")

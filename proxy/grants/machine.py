@@ -21,9 +21,18 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.errors import GrantConflict
+from proxy.errors import GrantConflict, Reason
 from proxy.grants.model import Action, Actor, Grant, GrantEvent, State, new_grant_id
 
+# The refusal of a step the grant's state does not allow: ``grant_<state>``.
+_IN_STATE: Mapping[State, Reason] = {
+    "pending": Reason.GRANT_PENDING,
+    "approved": Reason.GRANT_APPROVED,
+    "active": Reason.GRANT_ACTIVE,
+    "denied": Reason.GRANT_DENIED,
+    "expired": Reason.GRANT_EXPIRED,
+    "revoked": Reason.GRANT_REVOKED,
+}
 TRANSITIONS: Mapping[tuple[State, Action], State] = {
     ("pending", "approve"): "approved",
     ("pending", "deny"): "denied",
@@ -67,7 +76,7 @@ def request(
 def _move(grant: Grant, action: Action, event: GrantEvent, **changes: Any) -> Grant:
     target = TRANSITIONS.get((grant.state, action))
     if target is None:
-        raise GrantConflict(f"grant_{grant.state}", detail=f"cannot {action} a {grant.state} grant")
+        raise GrantConflict(_IN_STATE[grant.state], detail=f"cannot {action} a {grant.state} grant")
     return dataclasses.replace(grant, state=target, history=(*grant.history, event), **changes)
 
 

@@ -8,8 +8,9 @@ rules here only combine it with who the requester is.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from proxy.errors import GrantError, GrantForbidden
+from proxy.errors import GrantError, GrantForbidden, Reason
 from proxy.grants.model import Action, Actor, Grant
 from proxy.grants.spec import GrantSpec
 
@@ -21,13 +22,22 @@ MIN_DURATION = 1.0
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def clean_text(text: str, limit: int, what: str) -> str:
+Text = Literal["justification", "reason"]
+# What typed text is refused with: too long, or carrying control characters.
+_REFUSED: dict[Text, tuple[Reason, Reason]] = {
+    "justification": (Reason.JUSTIFICATION_TOO_LONG, Reason.INVALID_JUSTIFICATION),
+    "reason": (Reason.REASON_TOO_LONG, Reason.INVALID_REASON),
+}
+
+
+def clean_text(text: str, limit: int, what: Text) -> str:
     """``text`` stripped; GrantError when it is too long or carries control characters."""
+    too_long, invalid = _REFUSED[what]
     text = text.replace("\r\n", "\n").strip()
     if len(text) > limit:
-        raise GrantError(f"{what}_too_long", detail=f"{what} longer than {limit} characters")
+        raise GrantError(too_long, detail=f"{what} longer than {limit} characters")
     if _CONTROL.search(text):
-        raise GrantError(f"invalid_{what}", detail=f"{what} contains control characters")
+        raise GrantError(invalid, detail=f"{what} contains control characters")
     return text
 
 
@@ -36,16 +46,18 @@ def request_duration(spec: GrantSpec, asked: float | None) -> float:
     if asked is None:
         return spec.max_duration
     if asked != asked or asked < MIN_DURATION:  # NaN or too short
-        raise GrantError("invalid_duration", detail="duration must be at least 1s")
+        raise GrantError(Reason.INVALID_DURATION, detail="duration must be at least 1s")
     if asked > spec.max_duration:
-        raise GrantError("duration_too_long", detail="duration exceeds the rule's max_duration")
+        raise GrantError(
+            Reason.DURATION_TOO_LONG, detail="duration exceeds the rule's max_duration"
+        )
     return asked
 
 
 def request_justification(spec: GrantSpec, text: str) -> str:
     cleaned = clean_text(text, MAX_JUSTIFICATION, "justification")
     if spec.justification == "required" and not cleaned:
-        raise GrantError("justification_required", detail="the rule requires a justification")
+        raise GrantError(Reason.JUSTIFICATION_REQUIRED, detail="the rule requires a justification")
     return cleaned
 
 
@@ -54,7 +66,9 @@ def request_start(start_at: float | None, now: float, max_start_delay: float) ->
     if start_at is None or start_at <= now:
         return None
     if start_at - now > max_start_delay:
-        raise GrantError("start_too_late", detail="start is further ahead than max_start_delay")
+        raise GrantError(
+            Reason.START_TOO_LATE, detail="start is further ahead than max_start_delay"
+        )
     return start_at
 
 
@@ -62,7 +76,7 @@ def decision_reason(text: str) -> str:
     """Every decision carries a reason: it is the audit trail's answer to "why"."""
     cleaned = clean_text(text, MAX_REASON, "reason")
     if not cleaned:
-        raise GrantError("reason_required", detail="a decision needs a reason")
+        raise GrantError(Reason.REASON_REQUIRED, detail="a decision needs a reason")
     return cleaned
 
 
@@ -78,15 +92,17 @@ def check_decision(grant: Grant, action: Action, actor: Actor, is_approver: bool
     if action in ("approve", "deny"):
         if actor.same_person(grant.requester):
             raise GrantForbidden(
-                "self_approval", detail="requesters cannot decide their own request"
+                Reason.SELF_APPROVAL, detail="requesters cannot decide their own request"
             )
         if not is_approver:
-            raise GrantForbidden("not_an_approver", detail="caller does not satisfy approvers")
+            raise GrantForbidden(Reason.NOT_AN_APPROVER, detail="caller does not satisfy approvers")
         return
     if action == "revoke":
         if actor.same_identity(grant.requester) or is_approver:
             return
-        raise GrantForbidden("not_an_approver", detail="only the requester or an approver revokes")
+        raise GrantForbidden(
+            Reason.NOT_AN_APPROVER, detail="only the requester or an approver revokes"
+        )
     raise ValueError(f"{action} is not a decision")
 
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from proxy.errors import GrantConflict, GrantLimit, StateUnavailable
+from proxy.errors import GrantConflict, GrantLimit, Reason, StateUnavailable
 from proxy.grants.model import Grant, grant_dict, grant_from, held
 from proxy.grants.store import OPEN_STATES, Limits, finished_at, next_version
 from proxy.model import HeldGrant
@@ -197,11 +197,11 @@ class RedisGrantStore:
         ]
         result = await self._run(lambda _r: self._add(keys=keys, args=args))
         if result == -2:
-            raise GrantConflict("request_pending", detail="a request for this rule is pending")
+            raise GrantConflict(Reason.REQUEST_PENDING, detail="a request for this rule is pending")
         if result in (-1, -4):
             raise GrantLimit(detail="max_open or max_pending_per_caller reached")
         if result != 1:
-            raise GrantConflict("grant_exists", detail="grant id taken")
+            raise GrantConflict(Reason.GRANT_EXISTS, detail="grant id taken")
 
     async def get(self, grant_id: str) -> Grant | None:
         found = await self._fetch([grant_id])

@@ -19,7 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.errors import GrantConflict, GrantError, GrantNotFound, StateUnavailable
+from proxy.errors import (
+    AuditReason,
+    GrantConflict,
+    GrantError,
+    GrantNotFound,
+    Reason,
+    StateUnavailable,
+)
 from proxy.grants import machine, permissions
 from proxy.grants.catalogue import Catalogue, Requestable, catalogue
 from proxy.grants.config import GrantsConfig
@@ -46,6 +53,12 @@ _PAST = {
     "revoke": "revoked",
     "lapse": "expired",
     "end": "expired",
+}
+# The audit reason of a person's decision.
+_DECIDED = {
+    "approve": AuditReason.GRANT_APPROVED,
+    "deny": AuditReason.GRANT_DENIED,
+    "revoke": AuditReason.GRANT_REVOKED,
 }
 
 
@@ -115,7 +128,7 @@ class GrantService:
         spec = self.catalogue().spec(route, rule)
         if spec is None:
             # Unknown route, or no grant rule by that name: the same answer for both.
-            raise GrantError("no_such_grant_rule", detail="route has no such grant rule")
+            raise GrantError(Reason.NO_SUCH_GRANT_RULE, detail="route has no such grant rule")
         now = self._clock()
         grant = machine.request(
             actor_of(caller),
@@ -129,7 +142,7 @@ class GrantService:
         )
         await self.store.add(grant, now)
         self._recorded(grant, "request", grant.requester, grant.justification)
-        return Outcome(grant, "grant_requested")
+        return Outcome(grant, AuditReason.GRANT_REQUESTED)
 
     async def view(self, caller: Identity, facts: RequestFacts, grant_id: str) -> Grant:
         grant = await self.store.get(grant_id)
@@ -159,8 +172,8 @@ class GrantService:
             stored = await self.store.replace(grant, changed)
             if stored is not None:
                 self._recorded_steps(grant, stored)
-                return Outcome(stored, f"grant_{_PAST[action]}")
-        raise GrantConflict("grant_busy", detail="changed concurrently; try again")
+                return Outcome(stored, _DECIDED[action])
+        raise GrantConflict(Reason.GRANT_BUSY, detail="changed concurrently; try again")
 
     async def mine(self, caller: Identity) -> list[Grant]:
         now = self._clock()
@@ -288,7 +301,7 @@ def expiry_record(grant: Grant, event: GrantEvent) -> AuditRecord:
         subject=grant.requester.subject,
         issuer=grant.requester.issuer,
         decision="event",
-        reason="grant_expired" if event.action == "end" else "grant_lapsed",
+        reason=AuditReason.GRANT_EXPIRED if event.action == "end" else AuditReason.GRANT_LAPSED,
         grant_id=grant.id,
     )
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.errors import GrantConflict, GrantLimit
+from proxy.errors import GrantConflict, GrantLimit, Reason
 from proxy.grants.model import FINAL, Grant, held
 from proxy.model import HeldGrant
 
@@ -84,7 +84,7 @@ class Ledger:
             and g.requester.same_identity(grant.requester)
         ]
         if any((g.route, g.rule) == (grant.route, grant.rule) for g in waiting):
-            raise GrantConflict("request_pending", detail="a request for this rule is pending")
+            raise GrantConflict(Reason.REQUEST_PENDING, detail="a request for this rule is pending")
         if len(waiting) >= self.limits.max_pending_per_caller:
             raise GrantLimit(detail="max_pending_per_caller reached")
         self.grants[grant.id] = grant

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.errors import RequestRejected
+from proxy.errors import BadPath
 
 _HEX = "0123456789ABCDEFabcdef"
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -34,10 +34,6 @@ class PathOptions:
 DEFAULT_OPTIONS = PathOptions()
 
 
-def _bad(detail: str) -> RequestRejected:
-    return RequestRejected("bad_path", detail=detail)
-
-
 def split_target(target: str) -> tuple[str, str]:
     """Split an origin- or absolute-form request target into raw path and query.
 
@@ -45,7 +41,7 @@ def split_target(target: str) -> tuple[str, str]:
     request; the authority it names is never trusted for routing beyond Host.
     """
     if "#" in target:
-        raise _bad("fragment in request target")
+        raise BadPath(detail="fragment in request target")
     if not target.startswith("/"):
         lower = target[:8].lower()
         if lower.startswith(("http://", "https://")):
@@ -57,7 +53,7 @@ def split_target(target: str) -> tuple[str, str]:
             else:
                 target = rest[slash:]
         else:
-            raise _bad("request target is not a path")
+            raise BadPath(detail="request target is not a path")
     path, _, query = target.partition("?")
     return path, query
 
@@ -65,13 +61,13 @@ def split_target(target: str) -> tuple[str, str]:
 def canonical_path(raw: str, options: PathOptions = DEFAULT_OPTIONS) -> str:
     """Return the canonical form of a raw (still percent-encoded) path.
 
-    Raises :class:`RequestRejected` (400 ``bad_path``) for anything whose
+    Raises :class:`BadPath` (400 ``bad_path``) for anything whose
     meaning differs between servers: encoded ``/`` ``\\`` or NUL, literal
     ``\\``, control characters, malformed escapes, ``;`` (unless allowed) and
     dot segments that climb above the root.
     """
     if not raw.startswith("/"):
-        raise _bad("path must start with '/'")
+        raise BadPath(detail="path must start with '/'")
     # Fast path for the common case: nothing encoded, no dots, no empty segments.
     if "//" not in raw and "/." not in raw and _PLAIN.issuperset(raw):
         return raw
@@ -86,18 +82,18 @@ def _normalise_escapes(raw: str, options: PathOptions) -> str:
         c = raw[i]
         if c == "%":
             if i + 2 >= n:
-                raise _bad("truncated percent-escape")
+                raise BadPath(detail="truncated percent-escape")
             h1, h2 = raw[i + 1], raw[i + 2]
             if h1 not in _HEX or h2 not in _HEX:
-                raise _bad("malformed percent-escape")
+                raise BadPath(detail="malformed percent-escape")
             byte = int(h1 + h2, 16)
             ch = chr(byte)
             if byte == 0x2F:  # '/'
                 if not options.allow_encoded_slash:
-                    raise _bad("encoded slash")
+                    raise BadPath(detail="encoded slash")
                 out.append("%2F")
             elif byte in (0x5C, 0x00):  # '\' and NUL
-                raise _bad("encoded backslash or NUL")
+                raise BadPath(detail="encoded backslash or NUL")
             elif ch in _UNRESERVED:
                 out.append(ch)
             else:
@@ -106,12 +102,12 @@ def _normalise_escapes(raw: str, options: PathOptions) -> str:
             continue
         if c == "/" or c in _PCHAR:
             if c == ";" and not options.allow_semicolon:
-                raise _bad("path parameter ';'")
+                raise BadPath(detail="path parameter ';'")
             out.append(c)
         elif c == "\\":
-            raise _bad("backslash in path")
+            raise BadPath(detail="backslash in path")
         elif ord(c) < 0x20 or ord(c) == 0x7F or c in ' "<>^`{|}':
-            raise _bad("control or unsafe character in path")
+            raise BadPath(detail="control or unsafe character in path")
         else:
             # Non-ASCII (or other) characters travel percent-encoded as UTF-8.
             out.extend(f"%{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
@@ -133,7 +129,7 @@ def _resolve_segments(path: str) -> str:
             continue
         if seg == "..":
             if not stack:
-                raise _bad("dot segment above root")
+                raise BadPath(detail="dot segment above root")
             stack.pop()
             continue
         stack.append(seg)

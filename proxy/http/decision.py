@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple
 from urllib.parse import quote
 
-from proxy.errors import BadDecisionRequest, BadHost, RequestRejected
+from proxy.errors import BadDecisionRequest, BadHost, BadPath
 from proxy.http.canonical import DEFAULT_OPTIONS, PathOptions, canonical_path, split_target
 from proxy.http.headers import DEFAULT_IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS, PATH_HINTS
 from proxy.http.host import parse_host
@@ -214,8 +214,7 @@ def _canonical_target(target: str, options: PathOptions) -> tuple[str, str]:
     raw_path, query = split_target(target)
     path = canonical_path(raw_path, options)
     if path != raw_path:
-        raise RequestRejected(
-            "bad_path",
+        raise BadPath(
             detail="the original path is not canonical (the data plane forwards it as sent)",
         )
     return path, query

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
-from proxy.errors import AmbiguousRequest, IdentityTooLarge, RequestRejected
+from proxy.errors import AmbiguousRequest, IdentityTooLarge, Reason, RequestRejected
 
 Headers = list[tuple[str, str]]
 
@@ -204,7 +204,7 @@ def method_override(view: Mapping[str, str]) -> str | None:
         raise AmbiguousRequest(detail="method overrides disagree")
     method = found.pop()
     if not _METHOD.fullmatch(method):
-        raise RequestRejected("bad_request", detail="a method override is not a method name")
+        raise RequestRejected(Reason.BAD_REQUEST, detail="a method override is not a method name")
     return method
 
 

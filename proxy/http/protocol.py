@@ -38,7 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy, MultiMappin
 from yarl import URL
 
 from proxy.config.schema import ListenConfig
-from proxy.errors import ClientDisconnected, HeadersTooLarge, RequestRejected, RequestTimeout
+from proxy.errors import ClientDisconnected, GatehouseError, RequestTimeout, status_class
 from proxy.http.flow import FlowProtocol, Tunnel
 from proxy.http.forwarding import new_request_id
 from proxy.http.h1.connection import (
@@ -464,9 +464,7 @@ class _Connection(FlowProtocol):
             except IncompleteMessage:
                 raise ClientDisconnected(detail="client closed the connection mid-body") from None
             except RemoteProtocolError as exc:
-                if exc.status == HeadersTooLarge.status:  # a trailer section over the limit
-                    raise HeadersTooLarge(detail=exc.detail) from None
-                raise RequestRejected(exc.reason, detail=exc.detail) from None
+                raise exc.rejected() from None
             if self._reading_paused and h1.buffered <= self.server.high_water // 2:
                 self.resume_reading()
             if type(event) is bytes:
@@ -489,7 +487,7 @@ class _Connection(FlowProtocol):
         self.head_since = 0.0
         if self.busy or self.h1.state.client is not IDLE:
             return
-        self._reject(RequestTimeout.status, RequestTimeout.reason)
+        self._reject(RequestTimeout())
         self._wake()
 
     def abort(self) -> None:
@@ -534,8 +532,9 @@ class _Connection(FlowProtocol):
                 try:
                     event = h1.next_event()
                 except RemoteProtocolError as exc:
-                    log.debug("rejected request: %s (%s)", exc.reason, exc.detail)
-                    self._reject(exc.status, exc.reason)
+                    rejected = exc.rejected()
+                    log.debug("rejected request: %s (%s)", rejected.reason, exc.detail)
+                    self._reject(rejected)
                     return
                 if self._reading_paused and h1.buffered <= server.high_water // 2:
                     self.resume_reading()
@@ -648,32 +647,32 @@ class _Connection(FlowProtocol):
             transport.write_eof()
         self.loop.call_later(_LINGER_SECONDS, self.abort)
 
-    def _reject(self, status: int, reason: str) -> None:
+    def _reject(self, error: GatehouseError) -> None:
         """A request refused before the gateway: JSON 400/408/431, one audit record, close."""
         rid = new_request_id()
-        response = rejection_response(status, reason, rid, self.server.clear_on_431)
+        response = rejection_response(error, rid, self.server.clear_on_431)
         if self.server.audit is not None:
             peer = self.transport.get_extra_info("peername") if self.transport else None
-            audit_rejection(self.server.audit, peer, status, reason, rid)
+            audit_rejection(self.server.audit, peer, error, rid)
         body = response.body
         assert isinstance(body, bytes)
         lines, _ = response_lines(response.headers.items())
         try:
-            self.write(self.h1.send_failure(status, lines, body))
+            self.write(self.h1.send_failure(error.status, lines, body))
         except ConnectionError:
             return
         self._linger()
 
 
-def audit_rejection(audit: AuditWriter, peer: object, status: int, reason: str, rid: str) -> None:
+def audit_rejection(audit: AuditWriter, peer: object, error: GatehouseError, rid: str) -> None:
     """The one audit record of a request refused before it reached the gateway."""
     record = AuditRecord(
         ts_epoch=time.time(),
         request_id=rid,
         client_ip=str(peer[0]) if isinstance(peer, tuple) else None,
         decision="deny",
-        reason=reason,
-        status=status,
+        reason=error.reason,
+        status=error.status,
     )
-    metrics.REQUESTS.labels("none", f"{status // 100}xx").inc()
+    metrics.REQUESTS.labels("none", status_class(error.status)).inc()
     audit.write(record)

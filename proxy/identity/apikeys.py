@@ -59,7 +59,7 @@ import yaml
 from cachetools import TTLCache
 
 from proxy.config.reader import ConfigError, Mapping, Problems, each_mapping, load_document
-from proxy.errors import AuthenticationError, RateLimited
+from proxy.errors import AuthenticationError, RateLimited, Reason
 from proxy.files import replace_file
 from proxy.identity.budget import BucketTable
 from proxy.identity.config import API_KEY_PREFIX
@@ -298,11 +298,11 @@ class ApiKeyStore:
     async def authenticate(self, presented: str) -> Identity:
         found = self.entry_for(presented)
         if found is None:
-            raise AuthenticationError("invalid_api_key", detail="unknown API key id")
+            raise AuthenticationError(Reason.INVALID_API_KEY, detail="unknown API key id")
         entry, secret = found
         now = self._clock()
         if entry.expires_at is not None and now >= entry.expires_at:
-            raise AuthenticationError("expired_api_key", detail=f"API key {entry.id} expired")
+            raise AuthenticationError(Reason.EXPIRED_API_KEY, detail=f"API key {entry.id} expired")
         fingerprint = hashlib.sha256(presented.encode()).digest()
         cached = self._verified.get(fingerprint)
         if cached is None or not hmac.compare_digest(cached, entry.hash):
@@ -315,7 +315,7 @@ class ApiKeyStore:
         attempts = self._attempts.bucket(entry.id, now)
         if not attempts.take(now):
             raise RateLimited(
-                "api_key_throttled",
+                Reason.API_KEY_THROTTLED,
                 detail=f"API key {entry.id}: over max_failures_per_minute, not checked",
             )
         if is_scrypt(entry.hash):
@@ -325,7 +325,7 @@ class ApiKeyStore:
         else:
             ok = hmac_matches(secret, entry.hash, self._pepper)
         if not ok:
-            raise AuthenticationError("invalid_api_key", detail=f"bad secret for {entry.id}")
+            raise AuthenticationError(Reason.INVALID_API_KEY, detail=f"bad secret for {entry.id}")
         attempts.give_back(self._clock())
         if not is_current(entry.hash, self._pepper) and entry.id not in self._unmigratable:
             await self._migrate(entry, hash_secret(secret, self._pepper))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable
+from proxy.errors import AuthenticationError, GatehouseError, IdentityProviderUnavailable, Reason
 from proxy.http.protocol import RequestView
 from proxy.identity.apikeys import KEY_PREFIX, ApiKeyStore
 from proxy.identity.browser import BrowserLogin
@@ -290,21 +290,21 @@ class Authenticator:
 
     async def _bearer(self, token: str) -> Identity:
         if not token:
-            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result="invalid_token").inc()
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result=Reason.INVALID_TOKEN).inc()
             raise invalid("empty bearer token")
         if len(token) > self.config.max_token_bytes:
-            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result="invalid_token").inc()
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result=Reason.INVALID_TOKEN).inc()
             raise invalid("token exceeds max_token_bytes")
         if token.startswith(KEY_PREFIX):
             if self.api_keys is None:
                 # Never forward something shaped like an API key to an introspection endpoint.
-                AUTH.labels(issuer="apikey", method="apikey", result="invalid_api_key").inc()
-                raise AuthenticationError("invalid_api_key", detail="API keys are not enabled")
+                AUTH.labels(issuer="apikey", method="apikey", result=Reason.INVALID_API_KEY).inc()
+                raise AuthenticationError(Reason.INVALID_API_KEY, detail="API keys are not enabled")
             return await self._api_key(token)
         if looks_like_jwt(token):
             return await self._jwt(token)
         if looks_like_jwe(token):
-            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result="invalid_token").inc()
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="jwt", result=Reason.INVALID_TOKEN).inc()
             raise invalid("encrypted tokens (JWE) are not accepted")
         return await self._opaque(token)
 
@@ -421,7 +421,7 @@ class Authenticator:
     async def _opaque(self, token: str) -> Identity:
         introspector = self._introspector_for(token)
         if introspector is None:
-            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="opaque", result="invalid_token").inc()
+            AUTH.labels(issuer=_UNKNOWN_ISSUER, method="opaque", result=Reason.INVALID_TOKEN).inc()
             raise invalid("opaque token and no introspecting issuer takes it")
         issuer = introspector.cfg
         try:

@@ -58,14 +58,18 @@ from cachetools import TTLCache
 
 from proxy.errors import (
     AccessDenied,
-    AuthenticationError,
+    AuditReason,
+    CredentialsRequired,
     GatehouseError,
     IdentityProviderUnavailable,
+    LoginFailed,
+    MethodNotAllowed,
     RateLimited,
+    Reason,
     StateUnavailable,
 )
 from proxy.http.protocol import RequestView
-from proxy.http.responses import error_response
+from proxy.http.responses import failure_response
 from proxy.identity.config import BrowserConfig, IssuerConfig
 from proxy.identity.discovery import ProviderDiscovery
 from proxy.identity.fetch import ProviderMetadata
@@ -111,7 +115,6 @@ DEFAULT_MAX_HEADER = 8190
 # The longest a refresh (token request, ID token check) may take: other replicas
 # wait that long for its result, and the lock is renewed meanwhile.
 REFRESH_DEADLINE = 15.0
-WWW_AUTHENTICATE = 'Bearer realm="gatehouse"'
 # Clickjacking and script-free: the logout page is one form posting to itself.
 LOGOUT_PAGE = (
     b"<!doctype html><html><head><meta charset=utf-8><title>Sign out</title></head>"
@@ -233,12 +236,7 @@ class BrowserLogin:
     async def login_response(self, facts: RequestFacts) -> web.Response:
         """401 JSON for API calls; for page navigations a redirect to the IdP."""
         if is_api_request(facts.method, facts.headers):
-            return error_response(
-                401,
-                "unauthenticated",
-                facts.request_id,
-                {"WWW-Authenticate": WWW_AUTHENTICATE},
-            )
+            return failure_response(CredentialsRequired(), facts.request_id)
         target = facts.path + (f"?{facts.query}" if facts.query else "")
         return await self._start_login(facts, target)
 
@@ -298,8 +296,7 @@ class BrowserLogin:
                 page = web.Response(body=LOGOUT_PAGE, content_type="text/html")
                 page.headers.update(PAGE_HEADERS)
                 return page
-            allow = {"Allow": "GET, POST"}
-            return error_response(405, "method_not_allowed", facts.request_id, allow)
+            return failure_response(MethodNotAllowed(allow=("GET", "POST")), facts.request_id)
         if path == LOGIN_PATH:
             return await self._start_login(facts, request.query.get("rd", "/"))
         return None
@@ -315,15 +312,14 @@ class BrowserLogin:
             if self._store is not None and not await self._store.consume_once(
                 str(tx["state"]), LOGIN_TTL
             ):
-                raise AuthenticationError("invalid_state", detail="state already used")
+                raise LoginFailed(Reason.INVALID_STATE, detail="state already used")
             session = self._fit(session)
         except StateUnavailable:
             raise
         except GatehouseError as exc:
             AUTH.labels(issuer=self.cfg.issuer, method="session", result=exc.reason).inc()
-            # A failed login is the browser's request gone wrong, not missing
-            # credentials: 400 with the reason (invalid_state, invalid_nonce...).
-            response = error_response(400, exc.reason, facts.request_id)
+            # Whatever failed, the answer is a failed login: 400 with the reason.
+            response = failure_response(LoginFailed(exc.reason), facts.request_id)
             response.headers.add("Set-Cookie", clear_login)
             return _outcome(response, EndpointOutcome(exc.reason, "deny"))
         AUTH.labels(issuer=self.cfg.issuer, method="session", result="login").inc()
@@ -335,7 +331,7 @@ class BrowserLogin:
             await self._store.save(str(session["sid"]), session)
         for value in self._session_cookies(session, cookies):
             response.headers.add("Set-Cookie", value)
-        return _outcome(response, self._audited("login", session))
+        return _outcome(response, self._audited(AuditReason.LOGIN, session))
 
     def _audited(self, reason: str, session: Mapping[str, Any] | None) -> EndpointOutcome:
         claims: Mapping[str, Any] = (session or {}).get("claims") or {}
@@ -351,17 +347,17 @@ class BrowserLogin:
         sealed = cookies.get(self.login_cookie)
         tx = self.codec.open(self.login_cookie, sealed, now=self._clock()) if sealed else None
         if tx is None:
-            raise AuthenticationError("login_expired", detail="no valid login transaction cookie")
+            raise LoginFailed(Reason.LOGIN_EXPIRED, detail="no valid login transaction cookie")
         state = query.get("state", "")
         if not hmac.compare_digest(state.encode(), str(tx.get("state", "")).encode()):
-            raise AuthenticationError("invalid_state", detail="state does not match the cookie")
+            raise LoginFailed(Reason.INVALID_STATE, detail="state does not match the cookie")
         if state in self._consumed:
-            raise AuthenticationError("invalid_state", detail="state already used")
+            raise LoginFailed(Reason.INVALID_STATE, detail="state already used")
         self._consumed[state] = True
         if "error" in query:
-            raise AuthenticationError("login_failed", detail="IdP returned an error")
+            raise LoginFailed(detail="IdP returned an error")
         if not query.get("code"):
-            raise AuthenticationError("login_failed", detail="callback without code")
+            raise LoginFailed(detail="callback without code")
         return tx
 
     async def _exchange(
@@ -374,7 +370,7 @@ class BrowserLogin:
         if not isinstance(nonce, str) or not hmac.compare_digest(
             nonce.encode(), str(tx["nonce"]).encode()
         ):
-            raise AuthenticationError("invalid_nonce", detail="ID token nonce mismatch")
+            raise LoginFailed(Reason.INVALID_NONCE, detail="ID token nonce mismatch")
         now = self._clock()
         return {
             # A fresh id at every login: a planted pre-login cookie never becomes a session.
@@ -444,7 +440,7 @@ class BrowserLogin:
                 self._cookie_bytes(session),
                 budget,
             )
-            raise AuthenticationError("session_too_large", detail="session over the cookie budget")
+            raise LoginFailed(Reason.SESSION_TOO_LARGE, detail="session over the cookie budget")
         return fitted
 
     def _cookie_bytes(self, session: Mapping[str, Any]) -> int:
@@ -509,7 +505,9 @@ class BrowserLogin:
             facts.headers, facts.scheme
         ):
             # SameSite=Lax still sends the cookie from sibling hosts of the same site.
-            raise AccessDenied("cross_site_request", detail="session request from another origin")
+            raise AccessDenied(
+                Reason.CROSS_SITE_REQUEST, detail="session request from another origin"
+            )
         set_cookies: tuple[str, ...] = ()
         if self._refresh_due(session):
             refreshed = await self._refresh_once(session)
@@ -521,7 +519,7 @@ class BrowserLogin:
             if self._store is None:
                 try:
                     session = self._fit(session)
-                except AuthenticationError:
+                except LoginFailed:
                     return self._ended(cookies)
                 set_cookies = tuple(self._session_cookies(session, cookies))
         elif self._lapsed(session):
@@ -592,8 +590,9 @@ class BrowserLogin:
 
     async def _logout(self, facts: RequestFacts) -> web.StreamResponse:
         if not from_this_origin(facts.headers, facts.scheme):
-            response = error_response(403, "cross_site_request", facts.request_id)
-            return _outcome(response, EndpointOutcome("cross_site_request", "deny"))
+            refused = AccessDenied(Reason.CROSS_SITE_REQUEST)
+            response = failure_response(refused, facts.request_id)
+            return _outcome(response, EndpointOutcome(refused.reason, "deny"))
         cookies = parse_cookie_header(facts.headers.get("cookie"))
         content = self.read_session(cookies)
         session: Mapping[str, Any] | None = content
@@ -621,7 +620,7 @@ class BrowserLogin:
             response.headers.add("Set-Cookie", value)
         if self.session_cookie not in cookies:
             response.headers.add("Set-Cookie", clear_cookie(self.session_cookie))
-        return _outcome(response, self._audited("logout", session))
+        return _outcome(response, self._audited(AuditReason.LOGOUT, session))
 
 
 def _authority(facts: RequestFacts) -> str:

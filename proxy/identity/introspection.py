@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from cachetools import TLRUCache
 
-from proxy.errors import AuthenticationError, IdentityProviderUnavailable
+from proxy.errors import AuthenticationError, IdentityProviderUnavailable, Reason
 from proxy.identity.budget import TokenBucket
 from proxy.identity.config import IntrospectionConfig, IssuerConfig
 from proxy.identity.fetch import FetchError, basic_auth, post_form
@@ -48,7 +48,7 @@ class _Result:
 
 
 def _refused(detail: str) -> AuthenticationError:
-    return AuthenticationError("invalid_token", detail=detail)
+    return AuthenticationError(Reason.INVALID_TOKEN, detail=detail)
 
 
 def _audiences(aud: Any) -> list[Any]:
@@ -72,7 +72,7 @@ def check_introspection(claims: Mapping[str, Any], cfg: IssuerConfig, now: float
     if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float)):
         raise _refused("introspected exp is not a number")
     if exp is not None and now > exp + cfg.clock_skew:
-        raise AuthenticationError("expired_token", detail="token expired")
+        raise AuthenticationError(Reason.EXPIRED_TOKEN, detail="token expired")
     aud = claims.get("aud")
     if aud is None and icfg.require_aud:
         raise _refused("introspection answer names no aud")

@@ -26,7 +26,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from proxy.errors import AuthenticationError
+from proxy.errors import AuthenticationError, Reason
 from proxy.identity.config import HMAC_ALGORITHMS, IssuerConfig, normalise_type
 from proxy.identity.overage import overage_claims
 from proxy.identity.strict_json import StrictJSONError, loads
@@ -52,7 +52,7 @@ _JWS = jwt.PyJWS()
 
 
 def invalid(detail: str) -> AuthenticationError:
-    return AuthenticationError("invalid_token", detail=detail)
+    return AuthenticationError(Reason.INVALID_TOKEN, detail=detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +308,7 @@ def check_claims(claims: Mapping[str, Any], cfg: IssuerConfig, now: float) -> No
     if exp is None:
         raise invalid("token has no exp")
     if now > exp + cfg.clock_skew:
-        raise AuthenticationError("expired_token", detail="token expired")
+        raise AuthenticationError(Reason.EXPIRED_TOKEN, detail="token expired")
     nbf = _number(claims, "nbf")
     if nbf is not None and now + cfg.clock_skew < nbf:
         raise invalid("token not yet valid (nbf)")

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from proxy.errors import AuthenticationError
+from proxy.errors import AuthenticationError, Reason
 from proxy.model import ClientCertificate, Identity
 
 MTLS_ISSUER = "mtls"
@@ -26,7 +26,9 @@ def certificate_from_der(der: bytes) -> ClientCertificate:
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
-        raise AuthenticationError("invalid_certificate", detail="unparseable certificate") from exc
+        raise AuthenticationError(
+            Reason.INVALID_CERTIFICATE, detail="unparseable certificate"
+        ) from exc
     uris: tuple[str, ...] = ()
     dns: tuple[str, ...] = ()
     try:
@@ -58,7 +60,7 @@ def identity_from_certificate(cert: ClientCertificate) -> Identity:
     subject = certificate_subject(cert)
     if not subject:
         raise AuthenticationError(
-            "invalid_certificate", detail="client certificate names no subject"
+            Reason.INVALID_CERTIFICATE, detail="client certificate names no subject"
         )
     thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.fingerprint_sha256)).rstrip(b"=")
     claims: dict[str, Any] = {

@@ -17,7 +17,7 @@ from authlib.oauth2.rfc6749.parameters import (  # type: ignore[import-untyped]
     prepare_token_request,
 )
 
-from proxy.errors import AuthenticationError, IdentityProviderUnavailable
+from proxy.errors import AuthenticationError, IdentityProviderUnavailable, LoginFailed, Reason
 from proxy.identity.config import IssuerConfig
 from proxy.identity.discovery import ProviderDiscovery
 from proxy.identity.fetch import FetchError, basic_auth, post_form
@@ -67,7 +67,7 @@ class TokenClient:
         tokens = await self._request(body)
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str):
-            raise AuthenticationError("login_failed", detail="token response without id_token")
+            raise LoginFailed(detail="token response without id_token")
         return tokens, await self.verify_id_token(id_token)
 
     async def refresh(self, refresh_token: str) -> tuple[Tokens, Claims | None] | None:
@@ -78,7 +78,7 @@ class TokenClient:
         )
         try:
             tokens = await self._request(body)
-        except AuthenticationError:
+        except LoginFailed:
             return None
         id_token = tokens.get("id_token")
         claims = await self.verify_id_token(id_token) if isinstance(id_token, str) else None
@@ -101,7 +101,9 @@ class TokenClient:
         claims = verify_signature(id_token, header, key, cfg, self._clock())
         aud = claims.get("aud")
         if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self._client_id:
-            raise AuthenticationError("invalid_token", detail="ID token azp is not this client")
+            raise AuthenticationError(
+                Reason.INVALID_TOKEN, detail="ID token azp is not this client"
+            )
         return claims
 
     def _public_client_id(self) -> dict[str, str]:
@@ -123,5 +125,5 @@ class TokenClient:
             raise IdentityProviderUnavailable(detail=f"token endpoint answered HTTP {status}")
         if status != 200 or not isinstance(tokens, dict):
             error = tokens.get("error") if isinstance(tokens, Mapping) else None
-            raise AuthenticationError("login_failed", detail=f"token endpoint refused: {error}")
+            raise LoginFailed(detail=f"token endpoint refused: {error}")
         return tokens

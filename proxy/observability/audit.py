@@ -40,6 +40,7 @@ from typing import IO, Literal
 import orjson
 from aiohttp import web
 
+from proxy.errors import Reason
 from proxy.observability import metrics
 from proxy.observability.logs import rfc3339
 
@@ -97,7 +98,7 @@ class AuditRecord:
     issuer: str | None = None
     auth: str | None = None
     decision: str = "deny"
-    reason: str = "internal_error"
+    reason: str = Reason.INTERNAL_ERROR
     status: int = 0
     upstream_status: int | None = None
     attempts: int = 0  # times the request was sent upstream, the first try included

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from proxy.errors import Reason
 from proxy.model import Identity, RequestFacts
 from proxy.policy.criteria import Criterion, Outcome, walk
 from proxy.policy.criteria.logic import admits_anonymous
@@ -100,7 +101,7 @@ class PolicySet:
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", RouteIndex(self.routes))
         object.__setattr__(
-            self, "not_found", Decision(False, "route_not_found", None, self.version)
+            self, "not_found", Decision(False, Reason.ROUTE_NOT_FOUND, None, self.version)
         )
         object.__setattr__(self, "referenced_claims", _referenced_claims(self.routes))
 
@@ -138,9 +139,9 @@ class PolicySet:
                     continue
                 return _with_audit(rule, route, self.version, audit)
         if identity is None:
-            return Decision(False, "unauthenticated", route.name, self.version, audit)
+            return Decision(False, Reason.UNAUTHENTICATED, route.name, self.version, audit)
         reason = _unknown_allow(route, facts, identity, now) if identity.unknown_claims else None
-        return Decision(False, reason or "no_rule_matched", route.name, self.version, audit)
+        return Decision(False, reason or Reason.NO_RULE_MATCHED, route.name, self.version, audit)
 
     def explain(self, facts: RequestFacts, identity: Identity | None, now: float) -> Explanation:
         """Every rule of the matched route evaluated, with the decision :meth:`decide` makes."""

@@ -12,7 +12,7 @@ import time
 
 from aiohttp import web
 
-from proxy.errors import status_class
+from proxy.errors import Reason, status_class
 from proxy.http.protocol import Written
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
@@ -27,8 +27,8 @@ def audit_record(ctx: RequestContext, answer: Answer | None, duration: float) ->
     """The record of a finished request."""
     status = answer.status if answer is not None else NO_ANSWER
     reason = ctx.reason
-    if answer is None and reason == "internal_error":
-        reason = "cancelled"
+    if answer is None and reason == Reason.INTERNAL_ERROR:
+        reason = Reason.CANCELLED
     tally = ctx.tally
     if tally.cut_reason is not None:
         reason = tally.cut_reason

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.errors import AuthenticationError
+from proxy.errors import AuthenticationError, Reason
 from proxy.identity.authenticate import Authenticator
 from proxy.model import Identity, RequestFacts
 from proxy.observability import metrics
@@ -37,7 +37,7 @@ class Authenticate:
                 if auth is None:
                     auth = await authenticator.authenticate_full(facts)
             except AuthenticationError:
-                metrics.child(metrics.DECISIONS, route.name, "deny", "unauthenticated").inc()
+                metrics.child(metrics.DECISIONS, route.name, "deny", Reason.UNAUTHENTICATED).inc()
                 raise
             identity, set_cookies = auth.identity, auth.set_cookies
             ctx.identity = identity

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from proxy.errors import AccessDenied, AuthenticationError
+from proxy.errors import AccessDenied, AuthenticationError, Reason
 from proxy.grants.admitted import admitting_grant
 from proxy.grants.catalogue import route_grants
 from proxy.http.headers import method_override
@@ -70,12 +70,12 @@ class Authorise:
         ctx.dry_run = decision.audit
         if not decision.allowed:
             metrics.child(metrics.DECISIONS, route.name, "deny", decision.reason).inc()
-            if decision.reason == "unauthenticated":
+            if decision.reason == Reason.UNAUTHENTICATED:
                 answer = await login(facts)
                 if answer is not None:
                     answer.headers["X-Request-Id"] = facts.request_id
                     raise LoginRequired(answer)
-                raise AuthenticationError("unauthenticated")
+                raise AuthenticationError()
             raise AccessDenied(decision.reason)
         if route.pass_method_override:
             authorise_override(policy, route, facts, identity, now)
@@ -107,10 +107,10 @@ def authorise_override(
     if override is None or override == facts.method:
         return
     if route.methods is not None and override not in route.methods:
-        raise AccessDenied("method_override_denied")
+        raise AccessDenied(Reason.METHOD_OVERRIDE_DENIED)
     decision = policy.decide(route, facts._replace(method=override), identity, now)
     if decision.allowed:
         return
-    if decision.reason == "unauthenticated":
-        raise AuthenticationError("unauthenticated")
+    if decision.reason == Reason.UNAUTHENTICATED:
+        raise AuthenticationError()
     raise AccessDenied(decision.reason)

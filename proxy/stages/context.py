@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
 
+from proxy.errors import Reason
 from proxy.http.forwarding import TraceContext
 from proxy.http.protocol import Request, Written
 from proxy.model import Identity
@@ -73,7 +74,7 @@ class RequestContext:
     route: Route | None = None
     identity: Identity | None = None
     decision: str = "deny"
-    reason: str = "internal_error"
+    reason: str = Reason.INTERNAL_ERROR
     dry_run: tuple[str, ...] = ()
     grant_id: str | None = None
     # -- an endpoint of the proxy's own: who logged in, asked or decided

@@ -121,7 +121,7 @@ def decision_login(
             return None
         location = login_location(original)
         if call.endpoint == "auth":
-            answer = fail(AuthenticationError("unauthenticated"))
+            answer = fail(AuthenticationError())
             answer.headers["X-Gatehouse-Login"] = location
             return answer
         return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})

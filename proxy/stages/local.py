@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.errors import AuditReason
 from proxy.http.protocol import RequestView
 from proxy.model import RequestFacts
 from proxy.observability.audit import ENDPOINT_OUTCOME
@@ -29,7 +30,7 @@ async def serve_local(
         answer = await endpoint(ctx.request, facts)
         if answer is not None:
             ctx.decision = "allow"
-            ctx.reason = "gatehouse_endpoint"
+            ctx.reason = AuditReason.GATEHOUSE_ENDPOINT
             ctx.outcome = answer.get(ENDPOINT_OUTCOME)
             answer.headers["X-Request-Id"] = facts.request_id
             return answer

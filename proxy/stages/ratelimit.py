@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from proxy.errors import RateLimited
+from proxy.errors import RateLimited, Reason
 from proxy.model import Identity, RequestFacts
 from proxy.observability import metrics
 from proxy.policy.model import Route
@@ -30,5 +30,5 @@ class RateLimit:
         if not isinstance(allowed, bool):
             allowed = await allowed  # shared buckets: answered by Redis
         if not allowed:
-            metrics.child(metrics.DECISIONS, route.name, "deny", "rate_limited").inc()
+            metrics.child(metrics.DECISIONS, route.name, "deny", Reason.RATE_LIMITED).inc()
             raise RateLimited()

@@ -18,6 +18,7 @@ from proxy.config.schema import BackendConfig
 from proxy.errors import (
     BodyTooLarge,
     GatehouseError,
+    Reason,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -180,7 +181,7 @@ async def relay(
         # The client went away (reset, broken pipe, lost while draining): not a
         # failure of ours or the upstream's. The unread upstream body makes
         # the release close that upstream connection.
-        tally.cut_reason = "client_disconnected"
+        tally.cut_reason = Reason.CLIENT_DISCONNECTED
         request.abort()
     except (TimeoutError, ClientFailure) as exc:
         # The status line is gone already: cut the connection so the client

@@ -24,10 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 
-from proxy.errors import (
-    UpstreamConnectError,
-    UpstreamError,
-)
+from proxy.errors import Reason, UpstreamConnectError, UpstreamError, upstream_status
 from proxy.observability import metrics
 from proxy.upstream.balancer import Balancer
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome, Permit
@@ -62,8 +59,6 @@ A = TypeVar("A", bound=Answer)
 Attempt = Callable[[str, float | None], Awaitable[A]]
 
 _BUDGET_LOG_EVERY = 10.0
-NO_HEALTHY_ENDPOINT = "no_healthy_upstream"
-CIRCUIT_OPEN = "upstream_circuit_open"
 # gatehouse_upstream_circuit_state's values: rising with how much is refused.
 CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
@@ -213,7 +208,7 @@ class EndpointPool:
     def pick(self, exclude: Sequence[str] = ()) -> str:
         endpoint = self.balancer.pick(self.board.healthy_endpoints(), exclude)
         if endpoint is None:
-            raise UpstreamConnectError(NO_HEALTHY_ENDPOINT, detail=f"backend {self.name}")
+            raise UpstreamConnectError(Reason.NO_HEALTHY_UPSTREAM, detail=f"backend {self.name}")
         return endpoint
 
     # -- sending ---------------------------------------------------------------
@@ -223,7 +218,7 @@ class EndpointPool:
             # 502 like every other "the upstream cannot be had" outcome; the
             # reason tells the operator it was the circuit, not a fresh connect.
             raise UpstreamConnectError(
-                CIRCUIT_OPEN,
+                Reason.UPSTREAM_CIRCUIT_OPEN,
                 detail=f"backend {self.name}: retry in {self.circuit.retry_after():.1f}s",
             )
         return permit
@@ -292,14 +287,12 @@ class EndpointPool:
                 if delay is not None:
                     response.release()
                     self.balancer.release(endpoint)
-                    self._count_retry(
-                        endpoint, method, number, retryable, f"upstream_status_{status}"
-                    )
+                    self._count_retry(endpoint, method, number, retryable, upstream_status(status))
                     await self._sleep(delay)
                     continue
             if status >= 500 and self.name:
                 # Passed back to the caller (not retried): still the upstream failing.
-                metrics.child(metrics.UPSTREAM_ERRORS, self.name, f"upstream_status_{status}").inc()
+                metrics.child(metrics.UPSTREAM_ERRORS, self.name, upstream_status(status)).inc()
             return Exchange(
                 response, endpoint, number, functools.partial(self.balancer.release, endpoint)
             )

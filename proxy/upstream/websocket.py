@@ -33,7 +33,9 @@ from wsproto.frame_protocol import CloseReason
 
 from proxy.config.schema import BackendConfig
 from proxy.errors import (
-    RequestRejected,
+    AuditReason,
+    MalformedRequest,
+    Reason,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -74,13 +76,13 @@ def _client_key(request: Request) -> bytes:
     """The client's handshake key, checked (RFC 6455 §4.2.1): 16 random bytes, base64."""
     headers = request.headers
     if headers.get("Sec-WebSocket-Version", "").strip() != "13":
-        raise RequestRejected("malformed_request", detail="unsupported WebSocket version")
+        raise MalformedRequest(detail="unsupported WebSocket version")
     key = headers.get("Sec-WebSocket-Key", "").strip().encode("latin-1", "replace")
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError("key length")
     except (ValueError, binascii.Error) as exc:
-        raise RequestRejected("malformed_request", detail="bad Sec-WebSocket-Key") from exc
+        raise MalformedRequest(detail="bad Sec-WebSocket-Key") from exc
     return key
 
 
@@ -144,7 +146,7 @@ async def proxy_websocket(
     except ClientFailure as exc:
         raise UpstreamConnectError(detail=f"websocket handshake: {exc}") from exc
     if upstream is None:
-        raise UpstreamConnectError("upstream_refused_upgrade", detail=str(response.status))
+        raise UpstreamConnectError(Reason.UPSTREAM_REFUSED_UPGRADE, detail=str(response.status))
     chosen = _field(response.headers, b"sec-websocket-protocol")
     if (
         _field(response.headers, b"sec-websocket-accept") != accept_token(key)
@@ -220,7 +222,7 @@ class _Relay:
                 if done:
                     break
                 if idle and loop.time() - self._activity > idle:
-                    self._tally.cut_reason = "websocket_idle_timeout"
+                    self._tally.cut_reason = AuditReason.WEBSOCKET_IDLE_TIMEOUT
                     self._client.close(CloseReason.GOING_AWAY)
                     self._upstream.close(CloseReason.GOING_AWAY)
                     break
@@ -228,7 +230,7 @@ class _Relay:
             await asyncio.wait(pumps, timeout=_CLOSE_GRACE)
         except asyncio.CancelledError:
             # The drain deadline: both sides are told the proxy is going away.
-            self._tally.cut_reason = "shutting_down"
+            self._tally.cut_reason = Reason.SHUTTING_DOWN
             self._client.close(CloseReason.GOING_AWAY)
             self._upstream.close(CloseReason.GOING_AWAY)
             raise
@@ -262,7 +264,7 @@ class _Relay:
                         out = BytesMessage(data=event.data, message_finished=event.message_finished)
                     message += size
                     if message > limit:
-                        tally.cut_reason = "websocket_message_too_large"
+                        tally.cut_reason = AuditReason.WEBSOCKET_MESSAGE_TOO_LARGE
                         source.close(CloseReason.MESSAGE_TOO_BIG)
                         sink.close(CloseReason.GOING_AWAY)
                         return

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from proxy.config.reader import SecretRef
 from proxy.errors import GatehouseError
-from proxy.http.responses import error_response
+from proxy.http.responses import failure_response
 from proxy.identity.authenticate import Authenticator
 from proxy.identity.config import BrowserConfig, IdentityConfig
 from proxy.identity.session import CookieCodec, load_cookie_keys, new_cookie_key
@@ -104,7 +104,7 @@ def build_app(auth: Authenticator) -> web.Application:
         try:
             return await handle(request)
         except GatehouseError as exc:
-            return error_response(exc.status, exc.reason, "test")
+            return failure_response(exc, "test")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)

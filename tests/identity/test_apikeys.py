@@ -300,7 +300,9 @@ async def test_wrong_secrets_past_the_limit_are_throttled_without_any_check(
     results = await asyncio.gather(
         *(store.authenticate(wrong) for _ in range(50)), return_exceptions=True
     )
-    reasons = [r.reason for r in results if isinstance(r, AuthenticationError | RateLimited)]
+    reasons: list[str] = [
+        r.reason for r in results if isinstance(r, AuthenticationError | RateLimited)
+    ]
     assert reasons.count("invalid_api_key") == 3
     assert reasons.count("api_key_throttled") == 47
     assert all(r.status == 429 for r in results if isinstance(r, RateLimited))

@@ -15,7 +15,7 @@ from proxy.errors import UpstreamConnectError
 from proxy.upstream.balancer import Balancer
 from proxy.upstream.config import BackendOptions, HealthCheckOptions, OutlierOptions
 from proxy.upstream.health import HealthBoard
-from proxy.upstream.pool import NO_HEALTHY_ENDPOINT, EndpointPool
+from proxy.upstream.pool import EndpointPool
 
 A, B, C, D = "http://a", "http://b", "http://c", "http://d"
 
@@ -46,7 +46,7 @@ def test_the_pool_fails_closed_when_no_endpoint_is_healthy() -> None:
     pool.board.record_probe(A, ok=False)
     with pytest.raises(UpstreamConnectError) as err:
         pool.pick()
-    assert (err.value.status, err.value.reason) == (502, NO_HEALTHY_ENDPOINT)
+    assert (err.value.status, err.value.reason) == (502, "no_healthy_upstream")
 
 
 def test_a_retry_avoids_endpoints_already_tried_unless_nothing_else_is_healthy() -> None:

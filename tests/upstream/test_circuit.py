@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from proxy.errors import UpstreamConnectError
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome
 from proxy.upstream.config import BackendOptions, CircuitOptions, OutlierOptions, RetryOptions
-from proxy.upstream.pool import CIRCUIT_OPEN, EndpointPool
+from proxy.upstream.pool import EndpointPool
 from tests.support.pool_calls import get_statuses
 
 
@@ -213,7 +213,7 @@ async def test_the_circuit_opens_on_a_failing_upstream_and_closes_once_it_recove
         assert state_of(pool.circuit) is CircuitState.OPEN
         with pytest.raises(UpstreamConnectError) as err:
             await get_statuses(pool, session)
-        assert (err.value.status, err.value.reason) == (502, CIRCUIT_OPEN)
+        assert (err.value.status, err.value.reason) == (502, "upstream_circuit_open")
         assert upstream.hits == 3  # failing fast: the upstream saw nothing more
         assert not pool.ready()
 
@@ -271,5 +271,5 @@ async def test_one_failing_endpoint_of_three_is_ejected_and_the_circuit_stays_cl
         assert circuit_gauge("circuit-one-of-three") == 2
         with pytest.raises(UpstreamConnectError) as err:
             await get_statuses(pool, session)
-        assert err.value.reason == CIRCUIT_OPEN
+        assert err.value.reason == "upstream_circuit_open"
     await pool.close()

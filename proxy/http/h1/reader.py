@@ -20,6 +20,7 @@ import re
 
 import httptools
 
+from proxy.errors import MalformedRequest
 from proxy.http.h1.rules import (
     CHUNKED,
     REQUEST_SINGLETONS,
@@ -334,7 +335,7 @@ class RequestHeadParser(_HeadParser):
 
     def _refusal(self, exc: httptools.HttpParserError, head: bytes) -> RemoteProtocolError:
         error = _parser_error(exc)
-        if error.reason == "malformed_request":
+        if error.rejection is MalformedRequest:
             # llhttp refuses a second Content-Length itself, before our
             # callback sees it: name the ambiguity, not just the refusal.
             name = duplicated_singleton(head)

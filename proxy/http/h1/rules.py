@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from proxy.errors import AmbiguousRequest, HeadersTooLarge, MalformedRequest, RequestRejected
+
 # A body's framing as one int: a length (0 = no body), or one of these.
 CHUNKED = -1
 UNTIL_CLOSE = -2  # responses only: the body ends when the connection does
@@ -19,13 +21,16 @@ _MAX_LENGTH_DIGITS = 18  # below 2**63: no integer wider than a machine word is 
 
 
 class RemoteProtocolError(Exception):
-    """The peer broke HTTP/1.1. ``status`` and ``reason`` are how a server answers it."""
+    """The peer broke HTTP/1.1. ``rejection`` is the error a server answers it with."""
 
-    def __init__(self, detail: str, status: int = 400, reason: str = "malformed_request") -> None:
+    def __init__(self, detail: str, rejection: type[RequestRejected] = MalformedRequest) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.status = status
-        self.reason = reason
+        self.rejection = rejection
+
+    def rejected(self) -> RequestRejected:
+        """The refusal of a request that broke the rules this way."""
+        return self.rejection(detail=self.detail)
 
 
 class IncompleteMessage(RemoteProtocolError):
@@ -37,12 +42,12 @@ def malformed(detail: str) -> RemoteProtocolError:
 
 
 def too_large(detail: str) -> RemoteProtocolError:
-    return RemoteProtocolError(detail, 431, "headers_too_large")
+    return RemoteProtocolError(detail, HeadersTooLarge)
 
 
 def ambiguous(detail: str) -> RemoteProtocolError:
     """Two values where one is allowed: two readers could frame the message differently."""
-    return RemoteProtocolError(detail, 400, "ambiguous_request")
+    return RemoteProtocolError(detail, AmbiguousRequest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,7 +133,7 @@ def test_a_chunked_body_with_extensions_and_trailers_is_read_exactly() -> None:
 def test_a_broken_chunked_body_is_malformed(body: bytes) -> None:
     conn = server(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
     error = refusal(conn)
-    assert (error.status, error.reason) == (400, "malformed_request")
+    assert (error.rejection.status, error.rejection.reason) == (400, "malformed_request")
     assert conn.state.client is ERROR
 
 
@@ -152,7 +152,7 @@ def test_a_100_kb_chunk_extension_is_refused_as_it_arrives() -> None:
 
     with pytest.raises(RemoteProtocolError) as err:
         feed_until_refused()
-    assert err.value.reason == "malformed_request"
+    assert err.value.rejection.reason == "malformed_request"
     # Refused within one read past the limit, long before the 100 KB.
     assert received <= LIMITS.max_chunk_line + 2 * 1024
 
@@ -164,12 +164,12 @@ def test_a_trailer_section_over_the_head_limit_is_refused() -> None:
     )
     request_of(conn)
     conn.receive_data(b"X-T: " + b"t" * 2000)
-    assert refusal(conn).status == 431
+    assert refusal(conn).rejection.status == 431
 
 
 def test_chunked_framing_broken_in_the_bytes_that_came_with_the_head_refuses_the_head() -> None:
     conn = server(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-    assert refusal(conn).reason == "malformed_request"
+    assert refusal(conn).rejection.reason == "malformed_request"
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,7 @@ def test_a_bad_request_head_is_refused_with_the_reason_a_server_answers(
 ) -> None:
     conn = server(head)
     error = refusal(conn)
-    assert (error.status, error.reason) == (400, reason)
+    assert (error.rejection.status, error.rejection.reason) == (400, reason)
     assert conn.state.client is ERROR
 
 
@@ -217,7 +217,7 @@ def test_a_refusal_reads_the_refused_head_only_not_what_is_pipelined_after_it() 
     conn = server(
         b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
     )
-    assert refusal(conn).reason == "malformed_request"  # not "a second Host"
+    assert refusal(conn).rejection.reason == "malformed_request"  # not "a second Host"
 
 
 def test_an_http_1_0_request_needs_no_host_and_is_not_kept_alive() -> None:
@@ -249,14 +249,14 @@ def test_connection_close_from_the_client_ends_the_connection_after_the_answer()
 )
 def test_a_head_over_a_limit_is_431(head: bytes, limits: Limits) -> None:
     error = refusal(server(head, limits=limits))
-    assert (error.status, error.reason) == (431, "headers_too_large")
+    assert (error.rejection.status, error.rejection.reason) == (431, "headers_too_large")
 
 
 def test_an_endless_head_is_refused_once_it_passes_the_limit_without_waiting_for_its_end() -> None:
     conn = server(b"GET / HTTP/1.1\r\nHost: a\r\nX: ", limits=Limits(max_head=4096))
     assert conn.next_event() is NEED_DATA
     conn.receive_data(b"a" * 5000)
-    assert refusal(conn).status == 431
+    assert refusal(conn).rejection.status == 431
 
 
 def test_a_head_arriving_byte_by_byte_is_refused_at_its_first_bad_byte() -> None:
@@ -264,7 +264,7 @@ def test_a_head_arriving_byte_by_byte_is_refused_at_its_first_bad_byte() -> None
     for byte in b"GET / HTTP/1.1\r\nHost: a\r\nX\x01":
         conn.receive_data(bytes([byte]))
         if byte == 1:
-            assert refusal(conn).reason == "malformed_request"
+            assert refusal(conn).rejection.reason == "malformed_request"
             return
         assert conn.next_event() is NEED_DATA
     raise AssertionError("never refused")
@@ -517,7 +517,7 @@ def test_bytes_after_a_complete_answer_make_the_connection_unusable() -> None:
 def test_a_protocol_switch_nobody_asked_for_is_malformed_and_an_asked_one_switches() -> None:
     conn = client()
     conn.receive_data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
-    assert refusal(conn).reason == "malformed_request"
+    assert refusal(conn).rejection.reason == "malformed_request"
     conn = client(upgrade=True)
     head = response_of(
         conn, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nframes"
@@ -630,7 +630,7 @@ def test_any_bytes_give_requests_or_a_protocol_error_never_anything_else(
     except RemoteProtocolError as exc:
         refused = exc
     if refused is not None:
-        assert (refused.status, refused.reason) in {
+        assert (refused.rejection.status, refused.rejection.reason) in {
             (400, "malformed_request"),
             (400, "ambiguous_request"),
             (431, "headers_too_large"),
@@ -703,7 +703,7 @@ def read_answer(method: str, pieces: list[bytes]) -> object:
                 elif isinstance(event, bytes):
                     body += event
     except RemoteProtocolError as exc:
-        return (exc.status, exc.reason)
+        return (exc.rejection.status, exc.rejection.reason)
     if final is None:
         return None
     reusable = conn.reusable

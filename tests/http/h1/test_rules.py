@@ -30,7 +30,7 @@ def test_a_request_body_is_its_content_length_or_chunked() -> None:
 def test_content_length_with_transfer_encoding_is_malformed() -> None:
     with pytest.raises(RemoteProtocolError) as err:
         request_framing([b"3"], [b"chunked"])
-    assert (err.value.status, err.value.reason) == (400, "malformed_request")
+    assert (err.value.rejection.status, err.value.rejection.reason) == (400, "malformed_request")
 
 
 @pytest.mark.parametrize(
@@ -40,14 +40,14 @@ def test_content_length_with_transfer_encoding_is_malformed() -> None:
 def test_a_transfer_encoding_other_than_exactly_chunked_is_malformed(codings: list[bytes]) -> None:
     with pytest.raises(RemoteProtocolError) as err:
         request_framing([], codings)
-    assert err.value.reason == "malformed_request"
+    assert err.value.rejection.reason == "malformed_request"
 
 
 @pytest.mark.parametrize("lengths", [[b"3", b"4"], [b"3", b"3"]])
 def test_two_content_lengths_are_ambiguous_even_when_equal(lengths: list[bytes]) -> None:
     with pytest.raises(RemoteProtocolError) as err:
         request_framing(lengths, [])
-    assert (err.value.status, err.value.reason) == (400, "ambiguous_request")
+    assert (err.value.rejection.status, err.value.rejection.reason) == (400, "ambiguous_request")
 
 
 @pytest.mark.parametrize("value", [b"-1", b"+1", b"1,1", b"0x10", b"", b"1" * 19, b"\xd9\xa1"])
