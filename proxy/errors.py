@@ -275,8 +275,8 @@ class AuthenticationError(GatehouseError):
 
 
 class CredentialsRequired(AuthenticationError):
-    """An API call without any credential to a route with browser login: the
-    challenge alone, without an error code (RFC 6750 §3.1)."""
+    """A call that needs an identity and sent no credential at all: the challenge
+    alone, without an error code (RFC 6750 §3.1)."""
 
     def response_headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": _CHALLENGE}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from proxy.errors import AccessDenied, AuthenticationError, Reason
+from proxy.errors import AccessDenied, CredentialsRequired, Reason
 from proxy.grants.admitted import admitting_grant
 from proxy.grants.catalogue import route_grants
 from proxy.http.headers import method_override
@@ -75,7 +75,8 @@ class Authorise:
                 if answer is not None:
                     answer.headers["X-Request-Id"] = facts.request_id
                     raise LoginRequired(answer)
-                raise AuthenticationError()
+                # No credential at all: the challenge without an error code (RFC 6750 §3.1).
+                raise CredentialsRequired()
             raise AccessDenied(decision.reason)
         if route.pass_method_override:
             authorise_override(policy, route, facts, identity, now)
@@ -112,5 +113,5 @@ def authorise_override(
     if decision.allowed:
         return
     if decision.reason == Reason.UNAUTHENTICATED:
-        raise AuthenticationError()
+        raise CredentialsRequired()
     raise AccessDenied(decision.reason)

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from proxy.config.schema import ListenConfig
 from proxy.errors import (
-    AuthenticationError,
     BadHost,
+    CredentialsRequired,
     GatehouseError,
     RouteNotFound,
     UntrustedPeer,
@@ -121,7 +121,7 @@ def decision_login(
             return None
         location = login_location(original)
         if call.endpoint == "auth":
-            answer = fail(AuthenticationError())
+            answer = fail(CredentialsRequired())
             answer.headers["X-Gatehouse-Login"] = location
             return answer
         return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})

@@ -188,7 +188,7 @@ async def test_browsers_are_sent_to_sign_in_on_the_host_they_see(stack: Stack) -
     )
     assert status == 401
     assert headers["x-gatehouse-login"] == login
-    assert headers["www-authenticate"] == 'Bearer realm="gatehouse", error="unauthenticated"'
+    assert headers["www-authenticate"] == 'Bearer realm="gatehouse"'  # no credential was sent
     assert json.loads(body)["error"] == "unauthenticated"
     # API calls get the plain 401 on every endpoint.
     for endpoint in ("/.gatehouse/decide", "/.gatehouse/auth"):
