@@ -32,6 +32,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import yaml
@@ -128,6 +129,27 @@ class BackendOptions:
     circuit_breaker: CircuitOptions = CircuitOptions()
     https_only: bool = False
     notes: tuple[str, ...] = field(default=())  # operator warnings (e.g. verify: false)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 30.0  # idle time between reads from the upstream
+    total: float = 60.0  # deadline for the upstream's response headers
+
+
+class BackendView(Protocol):
+    """What the upstream layer reads of a backend (``proxy.config.schema.BackendConfig``,
+    which also holds the backend's upstream credentials: none of this layer's business)."""
+
+    @property
+    def urls(self) -> tuple[str, ...]: ...
+
+    @property
+    def timeouts(self) -> Timeouts: ...
+
+    @property
+    def max_connections(self) -> int: ...
 
 
 def _kind_health(kind: str) -> HealthCheckOptions:

@@ -19,8 +19,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from proxy.config.schema import Address, BackendConfig, ListenConfig, Timeouts
+from proxy.config.schema import BackendConfig
 from proxy.errors import GatehouseError, UpstreamConnectError
+from proxy.http.config import Address, ListenConfig
 from proxy.http.protocol import HttpServer, Request, Written
 from proxy.http.server import bind_socket, start_listener
 from proxy.upstream.circuit import CircuitState
@@ -31,6 +32,7 @@ from proxy.upstream.config import (
     CircuitOptions,
     OutlierOptions,
     RetryOptions,
+    Timeouts,
 )
 from proxy.upstream.forward import relay, send
 from proxy.upstream.pool import EndpointPool
