@@ -48,7 +48,7 @@ from proxy.http.protocol import HttpServer
 from proxy.identity.authenticate import Authenticator
 from proxy.observability.audit import AuditWriter
 from proxy.observability.config import TracingConfig
-from proxy.policy.store import PolicyStore
+from proxy.policy_store import PolicyStore
 from proxy.upstream.client import UpstreamClient, parse_origin
 from proxy.upstream.client import _Connection as UpstreamConnection
 from proxy.upstream.pool import EndpointPool

@@ -44,7 +44,7 @@ from proxy.model import RequestFacts
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
-from proxy.policy.store import PolicyStore
+from proxy.policy_store import PolicyStore
 from proxy.ratelimit import RateLimiter
 from proxy.stages.local import LocalEndpoint
 from proxy.upstream.client import UpstreamClient
