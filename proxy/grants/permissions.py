@@ -11,7 +11,7 @@ import re
 
 from proxy.errors import GrantError, GrantForbidden
 from proxy.grants.model import Action, Actor, Grant
-from proxy.grants.spec import GrantSpec
+from proxy.policy.criteria.grant import GrantSpec
 
 MAX_JUSTIFICATION = 1000
 MAX_REASON = 500
