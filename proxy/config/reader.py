@@ -80,8 +80,8 @@ def parse_duration(text: str) -> float | None:
 
 
 def format_duration(seconds: float) -> str:
-    """``8h``, ``1h30m``, ``45s``: a duration as configuration and policies write it
-    (the two largest units, whole seconds)."""
+    """``8h``, ``1h30m``, ``45s``: a duration for people to read, in its two largest
+    units (whole seconds); one in a single unit reads back with :func:`parse_duration`."""
     whole = round(seconds)
     if whole <= 0:
         return "0s"
