@@ -27,7 +27,6 @@ answers HTTP. A configured ``health_check.path`` expects 2xx/3xx unless
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import yaml
 
 from proxy.config.keyfiles import check_key_file
 from proxy.config.reader import Mapping, node_kind
+from proxy.outbound import is_loopback_host
 
 KINDS = ("http", "fastapi", "azure_app_service", "gcp_cloud_function")
 BALANCING = ("round_robin", "least_request")
@@ -159,17 +159,6 @@ def _kind_health(kind: str) -> HealthCheckOptions:
     if kind == "gcp_cloud_function":
         return HealthCheckOptions(enabled=False, path="/")
     return HealthCheckOptions()
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _positive(m: Mapping, key: str, default: float) -> float:
@@ -377,7 +366,7 @@ def parse_backend_options(m: Mapping, name: str, *, urls: Sequence[str] = ()) ->
     if https_only:
         for url in urls:
             parts = urlsplit(url)
-            if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
                 m.error("urls", f"backends.{name}: kind {kind} is served over https only: {url!r}")
     if tls_m is not None and urls and "https" not in schemes:
         m.error("tls", f"backends.{name}.tls: applies to https URLs, and every URL is http")

@@ -29,6 +29,7 @@ from proxy.errors import (
     UpstreamError,
 )
 from proxy.observability import metrics
+from proxy.outbound import backoff_delay
 from proxy.upstream.balancer import Balancer
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome, Permit
 from proxy.upstream.client import ClientFailure
@@ -37,7 +38,6 @@ from proxy.upstream.health import HealthBoard, HealthChecker, publish_gauges
 from proxy.upstream.retry import (
     Failure,
     RetryBudget,
-    backoff_delay,
     should_retry,
     status_failure,
 )

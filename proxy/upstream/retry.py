@@ -61,17 +61,6 @@ def should_retry(
     return method.upper() in IDEMPOTENT_METHODS
 
 
-def backoff_delay(retry: int, base: float, maximum: float, rand: float) -> float:
-    """Full-jitter exponential backoff before retry number ``retry`` (1-based).
-
-    ``rand`` is uniform in [0, 1): the delay is uniform in
-    [0, min(maximum, base × 2^(retry-1))), which spreads retries from many
-    callers instead of synchronising them.
-    """
-    ceiling = min(maximum, base * float(2 ** max(0, retry - 1)))
-    return max(0.0, min(rand, 1.0)) * ceiling
-
-
 class RetryBudget:
     """Retries allowed per backend over a sliding window, counted in time buckets."""
 

@@ -60,4 +60,3 @@ def test_a_duration_is_written_in_its_two_largest_units_and_one_unit_reads_back(
     assert format_duration(0) == format_duration(-3) == "0s"
     for seconds in (45, 120, 8 * 3600, 2 * 86400):
         assert parse_duration(format_duration(seconds)) == seconds
-

@@ -40,7 +40,6 @@ from proxy.upstream.retry import (
     IDEMPOTENT_METHODS,
     Failure,
     RetryBudget,
-    backoff_delay,
     should_retry,
     status_failure,
 )
@@ -108,17 +107,6 @@ def test_only_gateway_statuses_count_as_failures() -> None:
         Failure.STATUS_504,
     ]
     assert [status_failure(s) for s in (200, 404, 500, 501, 505)] == [None] * 5
-
-
-def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
-    base, maximum = 0.1, 1.0
-    ceilings = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    for retry, ceiling in enumerate(ceilings, start=1):
-        assert backoff_delay(retry, base, maximum, 0.0) == 0.0
-        assert backoff_delay(retry, base, maximum, 0.5) == pytest.approx(ceiling / 2)
-        assert backoff_delay(retry, base, maximum, 0.999999) < ceiling
-        assert backoff_delay(retry, base, maximum, 0.999999) == pytest.approx(ceiling, rel=1e-5)
-    assert backoff_delay(60, base, maximum, 0.999) <= maximum
 
 
 def test_the_budget_allows_a_floor_plus_a_ratio_of_requests() -> None:
