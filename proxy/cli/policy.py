@@ -64,6 +64,7 @@ from proxy.config.reader import (
 )
 from proxy.errors import GatehouseError, RequestRejected
 from proxy.http.canonical import canonicalise_target
+from proxy.http.host import normalise_host
 from proxy.identity.config import IdentityConfig, IssuerConfig
 from proxy.identity.jwt_verify import email_verified
 from proxy.identity.jwt_verify import identity_from_claims as mapped_identity
@@ -471,7 +472,7 @@ def request_facts(
     return RequestFacts(
         method=method.upper(),
         scheme=parts.scheme or "https",
-        host=parts.netloc or "localhost",
+        host=normalise_host(parts.netloc or "localhost"),
         path=path,
         query=query,
         client_ip=source_ip,
