@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check proxy tests bench deploy/examples
 	$(BIN)/ruff format --check proxy tests bench deploy/examples
 	$(BIN)/mypy --strict
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff format proxy tests bench deploy/examples
@@ -75,4 +76,4 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $(NODE_STAMP)
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -42,12 +42,13 @@ from bench.decision import decision_config
 from bench.gatehouse import IdentityParams, full_identity, public_route
 from bench.tokens import AUDIENCE, SUBJECT, jwks_server, new_issuer
 from proxy.config.load import load_config
-from proxy.config.schema import Config, TracingConfig
+from proxy.config.schema import Config
 from proxy.gateway import Gateway
 from proxy.http.protocol import HttpServer
 from proxy.identity.authenticate import Authenticator
 from proxy.observability.audit import AuditWriter
-from proxy.policy.store import PolicyStore
+from proxy.observability.config import TracingConfig
+from proxy.policy_store import PolicyStore
 from proxy.upstream.client import UpstreamClient, parse_origin
 from proxy.upstream.client import _Connection as UpstreamConnection
 from proxy.upstream.pool import EndpointPool

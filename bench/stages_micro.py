@@ -44,7 +44,7 @@ from proxy.model import RequestFacts
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
 from proxy.policy.model import Route
-from proxy.policy.store import PolicyStore
+from proxy.policy_store import PolicyStore
 from proxy.stages.forward import header_policy_for
 from proxy.upstream.pool import EndpointPool
 

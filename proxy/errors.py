@@ -12,10 +12,19 @@ own, which name a rule of the policy files (``allowed:<rule>``,
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from proxy.upstream.retry import Failure
+
+class Failure(StrEnum):
+    """What went wrong with one upstream attempt, as an :class:`UpstreamError` carries
+    it; the values are the backends' ``retry_on`` names."""
+
+    CONNECT_ERROR = "connect_error"  # refused, unreachable, TLS handshake, connect timeout
+    RESET = "reset"  # the connection died after the request was (partly) sent
+    TIMEOUT = "timeout"  # the upstream took the request and did not answer in time
+    PROTOCOL = "protocol"  # a malformed answer: never retried
+    STATUS_502 = "502"
+    STATUS_503 = "503"
+    STATUS_504 = "504"
 
 
 class Reason(StrEnum):

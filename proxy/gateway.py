@@ -42,7 +42,7 @@ from proxy.identity.authenticate import Authenticator
 from proxy.model import RequestFacts
 from proxy.observability import metrics
 from proxy.observability.audit import AuditWriter
-from proxy.policy.store import PolicyStore
+from proxy.policy_store import PolicyStore
 from proxy.ratelimit import RateLimiter
 from proxy.stages.audit import finish
 from proxy.stages.authenticate import Authenticate

@@ -81,6 +81,8 @@ class RequestFacts(NamedTuple):
     Immutable like a frozen dataclass; a named tuple because one is built per
     request and a frozen dataclass takes more than twice as long to build.
 
+    ``host`` is normalised once, at the edge (:func:`proxy.http.host.parse_host`:
+    lower case, no port, no trailing dot); routing compares it as it is.
     ``path`` is the canonical path (see :mod:`proxy.http.canonical`): the one
     used for matching and the one the upstream receives. ``client_ip`` is the
     trusted client address (the peer, or the X-Forwarded-For entry appended by

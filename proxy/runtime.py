@@ -28,11 +28,12 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import __version__
-from proxy.config.schema import Address, Config
+from proxy.config.schema import Config
 from proxy.credentials.broker import CredentialBroker
 from proxy.credentials.cache import CredentialCache
 from proxy.errors import StartupError
 from proxy.gateway import Gateway
+from proxy.http.config import Address
 from proxy.http.protocol import HttpServer, RequestView
 from proxy.http.server import bind_socket, start_listener
 from proxy.http.tls import Listener
@@ -43,7 +44,7 @@ from proxy.model import RequestFacts
 from proxy.observability import metrics
 from proxy.observability.admin import ReadinessBoard, admin_app
 from proxy.observability.audit import AuditWriter
-from proxy.policy.store import PolicyStore
+from proxy.policy_store import PolicyStore
 from proxy.ratelimit import RateLimiter
 from proxy.stages.local import LocalEndpoint
 from proxy.upstream.client import UpstreamClient

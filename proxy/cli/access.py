@@ -74,7 +74,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
 
 # -- human output --------------------------------------------------------------------
 def _duration(seconds: float) -> str:
-    from proxy.grants.spec import format_duration
+    from proxy.config.reader import format_duration
 
     return format_duration(seconds)
 

@@ -63,14 +63,15 @@ from proxy.config.reader import (
     load_document,
 )
 from proxy.errors import GatehouseError, RequestRejected
-from proxy.grants.spec import describe_tree
 from proxy.http.canonical import canonicalise_target
+from proxy.http.host import normalise_host
 from proxy.identity.config import IdentityConfig, IssuerConfig
 from proxy.identity.jwt_verify import email_verified
 from proxy.identity.jwt_verify import identity_from_claims as mapped_identity
 from proxy.model import AuthMethod, ClientCertificate, HeldGrant, Identity, RequestFacts
 from proxy.policy.check import check_policies
 from proxy.policy.criteria.auth_method import AUTH_METHODS
+from proxy.policy.criteria.base import describe_tree
 from proxy.policy.criteria.operand import plain_value
 from proxy.policy.evaluate import Explanation, PolicySet
 from proxy.policy.load import load_policies
@@ -473,7 +474,7 @@ def request_facts(
     return RequestFacts(
         method=method.upper(),
         scheme=parts.scheme or "https",
-        host=parts.netloc or "localhost",
+        host=normalise_host(parts.netloc or "localhost"),
         path=path,
         query=query,
         client_ip=source_ip,

@@ -13,27 +13,18 @@ from urllib.parse import urlsplit
 
 from proxy.config.keyfiles import check_key_file
 from proxy.config.reader import ConfigError, Mapping, Problems, load_document, unreadable
-from proxy.config.schema import (
-    Address,
-    AdminConfig,
-    AuditConfig,
-    BackendConfig,
-    Config,
-    ListenConfig,
-    LogConfig,
-    Timeouts,
-    TLSConfig,
-    TracingConfig,
-)
+from proxy.config.schema import AdminConfig, BackendConfig, Config
 from proxy.credentials.config import parse_assertion_signing, parse_credentials
 from proxy.grants.config import parse_grants
 from proxy.http.canonical import PathOptions
+from proxy.http.config import Address, ListenConfig, TLSConfig
 from proxy.http.forwarding import TrustedProxies
 from proxy.http.headers import IdentityHeaders
 from proxy.http.tls import CrlError, server_context
 from proxy.identity.config import parse_identity
+from proxy.observability.config import AuditConfig, LogConfig, TracingConfig
 from proxy.state.config import parse_state
-from proxy.upstream.config import parse_backend_options
+from proxy.upstream.config import Timeouts, parse_backend_options
 
 __all__ = ["ConfigError", "load_config", "parse_address", "read_config"]
 

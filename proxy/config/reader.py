@@ -79,6 +79,20 @@ def parse_duration(text: str) -> float | None:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
+def format_duration(seconds: float) -> str:
+    """``8h``, ``1h30m``, ``45s``: a duration for people to read, in its two largest
+    units (whole seconds); one in a single unit reads back with :func:`parse_duration`."""
+    whole = round(seconds)
+    if whole <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts[:2])
+
+
 def parse_size(text: str) -> int | None:
     """``"10MiB"``, ``"1GB"``, ``"512"`` (bytes)."""
     m = _SIZE.match(text)

@@ -18,7 +18,7 @@ import yaml
 
 from proxy.config.keyfiles import check_key_file, check_secret
 from proxy.config.reader import Mapping, SecretRef, node_kind
-from proxy.identity.config import is_loopback_host, url_problem
+from proxy.outbound import is_loopback_host, url_problem
 
 PROVIDER_TYPES = ("static", "client_credentials", "azure", "gcp", "assertion", "token_exchange")
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from proxy.grants.admitted import grant_criteria
-from proxy.grants.spec import GrantSpec
+from proxy.policy.criteria.grant import GrantSpec
 from proxy.policy.evaluate import PolicySet
 from proxy.policy.model import Route
 

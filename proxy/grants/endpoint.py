@@ -54,7 +54,6 @@ from proxy.errors import (
 from proxy.grants import csrf, page
 from proxy.grants.model import Action, Grant, actor_dict
 from proxy.grants.service import GrantService, actor_of
-from proxy.grants.spec import describe_tree
 from proxy.http.protocol import Request, RequestView
 from proxy.http.responses import failure_response
 from proxy.identity.authenticate import Authenticator
@@ -62,6 +61,7 @@ from proxy.identity.same_origin import from_this_origin
 from proxy.identity.session import CookieAttrs, parse_cookie_header, render_set_cookie
 from proxy.model import Identity, RequestFacts
 from proxy.observability.audit import ENDPOINT_OUTCOME, EndpointOutcome
+from proxy.policy.criteria.base import describe_tree
 
 PREFIX = page.PREFIX
 MAX_BODY = 16 * 1024

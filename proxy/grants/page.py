@@ -11,12 +11,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from proxy.config.reader import format_duration
 from proxy.grants import csrf
 from proxy.grants.catalogue import Requestable
 from proxy.grants.html import Html, fragment, h
 from proxy.grants.model import Actor, Grant, GrantEvent
 from proxy.grants.permissions import MAX_JUSTIFICATION, MAX_REASON
-from proxy.grants.spec import format_duration
 
 PREFIX = "/.gatehouse/access"
 STYLE = f"{PREFIX}/style.css"

@@ -12,7 +12,7 @@ from typing import Literal
 
 from proxy.errors import GrantError, GrantForbidden, Reason
 from proxy.grants.model import Action, Actor, Grant
-from proxy.grants.spec import GrantSpec
+from proxy.policy.criteria.grant import GrantSpec
 
 MAX_JUSTIFICATION = 1000
 MAX_REASON = 500

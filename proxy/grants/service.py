@@ -31,13 +31,13 @@ from proxy.grants import machine, permissions
 from proxy.grants.catalogue import Catalogue, Requestable, catalogue
 from proxy.grants.config import GrantsConfig
 from proxy.grants.model import Action, Actor, Grant, GrantEvent
-from proxy.grants.spec import GrantSpec
 from proxy.grants.store import GrantStore
 from proxy.grants.webhook import WebhookSender
 from proxy.http.forwarding import new_request_id
 from proxy.model import HeldGrant, Identity, RequestFacts
 from proxy.observability import metrics
 from proxy.observability.audit import AuditRecord, AuditWriter
+from proxy.policy.criteria.grant import GrantSpec
 from proxy.policy.evaluate import PolicySet
 
 log = logging.getLogger("gatehouse.grants")

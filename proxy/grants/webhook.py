@@ -32,8 +32,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from proxy.config.reader import format_duration
 from proxy.grants.model import Actor, Grant, actor_dict
-from proxy.grants.spec import format_duration
 from proxy.observability.metrics import GRANT_WEBHOOK_DELIVERIES, GRANT_WEBHOOK_FAILURES
 
 log = logging.getLogger("gatehouse.grants")

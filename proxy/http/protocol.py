@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol
 
@@ -37,8 +36,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy, MultiMapping
 from yarl import URL
 
-from proxy.config.schema import ListenConfig
-from proxy.errors import ClientDisconnected, GatehouseError, RequestTimeout, status_class
+from proxy.errors import (
+    ClientDisconnected,
+    GatehouseError,
+    RequestTimeout,
+)
+from proxy.http.config import ListenConfig
 from proxy.http.flow import FlowProtocol, Tunnel
 from proxy.http.forwarding import new_request_id
 from proxy.http.h1.connection import (
@@ -51,8 +54,6 @@ from proxy.http.h1.reader import RequestHead
 from proxy.http.h1.rules import CHUNKED, IncompleteMessage, Limits, RemoteProtocolError
 from proxy.http.h1.state import IDLE, SEND_BODY
 from proxy.http.responses import rejection_response
-from proxy.observability import metrics
-from proxy.observability.audit import AuditRecord, AuditWriter
 
 log = logging.getLogger("gatehouse.server")
 
@@ -277,6 +278,18 @@ def response_lines(headers: Iterable[tuple[str, str]]) -> tuple[list[bytes], boo
 Handler = Callable[[Request], Awaitable["web.StreamResponse | Written"]]
 
 
+class RejectionLog(Protocol):
+    """Where the listener reports a request it refused before the gateway saw it.
+
+    The audit writer (:class:`proxy.observability.audit.AuditWriter`) is one:
+    every request that reached the proxy gets one audit record, these too. The
+    listener names what it needs here instead of importing the I/O layer.
+    """
+
+    def rejected(self, client_ip: str | None, status: int, reason: str, request_id: str) -> None:
+        """Record the refusal (answered ``status`` with ``reason``)."""
+
+
 class HttpServer:
     """The protocol factory for the listener: connections, their sweep, and shutdown."""
 
@@ -284,7 +297,7 @@ class HttpServer:
         self,
         handler: Handler,
         listen: ListenConfig,
-        audit: AuditWriter | None,
+        audit: RejectionLog | None,
         clear_on_431: tuple[str, ...] = (),
     ) -> None:
         self.handler = handler
@@ -653,7 +666,8 @@ class _Connection(FlowProtocol):
         response = rejection_response(error, rid, self.server.clear_on_431)
         if self.server.audit is not None:
             peer = self.transport.get_extra_info("peername") if self.transport else None
-            audit_rejection(self.server.audit, peer, error, rid)
+            client_ip = str(peer[0]) if isinstance(peer, tuple) else None
+            self.server.audit.rejected(client_ip, error.status, error.reason, rid)
         body = response.body
         assert isinstance(body, bytes)
         lines, _ = response_lines(response.headers.items())
@@ -662,17 +676,3 @@ class _Connection(FlowProtocol):
         except ConnectionError:
             return
         self._linger()
-
-
-def audit_rejection(audit: AuditWriter, peer: object, error: GatehouseError, rid: str) -> None:
-    """The one audit record of a request refused before it reached the gateway."""
-    record = AuditRecord(
-        ts_epoch=time.time(),
-        request_id=rid,
-        client_ip=str(peer[0]) if isinstance(peer, tuple) else None,
-        decision="deny",
-        reason=error.reason,
-        status=error.status,
-    )
-    metrics.REQUESTS.labels("none", status_class(error.status)).inc()
-    audit.write(record)

@@ -8,7 +8,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from proxy.config.schema import Address
+from proxy.http.config import Address
 
 
 def bind_socket(address: Address, *, reuse_port: bool, backlog: int) -> socket.socket:

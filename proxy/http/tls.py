@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from proxy.config.schema import TLSConfig
+from proxy.http.config import TLSConfig
 
 log = logging.getLogger("gatehouse.tls")
 

@@ -39,16 +39,15 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from proxy.config.keyfiles import check_key_file, check_secret, check_trusted_file
 from proxy.config.reader import Mapping, SecretRef, each_mapping
+from proxy.outbound import url_problem
 from proxy.policy.model import RateLimit
 
 ASYMMETRIC_ALGORITHMS = (
@@ -187,31 +186,6 @@ class IdentityConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.issuers or self.api_keys or self.mtls.enabled or self.browser)
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` is not an acceptable IdP URL (HTTPS, or HTTP on loopback only)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        return "is not a valid URL"
-    if not parts.hostname or parts.scheme not in ("https", "http"):
-        return "must be an absolute https:// URL"
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        return "must use https:// (plain http is only allowed for loopback addresses)"
-    if parts.fragment or parts.username or parts.password:
-        return "must not carry credentials or a fragment"
-    return None
 
 
 def _str_list(m: Mapping, key: str, *, required: bool = False) -> list[str]:

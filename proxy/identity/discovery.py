@@ -26,9 +26,9 @@ import aiohttp
 
 from proxy.errors import IdentityProviderUnavailable
 from proxy.identity.config import IssuerConfig
-from proxy.identity.fetch import FetchError, ProviderMetadata, discover
+from proxy.identity.fetch import ProviderMetadata, discover
 from proxy.identity.jwks import JwksClient
-from proxy.upstream.retry import backoff_delay
+from proxy.outbound import FetchError, backoff_delay
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,12 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from proxy.identity.config import url_problem
 from proxy.identity.strict_json import StrictJSONError, loads
+from proxy.outbound import FetchError, read_bounded, url_problem
 
-MAX_RESPONSE_BYTES = 1 << 20
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=3)
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(no-store|no-cache)\s*(?:,|$)", re.IGNORECASE)
-
-
-class FetchError(Exception):
-    """An IdP endpoint could not be used; the message never carries secrets."""
 
 
 def identity_session() -> aiohttp.ClientSession:
@@ -63,18 +58,6 @@ def max_age(cache_control: str | None) -> float | None:
         return 0.0
     m = _MAX_AGE.search(cache_control)
     return float(m.group(1)) if m else None
-
-
-async def read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    """The body, or FetchError once it exceeds MAX_RESPONSE_BYTES (never read whole)."""
-    if response.content_length is not None and response.content_length > MAX_RESPONSE_BYTES:
-        raise FetchError("response too large")
-    body = bytearray()
-    async for chunk in response.content.iter_any():
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise FetchError("response too large")
-    return bytes(body)
 
 
 async def _read_json(response: aiohttp.ClientResponse) -> Any:

@@ -33,9 +33,10 @@ from cachetools import TLRUCache
 from proxy.errors import AuthenticationError, IdentityProviderUnavailable, Reason
 from proxy.identity.budget import TokenBucket
 from proxy.identity.config import IntrospectionConfig, IssuerConfig
-from proxy.identity.fetch import FetchError, basic_auth, post_form
+from proxy.identity.fetch import basic_auth, post_form
 from proxy.identity.jwt_verify import claim_at, identity_from_claims
 from proxy.model import Identity
+from proxy.outbound import FetchError
 
 
 @dataclass(slots=True)

@@ -19,9 +19,10 @@ from collections.abc import Callable
 import aiohttp
 
 from proxy.identity.config import IssuerConfig
-from proxy.identity.fetch import FetchError, check_url, discover, get_json, max_age
+from proxy.identity.fetch import check_url, discover, get_json, max_age
 from proxy.identity.jwt_verify import EMPTY_KEYS, KeySet, keys_from_jwks
 from proxy.observability.metrics import JWKS_REFRESH
+from proxy.outbound import FetchError
 
 log = logging.getLogger(__name__)
 

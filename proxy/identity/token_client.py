@@ -20,7 +20,7 @@ from authlib.oauth2.rfc6749.parameters import (  # type: ignore[import-untyped]
 from proxy.errors import AuthenticationError, IdentityProviderUnavailable, LoginFailed, Reason
 from proxy.identity.config import IssuerConfig
 from proxy.identity.discovery import ProviderDiscovery
-from proxy.identity.fetch import FetchError, basic_auth, post_form
+from proxy.identity.fetch import basic_auth, post_form
 from proxy.identity.jwt_verify import (
     UnknownKey,
     VerificationKey,
@@ -28,6 +28,7 @@ from proxy.identity.jwt_verify import (
     select_key,
     verify_signature,
 )
+from proxy.outbound import FetchError
 
 Claims = dict[str, Any]
 Tokens = dict[str, Any]

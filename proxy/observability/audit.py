@@ -200,6 +200,20 @@ class AuditWriter:
             self._stream = os.fdopen(fd, "ab", buffering=0)
 
     # -- the event loop's side ------------------------------------------------
+    def rejected(self, client_ip: str | None, status: int, reason: str, request_id: str) -> None:
+        """The one record of a request the listener refused before the gateway saw it
+        (:class:`proxy.http.protocol.RejectionLog`), counted like any request."""
+        record = AuditRecord(
+            ts_epoch=time.time(),
+            request_id=request_id,
+            client_ip=client_ip,
+            decision="deny",
+            reason=reason,
+            status=status,
+        )
+        metrics.REQUESTS.labels("none", f"{status // 100}xx").inc()
+        self.write(record)
+
     def write(self, record: AuditRecord) -> None:
         """Never blocks: the record joins the current batch for the writer thread."""
         pending = self._pending

@@ -30,8 +30,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from proxy import __version__
-from proxy.config.schema import TracingConfig
 from proxy.http.forwarding import TraceContext
+from proxy.observability.config import TracingConfig
 
 if TYPE_CHECKING:
     from proxy.observability.audit import AuditRecord

@@ -106,7 +106,8 @@ class PolicySet:
         object.__setattr__(self, "referenced_claims", _referenced_claims(self.routes))
 
     def match(self, host: str, path: str, method: str) -> Route | None:
-        """The route for a request; ``path`` must be the canonical path (no query)."""
+        """The route for a request: ``host`` as :func:`proxy.http.host.parse_host`
+        normalised it, ``path`` the canonical path (no query)."""
         return self.index.match(host, path, method)
 
     def decide(

@@ -4,7 +4,9 @@ a prefix map probed at segment boundaries, and regexes.
 Matching order is deterministic and is the documented contract:
 
 1. host: exact host, then ``*.suffix`` wildcards (longest suffix first), then
-   routes without a host;
+   routes without a host. The host is compared as given: the edge normalised
+   it once (:func:`proxy.http.host.parse_host`: lower case, no port, no
+   trailing dot), and route hosts are stored that way;
 2. within a host: exact path, then prefixes longest first, then regexes;
 3. then file order (files sorted by name, routes in file order).
 
@@ -24,7 +26,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.http.host import normalise_host
 from proxy.policy.model import Route
 
 # Patterns that refer to groups by number cannot be wrapped in a combined regex.
@@ -146,7 +147,6 @@ class RouteIndex:
             bucket.seal()
 
     def match(self, host: str, path: str, method: str) -> Route | None:
-        host = normalise_host(host)
         if self._exact:
             bucket = self._exact.get(host)
             if bucket is not None:

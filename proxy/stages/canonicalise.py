@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from proxy.config.schema import ListenConfig
 from proxy.errors import BadHost
 from proxy.http.canonical import canonicalise_target
+from proxy.http.config import ListenConfig
 from proxy.http.host import parse_host
 from proxy.http.protocol import Request
 from proxy.model import ClientCertificate, RequestFacts

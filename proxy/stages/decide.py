@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from proxy.config.schema import ListenConfig
 from proxy.errors import (
     BadHost,
     CredentialsRequired,
@@ -24,6 +23,7 @@ from proxy.errors import (
     UntrustedPeer,
 )
 from proxy.http.canonical import canonicalise_target
+from proxy.http.config import ListenConfig
 from proxy.http.decision import (
     DecisionCall,
     OriginalRequest,

@@ -7,8 +7,8 @@ its request and trace ids, and the client address behind trusted proxies.
 
 from __future__ import annotations
 
-from proxy.config.schema import ListenConfig
 from proxy.errors import AmbiguousRequest
+from proxy.http.config import ListenConfig
 from proxy.http.forwarding import (
     client_address,
     new_request_id,

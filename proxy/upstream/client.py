@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.errors import Failure
 from proxy.http.flow import BodyStream, FlowProtocol, Tunnel
 from proxy.http.h1.connection import END_OF_MESSAGE, NEED_DATA, ClientConnection
 from proxy.http.h1.reader import ResponseHead
 from proxy.http.h1.rules import IncompleteMessage, Limits, RemoteProtocolError
 from proxy.http.h1.state import LocalProtocolError
 from proxy.http.h1.writer import request_head
-from proxy.upstream.retry import Failure
 
 # Response heads: 8 KiB a field line (nginx's default buffer), 128 fields, 64 KiB in all.
 LIMITS = Limits(max_line=8190, max_headers=128, max_head=64 * 1024)

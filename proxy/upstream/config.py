@@ -27,17 +27,18 @@ answers HTTP. A configured ``health_check.path`` expects 2xx/3xx unless
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import yaml
 
 from proxy.config.keyfiles import check_key_file
 from proxy.config.reader import Mapping, node_kind
+from proxy.outbound import is_loopback_host
 
 KINDS = ("http", "fastapi", "azure_app_service", "gcp_cloud_function")
 BALANCING = ("round_robin", "least_request")
@@ -130,6 +131,27 @@ class BackendOptions:
     notes: tuple[str, ...] = field(default=())  # operator warnings (e.g. verify: false)
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 30.0  # idle time between reads from the upstream
+    total: float = 60.0  # deadline for the upstream's response headers
+
+
+class BackendView(Protocol):
+    """What the upstream layer reads of a backend (``proxy.config.schema.BackendConfig``,
+    which also holds the backend's upstream credentials: none of this layer's business)."""
+
+    @property
+    def urls(self) -> tuple[str, ...]: ...
+
+    @property
+    def timeouts(self) -> Timeouts: ...
+
+    @property
+    def max_connections(self) -> int: ...
+
+
 def _kind_health(kind: str) -> HealthCheckOptions:
     if kind == "fastapi":
         # Any answer below 500: the app serves, whatever routes it has (see above).
@@ -137,17 +159,6 @@ def _kind_health(kind: str) -> HealthCheckOptions:
     if kind == "gcp_cloud_function":
         return HealthCheckOptions(enabled=False, path="/")
     return HealthCheckOptions()
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _positive(m: Mapping, key: str, default: float) -> float:
@@ -355,7 +366,7 @@ def parse_backend_options(m: Mapping, name: str, *, urls: Sequence[str] = ()) ->
     if https_only:
         for url in urls:
             parts = urlsplit(url)
-            if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
                 m.error("urls", f"backends.{name}: kind {kind} is served over https only: {url!r}")
     if tls_m is not None and urls and "https" not in schemes:
         m.error("tls", f"backends.{name}.tls: applies to https URLs, and every URL is http")

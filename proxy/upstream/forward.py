@@ -14,9 +14,9 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from proxy.config.schema import BackendConfig
 from proxy.errors import (
     BodyTooLarge,
+    Failure,
     GatehouseError,
     Reason,
     UpstreamConnectError,
@@ -34,7 +34,7 @@ from proxy.upstream.client import (
     UpstreamResponse,
     parse_origin,
 )
-from proxy.upstream.retry import Failure
+from proxy.upstream.config import BackendView
 from proxy.upstream.tally import ExchangeTally
 
 
@@ -79,7 +79,7 @@ async def send(
     client: UpstreamClient,
     request: Request,
     *,
-    backend: BackendConfig,
+    backend: BackendView,
     base_url: str,
     method: str,
     path_qs: str,

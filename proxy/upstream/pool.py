@@ -24,17 +24,16 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 
-from proxy.errors import Reason, UpstreamConnectError, UpstreamError, upstream_status
+from proxy.errors import Failure, Reason, UpstreamConnectError, UpstreamError, upstream_status
 from proxy.observability import metrics
+from proxy.outbound import backoff_delay
 from proxy.upstream.balancer import Balancer
 from proxy.upstream.circuit import CircuitBreaker, CircuitState, Outcome, Permit
 from proxy.upstream.client import ClientFailure
 from proxy.upstream.config import BackendOptions
 from proxy.upstream.health import HealthBoard, HealthChecker, publish_gauges
 from proxy.upstream.retry import (
-    Failure,
     RetryBudget,
-    backoff_delay,
     should_retry,
     status_failure,
 )

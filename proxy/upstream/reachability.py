@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from proxy.config.schema import BackendConfig
+from proxy.upstream.config import BackendView
 
 
 async def _can_connect(url: str, limit: float) -> bool:
@@ -27,7 +27,7 @@ async def _can_connect(url: str, limit: float) -> bool:
 class Reachability:
     """Probes every backend endpoint periodically; a backend is up if any endpoint is."""
 
-    def __init__(self, backends: Mapping[str, BackendConfig]) -> None:
+    def __init__(self, backends: Mapping[str, BackendView]) -> None:
         self._backends = backends
         self.state: dict[str, bool] = dict.fromkeys(backends, False)
 

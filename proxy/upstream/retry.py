@@ -15,25 +15,13 @@ load instead of multiplying it.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 
+from proxy.errors import Failure
 from proxy.upstream.config import RetryOptions
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
-
-
-class Failure(enum.StrEnum):
-    """What went wrong with one attempt; values are the ``retry_on`` names."""
-
-    CONNECT_ERROR = "connect_error"  # refused, unreachable, TLS handshake, connect timeout
-    RESET = "reset"  # the connection died after the request was (partly) sent
-    TIMEOUT = "timeout"  # the upstream took the request and did not answer in time
-    PROTOCOL = "protocol"  # a malformed answer: never retried
-    STATUS_502 = "502"
-    STATUS_503 = "503"
-    STATUS_504 = "504"
 
 
 def status_failure(status: int) -> Failure | None:
@@ -59,17 +47,6 @@ def should_retry(
     if not request_reached_upstream:
         return True
     return method.upper() in IDEMPOTENT_METHODS
-
-
-def backoff_delay(retry: int, base: float, maximum: float, rand: float) -> float:
-    """Full-jitter exponential backoff before retry number ``retry`` (1-based).
-
-    ``rand`` is uniform in [0, 1): the delay is uniform in
-    [0, min(maximum, base × 2^(retry-1))), which spreads retries from many
-    callers instead of synchronising them.
-    """
-    ceiling = min(maximum, base * float(2 ** max(0, retry - 1)))
-    return max(0.0, min(rand, 1.0)) * ceiling
 
 
 class RetryBudget:

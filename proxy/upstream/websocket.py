@@ -31,7 +31,6 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from proxy.config.schema import BackendConfig
 from proxy.errors import (
     AuditReason,
     MalformedRequest,
@@ -49,6 +48,7 @@ from proxy.upstream.client import (
     UpstreamClient,
     parse_origin,
 )
+from proxy.upstream.config import BackendView
 from proxy.upstream.tally import ExchangeTally
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -107,7 +107,7 @@ async def proxy_websocket(
     headers: Sequence[tuple[str, str]],
     tally: ExchangeTally,
     request_id: str,
-    backend: BackendConfig,
+    backend: BackendView,
     limits: WebSocketLimits,
     host: str | None = None,
     ssl_context: ssl.SSLContext | bool = True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from proxy.config.reader import Mapping
+from proxy.config.reader import Mapping, format_duration, parse_duration
 from tests.support.config import parse_yaml, problems_of
 
 
@@ -50,3 +50,13 @@ def test_take_hands_over_the_value_node_and_counts_the_key_as_known(tmp_path: Pa
         f"{tmp_path}/gatehouse.yaml:1: config: missing required key 'one'",
         f"{tmp_path}/gatehouse.yaml:1: config: unknown key 'other' (known keys: one)",
     ]
+
+
+def test_a_duration_is_written_in_its_two_largest_units_and_one_unit_reads_back() -> None:
+    assert format_duration(8 * 3600) == "8h"
+    assert format_duration(5400) == "1h30m"
+    assert format_duration(86400 + 3600 + 60 + 1) == "1d1h"  # the rest is cut
+    assert format_duration(44.6) == "45s"
+    assert format_duration(0) == format_duration(-3) == "0s"
+    for seconds in (45, 120, 8 * 3600, 2 * 86400):
+        assert parse_duration(format_duration(seconds)) == seconds

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from proxy.config.load import load_config
-from proxy.policy.store import PolicyStore
+from proxy.policy_store import PolicyStore
 from tests.deploy.manifests import (
     KUBERNETES_VERSION,
     KUSTOMIZATIONS,

@@ -6,8 +6,8 @@ from typing import Any
 
 from proxy.grants import machine
 from proxy.grants.model import Actor, Grant
-from proxy.grants.spec import GrantSpec
 from proxy.policy.criteria.fields import IdentitySetAny
+from proxy.policy.criteria.grant import GrantSpec
 
 ISSUER = "https://idp.example.com"
 ALICE = Actor(ISSUER, "alice", "alice@example.com")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 
-from proxy.config.schema import Address, ListenConfig
+from proxy.http.config import Address, ListenConfig
 from proxy.http.protocol import HttpServer, Request, Written
 from proxy.http.server import bind_socket, start_listener
 

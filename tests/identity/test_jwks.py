@@ -12,9 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.identity.config import IssuerConfig, JwksCacheConfig
-from proxy.identity.fetch import FetchError, max_age, parse_metadata
+from proxy.identity.fetch import max_age, parse_metadata
 from proxy.identity.jwks import JwksClient
 from proxy.observability.metrics import JWKS_REFRESH
+from proxy.outbound import FetchError
 from tests.conftest import GatehouseFactory
 from tests.identity.jwks_server import LocalIssuer, local_issuer
 from tests.identity.proxy_env import call, started

@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY
 
 from proxy.config.load import load_config
 from proxy.config.reader import ConfigError
-from proxy.config.schema import AuditConfig
 from proxy.observability.audit import FIELDS, RETRY_EVERY, AuditRecord, AuditWriter, EndpointOutcome
+from proxy.observability.config import AuditConfig
 from tests.conftest import GatehouseFactory
 from tests.support.gatehouse import REPO, Gatehouse, public_route
 
@@ -58,6 +58,27 @@ def test_records_are_json_lines_with_every_field(tmp_path: Path) -> None:
     [record] = lines(path)
     assert tuple(k for k in record if k in FIELDS) == FIELDS
     assert record["request_id"] == "r1" and record["status"] == 200
+
+
+def refused_total(status_class: str) -> float:
+    labels = {"route": "none", "status_class": status_class}
+    return REGISTRY.get_sample_value("gatehouse_requests_total", labels) or 0.0
+
+
+def test_a_request_the_listener_refused_is_one_deny_record_counted_under_no_route(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(str(path))
+    before = refused_total("4xx")
+    writer.rejected("192.0.2.7", 431, "headers_too_large", "r-refused")
+    writer.close()
+    [record] = lines(path)
+    assert record["request_id"] == "r-refused"
+    assert (record["client_ip"], record["decision"]) == ("192.0.2.7", "deny")
+    assert (record["status"], record["reason"]) == (431, "headers_too_large")
+    assert record["route"] is None and record["subject"] is None
+    assert refused_total("4xx") == before + 1
 
 
 def test_ts_is_rfc3339_utc_and_the_epoch_stays_in_ts_epoch(tmp_path: Path) -> None:

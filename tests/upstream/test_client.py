@@ -14,6 +14,7 @@ import pytest
 
 from proxy.dev.certs import make_ca
 from proxy.errors import (
+    Failure,
     GatehouseError,
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -33,7 +34,6 @@ from proxy.upstream.client import (
 )
 from proxy.upstream.forward import _classify
 from proxy.upstream.pool import classify
-from proxy.upstream.retry import Failure
 from tests.support.pki import loopback_server
 from tests.support.raw_server import (
     Handler,

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 from proxy.dev.certs import Issued, issue, make_ca
+from proxy.errors import Failure
 from proxy.upstream.config import BackendOptions, HealthCheckOptions, UpstreamTLSOptions
 from proxy.upstream.pool import EndpointPool, classify
-from proxy.upstream.retry import Failure
 from proxy.upstream.tls import client_context, upstream_tls
 from tests.support.pki import loopback_server
 

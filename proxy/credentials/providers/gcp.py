@@ -26,8 +26,8 @@ from proxy.credentials.cache import Credential, CredentialFetchError
 from proxy.credentials.config import GcpSpec
 from proxy.credentials.providers.base import FetchingProvider, bearer
 from proxy.credentials.providers.oauth import jwt_expiry
-from proxy.identity.fetch import FetchError, read_bounded
 from proxy.model import Identity, RouteView
+from proxy.outbound import FetchError, read_bounded
 
 DEFAULT_METADATA_HOST = "metadata.google.internal"
 IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"

@@ -14,7 +14,7 @@ import aiohttp
 
 from proxy.config.reader import SecretRef
 from proxy.credentials.cache import CredentialFetchError
-from proxy.identity.fetch import FetchError, read_bounded
+from proxy.outbound import FetchError, read_bounded
 
 TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=10)
 DEFAULT_LIFETIME = 300.0

@@ -122,3 +122,11 @@ def fmt(values: Sequence[object] | frozenset[str]) -> str:
     """A value list as explanations print it (sets sorted)."""
     items = sorted(values) if isinstance(values, frozenset) else list(values)
     return "[" + ", ".join(str(v) for v in items) + "]"
+
+
+def describe_tree(criterion: Criterion) -> str:
+    """A criterion with its children, in one line: ``any(groups: [sre], email: [...])``."""
+    children = criterion.children
+    if not children:
+        return criterion.describe()
+    return f"{criterion.describe()}({', '.join(describe_tree(c) for c in children)})"

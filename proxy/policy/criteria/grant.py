@@ -16,11 +16,45 @@ already given).
 
 from __future__ import annotations
 
-from proxy.config.reader import parse_duration
-from proxy.grants.spec import GrantSpec, Justification
+from dataclasses import dataclass, field
+from typing import Literal
+
+from proxy.config.reader import format_duration, parse_duration
 from proxy.model import HeldGrant, Identity, RequestFacts
-from proxy.policy.criteria.base import CallerLeaf, Criterion, Outcome, Rules, register
+from proxy.policy.criteria.base import (
+    CallerLeaf,
+    Criterion,
+    Outcome,
+    Rules,
+    describe_tree,
+    register,
+)
 from proxy.policy.criteria.operand import Operand
+
+Justification = Literal["required", "optional"]
+
+
+@dataclass(frozen=True, slots=True)
+class GrantSpec:
+    """What a rule's ``grant`` criterion says: who approves, for how long at most, and
+    whether a justification is required. Read by the access API (to validate requests
+    and decisions) and by :class:`GrantRequired`.
+
+    ``rule`` is the policy rule a grant is for: the named or inline rule whose
+    body holds the ``grant`` criterion (the innermost one, for a named rule used
+    inside another)."""
+
+    rule: str
+    approvers: Criterion = field(compare=False)
+    max_duration: float
+    justification: Justification = "required"
+    source: str = ""
+
+    def describe(self) -> str:
+        return (
+            f"grant for rule {self.rule} (approvers: {describe_tree(self.approvers)}; "
+            f"max {format_duration(self.max_duration)}; justification {self.justification})"
+        )
 
 
 class GrantRequired(CallerLeaf):

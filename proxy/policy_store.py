@@ -16,6 +16,10 @@ version; a reload builds a new set off to the side and swaps the attribute
 inode, mtime and size. That sees in-place edits, renames, deletions and
 Kubernetes ConfigMap updates (an atomic swap of the ``..data`` symlink)
 without a file-notification dependency.
+
+It lives beside the policy package, not in it: :mod:`proxy.policy` is pure
+(compiling and deciding over plain data), while the store polls files, takes
+a lock, logs and sets the reload metrics.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from proxy.config.reader import ConfigError
-from proxy.policy.store import PolicyStore
+from proxy.policy_store import PolicyStore
 from tests.policy.support import caller, decision, facts, write
 
 STRICT = """\
