@@ -17,7 +17,6 @@ forwards (:meth:`Gateway._decide`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -208,10 +207,8 @@ class Gateway:
             return local
         original, facts = original_facts(ctx, edge, call, listen)
         self._check_audit()
-        fail = functools.partial(self._fail, ctx=ctx)
-        admission = await self._admit(
-            ctx, facts, decision_login(self.authenticator, call, original, fail)
-        )
+        login = decision_login(self.authenticator, call, original, self._fail, ctx)
+        admission = await self._admit(ctx, facts, login)
         headers = allow_headers(
             admission,
             facts,

@@ -34,33 +34,34 @@ def audit_record(ctx: RequestContext, answer: Answer | None, duration: float) ->
         reason = tally.cut_reason
     route = ctx.route
     identity = ctx.identity
-    record = AuditRecord(
-        ts_epoch=ctx.arrived,
-        request_id=ctx.request_id,
-        trace_id=ctx.trace_id,
-        client_ip=ctx.client_ip,
-        user_agent=ctx.user_agent,
-        method=ctx.method,
-        host=ctx.host,
-        path=ctx.path,
-        route=route.name if route is not None else None,
-        backend=route.backend if route is not None else None,
-        subject=identity.subject if identity is not None else None,
-        issuer=identity.issuer if identity is not None else None,
-        auth=identity.method if identity is not None else None,
-        decision=ctx.decision,
-        reason=reason,
-        status=status,
-        upstream_status=tally.upstream_status,
-        attempts=tally.attempts,
-        duration_ms=duration * 1000.0,
-        bytes_in=tally.bytes_in,
-        bytes_out=tally.bytes_out or _body_length(answer),
-        policy_version=ctx.policy_version,
-        dry_run=ctx.dry_run,
-        mode=ctx.mode,
-        grant_id=ctx.grant_id,
-    )
+    # Two keywords and plain assignments: a 25-keyword call costs twice as much
+    # (CPython matches each keyword against every parameter name).
+    record = AuditRecord(ts_epoch=ctx.arrived, request_id=ctx.request_id)
+    record.trace_id = ctx.trace_id
+    record.client_ip = ctx.client_ip
+    record.user_agent = ctx.user_agent
+    record.method = ctx.method
+    record.host = ctx.host
+    record.path = ctx.path
+    if route is not None:
+        record.route = route.name
+        record.backend = route.backend
+    if identity is not None:
+        record.subject = identity.subject
+        record.issuer = identity.issuer
+        record.auth = identity.method
+    record.decision = ctx.decision
+    record.reason = reason
+    record.status = status
+    record.upstream_status = tally.upstream_status
+    record.attempts = tally.attempts
+    record.duration_ms = duration * 1000.0
+    record.bytes_in = tally.bytes_in
+    record.bytes_out = tally.bytes_out or _body_length(answer)
+    record.policy_version = ctx.policy_version
+    record.dry_run = ctx.dry_run
+    record.mode = ctx.mode
+    record.grant_id = ctx.grant_id
     if ctx.outcome is not None:
         ctx.outcome.apply(record)  # login/logout/access: who, and how it went
     return record

@@ -103,7 +103,8 @@ def decision_login(
     authenticator: Authenticator | None,
     call: DecisionCall,
     original: OriginalRequest,
-    fail: Callable[[GatehouseError], web.Response],
+    fail: Callable[[GatehouseError, RequestContext], web.Response],
+    ctx: RequestContext,
 ) -> LoginAnswer:
     """Browsers are sent to sign in on the host they see; API calls get the plain 401.
 
@@ -121,7 +122,7 @@ def decision_login(
             return None
         location = login_location(original)
         if call.endpoint == "auth":
-            answer = fail(CredentialsRequired())
+            answer = fail(CredentialsRequired(), ctx)
             answer.headers["X-Gatehouse-Login"] = location
             return answer
         return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
