@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -435,3 +437,57 @@ async def test_credentials_unavailable_after_expiry_is_503(
     while (await call(gh, "/echo"))[0] != 200:
         assert time.monotonic() < deadline, "did not recover after the token endpoint returned"
         await asyncio.sleep(0.5)
+
+
+async def test_a_token_answer_over_one_mebibyte_is_refused_with_503_and_never_relayed(
+    gatehouse: GatehouseFactory, token_server: OAuthServer, tmp_path: Path
+) -> None:
+    app = credential_upstream(set())
+    with serve_asgi(app) as port:
+        backend = credential_backend(f"http://127.0.0.1:{port}", token_server, tmp_path / "secret")
+        gh = gatehouse(
+            backends={"small": backend, "large": {**backend}},
+            routes=[public_route("small", "/small", "small"), public_route("large", "/", "large")],
+        )
+        token_server.padding = 1000  # still a valid answer: accepted
+        assert (await call(gh, "/small/orders"))[0] == 200
+        token_server.padding = 2 * 2**20  # the same answer, 2 MiB larger
+        status, _, body = await call(gh, "/orders")
+        assert (status, body["error"]) == (503, "upstream_credentials_unavailable")
+        assert len(app.state.seen) == 1  # only the request with a token reached the upstream
+    record = gh.wait_audit(2)[-1]
+    assert (record["status"], record["reason"]) == (503, "upstream_credentials_unavailable")
+    assert "response too large" in gh.stderr()
+    assert "s3cret-value" not in gh.audit_path.read_text() + gh.stderr()
+
+
+@pytest.mark.parametrize(
+    "token_url",
+    ["http://login.example.com/token", "http://10.0.0.5:8080/token", "ftp://login.example.com/t"],
+)
+def test_gatehouse_check_refuses_a_token_endpoint_reached_without_tls_off_loopback(
+    tmp_path: Path, token_url: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value")
+    secret.chmod(0o600)
+    config = tmp_path / "gatehouse.yaml"
+    config.write_text(
+        "backends:\n"
+        "  api:\n"
+        "    urls: [http://127.0.0.1:9]\n"
+        "    credentials:\n"
+        "      type: client_credentials\n"
+        f"      token_url: {token_url}\n"  # line 6
+        "      client_id: gatehouse\n"
+        f"      client_secret_file: {secret}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--offline", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{config}:6:" in result.stderr and "token_url" in result.stderr
+    assert "Traceback" not in result.stderr
