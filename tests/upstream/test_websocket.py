@@ -37,6 +37,11 @@ class CountingUpstream:
         self.server: asyncio.Server | None = None
         self.closes: list[int] = []
         self.handshakes = 0
+        # What a held connection waits on. Referenced from here, so a holding
+        # handler is never garbage: asyncio keeps only weak references to tasks, and
+        # a task waiting on an Event nothing else holds was collected mid-test (its
+        # finally closed the socket, and the proxy saw the upstream reset).
+        self.held = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -66,7 +71,7 @@ class CountingUpstream:
                         size += len(event.data)
                         if event.message_finished:
                             if event.data == "hold":
-                                await asyncio.Event().wait()
+                                await self.held.wait()
                             writer.write(ws.send(TextMessage(data=str(size))))
                             size = 0
                     elif isinstance(event, Ping):
