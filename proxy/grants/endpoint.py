@@ -355,7 +355,7 @@ class AccessEndpoint:
     @staticmethod
     def _only(method: str, *allowed: str) -> None:
         if method not in allowed:
-            raise MethodNotAllowed(detail=f"use {', '.join(allowed)}")
+            raise MethodNotAllowed(allow=allowed, detail=f"use {', '.join(allowed)}")
 
     async def _json_body(self, request: RequestView) -> Mapping[str, object]:
         kind = request.headers.get("Content-Type", "").split(";")[0].strip().lower()

@@ -312,6 +312,8 @@ async def test_malformed_or_unauthorised_api_calls_get_short_json_errors(
                     body = await r.json()
                     assert (r.status, body["error"]) == (status, reason), body
                     assert set(body) == {"error", "status", "request_id"}
+                    if status == 405:  # RFC 9110 §15.5.6: a 405 names what is served
+                        assert r.headers["Allow"] == "GET, POST"
             for body, status, reason in (
                 (
                     {"route": "prod", "duration": "9h", "justification": "x"},
