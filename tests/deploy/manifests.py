@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -215,7 +216,7 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
     ConfigMap volumes get the rendered ConfigMap's data in the kubelet's
     atomic layout. Secret volumes get the files the config names: a server
     certificate and key for ``tls.crt``/``tls.key`` and a fresh signing key
-    set for ``*keys.json``, a fresh key for ``state-key``. Absolute paths in the config are re-rooted.
+    set for ``*keys.json``, a fresh key for ``state-key``, a fresh ``apikey-pepper``. Absolute paths in the config are re-rooted.
     """
     from proxy.credentials.signing import rotate_key_file
     from proxy.dev.certs import dev_certificates
@@ -266,6 +267,8 @@ def materialise_pod(docs: list[Doc], deployment: str, container_name: str, root:
                 rotate_key_file(path)
             elif path.name == "state-key":
                 path.write_text(new_state_key() + "\n")
+            elif path.name == "apikey-pepper":
+                path.write_text(secrets.token_urlsafe(48) + "\n")
             if path.exists():
                 # The kubelet gives Secret files the volume's defaultMode (0644 when unset).
                 path.chmod(secret_modes[mount])
