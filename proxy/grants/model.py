@@ -20,6 +20,15 @@ Action = Literal["request", "approve", "deny", "revoke", "lapse", "start", "end"
 
 STATES: tuple[State, ...] = get_args(State)
 ACTIONS: tuple[Action, ...] = get_args(Action)
+# What an action did to a grant, as events name it (metrics, the webhook).
+PAST_TENSE: dict[str, str] = {
+    "request": "requested",
+    "approve": "approved",
+    "deny": "denied",
+    "revoke": "revoked",
+    "lapse": "expired",
+    "end": "expired",
+}
 # States a grant never leaves.
 FINAL: frozenset[State] = frozenset({"denied", "expired", "revoked"})
 

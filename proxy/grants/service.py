@@ -30,7 +30,7 @@ from proxy.errors import (
 from proxy.grants import machine, permissions
 from proxy.grants.catalogue import Catalogue, Requestable, catalogue
 from proxy.grants.config import GrantsConfig
-from proxy.grants.model import Action, Actor, Grant, GrantEvent
+from proxy.grants.model import PAST_TENSE, Action, Actor, Grant, GrantEvent
 from proxy.grants.store import GrantStore
 from proxy.grants.webhook import WebhookSender
 from proxy.http.forwarding import new_request_id
@@ -46,14 +46,6 @@ log = logging.getLogger("gatehouse.grants")
 LIST_LIMIT = 100
 # A decision lost to a concurrent change is tried again on what is stored now.
 _RETRIES = 3
-_PAST = {
-    "request": "requested",
-    "approve": "approved",
-    "deny": "denied",
-    "revoke": "revoked",
-    "lapse": "expired",
-    "end": "expired",
-}
 # The audit reason of a person's decision.
 _DECIDED = {
     "approve": AuditReason.GRANT_APPROVED,
@@ -271,7 +263,7 @@ class GrantService:
         reason: str,
         event: GrantEvent | None = None,
     ) -> None:
-        past = _PAST[action]
+        past = PAST_TENSE[action]
         metrics.GRANT_EVENTS.labels(event=past).inc()
         if action in ("approve", "deny") and grant.decided_at is not None:
             metrics.GRANT_DECISION_DURATION.labels(decision=past).observe(

@@ -33,21 +33,13 @@ import aiohttp
 import orjson
 
 from proxy.config.reader import format_duration
-from proxy.grants.model import Actor, Grant, actor_dict
+from proxy.grants.model import PAST_TENSE, Actor, Grant, actor_dict
 from proxy.observability.metrics import GRANT_WEBHOOK_DELIVERIES, GRANT_WEBHOOK_FAILURES
 
 log = logging.getLogger("gatehouse.grants")
 
 MAX_UNDELIVERED = 1000
 SIGNATURE_HEADER = "X-Gatehouse-Signature"
-_EVENTS = {
-    "request": "requested",
-    "approve": "approved",
-    "deny": "denied",
-    "revoke": "revoked",
-    "lapse": "expired",
-    "end": "expired",
-}
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -61,7 +53,7 @@ def slack_escape(text: str) -> str:
 
 
 def event_name(action: str) -> str:
-    return f"grant.{_EVENTS.get(action, action)}"
+    return f"grant.{PAST_TENSE.get(action, action)}"
 
 
 def message(action: str, grant: Grant, actor: Actor | None, reason: str, page_url: str) -> str:
