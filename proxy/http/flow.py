@@ -194,25 +194,28 @@ class BodyStream:
         finally:
             self._waiter = None
 
-    async def readany(self) -> bytes:
-        """The next bytes (b"" at the end of the body)."""
+    async def _arrived(self) -> bool:
+        """Wait until bytes are here (True) or the body has ended (False)."""
         while not self._chunks:
             if self._exc is not None:
                 raise self._exc
             if self._eof:
-                return b""
+                return False
             await self._wait()
+        return True
+
+    async def readany(self) -> bytes:
+        """The next bytes (b"" at the end of the body)."""
+        # Bytes already here need no coroutine of their own (the common case).
+        if not self._chunks and not await self._arrived():
+            return b""
         return self.read_nowait()
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes as soon as some are here; with ``n`` < 0, the rest of the body."""
         if n >= 0:
-            while not self._chunks:
-                if self._exc is not None:
-                    raise self._exc
-                if self._eof:
-                    return b""
-                await self._wait()
+            if not self._chunks and not await self._arrived():
+                return b""
             return self.read_nowait(n)
         parts: list[bytes] = []
         while True:
