@@ -163,8 +163,16 @@ _CHALLENGE = 'Bearer realm="gatehouse"'
 class GatehouseError(Exception):
     """Base for every failure that ends a request with an error response."""
 
-    status: int = 500
     reason: str = Reason.INTERNAL_ERROR
+    status: int = Reason.INTERNAL_ERROR.status
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class's status is the one its reason is answered with (the Reason
+        # table holds it once); a reason passed at raise time keeps the class's.
+        reason = cls.__dict__.get("reason")
+        if isinstance(reason, Reason) and "status" not in cls.__dict__:
+            cls.status = reason.status
 
     def __init__(self, reason: str | None = None, *, detail: str = "") -> None:
         # ``detail`` is for the operator's log only; it never reaches the client.
@@ -182,49 +190,49 @@ class GatehouseError(Exception):
 class RequestRejected(GatehouseError):
     """The request cannot be handled safely as sent (bad path, framing, ...)."""
 
-    status, reason = 400, Reason.BAD_REQUEST
+    reason = Reason.BAD_REQUEST
 
 
 class MalformedRequest(RequestRejected):
     """The request breaks HTTP/1.1 (its head, its framing, a WebSocket handshake)."""
 
-    status, reason = 400, Reason.MALFORMED_REQUEST
+    reason = Reason.MALFORMED_REQUEST
 
 
 class AmbiguousRequest(RequestRejected):
     """A single-valued field (a credential, Host, Content-Length, one of our cookies)
     came more than once, or in two spellings: two readers could take different ones."""
 
-    status, reason = 400, Reason.AMBIGUOUS_REQUEST
+    reason = Reason.AMBIGUOUS_REQUEST
 
 
 class BadHost(RequestRejected):
     """The Host header breaks ``host [":" port]`` (RFC 9110 §7.2, RFC 3986 §3.2.2)."""
 
-    status, reason = 400, Reason.BAD_HOST
+    reason = Reason.BAD_HOST
 
 
 class BadPath(RequestRejected):
     """The target's path cannot be made canonical safely (or, in decision mode, is not)."""
 
-    status, reason = 400, Reason.BAD_PATH
+    reason = Reason.BAD_PATH
 
 
 class HeadersTooLarge(RequestRejected):
     """A head or trailer section over the listener's limits."""
 
-    status, reason = 431, Reason.HEADERS_TOO_LARGE
+    reason = Reason.HEADERS_TOO_LARGE
 
 
 class BodyTooLarge(RequestRejected):
-    status, reason = 413, Reason.BODY_TOO_LARGE
+    reason = Reason.BODY_TOO_LARGE
 
 
 class MethodNotAllowed(RequestRejected):
     """A Gatehouse endpoint asked with a method it does not serve; ``allow``, when
     given, names the ones it does (the answer's ``Allow``)."""
 
-    status, reason = 405, Reason.METHOD_NOT_ALLOWED
+    reason = Reason.METHOD_NOT_ALLOWED
 
     def __init__(self, *, allow: tuple[str, ...] = (), detail: str = "") -> None:
         super().__init__(detail=detail)
@@ -237,20 +245,20 @@ class MethodNotAllowed(RequestRejected):
 class RequestTimeout(RequestRejected):
     """The request head did not arrive whole within ``listen.header_timeout``."""
 
-    status, reason = 408, Reason.REQUEST_TIMEOUT
+    reason = Reason.REQUEST_TIMEOUT
 
 
 class ClientDisconnected(RequestRejected):
     """The client went away before its request was read (nginx's 499: no one gets the answer)."""
 
-    status, reason = 499, Reason.CLIENT_DISCONNECTED
+    reason = Reason.CLIENT_DISCONNECTED
 
 
 # -- audit ----------------------------------------------------------------
 class AuditUnavailable(GatehouseError):
     """``audit.required`` and the audit output cannot be written: no request goes unrecorded."""
 
-    status, reason = 503, Reason.AUDIT_UNAVAILABLE
+    reason = Reason.AUDIT_UNAVAILABLE
 
 
 # -- read the original request (decision mode) ---------------------------
@@ -258,26 +266,26 @@ class UntrustedPeer(GatehouseError):
     """A decision request from a peer outside ``listen.trusted_proxies``: only the
     data plane may describe an original request (its headers would be forged)."""
 
-    status, reason = 403, Reason.UNTRUSTED_PEER
+    reason = Reason.UNTRUSTED_PEER
 
 
 class BadDecisionRequest(RequestRejected):
     """The headers describing the original request are missing, malformed, or say
     two different things (two readers could take different ones)."""
 
-    status, reason = 400, Reason.BAD_DECISION_REQUEST
+    reason = Reason.BAD_DECISION_REQUEST
 
 
 # -- route ----------------------------------------------------------------
 class RouteNotFound(GatehouseError):
-    status, reason = 404, Reason.ROUTE_NOT_FOUND
+    reason = Reason.ROUTE_NOT_FOUND
 
 
 # -- authenticate ---------------------------------------------------------
 class AuthenticationError(GatehouseError):
     """No usable credential: 401 with a bearer challenge naming the reason."""
 
-    status, reason = 401, Reason.UNAUTHENTICATED
+    reason = Reason.UNAUTHENTICATED
 
     def response_headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": f'{_CHALLENGE}, error="{self.reason}"'}
@@ -295,7 +303,7 @@ class IdentityTooLarge(AuthenticationError):
     """A verified subject or email too long to pass upstream whole (cutting it
     could name somebody else)."""
 
-    status, reason = 401, Reason.IDENTITY_TOO_LARGE
+    reason = Reason.IDENTITY_TOO_LARGE
 
 
 class LoginFailed(GatehouseError):
@@ -303,33 +311,31 @@ class LoginFailed(GatehouseError):
     wrong, not missing credentials, so 400 (also with the reason of any other
     failure met on the way: ``invalid_token``, ``idp_unavailable``...)."""
 
-    status = 400
     reason: str = Reason.LOGIN_FAILED
 
 
 class IdentityProviderUnavailable(GatehouseError):
-    status, reason = 503, Reason.IDP_UNAVAILABLE
+    reason = Reason.IDP_UNAVAILABLE
 
 
 class StateUnavailable(GatehouseError):
-    status, reason = 503, Reason.STATE_UNAVAILABLE
+    reason = Reason.STATE_UNAVAILABLE
 
 
 # -- authorise ------------------------------------------------------------
 class AccessDenied(GatehouseError):
     """The policy says no, for the decision's reason (which may name a rule: ``denied:<rule>``)."""
 
-    status = 403
     reason: str = Reason.NO_RULE_MATCHED
 
 
 class RateLimited(GatehouseError):
-    status, reason = 429, Reason.RATE_LIMITED
+    reason = Reason.RATE_LIMITED
 
 
 # -- upstream credentials -------------------------------------------------
 class UpstreamCredentialsUnavailable(GatehouseError):
-    status, reason = 503, Reason.UPSTREAM_CREDENTIALS_UNAVAILABLE
+    reason = Reason.UPSTREAM_CREDENTIALS_UNAVAILABLE
 
 
 # -- forward --------------------------------------------------------------
@@ -342,7 +348,7 @@ class UpstreamError(GatehouseError):
     be repeated when its method is not idempotent).
     """
 
-    status, reason = 502, Reason.UPSTREAM_UNAVAILABLE
+    reason = Reason.UPSTREAM_UNAVAILABLE
 
     def __init__(
         self,
@@ -358,54 +364,54 @@ class UpstreamError(GatehouseError):
 
 
 class UpstreamConnectError(UpstreamError):
-    status, reason = 502, Reason.UPSTREAM_UNAVAILABLE
+    reason = Reason.UPSTREAM_UNAVAILABLE
 
 
 class UpstreamProtocolError(UpstreamError):
-    status, reason = 502, Reason.UPSTREAM_PROTOCOL_ERROR
+    reason = Reason.UPSTREAM_PROTOCOL_ERROR
 
 
 class UpstreamTimeout(UpstreamError):
-    status, reason = 504, Reason.UPSTREAM_TIMEOUT
+    reason = Reason.UPSTREAM_TIMEOUT
 
 
 # -- just-in-time access (the /.gatehouse/access/ API) ------------------------
 class GrantError(GatehouseError):
     """A grant request or decision that cannot be taken as sent."""
 
-    status, reason = 400, Reason.INVALID_REQUEST
+    reason = Reason.INVALID_REQUEST
 
 
 class GrantNotFound(GrantError):
     """No such grant, or one the caller may not see (the two look the same)."""
 
-    status, reason = 404, Reason.GRANT_NOT_FOUND
+    reason = Reason.GRANT_NOT_FOUND
 
 
 class GrantForbidden(GrantError):
     """``self_approval``, ``not_an_approver``, ``csrf_failed``."""
 
-    status, reason = 403, Reason.NOT_AN_APPROVER
+    reason = Reason.NOT_AN_APPROVER
 
 
 class GrantConflict(GrantError):
     """The grant's state does not allow the step (``grant_<state>``), or another
     step came first (``request_pending``, ``grant_busy``, ``grant_exists``)."""
 
-    status, reason = 409, Reason.GRANT_BUSY
+    reason = Reason.GRANT_BUSY
 
 
 class GrantLimit(GrantError):
     """Too many open requests (per caller or in all)."""
 
-    status, reason = 429, Reason.TOO_MANY_GRANT_REQUESTS
+    reason = Reason.TOO_MANY_GRANT_REQUESTS
 
 
 # -- shutdown ---------------------------------------------------------------
 class ShuttingDown(GatehouseError):
     """Still running at ``shutdown.drain_timeout``: answered (where possible) and closed."""
 
-    status, reason = 503, Reason.SHUTTING_DOWN
+    reason = Reason.SHUTTING_DOWN
 
 
 def status_class(status: int) -> str:
