@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.dev.certs import dev_certificates
+from tests.peers.websocket import CountingUpstream
 from tests.support.gatehouse import Gatehouse, start_gatehouse
 from tests.support.net import refused_port
 from tests.support.upstream_app import app as upstream_app
@@ -67,3 +69,12 @@ def gatehouse(tmp_path: Path) -> Iterator[GatehouseFactory]:
     yield factory
     for gh in started:
         gh.stop()
+
+
+@pytest.fixture
+async def counting_upstream() -> AsyncIterator[CountingUpstream]:
+    """A WebSocket upstream counting what it receives (a "hold" message stops its reading)."""
+    upstream = CountingUpstream()
+    upstream.server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    yield upstream
+    upstream.server.close()

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -23,9 +22,9 @@ from wsproto.events import BytesMessage, TextMessage
 
 from proxy.upstream.websocket import accept_token
 from tests.conftest import GatehouseFactory
+from tests.peers.websocket import CountingUpstream
 from tests.support.gatehouse import Gatehouse, public_route
 from tests.support.rss import MIB, PeakRss
-from tests.upstream.test_websocket import CountingUpstream
 
 RSS_BUDGET = 16 * MIB
 # What the kernel's socket buffers on loopback can hold between a paused
@@ -167,14 +166,6 @@ async def test_endless_header_fields_are_refused_at_the_head_limit(gh: Gatehouse
     sent, answer, rss = await flood(gh, b"GET /echo HTTP/1.1\r\nHost: a\r\n", b"X-A: b\r\n" * 8192)
     assert_refused(gh, answer, 431, "headers_too_large")
     assert_bounded(sent, rss)
-
-
-@pytest.fixture
-async def counting_upstream() -> AsyncIterator[CountingUpstream]:
-    upstream = CountingUpstream()
-    upstream.server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
-    yield upstream
-    upstream.server.close()
 
 
 async def open_websocket(

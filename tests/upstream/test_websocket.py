@@ -12,90 +12,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from proxy.upstream.websocket import accept_token
 from tests.conftest import GatehouseFactory
+from tests.peers.websocket import CountingUpstream
 from tests.support.gatehouse import public_route
 
 MIB = 2**20
-
-
-class CountingUpstream:
-    """A WebSocket upstream that counts what it receives and keeps none of it.
-
-    For every finished message it answers ``"<bytes of the message>"``; a
-    ``"hold"`` text message makes it stop reading (a slow upstream).
-    """
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.closes: list[int] = []
-        self.handshakes = 0
-        # What a held connection waits on. Referenced from here, so a holding
-        # handler is never garbage: asyncio keeps only weak references to tasks, and
-        # a task waiting on an Event nothing else holds was collected mid-test (its
-        # finally closed the socket, and the proxy saw the upstream reset).
-        self.held = asyncio.Event()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            key = b""
-            for line in head.split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"sec-websocket-key":
-                    key = value.strip()
-            self.handshakes += 1
-            writer.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Accept: " + accept_token(key) + b"\r\n\r\n"
-            )
-            ws = Connection(ConnectionType.SERVER)
-            size = 0
-            while True:
-                data = await reader.read(65536)
-                ws.receive_data(data or None)
-                for event in ws.events():
-                    if isinstance(event, BytesMessage | TextMessage):
-                        size += len(event.data)
-                        if event.message_finished:
-                            if event.data == "hold":
-                                await self.held.wait()
-                            writer.write(ws.send(TextMessage(data=str(size))))
-                            size = 0
-                    elif isinstance(event, Ping):
-                        writer.write(ws.send(event.response()))
-                    elif isinstance(event, CloseConnection):
-                        self.closes.append(event.code)
-                        if data:
-                            writer.write(ws.send(event.response()))
-                        return
-                await writer.drain()
-                if not data:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def counting() -> AsyncIterator[CountingUpstream]:
-    upstream = CountingUpstream()
-    upstream.server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
-    yield upstream
-    upstream.server.close()
 
 
 def ws_routes() -> list[dict[str, object]]:
@@ -103,10 +28,10 @@ def ws_routes() -> list[dict[str, object]]:
 
 
 async def test_a_message_over_the_limit_closes_both_sides_and_is_audited(
-    gatehouse: GatehouseFactory, counting: CountingUpstream
+    gatehouse: GatehouseFactory, counting_upstream: CountingUpstream
 ) -> None:
     gh = gatehouse(
-        backends={"up": {"urls": [counting.url]}},
+        backends={"up": {"urls": [counting_upstream.url]}},
         routes=ws_routes(),
         listen={"websocket_max_message": "1MiB"},
     )
@@ -118,19 +43,19 @@ async def test_a_message_over_the_limit_closes_both_sides_and_is_audited(
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == 1009
     deadline = time.monotonic() + 5
-    while not counting.closes and time.monotonic() < deadline:
+    while not counting_upstream.closes and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert counting.closes == [1001]  # the upstream is told the proxy went away
+    assert counting_upstream.closes == [1001]  # the upstream is told the proxy went away
     record = gh.wait_audit(1)[-1]
     assert (record["status"], record["reason"]) == (101, "websocket_message_too_large")
     assert MIB - 10 <= record["bytes_in"] <= 2 * MIB
 
 
 async def test_no_frame_either_way_for_the_idle_timeout_closes_both_sides(
-    gatehouse: GatehouseFactory, counting: CountingUpstream
+    gatehouse: GatehouseFactory, counting_upstream: CountingUpstream
 ) -> None:
     gh = gatehouse(
-        backends={"up": {"urls": [counting.url]}},
+        backends={"up": {"urls": [counting_upstream.url]}},
         routes=ws_routes(),
         listen={"websocket_idle_timeout": "1s"},
     )
@@ -201,10 +126,10 @@ async def test_the_header_timeout_still_applies_after_a_declined_upgrade(
 
 
 async def test_an_open_websocket_at_the_drain_deadline_is_closed_going_away_and_audited_once(
-    gatehouse: GatehouseFactory, counting: CountingUpstream
+    gatehouse: GatehouseFactory, counting_upstream: CountingUpstream
 ) -> None:
     gh = gatehouse(
-        backends={"up": {"urls": [counting.url]}},
+        backends={"up": {"urls": [counting_upstream.url]}},
         routes=ws_routes(),
         extra={"shutdown": {"drain_timeout": "1s"}},
     )
