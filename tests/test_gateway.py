@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from fastapi.responses import JSONResponse
 from tests.conftest import GatehouseFactory
 from tests.peers.cloud.oauth import OAuthServer
 from tests.peers.oidc_provider import RESOURCE, OidcProvider, oidc_provider, private_key, rsa_jwk
+from tests.support.cli import gatehouse_command
 from tests.support.gatehouse import Gatehouse, public_route
 from tests.support.uvicorn_server import serve_asgi
 
@@ -482,12 +481,7 @@ def test_gatehouse_check_refuses_a_token_endpoint_reached_without_tls_off_loopba
         "      client_id: gatehouse\n"
         f"      client_secret_file: {secret}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--offline", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = gatehouse_command("check", "--offline", "--config", str(config))
     assert result.returncode == 2
     assert f"{config}:6:" in result.stderr and "token_url" in result.stderr
     assert "Traceback" not in result.stderr

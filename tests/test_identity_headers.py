@@ -5,8 +5,6 @@ any of them, in any spelling, never reaches the upstream."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from proxy.http.headers import (
 )
 from tests.conftest import GatehouseFactory
 from tests.peers.oidc_provider import RESOURCE, OidcProvider, oidc_provider, rsa_jwk
+from tests.support.cli import gatehouse_command
 
-REPO = Path(__file__).resolve().parents[1]
 OAUTH2_PROXY = {
     "subject": "X-Forwarded-User",
     "email": "X-Forwarded-Email",
@@ -125,13 +123,7 @@ def test_names_gatehouse_must_not_take_are_refused_by_check(tmp_path: Path) -> N
         "    email: X Email\n"  # line 4
         "backends: {}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = gatehouse_command("check", "--config", str(config))
     assert result.returncode == 2
     assert f"{config}:3: config.identity.headers.subject: not a header name" in result.stderr
     assert f"{config}:4: config.identity.headers.email: not a header name" in result.stderr
@@ -139,12 +131,6 @@ def test_names_gatehouse_must_not_take_are_refused_by_check(tmp_path: Path) -> N
     config.write_text(
         "identity:\n  headers: {subject: X-Forwarded-User, email: x-forwarded-user}\nbackends: {}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = gatehouse_command("check", "--config", str(config))
     assert result.returncode == 2
     assert "three different names" in result.stderr

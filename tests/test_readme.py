@@ -26,13 +26,13 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from proxy.cli.main import build_parser
+from tests.support.cli import gatehouse_command
 
 REPO = Path(__file__).resolve().parents[1]
 MANUALS = (REPO / "README.md", REPO / "deploy" / "README.md")
@@ -74,14 +74,7 @@ def clean_env() -> dict[str, str]:
 
 
 def gatehouse(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**clean_env(), "PYTHONPATH": str(REPO)},
-    )
+    return gatehouse_command(*args, cwd=cwd, env={**clean_env(), "PYTHONPATH": str(REPO)})
 
 
 YAML_BLOCKS = blocks("yaml")

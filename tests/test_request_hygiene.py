@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ import jwt
 import pytest
 
 from tests.peers.oidc_provider import RESOURCE, OidcProvider, oidc_provider, private_key, rsa_jwk
+from tests.support.cli import gatehouse_command
 from tests.support.gatehouse import Gatehouse, public_route, start_gatehouse, write_config
 from tests.support.net import free_port, raw_request
 
@@ -359,12 +358,7 @@ def test_an_ipv6_rate_limit_prefix_out_of_range_is_refused_at_start(tmp_path: Pa
         routes=[public_route("all", "/", "up")],
         listen={"ipv6_rate_limit_prefix": 129},
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = gatehouse_command("check", "--config", str(config))
     assert result.returncode == 2
     assert "ipv6_rate_limit_prefix: an IPv6 prefix length is at most 128" in result.stderr
     assert "Traceback" not in result.stderr

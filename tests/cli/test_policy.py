@@ -6,7 +6,6 @@ import argparse
 import base64
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from proxy.cli.policy import add_commands
 from proxy.policy.load import load_policies
 from tests.policy.support import write
+from tests.support.cli import gatehouse_command
 from tests.support.gatehouse import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,14 +32,7 @@ def run(*argv: str) -> int:
 
 def gatehouse(*argv: str) -> subprocess.CompletedProcess[str]:
     """The real command line: ``gatehouse policy ...`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "policy", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return gatehouse_command("policy", *argv, cwd=ROOT, timeout=120)
 
 
 def fake_jwt(claims: dict[str, object]) -> str:

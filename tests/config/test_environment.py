@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from proxy.config.reader import expand_variables
 from tests.peers.cloud.azure import TENANT, AzurePeer
 from tests.peers.cloud.keys import Issuer
 from tests.peers.cloud.tls import LocalTls, make_tls
-from tests.support.cli import gatehouse_async
+from tests.support.cli import gatehouse_async, gatehouse_command
 
-REPO = Path(__file__).resolve().parents[2]
 APP_ID = "5e7a0c1d-0000-4000-8000-00000000a11d"
 ROUTE = (
     "routes:\n  - name: r\n    path: /api\n    backend: up\n    allow: [{name: a, groups: [eng]}]\n"
@@ -31,14 +29,7 @@ ROUTE = (
 
 def gatehouse(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "GATEHOUSE_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**base, **(env or {})},
-    )
+    return gatehouse_command(*args, env={**base, **(env or {})})
 
 
 @pytest.fixture

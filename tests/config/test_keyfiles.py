@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,7 @@ from proxy.config.keyfiles import alterability, exposure, key_file_problem
 from proxy.credentials.signing import rotate_key_file
 from proxy.dev.certs import dev_certificates
 from proxy.identity.session import new_cookie_key
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import gatehouse_command
 
 
 @given(st.integers(0, 0o7777), st.sampled_from([0, 1, 1000, 10001]))
@@ -137,13 +135,7 @@ def secrets_setup(tmp_path: Path) -> Path:
 
 
 def gatehouse(command: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", command, "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return gatehouse_command(command, "--config", str(config))
 
 
 @pytest.mark.parametrize("command", ["check", "run"])

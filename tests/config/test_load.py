@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from proxy.config.load import load_config, parse_address
 from proxy.config.reader import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import gatehouse_command
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -116,14 +114,7 @@ def test_addresses_parse_ipv4_ipv6_and_reject_garbage() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ},
-    )
+    return gatehouse_command(*args, env={**os.environ})
 
 
 def test_check_command_lists_every_error_and_exits_2(tmp_path: Path) -> None:

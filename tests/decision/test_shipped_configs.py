@@ -13,8 +13,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from proxy.credentials.signing import rotate_key_file
 from proxy.http.decision import CLIENT_HEADERS_REMOVED, HANDED_OVER
 from proxy.identity.session import new_cookie_key
 from tests.decision.stack import DEPLOY, REPO, substituted
+from tests.support.cli import gatehouse_command
 
 HANDED = {name.lower() for name in HANDED_OVER}
 # What Gatehouse reads of the client's own request: credentials, page or API call,
@@ -233,13 +232,8 @@ def test_the_example_gatehouse_configuration_passes_check(tmp_path: Path) -> Non
     )
     path = tmp_path / "gatehouse.yaml"
     path.write_text(config)
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "OIDC_CLIENT_SECRET": "example"},
+    result = gatehouse_command(
+        "check", "--config", str(path), env={**os.environ, "OIDC_CLIENT_SECRET": "example"}
     )
     assert result.returncode == 0, result.stderr
     loaded = yaml.safe_load(config)

@@ -9,14 +9,14 @@ pass ``gatehouse check``.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.deploy.manifests import COMPOSE, REPO, load_compose, materialise_compose
+from tests.deploy.manifests import COMPOSE, load_compose, materialise_compose
+from tests.support.cli import gatehouse_command
 
 
 def _seconds(text: str) -> float:
@@ -81,11 +81,5 @@ def test_sample_upstream_runs_the_example_app_on_the_gatehouse_loopback() -> Non
 
 def test_setup_output_makes_a_configuration_that_passes_gatehouse_check(tmp_path: Path) -> None:
     config = materialise_compose(tmp_path, Path(sys.executable).parent)
-    out = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    out = gatehouse_command("check", "--config", str(config))
     assert out.returncode == 0, out.stdout + out.stderr

@@ -26,7 +26,6 @@ from proxy.policy_store import PolicyStore
 from tests.deploy.manifests import (
     KUBERNETES_VERSION,
     KUSTOMIZATIONS,
-    REPO,
     Doc,
     by_kind,
     config_arg,
@@ -40,6 +39,7 @@ from tests.deploy.manifests import (
     render_kubectl,
     write_atomic_volume,
 )
+from tests.support.cli import gatehouse_command
 
 # Neither ships type information; loaded as Any rather than silenced per line.
 # kubernetes-validate (which brings jsonschema) belongs in the test extras.
@@ -424,13 +424,7 @@ def test_example_config_passes_gatehouse_check_in_the_pod_filesystem_layout(
     name: str, deployment: str, cname: str, rendered: dict[str, list[Doc]], tmp_path: Path
 ) -> None:
     config = materialise_pod(rendered[name], deployment, cname, tmp_path)
-    out = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    out = gatehouse_command("check", "--config", str(config), cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     # Relative policy paths resolve through the mount, not into kubelet's
     # timestamped directory (which disappears on the next update).
@@ -445,24 +439,12 @@ def test_example_policies_pass_check_and_their_fixtures(name: str) -> None:
     policies = KUSTOMIZATIONS[name] / "policies"
     backends = yaml.safe_load((KUSTOMIZATIONS[name] / "config" / "gatehouse.yaml").read_text())
     names = ",".join(backends["backends"])
-    out = subprocess.run(
-        [sys.executable, "-m", "proxy", "policy", "check", "--backends", names, str(policies)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    out = gatehouse_command("policy", "check", "--backends", names, str(policies))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 warnings" in out.stdout
     fixtures = sorted((policies / "tests").glob("*.yaml"))
     assert fixtures
-    out = subprocess.run(
-        [sys.executable, "-m", "proxy", "policy", "test", *map(str, fixtures)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    out = gatehouse_command("policy", "test", *map(str, fixtures))
     assert out.returncode == 0, out.stdout + out.stderr
     assert " 0 failed" in out.stdout
 

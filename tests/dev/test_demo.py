@@ -12,9 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.support.cli import gatehouse_command
 from tests.support.net import free_port, wait_for_port
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def fetch(url: str, ca: Path, token: str | None = None) -> tuple[int, dict[str, object]]:
@@ -113,14 +112,17 @@ def test_a_taken_demo_port_names_its_flag_and_exits_2(tmp_path: Path) -> None:
             ("--idp-port", (free_port(), free_port(), taken)),
         ):
             port, admin, idp = ports
-            result = subprocess.run(
-                [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--admin-port",
-                 str(admin), "--idp-port", str(idp)],
+            result = gatehouse_command(
+                "demo",
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin),
+                "--idp-port",
+                str(idp),
                 cwd=tmp_path,
-                capture_output=True,
-                text=True,
                 timeout=120,
-            )  # fmt: skip
+            )
             assert result.returncode == 2, (flag, result.stderr)
             assert result.stderr.rstrip().endswith("Address already in use"), result.stderr
             assert f"{flag}: cannot listen on " in result.stderr and str(taken) in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,10 @@ import pytest
 
 from proxy.config.reader import Mapping
 from proxy.identity.config import ASYMMETRIC_ALGORITHMS, IdentityConfig, parse_identity
+from tests.support.cli import gatehouse_command
 from tests.support.config import parse_yaml
 from tests.support.config import problems_of as config_problems
-from tests.support.gatehouse import REPO, public_route, write_config
+from tests.support.gatehouse import public_route, write_config
 
 
 def read_identity(root: Mapping) -> IdentityConfig:
@@ -192,14 +192,7 @@ def gatehouse_cli(
         routes=[public_route("all", "/", "up")],
         extra={"identity": identity},
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", command, "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
+    result = gatehouse_command(command, "--config", str(config), env={**os.environ, **(env or {})})
     return config, result
 
 
