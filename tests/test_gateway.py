@@ -102,10 +102,12 @@ async def test_verified_callers_are_authorised_per_route_and_identified_upstream
 
     status, headers, data = await call(gh, "/echo/deploy")
     assert (status, data["error"]) == (401, "unauthenticated")
-    assert headers["www-authenticate"].startswith("Bearer")
+    # No credential at all: the challenge without an error code (RFC 6750 §3.1).
+    assert headers["www-authenticate"] == 'Bearer realm="gatehouse"'
     header, payload, signature = token.split(".")
-    status, _, data = await call(gh, "/echo/deploy", f"{header}.{payload}.{signature[::-1]}")
+    status, headers, data = await call(gh, "/echo/deploy", f"{header}.{payload}.{signature[::-1]}")
     assert status == 401
+    assert headers["www-authenticate"] == f'Bearer realm="gatehouse", error="{data["error"]}"'
     assert token not in str(data)
 
     status, _, _ = await call(gh, "/echo/public")
