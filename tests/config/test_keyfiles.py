@@ -194,3 +194,19 @@ def test_private_secrets_root_group_secrets_and_a_readable_api_key_file_are_acce
     out = gatehouse("check", config)
     assert out.returncode == 0, out.stderr
     assert f"{config}: OK" in out.stdout
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize("loosened", ["policies", "policies/routes.yaml"])
+def test_a_policy_file_or_directory_every_user_may_write_stops_start_up_with_file_line(
+    tmp_path: Path, command: str, loosened: str
+) -> None:
+    config = secrets_setup(tmp_path)
+    routes = tmp_path / "policies" / "routes.yaml"
+    routes.write_text("routes: []\n")
+    (tmp_path / loosened).chmod(0o777 if loosened == "policies" else 0o666)
+    out = gatehouse(command, config)
+    assert out.returncode == 2, out.stderr
+    what = "directory" if loosened == "policies" else "file"
+    assert f"{tmp_path / loosened}:1: policy {what} can be written by every user" in out.stderr
+    assert "Traceback" not in out.stderr
