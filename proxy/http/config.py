@@ -50,3 +50,8 @@ class ListenConfig:
     ipv6_rate_limit_prefix: int = 64
     websocket_max_message: int = 16 * 2**20  # a larger message closes the WebSocket (1009)
     websocket_idle_timeout: float = 300.0  # no frame either way for this long closes it; 0 = never
+
+    @property
+    def scheme(self) -> str:
+        """The scheme clients use to reach this listener."""
+        return "https" if self.tls is not None else "http"

@@ -43,7 +43,7 @@ def request_facts(
     request = ctx.request
     facts = RequestFacts(
         method=request.method,
-        scheme="https" if listen.tls is not None else "http",
+        scheme=listen.scheme,
         host=host,
         path=path,
         query=query,

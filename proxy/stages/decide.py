@@ -22,7 +22,6 @@ from proxy.errors import (
     RouteNotFound,
     UntrustedPeer,
 )
-from proxy.http.canonical import canonicalise_target
 from proxy.http.config import ListenConfig
 from proxy.http.decision import (
     DecisionCall,
@@ -38,6 +37,7 @@ from proxy.identity.authenticate import Authenticator
 from proxy.identity.redirects import is_api_request
 from proxy.model import RequestFacts
 from proxy.stages.authorise import LoginAnswer
+from proxy.stages.canonicalise import canonical_target
 from proxy.stages.context import Admission, Edge, RequestContext
 from proxy.stages.forward import HeaderNames
 from proxy.stages.local import LOCAL_PREFIXES
@@ -50,9 +50,8 @@ def original_facts(
     if not edge.trusted:
         raise UntrustedPeer(detail=f"decision request from {edge.peer_ip}, not a trusted proxy")
     request = ctx.request
-    scheme = "https" if listen.tls is not None else "http"
     original = original_request(
-        call, request.method, edge.raw_headers, scheme=scheme, options=listen.path
+        call, request.method, edge.raw_headers, scheme=listen.scheme, options=listen.path
     )
     ctx.method, ctx.host, ctx.path = original.method, original.authority, original.path
     if original.path.startswith(LOCAL_PREFIXES):
@@ -76,10 +75,8 @@ def original_facts(
 def own_path_facts(ctx: RequestContext, edge: Edge, listen: ListenConfig) -> RequestFacts:
     """Login, callback, logout, JWKS on a decision listener, for the host the user sees."""
     request = ctx.request
-    path, query = canonicalise_target(request.raw_path, listen.path)
-    ctx.path = path
-    scheme = "https" if listen.tls is not None else "http"
-    authority, scheme = forwarded_origin(edge.first, edge.trusted, scheme)
+    path, query = canonical_target(ctx, listen)
+    authority, scheme = forwarded_origin(edge.first, edge.trusted, listen.scheme)
     ctx.host = authority
     host = parse_host(authority)
     if host is None:
