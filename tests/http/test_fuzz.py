@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.peers.recorder import Recorder
 from tests.support.gatehouse import Gatehouse, public_route, start_gatehouse
 
 FUZZ = settings(
@@ -30,56 +29,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@dataclass
-class Recorder:
-    """A loopback upstream that records each request head and answers with ``answer``
-    (by default 200 with the request target as its body), closing after each."""
-
-    sock: socket.socket = field(default_factory=lambda: socket.create_server(("127.0.0.1", 0)))
-    heads: list[bytes] = field(default_factory=list)
-    answer: bytes | None = None
-
-    def __post_init__(self) -> None:
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    head = data.partition(b"\r\n\r\n")[0]
-                    if not head:
-                        continue  # a reachability probe: connected, sent nothing
-                    self.heads.append(head)
-                    target = head.split(b" ")[1] if head.count(b" ") >= 2 else b""
-                    answer = self.answer
-                    if answer is None:
-                        answer = (
-                            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%b"
-                            % (len(target), target)
-                        )
-                    conn.sendall(answer)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def exchange(port: int, data: bytes) -> bytes:

@@ -13,13 +13,13 @@ import json
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.peers.recorder import Recorder
 from tests.support.gatehouse import Gatehouse, public_route, start_gatehouse
 
 
@@ -182,51 +182,18 @@ def test_100_continue_is_sent_only_once_the_request_is_routed_and_allowed(
         assert status_of(answer) == 404  # never invited to send the body
 
 
-class _RawUpstream:
-    """Answers every connection with fixed bytes (what no well-behaved server sends)."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    conn.sendall(self.answer)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_an_upstream_header_value_with_a_bare_cr_is_a_502_never_relayed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     # llhttp is lenient with upstreams and keeps the CR inside the value; sent
     # on as is, the client could read it as the start of another header.
     # (A bare LF is a line end for llhttp: two headers, both legitimate.)
-    upstream = _RawUpstream(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Split: a\rInjected: yes\r\n\r\nok"
+    upstream = Recorder(
+        answer=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Split: a\rInjected: yes\r\n\r\nok"
     )
     proc = start_gatehouse(
         tmp_path_factory.mktemp("badheader"),
-        backends={"up": {"urls": [f"http://127.0.0.1:{upstream.port}"]}},
+        backends={"up": {"urls": [upstream.url]}},
         routes=[public_route("all", "/", "up")],
     )
     try:
